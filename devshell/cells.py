@@ -1,0 +1,266 @@
+"""Cells: named toolchain environments, defined as data in ``cells/*.yaml``.
+
+A cell named NAME lives in ``NAME.yaml`` in one of the cell directories. Loading validates the
+file against a schema; every error names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DevshellError
+
+DEFAULT_CELL = "bookworm"
+CELLS_PATH_ENV = "DEVSHELL_CELLS_PATH"
+# Words the CLI keeps for subcommands: a cell may never be called one of these, so
+# `devshell WORD` is never ambiguous.
+RESERVED_NAMES = frozenset({"patches", "doctor", "list", "help", "version", "cells", "shell"})
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+PLATFORMS = ("linux/amd64", "linux/arm64")
+# Mount points the launcher owns; a workspace may not sit on or under them.
+RESERVED_MOUNTS = ("/patches", "/cache")
+
+_SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["platform", "image", "workspace"],
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "description": {"type": "string"},
+        "platform": {"enum": list(PLATFORMS)},
+        "image": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "ref": {"type": "string", "minLength": 1},
+                "recipe": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["debootstrap"],
+                    "properties": {
+                        "debootstrap": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["suite"],
+                            "properties": {
+                                "suite": {"type": "string", "pattern": r"^[a-z0-9-]+$"},
+                                "variant": {"enum": ["minbase", "buildd", "fakechroot"]},
+                                "include": {
+                                    "type": "array",
+                                    "items": {"type": "string", "pattern": r"^[a-z0-9.+-]+$"},
+                                },
+                                "mirror": {"type": "string", "pattern": r"^(https?|file)://"},
+                            },
+                        },
+                        "run": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    },
+                },
+            },
+        },
+        "workspace": {"type": "string", "pattern": r"^/[^\s]*[^/\s]$"},
+        "dirs": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"src": _SUBDIR, "build": _SUBDIR, "ccache": _SUBDIR},
+        },
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+        },
+        "setup": {"type": "string"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build a cell's image offline: a debootstrap rootfs, then RUN layers."""
+
+    suite: str
+    variant: str = "minbase"
+    include: tuple[str, ...] = ()
+    mirror: str | None = None
+    run: tuple[str, ...] = ()
+
+    def base_key(self) -> dict[str, Any]:
+        return {"suite": self.suite, "variant": self.variant,
+                "include": sorted(self.include), "mirror": self.mirror}
+
+    def base_hash(self) -> str:
+        return _digest(self.base_key())
+
+    def hash(self) -> str:
+        return _digest({"base": self.base_key(), "run": list(self.run)})
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    source: str
+    platform: str
+    workspace: str
+    src: str
+    build: str
+    ccache: str
+    image_ref: str | None = None
+    recipe: Recipe | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    setup: str | None = None
+    description: str = ""
+
+    @property
+    def built_tag(self) -> str | None:
+        """The tag an offline build of this cell's recipe gets: changes iff the recipe does."""
+        if self.recipe is None:
+            return None
+        return f"devshell/{self.name}:{self.recipe.hash()[:16]}"
+
+    @property
+    def image(self) -> str:
+        """The image a container of this cell runs: the pulled reference, else the build."""
+        return self.image_ref or self.built_tag or ""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def shipped_cells_dir() -> Path:
+    """The cells that come with devshell: inside the wheel, or at the repository root."""
+    packaged = Path(__file__).parent / "cells"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "cells"
+
+
+def search_path(cells_dirs: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Directories searched for cells, first match wins: --cells-dir, the env var, shipped."""
+    environ = os.environ if environ is None else environ
+    from_env = [p for p in environ.get(CELLS_PATH_ENV, "").split(os.pathsep) if p]
+    return [Path(p) for p in (*cells_dirs, *from_env)] + [shipped_cells_dir()]
+
+
+def find(name: str, path: Iterable[Path]) -> Cell:
+    dirs = list(path)
+    for d in dirs:
+        f = d / f"{name}.yaml"
+        if f.is_file():
+            return load(f)
+    available = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
+    raise DevshellError(
+        f"no cell named {name!r} (searched {', '.join(map(str, dirs))})",
+        f"pick one of {', '.join(available) or 'none found'}, or add --cells-dir DIR",
+    )
+
+
+def available(path: Iterable[Path]) -> list[Cell]:
+    """Every cell on the search path, shadowed names resolved like find()."""
+    seen: dict[str, Cell] = {}
+    for d in path:
+        if d.is_dir():
+            for f in sorted(d.glob("*.yaml")):
+                if f.stem not in seen:
+                    seen[f.stem] = load(f)
+    return list(seen.values())
+
+
+def load(path: Path) -> Cell:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DevshellError(f"{path}: cannot read cell file ({e.strerror})", "check the path") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise DevshellError(f"{path}:{line} is not valid YAML", "fix the syntax") from None
+    return parse(data, source=str(path), stem=path.stem)
+
+
+def parse(data: Any, *, source: str, stem: str) -> Cell:
+    """Validate one cell document. Pure: unit tests feed it dicts."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise DevshellError(f"{source}: key {key!r}: {_expected(error)}", "edit the cell file")
+
+    def bad(key: str, why: str) -> DevshellError:
+        return DevshellError(f"{source}: key {key!r}: {why}", "edit the cell file")
+
+    name = data.get("name", stem)
+    if name != stem:
+        raise bad("name", f"expected {stem!r} (the file name), got {name!r}")
+    if not _matches(NAME_PATTERN, name):
+        raise bad("name", "expected lowercase letters, digits, '.', '_' or '-' (file name)")
+    if name in RESERVED_NAMES:
+        raise bad("name", f"{name!r} is reserved for a devshell subcommand; rename the cell")
+    workspace = posixpath.normpath(data["workspace"])
+    if workspace in ("/", "/home/dev") or any(
+        workspace == m or workspace.startswith(m + "/") for m in RESERVED_MOUNTS
+    ):
+        raise bad("workspace", f"{workspace} collides with a path devshell owns")
+    image = data["image"]
+    recipe = None
+    if "recipe" in image:
+        r = image["recipe"]
+        d = r["debootstrap"]
+        recipe = Recipe(suite=d["suite"], variant=d.get("variant", "minbase"),
+                        include=tuple(d.get("include", ())), mirror=d.get("mirror"),
+                        run=tuple(r.get("run", ())))
+    dirs = data.get("dirs", {})
+    env = tuple(sorted((k, _env_str(v)) for k, v in data.get("env", {}).items()))
+    reserved_env = [k for k, _ in env if k.startswith("DEVSHELL_") or k == "HOME"]
+    if reserved_env:
+        raise bad(f"env.{reserved_env[0]}", "HOME and DEVSHELL_* belong to the launcher")
+    return Cell(
+        name=name,
+        source=source,
+        platform=data["platform"],
+        workspace=workspace,
+        src=posixpath.join(workspace, dirs.get("src", "src")),
+        build=posixpath.join(workspace, dirs.get("build", "build")),
+        ccache=posixpath.join(workspace, dirs.get("ccache", "ccache")),
+        image_ref=image.get("ref"),
+        recipe=recipe,
+        env=env,
+        setup=data.get("setup"),
+        description=data.get("description", ""),
+    )
+
+
+def _env_str(v: object) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _matches(pattern: str, s: str) -> bool:
+    import re
+
+    return re.match(pattern, s) is not None
+
+
+def _expected(error: Any) -> str:
+    """Turn a jsonschema error into 'expected …, got …' that a person can act on."""
+    v = error.validator
+    if v == "required":
+        return f"missing: {error.message.split(' is a required')[0]}"
+    if v == "additionalProperties":
+        return f"unknown key ({error.message.split('(')[-1].rstrip(')')})"
+    if v == "enum":
+        return f"expected one of {', '.join(map(str, error.validator_value))}, got {error.instance!r}"
+    if v == "type":
+        return f"expected {error.validator_value}, got {type(error.instance).__name__}"
+    if v == "pattern":
+        return f"expected a value matching {error.validator_value}, got {error.instance!r}"
+    return str(error.message)

@@ -1,0 +1,102 @@
+"""The command line: grammar in options.py, output and exit codes here.
+
+Errors the user can fix are one line on stderr and exit 2; nothing else becomes a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from . import cells
+from .engine import Engine
+from .errors import DevshellError
+from .launcher import check_host_paths, enter, open_devshell, read_script, remove
+from .options import HostFacts, Options, parse
+from .spec import INIT_PATH, container_name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except DevshellError as e:
+        print(f"devshell: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(argv: Sequence[str]) -> int:
+    opts = parse(argv, HostFacts.current())
+    path = cells.search_path(opts.cells_dirs)
+    if opts.list:
+        return list_cells(cells.available(path), opts)
+    cell = cells.find(opts.cell, path)
+    if opts.rm:
+        removed = remove(Engine.connect(), cell, opts.instance)
+        name = container_name(cell.name, opts.instance)
+        say(opts, {"container": name, "removed": removed, "volume": "kept"},
+            f"{name} {'removed' if removed else 'was not there'}; volume {name} kept")
+        return 0
+    if opts.verify:
+        return verify(Engine.connect(), container_name(cell.name, opts.instance))
+    opts = check_host_paths(opts)
+    for note in opts.notes:
+        print(f"devshell: {note}", file=sys.stderr)
+    script = read_script(opts.script) if opts.script else None
+    engine = Engine.connect()
+    shell = open_devshell(opts, cell, engine)
+    spec = shell.spec
+    say(opts, {"container": spec.name, "state": shell.outcome.state, "why": shell.outcome.why,
+               "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
+               "patches": opts.patches_out, "cache": opts.host_cache,
+               "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev"},
+        f"{spec.name} {shell.outcome} · /patches={opts.patches_out}"
+        + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
+        + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}")
+    tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()
+    return enter(shell, opts, script=script, tty=tty)
+
+
+def say(opts: Options, data: dict[str, object], text: str) -> None:
+    """Status goes to stderr so a script's stdout stays its own; --json makes it one object."""
+    print(json.dumps(data) if opts.json else f"devshell: {text}", file=sys.stderr)
+
+
+def verify(engine: Engine, name: str) -> int:
+    info = engine.inspect(name)
+    if info is None:
+        raise DevshellError(f"no container {name} to verify", "open the devshell first")
+    if not info["State"]["Running"]:
+        engine.client.api.start(name)
+    result = engine.exec(name, [INIT_PATH, "--verify"])
+    sys.stdout.write(result.stdout)
+    print(f"devshell: {name}: {result.exit_code} failure(s)", file=sys.stderr)
+    return result.exit_code
+
+
+def list_cells(found: list[cells.Cell], opts: Options) -> int:
+    engine = Engine.connect()
+    rows = []
+    for cell in found:
+        name = container_name(cell.name, opts.instance)
+        info = engine.inspect(name)
+        image = cell.image
+        rows.append({
+            "cell": cell.name,
+            "image": image,
+            "image_state": "present" if engine.image_present(image)
+            else ("buildable" if cell.recipe else "missing"),
+            "container": info["State"]["Status"] if info else "absent",
+            "volume": "present" if engine.volume_present(name) else "absent",
+            "source": cell.source,
+        })
+    if opts.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["cell", "image_state", "container", "volume", "image"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    for r in [dict(zip(cols, cols)), *rows]:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    return 0

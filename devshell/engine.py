@@ -1,0 +1,377 @@
+"""Engine: the one module with side effects on the Docker engine.
+
+Images, volumes, containers, exec and copy-in all go through here. Every operation is idempotent
+and reports what it did. The docker SDK is imported lazily: it costs ~0.3 s to import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform as _platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cells import Cell, Recipe
+from .errors import DevshellError
+from .spec import LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
+
+if TYPE_CHECKING:
+    import docker
+
+Progress = Callable[[str], None]
+MANAGED = "devshell.managed"
+_DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
+                           "I: Base", "E:", "W: Failure")
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def stderr_progress(line: str) -> None:
+    print(f"devshell: {line}", file=sys.stderr, flush=True)
+
+
+def host_platform() -> str:
+    return f"linux/{_ARCH.get(_platform.machine().lower(), _platform.machine().lower())}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ensure_container did: fresh, reused (maybe started) or recreated, and why."""
+
+    state: str
+    why: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.state} ({self.why})" if self.why else self.state
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Engine:
+    """A connection to one Docker engine. Construct with connect()."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls) -> Engine:
+        import docker
+        from docker.errors import DockerException
+
+        try:
+            client = docker.from_env(timeout=120)
+            client.ping()
+        except DockerException as e:
+            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            raise DevshellError(
+                f"no Docker engine answers at {where} ({_reason(e)})",
+                "start the Docker daemon, or point DOCKER_HOST at one",
+            ) from None
+        return cls(client)
+
+    # --- images ---------------------------------------------------------------------------
+
+    def image_present(self, ref: str) -> bool:
+        from docker.errors import ImageNotFound
+
+        try:
+            self.client.images.get(ref)
+        except ImageNotFound:
+            return False
+        return True
+
+    def try_pull(self, ref: str, platform: str) -> str | None:
+        """Pull ref; None on success, else why it failed (no registry is a normal case)."""
+        from docker.errors import DockerException
+
+        try:
+            self.client.images.pull(ref, platform=platform)
+        except DockerException as e:
+            return _reason(e)
+        return None
+
+    def ensure_image(self, cell: Cell, override: str | None, progress: Progress) -> str:
+        """The image for this cell, present locally: found, pulled, or built from its recipe."""
+        if override:
+            return self._present_or_pulled(override, cell.platform, None, progress)
+        if cell.image_ref and self.image_present(cell.image_ref):
+            return cell.image_ref
+        if cell.recipe is None:
+            assert cell.image_ref
+            return self._present_or_pulled(cell.image_ref, cell.platform, cell.name, progress)
+        tag = cell.built_tag
+        assert tag
+        if self.image_present(tag):
+            return tag
+        if cell.image_ref and self.try_pull(cell.image_ref, cell.platform) is None:
+            return cell.image_ref
+        with _lock(f"build-{tag.replace('/', '_').replace(':', '_')}"):
+            if not self.image_present(tag):  # another process may have built it meanwhile
+                self.build(cell, tag, progress)
+        return tag
+
+    def _present_or_pulled(self, ref: str, platform: str, cell: str | None,
+                           progress: Progress) -> str:
+        if self.image_present(ref):
+            return ref
+        progress(f"pulling {ref}")
+        why = self.try_pull(ref, platform)
+        if why is None:
+            return ref
+        whose = f"cell {cell}'s image" if cell else "image"
+        raise DevshellError(
+            f"{whose} {ref} is not present and cannot be pulled ({why})",
+            "docker load it from a machine that has it, or pass --image IMAGE",
+        )
+
+    def build(self, cell: Cell, tag: str, progress: Progress) -> None:
+        recipe = cell.recipe
+        assert recipe is not None
+        arch = cell.platform.split("/")[1]
+        if cell.platform != host_platform():
+            raise DevshellError(
+                f"cell {cell.name} is {cell.platform}, this host builds {host_platform()} only",
+                "docker load the image built on a matching machine",
+            )
+        base = f"devshell/base-{recipe.suite}:{recipe.base_hash()[:16]}"
+        started = time.monotonic()
+        if not self.image_present(base):
+            self._debootstrap(recipe, arch, base, progress)
+        if recipe.run:
+            self._layer(base, recipe, tag, progress)
+        else:
+            self.client.images.get(base).tag(tag)
+        progress(f"built {tag} in {time.monotonic() - started:.0f} s")
+
+    def _debootstrap(self, recipe: Recipe, arch: str, tag: str, progress: Progress) -> None:
+        if shutil.which("debootstrap") is None:
+            raise DevshellError("building the base image needs debootstrap, which is not installed",
+                                "apt-get install debootstrap (or docker load the image)")
+        if os.geteuid() != 0:
+            raise DevshellError("building the base image with debootstrap needs root",
+                                "run once as root (sudo), or docker load the image")
+        progress(f"building {tag}: debootstrap {recipe.suite} (about a minute, once per machine)")
+        with tempfile.TemporaryDirectory(prefix="devshell-rootfs-", dir="/var/tmp") as root:
+            cmd = ["debootstrap", f"--variant={recipe.variant}", f"--arch={arch}"]
+            if recipe.include:
+                cmd.append(f"--include={','.join(recipe.include)}")
+            cmd += [recipe.suite, root] + ([recipe.mirror] if recipe.mirror else [])
+            _stream(cmd, progress, keep=lambda line: line.startswith(_DEBOOTSTRAP_MILESTONES))
+            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for f in Path(root, junk).glob("*"):
+                    if f.is_file():
+                        f.unlink()
+            progress(f"importing rootfs as {tag}")
+            tar = subprocess.Popen(["tar", "--numeric-owner", "-C", root, "-c", "."],
+                                   stdout=subprocess.PIPE)
+            try:
+                imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout,
+                                     capture_output=True, text=True)
+            finally:
+                assert tar.stdout is not None
+                tar.stdout.close()
+                tar.wait()
+            if imp.returncode or tar.returncode:
+                raise DevshellError(f"docker import of {tag} failed: {imp.stderr.strip()}",
+                                    "check disk space and the Docker daemon")
+
+    def _layer(self, base: str, recipe: Recipe, tag: str, progress: Progress) -> None:
+        from docker.errors import DockerException
+
+        lines = [f"FROM {base}"] + [f"RUN {json.dumps(['/bin/sh', '-ec', r])}" for r in recipe.run]
+        progress(f"building {tag} on {base}")
+        try:
+            for chunk in self.client.api.build(fileobj=io.BytesIO("\n".join(lines).encode()),
+                                               tag=tag, rm=True, forcerm=True, decode=True):
+                if "error" in chunk:
+                    raise DevshellError(f"building {tag} failed: {chunk['error'].strip()}",
+                                        "fix the cell's image.recipe.run steps")
+                text = chunk.get("stream", "").strip()
+                if text.startswith("Step "):
+                    progress(f"  {text}")
+        except DockerException as e:
+            raise DevshellError(f"building {tag} failed ({_reason(e)})", "check the Docker daemon") from None
+
+    # --- volumes --------------------------------------------------------------------------
+
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        """Create the volume if missing; True if it was created."""
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name)
+            return False
+        except NotFound:
+            self.client.volumes.create(name, labels={**labels, MANAGED: "1"})
+            return True
+
+    def volume_present(self, name: str) -> bool:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name)
+        except NotFound:
+            return False
+        return True
+
+    def remove_volume(self, name: str) -> bool:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name).remove(force=True)
+        except NotFound:
+            return False
+        return True
+
+    # --- containers -----------------------------------------------------------------------
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        from docker.errors import NotFound
+
+        try:
+            info: dict[str, Any] = self.client.api.inspect_container(name)
+        except NotFound:
+            return None
+        return info
+
+    def ensure_container(self, spec: ContainerSpec) -> Outcome:
+        """A running container for spec: reuse one with the same hash, else (re)create it."""
+        info = self.inspect(spec.name)
+        why = ""
+        if info is not None:
+            labels = info["Config"].get("Labels") or {}
+            if MANAGED not in labels:
+                raise DevshellError(f"a container named {spec.name} exists that devshell did not create",
+                                    f"rename or remove it (docker rm -f {spec.name}), or pass --instance")
+            if labels.get(LABEL_HASH) == spec.hash():
+                if info["State"]["Running"]:
+                    return Outcome("reused")
+                self.client.api.start(spec.name)
+                return Outcome("reused", "started")
+            old = json.loads(labels.get(LABEL_IDENTITY, "{}"))
+            why = "changed: " + ", ".join(differences(old, spec.identity()) or ["spec"])
+            self.client.api.remove_container(spec.name, force=True)
+        self._create(spec)
+        return Outcome("recreated", why) if info is not None else Outcome("fresh")
+
+    def _create(self, spec: ContainerSpec) -> None:
+        from docker.errors import DockerException, ImageNotFound
+
+        kwargs = spec.sdk_kwargs()
+        kwargs["labels"] = {**kwargs["labels"], MANAGED: "1"}
+        try:
+            container = self.client.containers.create(**kwargs)
+        except ImageNotFound:
+            raise DevshellError(f"image {spec.image} is not present",
+                                "docker load it, or pass --image IMAGE") from None
+        except DockerException as e:
+            raise DevshellError(f"cannot create container {spec.name} ({_reason(e)})",
+                                "check the image and the Docker daemon") from None
+        try:
+            container.put_archive("/", _tar(spec.files))
+            container.start()
+        except DockerException as e:
+            container.remove(force=True)
+            raise DevshellError(f"cannot start container {spec.name} ({_reason(e)})",
+                                f"check that {spec.image} runs on {spec.platform}") from None
+
+    def remove_container(self, name: str) -> bool:
+        from docker.errors import NotFound
+
+        try:
+            self.client.api.remove_container(name, force=True)
+        except NotFound:
+            return False
+        return True
+
+    def remove_labelled(self, label: str) -> tuple[int, int]:
+        """Remove every container, then every volume, carrying label (k or k=v)."""
+        containers = self.client.containers.list(all=True, filters={"label": label})
+        for c in containers:
+            c.remove(force=True)
+        volumes = self.client.volumes.list(filters={"label": label})
+        for v in volumes:
+            v.remove(force=True)
+        return len(containers), len(volumes)
+
+    # --- exec -----------------------------------------------------------------------------
+
+    def exec(self, name: str, argv: list[str], *, user: str = "0",
+             workdir: str | None = None) -> ExecResult:
+        """Run argv in the container and capture its output (not for interactive use)."""
+        result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
+        out, err = self.client.api.exec_start(result["Id"], demux=True)
+        code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+        return ExecResult(int(code), (out or b"").decode(errors="replace"),
+                          (err or b"").decode(errors="replace"))
+
+    def session(self, ex: ExecSpec) -> int:
+        """Hand the terminal to a `docker exec`: the CLI does TTY, stdin and signals right."""
+        import signal
+
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the shell inside
+        try:
+            return subprocess.call(ex.cli())
+        except FileNotFoundError:
+            raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, content in files:
+            data = content.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _stream(cmd: list[str], progress: Progress, keep: Callable[[str], bool]) -> None:
+    """Run cmd, passing the lines keep() selects to progress; fail with its last lines."""
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = [*tail[-4:], line]
+            if keep(line):
+                progress(f"  {line}")
+    if proc.returncode:
+        raise DevshellError(f"{cmd[0]} failed (exit {proc.returncode}): {' | '.join(tail)}",
+                            "check the network to the Debian mirror and the cell's recipe")
+
+
+@contextmanager
+def _lock(name: str) -> Iterator[None]:
+    """A per-machine lock, so parallel runs (xdist workers, two terminals) build once."""
+    from filelock import FileLock
+
+    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "devshell" / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d / f"{name}.lock")):
+        yield
+
+
+def _reason(e: BaseException) -> str:
+    """One line from a docker error, without the request URL noise."""
+    explanation = getattr(e, "explanation", None)
+    text = str(explanation or e).strip().splitlines()
+    return text[0] if text else type(e).__name__

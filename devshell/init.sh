@@ -1,0 +1,304 @@
+#!/bin/bash
+# devshell-init: converge a devshell's promised state, and check it.
+#
+#   devshell-init               init: converge, as root (idempotent: run it again, same state)
+#   devshell-init --verify      print "FAIL <element>: <why>" per broken promise, exit with the count
+#   devshell-init --session HASH [--as-root] [--script CONTENT]
+#                               what the launcher runs at every entry, in one exec: init (skipped
+#                               when HASH was converged before and verify still passes), verify,
+#                               then the shell or script as dev. Exit 86: init or verify failed.
+#   devshell-init --status      print why the last session failed, exit 1 if it did
+#
+# Each promise has an init_* step and, right below it, the verify_* check of that step's result.
+# Element names in FAIL lines are stable: suites and users grep them.
+set -u
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+DEV=dev
+DEV_UID=${DEVSHELL_DEV_UID:?DEVSHELL_DEV_UID is not set}
+DEV_GID=${DEVSHELL_DEV_GID:?DEVSHELL_DEV_GID is not set}
+DEV_HOME=${DEVSHELL_DEV_HOME:-/home/dev}
+PATCHES=${DEVSHELL_PATCHES_MOUNT:-/patches}
+WORKSPACE=${DEVSHELL_WORKSPACE:?DEVSHELL_WORKSPACE is not set}
+CACHE=${DEVSHELL_CACHE_MOUNT:-}
+AI_REPO=${DEVSHELL_AI_REPO:-}
+AI_KEY=${DEVSHELL_AI_REPO_ENCODED:-}
+MEMORY=${CACHE:+$CACHE/ai/memory/$AI_REPO/$AI_KEY}
+SUDOERS=/etc/sudoers.d/devshell
+SUDOERS_LINE="$DEV ALL=(ALL:ALL) NOPASSWD: ALL"
+SETUP=/usr/local/libexec/devshell-setup
+STATE=/var/lib/devshell
+# Filesystems that already present host ownership: chown there is useless or slow.
+MAPPED_FS=" virtiofs fakeowner osxfs fuse.grpcfuse "
+
+FAILURES=0
+fail() { FAILURES=$((FAILURES + 1)); echo "FAIL $1: $2"; }
+owner_of() { stat -c %u:%g "$1" 2>/dev/null; }
+field() { getent "$1" "$2" | cut -d: -f"$3"; }
+as_dev() { setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --clear-groups -- "$@"; }
+
+# --- dev group: the name dev at DEV_GID; an image's group already at that gid is renamed ---
+init_group() {
+    local owner
+    owner=$(field group "$DEV_GID" 1)
+    [ "$owner" = "$DEV" ] && return
+    if [ -n "$owner" ]; then
+        getent group "$DEV" >/dev/null && groupmod -n "devshell-old-$(field group "$DEV" 3)" "$DEV"
+        groupmod -n "$DEV" "$owner"
+    elif getent group "$DEV" >/dev/null; then
+        groupmod -g "$DEV_GID" "$DEV"
+    else
+        groupadd -g "$DEV_GID" "$DEV"
+    fi
+}
+verify_group() {
+    local gid
+    gid=$(field group "$DEV" 3)
+    [ "$gid" = "$DEV_GID" ] || fail dev-group "group dev has gid '${gid:-missing}', want $DEV_GID"
+}
+
+# --- dev user: one account named dev at DEV_UID; an image's user at that uid is renamed ---
+init_user() {
+    dedupe_accounts
+    local owner
+    owner=$(awk -F: -v u="$DEV_UID" '$3 == u { print $1; exit }' /etc/passwd)
+    if [ "$owner" != "$DEV" ]; then
+        if getent passwd "$DEV" >/dev/null; then
+            if [ -n "$owner" ]; then
+                usermod -l "devshell-old-$(field passwd "$DEV" 3)" "$DEV"
+            else
+                usermod -u "$DEV_UID" "$DEV"
+            fi
+        fi
+        if [ -n "$owner" ]; then
+            usermod -l "$DEV" "$owner"
+        elif ! getent passwd "$DEV" >/dev/null; then
+            useradd -M -u "$DEV_UID" -g "$DEV_GID" -d "$DEV_HOME" -s /bin/bash "$DEV"
+        fi
+    fi
+    local old_home
+    old_home=$(field passwd "$DEV" 6)
+    [ "$(field passwd "$DEV" 4)" = "$DEV_GID" ] || usermod -g "$DEV_GID" "$DEV"
+    [ "$(field passwd "$DEV" 7)" = /bin/bash ] || usermod -s /bin/bash "$DEV"
+    [ "$old_home" = "$DEV_HOME" ] || usermod -d "$DEV_HOME" "$DEV"
+    passwd -d "$DEV" >/dev/null 2>&1 || true
+    init_home "$old_home"
+}
+# A renamed account's home moves to /home/dev, unless the workspace volume is mounted inside
+# it (runner's /home/runner/work/...): moving that would move the mount, so copy instead.
+init_home() {
+    local old=$1
+    if [ ! -d "$DEV_HOME" ]; then
+        if [ -n "$old" ] && [ "$old" != "$DEV_HOME" ] && [ -d "$old" ] \
+            && [ "${WORKSPACE#"$old"/}" = "$WORKSPACE" ]; then
+            mv "$old" "$DEV_HOME"
+        else
+            mkdir -p "$DEV_HOME"
+            cp -a /etc/skel/. "$DEV_HOME"/ 2>/dev/null || true
+        fi
+    fi
+    [ "$(owner_of "$DEV_HOME")" = "$DEV_UID:$DEV_GID" ] || chown -R "$DEV_UID:$DEV_GID" "$DEV_HOME"
+}
+# Hand-edited passwd/group files can carry a second 'dev' line: keep the one at the right id.
+dedupe_accounts() {
+    local file id
+    for file in /etc/passwd /etc/group; do
+        [ "$file" = /etc/passwd ] && id=$DEV_UID || id=$DEV_GID
+        if [ "$(grep -c "^$DEV:" "$file")" -gt 1 ]; then
+            awk -F: -v n="$DEV" -v id="$id" '
+                $1 != n { print; next }
+                { lines[++k] = $0; if ($3 == id && !keep) keep = k }
+                END { if (!keep) keep = 1 } END { print lines[keep] }' "$file" > "$file.devshell"
+            cat "$file.devshell" > "$file" && rm -f "$file.devshell"
+        fi
+    done
+}
+verify_user() {
+    local n uid gid
+    n=$(grep -c "^$DEV:" /etc/passwd)
+    if [ "$n" = 0 ]; then fail dev-user "no account named dev"; return; fi
+    [ "$n" = 1 ] || fail dev-unique "$n accounts named dev in /etc/passwd"
+    n=$(awk -F: -v u="$DEV_UID" '$3 == u' /etc/passwd | wc -l)
+    [ "$n" -le 1 ] || fail dev-unique "$n accounts share uid $DEV_UID"
+    uid=$(field passwd "$DEV" 3)
+    gid=$(field passwd "$DEV" 4)
+    [ "$uid" = "$DEV_UID" ] || fail dev-uid "dev has uid $uid, want $DEV_UID"
+    [ "$gid" = "$DEV_GID" ] || fail dev-gid "dev has primary gid $gid, want $DEV_GID"
+    [ "$(field passwd "$DEV" 6)" = "$DEV_HOME" ] || fail dev-home "dev's home is not $DEV_HOME"
+    [ -d "$DEV_HOME" ] || fail dev-home "$DEV_HOME is missing"
+    [ "$(owner_of "$DEV_HOME")" = "$DEV_UID:$DEV_GID" ] || fail dev-home "$DEV_HOME is not dev's"
+}
+
+# --- sudo: passwordless, so the agent installs build deps with no host credential inside ---
+init_sudoers() {
+    [ -d /etc/sudoers.d ] || mkdir -p /etc/sudoers.d
+    [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || echo "$SUDOERS_LINE" > "$SUDOERS"
+    chown 0:0 "$SUDOERS" && chmod 0440 "$SUDOERS"
+}
+verify_sudoers() {
+    command -v sudo >/dev/null || fail sudoers "sudo is not installed in the image"
+    [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || fail sudoers "$SUDOERS lacks '$SUDOERS_LINE'"
+    [ "$(stat -c %a:%u "$SUDOERS" 2>/dev/null)" = 440:0 ] || fail sudoers "$SUDOERS is not root's, mode 0440"
+}
+
+# --- /patches: the rendezvous; only its top directory is chowned, never the host's files ---
+init_patches() {
+    [ "$(owner_of "$PATCHES")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$PATCHES"
+}
+verify_patches() {
+    [ "$(owner_of "$PATCHES")" = "$DEV_UID:$DEV_GID" ] || fail patches-owner "$PATCHES is $(owner_of "$PATCHES"), want $DEV_UID:$DEV_GID"
+}
+
+# --- workspace: the cell's volume; chown -R only when its top owner differs (it can be GBs) ---
+workspace_fs() {
+    awk -v p="$WORKSPACE" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") { print $(i + 1); exit } }' \
+        /proc/self/mountinfo
+}
+owner_is_mapped() { case $MAPPED_FS in *" $(workspace_fs) "*) return 0 ;; esac; return 1; }
+init_workspace() {
+    if ! owner_is_mapped && [ "$(owner_of "$WORKSPACE")" != "$DEV_UID:$DEV_GID" ]; then
+        chown -R "$DEV_UID:$DEV_GID" "$WORKSPACE"
+    fi
+    local d
+    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
+        [ -z "$d" ] || [ -d "$d" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$d"
+    done
+}
+verify_workspace() {
+    if ! owner_is_mapped; then
+        [ "$(owner_of "$WORKSPACE")" = "$DEV_UID:$DEV_GID" ] || fail workspace-owner "$WORKSPACE is $(owner_of "$WORKSPACE"), want $DEV_UID:$DEV_GID"
+    fi
+    local d
+    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
+        [ -z "$d" ] || [ -d "$d" ] || fail workspace-dirs "$d is missing"
+    done
+}
+
+# --- AI state on /cache: skills, settings.json and per-project memory, linked into ~/.claude ---
+# Claude keys a project by its working directory with '/' -> '-': link all three a session may
+# start in to the one memory dir of this host repository.
+memory_links() { echo "patches $PATCHES"; echo "workspace $WORKSPACE"; echo "home $DEV_HOME"; }
+link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept aside, not lost
+    [ "$(readlink "$2")" = "$1" ] && return
+    if [ -e "$2" ] && [ ! -L "$2" ]; then mv "$2" "$2.devshell-bak.$(date +%s)"; fi
+    ln -sfn "$1" "$2" && chown -h "$DEV_UID:$DEV_GID" "$2"
+}
+init_ai() {
+    [ -n "$CACHE" ] || return 0
+    local d
+    for d in "$CACHE/ai" "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
+        "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
+        [ -d "$d" ] || mkdir "$d"
+        [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
+    done
+    link "$CACHE/ai/skills" "$DEV_HOME/.claude/skills"
+    if [ -e "$CACHE/ai/settings.json" ]; then
+        link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
+    fi
+    local name dir project
+    while read -r name dir; do
+        project=$DEV_HOME/.claude/projects/$(echo "$dir" | tr / -)
+        [ -d "$project" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$project"
+        link "$MEMORY" "$project/memory"
+    done < <(memory_links)
+}
+verify_ai() {
+    [ -n "$CACHE" ] || return 0
+    as_dev test -w "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
+    [ -d "$MEMORY" ] || fail memory-dir "$MEMORY is missing"
+    [ -d "$MEMORY" ] && { as_dev test -w "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"; }
+    [ "$(readlink "$DEV_HOME/.claude/skills")" = "$CACHE/ai/skills" ] && [ -d "$DEV_HOME/.claude/skills" ] \
+        || fail skills-link "~/.claude/skills does not resolve to $CACHE/ai/skills"
+    if [ -e "$CACHE/ai/settings.json" ]; then
+        [ "$(readlink "$DEV_HOME/.claude/settings.json")" = "$CACHE/ai/settings.json" ] \
+            || fail settings-link "~/.claude/settings.json does not resolve to $CACHE/ai/settings.json"
+    fi
+    local name dir link
+    while read -r name dir; do
+        link=$DEV_HOME/.claude/projects/$(echo "$dir" | tr / -)/memory
+        [ "$(readlink "$link")" = "$MEMORY" ] && [ -d "$link" ] \
+            || fail "memory-link:$name" "$link does not resolve to $MEMORY"
+    done < <(memory_links)
+}
+
+init_all() { init_group; init_user; init_sudoers; init_patches; init_workspace; init_ai; }
+verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify_workspace; verify_ai; }
+
+verify() {
+    FAILURES=0
+    verify_all
+    return "$FAILURES"
+}
+
+# Run the session's program as dev (or root), after the state is proven.
+enter() {
+    local as_root=$1 script=$2 rc
+    local -a run
+    if [ "$as_root" = yes ]; then
+        export HOME=/root USER=root LOGNAME=root
+        run=()
+    else
+        export HOME=$DEV_HOME USER=$DEV LOGNAME=$DEV SHELL=/bin/bash
+        run=(setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups --)
+    fi
+    if [ -z "$script" ]; then
+        exec "${run[@]}" /bin/bash -l
+    fi
+    local file
+    file=$(mktemp /tmp/devshell-script.XXXXXX) || exit 86
+    printf '%s' "$script" > "$file"
+    chmod 0700 "$file"
+    [ "$as_root" = yes ] || chown "$DEV_UID:$DEV_GID" "$file"
+    "${run[@]}" "$file"
+    rc=$?
+    rm -f "$file"
+    exit "$rc"
+}
+
+session() {
+    local hash=$1 as_root=$2 script=$3 report
+    mkdir -p "$STATE"
+    if [ "$(cat "$STATE/spec-hash" 2>/dev/null)" != "$hash" ] || ! verify >/dev/null; then
+        rm -f "$STATE/spec-hash"
+        init_all >"$STATE/init.log" 2>&1
+        if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
+            if ! "$SETUP" >>"$STATE/init.log" 2>&1; then
+                echo "setup script failed; see $STATE/init.log" > "$STATE/failure"
+                echo "devshell-init: cell setup script failed (log: $STATE/init.log)" >&2
+                exit 86
+            fi
+            echo "$hash" > "$STATE/setup-hash"
+        fi
+        if ! report=$(verify); then
+            printf '%s\n' "$report" > "$STATE/failure"
+            printf 'devshell-init: verify failed after init:\n%s\n' "$report" >&2
+            exit 86
+        fi
+        echo "$hash" > "$STATE/spec-hash"
+    fi
+    rm -f "$STATE/failure"
+    enter "$as_root" "$script"
+}
+
+main() {
+    case "${1:-}" in
+        "") init_all ;;
+        --verify) verify ;;
+        --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
+        --session)
+            local hash=${2:?--session needs the spec hash} as_root=no script=
+            shift 2
+            while [ $# -gt 0 ]; do
+                case $1 in
+                    --as-root) as_root=yes; shift ;;
+                    --script) script=${2?--script needs content}; shift 2 ;;
+                    *) echo "devshell-init: unknown argument $1" >&2; return 2 ;;
+                esac
+            done
+            session "$hash" "$as_root" "$script"
+            ;;
+        *) echo "usage: devshell-init [--verify | --status | --session HASH [--as-root] [--script CONTENT]]" >&2; return 2 ;;
+    esac
+}
+
+main "$@"

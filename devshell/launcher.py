@@ -1,0 +1,108 @@
+"""Open a devshell: the sequence shared by the CLI and the pytest plugin.
+
+Validate everything that can be validated before touching the engine, so bad input changes no
+container, volume or file; then image -> volume -> container, and report what happened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from .cells import Cell
+from .engine import MANAGED, Engine, ExecResult, Outcome, Progress, stderr_progress
+from .errors import DevshellError, VerifyFailed
+from .options import Options
+from .spec import INIT_PATH, ContainerSpec, container_name, plan, session
+
+MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
+VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
+
+
+@dataclass(frozen=True)
+class Devshell:
+    """A running, not-yet-entered devshell and how it came to be."""
+
+    spec: ContainerSpec
+    outcome: Outcome
+    volume_created: bool
+    engine: Engine
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def exec(self, argv: list[str], *, user: str = "0", workdir: str | None = None) -> ExecResult:
+        return self.engine.exec(self.name, argv, user=user, workdir=workdir)
+
+    def verify(self) -> ExecResult:
+        return self.exec([INIT_PATH, "--verify"])
+
+
+def check_host_paths(opts: Options) -> Options:
+    """Resolve symlinks and refuse what cannot be a patches dir. Reads the filesystem only."""
+    patches = opts.patches_out
+    if not os.path.exists(patches):
+        raise DevshellError(f"patches dir {patches} does not exist", "create it or pass --patches-out DIR")
+    if not os.path.isdir(patches):
+        raise DevshellError(f"patches dir {patches} is not a directory", "pass --patches-out DIR")
+    real = os.path.realpath(patches)
+    if real == "/" or real == os.path.realpath(os.path.expanduser("~")):
+        raise DevshellError(f"refusing {patches} (resolves to {real}) as the patches dir",
+                            "pass --patches-out a project directory")
+    cache = opts.host_cache
+    if cache is not None:
+        if os.path.exists(cache) and not os.path.isdir(cache):
+            raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
+        cache = os.path.realpath(cache)
+        if cache == real:
+            raise DevshellError("the host cache and the patches dir are the same directory",
+                                "keep the host cache outside the project")
+    return replace(opts, patches_out=real, host_cache=cache)
+
+
+def read_script(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SCRIPT_BYTES + 1)
+    except OSError as e:
+        raise DevshellError(f"--script {path}: {e.strerror}", "pass the path of a readable file") from None
+    if len(data) > MAX_SCRIPT_BYTES or b"\0" in data:
+        raise DevshellError(f"--script {path} is binary or larger than {MAX_SCRIPT_BYTES // 1024} KiB",
+                            "put large programs in the workspace and call them from a small script")
+    return data.decode("utf-8", "surrogateescape")
+
+
+def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str, str] | None = None,
+                  progress: Progress = stderr_progress) -> Devshell:
+    """Image, volume and container for opts (already checked by check_host_paths)."""
+    image = engine.ensure_image(cell, opts.image, progress)
+    spec = plan(opts, cell, image=image, labels=labels)
+    if opts.host_cache is not None:
+        os.makedirs(opts.host_cache, exist_ok=True)
+    created = engine.ensure_volume(spec.volume, {**dict(spec.labels), "devshell.cell": cell.name})
+    outcome = engine.ensure_container(spec)
+    return Devshell(spec, outcome, created, engine)
+
+
+def enter(shell: Devshell, opts: Options, *, script: str | None, tty: bool) -> int:
+    """Run init/verify and then the shell or script, in one exec. Returns its exit code."""
+    code = shell.engine.session(session(shell.spec, opts, script=script, tty=tty))
+    if code == VERIFY_FAILED:
+        status = shell.exec([INIT_PATH, "--status"])
+        if status.exit_code:
+            first = status.stdout.strip().splitlines()[:1] or ["see the log"]
+            raise VerifyFailed(
+                f"{shell.name} does not hold the promised state: {first[0]}",
+                f"inspect it with docker exec -it {shell.name} {INIT_PATH} --verify",
+            )
+    return code
+
+
+def remove(engine: Engine, cell: Cell, instance: str | None) -> bool:
+    """--rm: the container goes; the volume (sources, build, ccache) and host cache stay."""
+    name = container_name(cell.name, instance)
+    info = engine.inspect(name)
+    if info is not None and MANAGED not in (info["Config"].get("Labels") or {}):
+        raise DevshellError(f"{name} was not created by devshell", "remove it yourself if you mean to")
+    return engine.remove_container(name)

@@ -1,0 +1,178 @@
+"""Flags -> Options: a pure function of argv and the host facts, so it can be fuzzed.
+
+Grammar: ``devshell [CELL] [FLAGS]``. Every flag either takes no value or always takes exactly
+one, so no flag can swallow the cell positional, and order never matters. Subcommands (later:
+``patches``, ``doctor``) are reserved words that no cell may be named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .cells import DEFAULT_CELL
+from .errors import DevshellError
+
+DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
+# Host uid/gid 0 must never become dev's: map to the first ordinary id instead.
+ROOT_FALLBACK_ID = 1000
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Everything planning needs to know about the host, gathered once at the edge."""
+
+    cwd: str
+    home: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def current(cls) -> HostFacts:
+        getuid = getattr(os, "getuid", lambda: ROOT_FALLBACK_ID)
+        getgid = getattr(os, "getgid", lambda: ROOT_FALLBACK_ID)
+        return cls(cwd=os.getcwd(), home=os.path.expanduser("~"), uid=getuid(), gid=getgid())
+
+
+@dataclass(frozen=True)
+class Options:
+    cell: str = DEFAULT_CELL
+    script: str | None = None
+    rm: bool = False
+    as_root: bool = False
+    verify: bool = False
+    host_cache: str | None = None
+    patches_out: str = "."
+    image: str | None = None
+    instance: str | None = None
+    uid: int = ROOT_FALLBACK_ID
+    gid: int = ROOT_FALLBACK_ID
+    list: bool = False
+    json: bool = False
+    cells_dirs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DevshellError(message, "see devshell --help")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="devshell",
+        description="Open a hermetic development container (a devshell) for a cell.",
+        allow_abbrev=False,
+    )
+    p.add_argument("cell", nargs="?", default=None,
+                   help=f"the cell to open (default: {DEFAULT_CELL})")
+    p.add_argument("--script", metavar="PATH",
+                   help="run this host script inside as dev and exit with its code")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the cell's container; keep its volume and the host cache")
+    p.add_argument("--as-root", action="store_true",
+                   help="exec as root (escape hatch: files written to /patches become root's)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the promised in-container state and exit with the failure count")
+    p.add_argument("--host-cache", action="store_true",
+                   help=f"bind the host cache at /cache (default dir {DEFAULT_HOST_CACHE})")
+    p.add_argument("--host-cache-dir", metavar="DIR",
+                   help="bind this host cache dir at /cache (wins over --host-cache)")
+    p.add_argument("--patches-out", metavar="DIR",
+                   help="host dir bound at /patches (default: the current directory)")
+    p.add_argument("--image", metavar="IMAGE", help="use this image instead of the cell's")
+    p.add_argument("--instance", metavar="NAME",
+                   help="a second devshell of the same cell: devshell-CELL-NAME")
+    p.add_argument("--uid", type=_id, metavar="N", help="dev's uid (default: the host's)")
+    p.add_argument("--gid", type=_id, metavar="N", help="dev's gid (default: the host's)")
+    p.add_argument("--cells-dir", action="append", default=[], metavar="DIR",
+                   help="also look for cells in DIR (repeatable; before the shipped cells)")
+    p.add_argument("--list", action="store_true", help="list cells with image/container/volume state")
+    p.add_argument("--json", action="store_true", help="machine-readable --list and session summary")
+    return p
+
+
+def _id(text: str) -> int:
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= n <= 2**31 - 2:
+        raise argparse.ArgumentTypeError(f"{n} is out of range")
+    return n
+
+
+def parse(argv: Sequence[str], host: HostFacts) -> Options:
+    """Resolve argv against the host facts. Touches neither Docker nor the filesystem."""
+    ns = parser().parse_args(list(argv))
+    notes: list[str] = []
+
+    actions = [flag for flag, on in (("--script", ns.script), ("--rm", ns.rm),
+                                     ("--verify", ns.verify), ("--list", ns.list)) if on]
+    if len(actions) > 1:
+        raise DevshellError(f"{' and '.join(actions)} cannot be combined", "pick one")
+    if ns.list and ns.cell:
+        raise DevshellError("--list takes no cell", f"run devshell --list, not {ns.cell} --list")
+
+    uid, gid = ns.uid, ns.gid
+    if uid == 0 or gid == 0:
+        raise DevshellError("--uid/--gid 0 would make dev root", "use --as-root for a root shell")
+    if uid is None:
+        uid = host.uid or ROOT_FALLBACK_ID
+        if host.uid == 0:
+            notes.append(f"host uid is 0: dev gets uid {uid} (override with --uid)")
+    if gid is None:
+        gid = host.gid or ROOT_FALLBACK_ID
+        if host.gid == 0:
+            notes.append(f"host gid is 0: dev gets gid {gid} (override with --gid)")
+
+    patches = absolute(ns.patches_out or host.cwd, host)
+    if patches == "/" or patches == posixpath.normpath(host.home):
+        raise DevshellError(f"refusing {patches} as the patches dir: the container could write all of it",
+                            "cd into a project directory or pass --patches-out DIR")
+
+    host_cache = None
+    if ns.host_cache_dir is not None:
+        host_cache = absolute(ns.host_cache_dir, host)
+    elif ns.host_cache:
+        host_cache = absolute(DEFAULT_HOST_CACHE, host)
+    if host_cache is not None and host_cache in ("/", posixpath.normpath(host.home), patches):
+        raise DevshellError(f"refusing {host_cache} as the host cache dir",
+                            "pass a dedicated directory to --host-cache-dir")
+
+    if ns.instance is not None and not _safe_name(ns.instance):
+        raise DevshellError(f"--instance {ns.instance!r}: expected letters, digits, '.', '_' or '-'",
+                            "pick a simple name")
+
+    return Options(
+        cell=ns.cell or DEFAULT_CELL,
+        script=absolute(ns.script, host) if ns.script else None,
+        rm=ns.rm,
+        as_root=ns.as_root,
+        verify=ns.verify,
+        host_cache=host_cache,
+        patches_out=patches,
+        image=ns.image,
+        instance=ns.instance,
+        uid=uid,
+        gid=gid,
+        list=ns.list,
+        json=ns.json,
+        cells_dirs=tuple(absolute(d, host) for d in ns.cells_dir),
+        notes=tuple(notes),
+    )
+
+
+def absolute(path: str, host: HostFacts) -> str:
+    """Expand ~ against the host's home and anchor relative paths at its cwd, lexically."""
+    if path == "~" or path.startswith("~/"):
+        path = host.home + path[1:]
+    return posixpath.normpath(posixpath.join(host.cwd, path))
+
+
+def _safe_name(s: str) -> bool:
+    return bool(s) and len(s) <= 40 and all(c.isascii() and (c.isalnum() or c in "._-") for c in s)
+

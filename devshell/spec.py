@@ -1,0 +1,216 @@
+"""ContainerSpec: the whole storage model as one pure, hashable value.
+
+Options + Cell -> ContainerSpec -> (docker run argv | docker SDK kwargs). Every promise about what
+enters the container is an invariant of this value, so it is unit-tested and fuzzed without Docker.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from .cells import Cell
+from .options import Options
+
+PATCHES = "/patches"
+CACHE = "/cache"
+DEV_HOME = "/home/dev"
+INIT_PATH = "/usr/local/libexec/devshell-init"
+SETUP_PATH = "/usr/local/libexec/devshell-setup"
+LABEL_CELL = "devshell.cell"
+LABEL_HASH = "devshell.spec-hash"
+LABEL_IDENTITY = "devshell.spec"
+# Idle under the engine's tiny init (--init), which reaps the session's orphans and passes
+# SIGTERM on, so `docker stop` does not wait out its 10 s grace period.
+IDLE_COMMAND = ("sleep", "infinity")
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: Literal["volume", "bind"]
+    source: str
+    target: str
+    read_only: bool = False
+
+    def cli(self) -> str:
+        fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
+        if self.read_only:
+            fields.append("readonly")
+        buf = io.StringIO()  # --mount is CSV: quote a source holding ',' or '"'
+        csv.writer(buf, lineterminator="").writerow(fields)
+        return buf.getvalue()
+
+    def sdk(self) -> dict[str, Any]:
+        return {"Type": self.kind, "Source": self.source, "Target": self.target,
+                "ReadOnly": self.read_only}
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    volume: str
+    cell: str
+    image: str
+    platform: str
+    workspace: str
+    mounts: tuple[Mount, ...]
+    env: tuple[tuple[str, str], ...]
+    # Files copied in before the container starts: (path in container, content).
+    files: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = IDLE_COMMAND
+
+    def identity(self) -> dict[str, Any]:
+        """What decides reuse: a container whose identity differs is recreated."""
+        return {
+            "image": self.image,
+            "platform": self.platform,
+            "mounts": sorted([m.kind, m.source, m.target, m.read_only] for m in self.mounts),
+            "env": dict(self.env),
+            "files": {p: hashlib.sha256(c.encode()).hexdigest()[:16] for p, c in self.files},
+            "command": list(self.command),
+        }
+
+    def hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def all_labels(self) -> dict[str, str]:
+        return {**dict(self.labels), LABEL_CELL: self.cell, LABEL_HASH: self.hash(),
+                LABEL_IDENTITY: json.dumps(self.identity(), sort_keys=True)}
+
+    def run_argv(self) -> list[str]:
+        """The equivalent `docker run`, for people and for fuzzing (the engine uses the SDK)."""
+        argv = ["docker", "run", "--detach", "--name", self.name, "--hostname", self.name,
+                "--init", "--platform", self.platform, "--user", "0", "--workdir", self.workspace]
+        for k, v in sorted(self.all_labels().items()):
+            argv += ["--label", f"{k}={v}"]
+        for m in self.mounts:
+            argv += ["--mount", m.cli()]
+        for k, v in self.env:
+            argv += ["--env", f"{k}={v}"]
+        return [*argv, self.image, *self.command]
+
+    def sdk_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for docker SDK ``containers.create``."""
+        return {
+            "image": self.image,
+            "command": list(self.command),
+            "name": self.name,
+            "hostname": self.name,
+            "platform": self.platform,
+            "user": "0",
+            "init": True,
+            "working_dir": self.workspace,
+            "labels": self.all_labels(),
+            "mounts": [m.sdk() for m in self.mounts],
+            "environment": dict(self.env),
+            "detach": True,
+        }
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Name what changed between two identities, for the 'recreated because …' line."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"{key} ({', '.join(changed)})")
+        elif key == "mounts" and isinstance(a, list) and isinstance(b, list):
+            targets = sorted({m[2] for m in a if m not in b} | {m[2] for m in b if m not in a})
+            out.append(f"mounts ({', '.join(targets)})")
+        else:
+            out.append(key)
+    return out
+
+
+def ai_repo(host_path: str) -> str:
+    """Basename of the host patches dir, for Windows and POSIX paths alike."""
+    parts = [p for p in host_path.replace("\\", "/").split("/") if p]
+    return parts[-1] if parts else "-"
+
+
+def ai_key(host_path: str) -> str:
+    """The host path as one path component: '/', '\\' and ':' become '-' (Claude's encoding)."""
+    return host_path.translate(str.maketrans({"/": "-", "\\": "-", ":": "-"}))
+
+
+def init_script() -> str:
+    return resources.files("devshell").joinpath("init.sh").read_text(encoding="utf-8")
+
+
+def container_name(cell: str, instance: str | None) -> str:
+    return f"devshell-{cell}" + (f"-{instance}" if instance else "")
+
+
+def plan(opts: Options, cell: Cell, *, image: str | None = None,
+         labels: dict[str, str] | None = None, init: str | None = None) -> ContainerSpec:
+    """The container for these options and this cell. Pure: no Docker, no filesystem."""
+    name = container_name(cell.name, opts.instance)
+    mounts = [Mount("volume", name, cell.workspace), Mount("bind", opts.patches_out, PATCHES)]
+    env = {
+        "HOME": DEV_HOME,
+        "DEVSHELL_CELL": cell.name,
+        "DEVSHELL_DEV_UID": str(opts.uid),
+        "DEVSHELL_DEV_GID": str(opts.gid),
+        "DEVSHELL_DEV_HOME": DEV_HOME,
+        "DEVSHELL_PATCHES_MOUNT": PATCHES,
+        "DEVSHELL_WORKSPACE": cell.workspace,
+        "DEVSHELL_SRC": cell.src,
+        "DEVSHELL_BUILD": cell.build,
+        "DEVSHELL_CCACHE": cell.ccache,
+        "DEVSHELL_AI_REPO": ai_repo(opts.patches_out),
+        "DEVSHELL_AI_REPO_ENCODED": ai_key(opts.patches_out),
+    }
+    if opts.host_cache is not None:
+        mounts.append(Mount("bind", opts.host_cache, CACHE))
+        env["DEVSHELL_CACHE_MOUNT"] = CACHE
+    files = [(INIT_PATH, init if init is not None else init_script())]
+    if cell.setup:
+        files.append((SETUP_PATH, cell.setup))
+    return ContainerSpec(
+        name=name,
+        volume=name,
+        cell=cell.name,
+        image=opts.image or image or cell.image,
+        platform=cell.platform,
+        workspace=cell.workspace,
+        mounts=tuple(mounts),
+        env=tuple(sorted({**dict(cell.env), **env}.items())),
+        files=tuple(files),
+        labels=tuple(sorted((labels or {}).items())),
+    )
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """One `docker exec` into a devshell; the session runs init, verify and the shell in one."""
+
+    container: str
+    argv: tuple[str, ...]
+    workdir: str
+    tty: bool = False
+
+    def cli(self) -> list[str]:
+        flags = ["--interactive"] + (["--tty"] if self.tty else [])
+        return ["docker", "exec", *flags, "--user", "0", "--workdir", self.workdir,
+                self.container, *self.argv]
+
+
+def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool) -> ExecSpec:
+    """Enter: init (skipped when the recorded hash matches and verify passes), verify, then
+    drop to dev (or stay root with --as-root) and run the script or a login shell."""
+    argv = [INIT_PATH, "--session", spec.hash()]
+    if opts.as_root:
+        argv.append("--as-root")
+    if script is not None:
+        argv += ["--script", script]
+    return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None)
