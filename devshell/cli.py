@@ -42,12 +42,12 @@ def run(argv: Sequence[str]) -> int:
     if opts.verify:
         return verify(Engine.connect(), container_name(cell.name, opts.instance))
     opts = check_host_paths(opts)
-    for note in opts.notes:
-        print(f"devshell: {note}", file=sys.stderr)
     script = read_script(opts.script) if opts.script else None
     engine = Engine.connect()
     shell = open_devshell(opts, cell, engine)
     spec = shell.spec
+    for note in opts.notes:
+        print(f"devshell: {note}", file=sys.stderr)
     say(opts, {"container": spec.name, "state": shell.outcome.state, "why": shell.outcome.why,
                "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
                "patches": opts.patches_out, "cache": opts.host_cache,
@@ -56,7 +56,7 @@ def run(argv: Sequence[str]) -> int:
         + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
         + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}")
     tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()
-    return enter(shell, opts, script=script, tty=tty)
+    return enter(shell, script=script, tty=tty)
 
 
 def say(opts: Options, data: dict[str, object], text: str) -> None:

@@ -129,9 +129,9 @@ class Engine:
                            progress: Progress) -> str:
         if self.image_present(ref):
             return ref
-        progress(f"pulling {ref}")
         why = self.try_pull(ref, platform)
         if why is None:
+            progress(f"pulled {ref}")
             return ref
         whose = f"cell {cell}'s image" if cell else "image"
         raise DevshellError(
@@ -299,12 +299,12 @@ class Engine:
             return False
         return True
 
-    def remove_labelled(self, label: str) -> tuple[int, int]:
-        """Remove every container, then every volume, carrying label (k or k=v)."""
-        containers = self.client.containers.list(all=True, filters={"label": label})
+    def remove_all(self, filters: dict[str, str]) -> tuple[int, int]:
+        """Remove every container, then every volume, matching docker filters (label, name)."""
+        containers = self.client.containers.list(all=True, filters=filters)
         for c in containers:
             c.remove(force=True)
-        volumes = self.client.volumes.list(filters={"label": label})
+        volumes = self.client.volumes.list(filters=filters)
         for v in volumes:
             v.remove(force=True)
         return len(containers), len(volumes)
@@ -319,6 +319,11 @@ class Engine:
         code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
         return ExecResult(int(code), (out or b"").decode(errors="replace"),
                           (err or b"").decode(errors="replace"))
+
+    def run_captured(self, ex: ExecSpec) -> ExecResult:
+        """The same `docker exec` as session(), with output captured (harness use)."""
+        done = subprocess.run(ex.cli(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        return ExecResult(done.returncode, done.stdout, done.stderr)
 
     def session(self, ex: ExecSpec) -> int:
         """Hand the terminal to a `docker exec`: the CLI does TTY, stdin and signals right."""
@@ -371,7 +376,13 @@ def _lock(name: str) -> Iterator[None]:
 
 
 def _reason(e: BaseException) -> str:
-    """One line from a docker error, without the request URL noise."""
+    """One short line from a docker error, without the request and retry noise."""
+    import re
+
     explanation = getattr(e, "explanation", None)
-    text = str(explanation or e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    text = str(explanation or e).strip()
+    known = re.search(r"No such file or directory|Connection refused|Permission denied|timed out", text)
+    if known:
+        return known.group(0)
+    lines = text.splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -186,7 +186,7 @@ link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept
 init_ai() {
     [ -n "$CACHE" ] || return 0
     local d
-    for d in "$CACHE/ai" "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
+    for d in "$CACHE" "$CACHE/ai" "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
         "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
         [ -d "$d" ] || mkdir "$d"
         [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
@@ -232,7 +232,7 @@ verify() {
 
 # Run the session's program as dev (or root), after the state is proven.
 enter() {
-    local as_root=$1 script=$2 rc
+    local as_root=$1 has_script=$2 script=$3 rc
     local -a run
     if [ "$as_root" = yes ]; then
         export HOME=/root USER=root LOGNAME=root
@@ -241,7 +241,7 @@ enter() {
         export HOME=$DEV_HOME USER=$DEV LOGNAME=$DEV SHELL=/bin/bash
         run=(setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups --)
     fi
-    if [ -z "$script" ]; then
+    if [ "$has_script" = no ]; then
         exec "${run[@]}" /bin/bash -l
     fi
     local file
@@ -256,7 +256,7 @@ enter() {
 }
 
 session() {
-    local hash=$1 as_root=$2 script=$3 report
+    local hash=$1 as_root=$2 has_script=$3 script=$4 report
     mkdir -p "$STATE"
     if [ "$(cat "$STATE/spec-hash" 2>/dev/null)" != "$hash" ] || ! verify >/dev/null; then
         rm -f "$STATE/spec-hash"
@@ -277,7 +277,7 @@ session() {
         echo "$hash" > "$STATE/spec-hash"
     fi
     rm -f "$STATE/failure"
-    enter "$as_root" "$script"
+    enter "$as_root" "$has_script" "$script"
 }
 
 main() {
@@ -286,16 +286,16 @@ main() {
         --verify) verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
         --session)
-            local hash=${2:?--session needs the spec hash} as_root=no script=
+            local hash=${2:?--session needs the spec hash} as_root=no has_script=no script=
             shift 2
             while [ $# -gt 0 ]; do
                 case $1 in
                     --as-root) as_root=yes; shift ;;
-                    --script) script=${2?--script needs content}; shift 2 ;;
+                    --script) has_script=yes script=${2?--script needs content}; shift 2 ;;
                     *) echo "devshell-init: unknown argument $1" >&2; return 2 ;;
                 esac
             done
-            session "$hash" "$as_root" "$script"
+            session "$hash" "$as_root" "$has_script" "$script"
             ;;
         *) echo "usage: devshell-init [--verify | --status | --session HASH [--as-root] [--script CONTENT]]" >&2; return 2 ;;
     esac

@@ -24,6 +24,7 @@ class Devshell:
     """A running, not-yet-entered devshell and how it came to be."""
 
     spec: ContainerSpec
+    opts: Options
     outcome: Outcome
     volume_created: bool
     engine: Engine
@@ -37,6 +38,11 @@ class Devshell:
 
     def verify(self) -> ExecResult:
         return self.exec([INIT_PATH, "--verify"])
+
+    def run(self, script: str) -> ExecResult:
+        """Enter as the CLI does (init, verify, drop to dev) and run script, capturing output."""
+        ex = session(self.spec, self.opts, script=script, tty=False)
+        return self.engine.run_captured(ex)
 
 
 def check_host_paths(opts: Options) -> Options:
@@ -82,12 +88,12 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         os.makedirs(opts.host_cache, exist_ok=True)
     created = engine.ensure_volume(spec.volume, {**dict(spec.labels), "devshell.cell": cell.name})
     outcome = engine.ensure_container(spec)
-    return Devshell(spec, outcome, created, engine)
+    return Devshell(spec, opts, outcome, created, engine)
 
 
-def enter(shell: Devshell, opts: Options, *, script: str | None, tty: bool) -> int:
+def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
     """Run init/verify and then the shell or script, in one exec. Returns its exit code."""
-    code = shell.engine.session(session(shell.spec, opts, script=script, tty=tty))
+    code = shell.engine.session(session(shell.spec, shell.opts, script=script, tty=tty))
     if code == VERIFY_FAILED:
         status = shell.exec([INIT_PATH, "--status"])
         if status.exit_code:

@@ -117,17 +117,15 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     if ns.list and ns.cell:
         raise DevshellError("--list takes no cell", f"run devshell --list, not {ns.cell} --list")
 
-    uid, gid = ns.uid, ns.gid
-    if uid == 0 or gid == 0:
+    if ns.uid == 0 or ns.gid == 0:
         raise DevshellError("--uid/--gid 0 would make dev root", "use --as-root for a root shell")
-    if uid is None:
-        uid = host.uid or ROOT_FALLBACK_ID
-        if host.uid == 0:
-            notes.append(f"host uid is 0: dev gets uid {uid} (override with --uid)")
-    if gid is None:
-        gid = host.gid or ROOT_FALLBACK_ID
-        if host.gid == 0:
-            notes.append(f"host gid is 0: dev gets gid {gid} (override with --gid)")
+    uid = ns.uid if ns.uid is not None else host.uid or ROOT_FALLBACK_ID
+    gid = ns.gid if ns.gid is not None else host.gid or ROOT_FALLBACK_ID
+    mapped = [f"{what} 0 -> {new}" for what, given, host_id, new in
+              (("uid", ns.uid, host.uid, uid), ("gid", ns.gid, host.gid, gid))
+              if given is None and host_id == 0]
+    if mapped:
+        notes.append(f"host runs as root: dev never does ({', '.join(mapped)}; see --uid/--gid)")
 
     patches = absolute(ns.patches_out or host.cwd, host)
     if patches == "/" or patches == posixpath.normpath(host.home):
@@ -176,3 +174,19 @@ def absolute(path: str, host: HostFacts) -> str:
 def _safe_name(s: str) -> bool:
     return bool(s) and len(s) <= 40 and all(c.isascii() and (c.isalnum() or c in "._-") for c in s)
 
+
+
+def to_argv(opts: Options) -> list[str]:
+    """Flags that parse() turns back into opts (for a given host): harnesses re-enter with them."""
+    argv = [opts.cell, "--patches-out", opts.patches_out, "--uid", str(opts.uid), "--gid", str(opts.gid)]
+    for flag, value in (("--host-cache-dir", opts.host_cache), ("--image", opts.image),
+                        ("--instance", opts.instance), ("--script", opts.script)):
+        if value is not None:
+            argv += [flag, value]
+    for flag, on in (("--rm", opts.rm), ("--as-root", opts.as_root), ("--verify", opts.verify),
+                     ("--json", opts.json)):
+        if on:
+            argv.append(flag)
+    for d in opts.cells_dirs:
+        argv += ["--cells-dir", d]
+    return argv

@@ -1,0 +1,175 @@
+"""pytest plugin: ``--cell`` and fixtures that open real devshells through the launcher's own code.
+
+Registered through the ``pytest11`` entry point, so any repository that installs devshell gets
+these fixtures with nothing but ``pytest --cell=NAME``. Public API: see docs/fixtures.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from . import cells
+from .cells import Cell
+from .engine import Engine
+from .errors import DevshellError
+from .launcher import Devshell, check_host_paths, open_devshell
+from .options import Options, to_argv
+
+# testcontainers' reaper image (Ryuk) cannot be pulled offline; these fixtures clean up after
+# themselves by label instead, and so must any testcontainers use alongside them.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+LABEL_RUN = "devshell.test-run"
+LABEL_PID = "devshell.test-pid"
+TEST_UID = TEST_GID = 1000
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("devshell", "devshell: hermetic development containers")
+    group.addoption("--cell", default=None, metavar="NAME",
+                    help=f"cell the devshell fixtures open (default: {cells.DEFAULT_CELL})")
+    group.addoption("--cells-dir", action="append", default=[], metavar="DIR", dest="devshell_cells_dirs",
+                    help="also look for cells in DIR (repeatable)")
+
+
+class DevshellFactory(Protocol):
+    def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
+                 patches: Path | None = None, host_cache: bool | Path = True,
+                 image: str | None = None, instance: str | None = None) -> Devshell: ...
+
+
+@pytest.fixture(scope="session")
+def devshell_cells_path(pytestconfig: pytest.Config) -> list[Path]:
+    """Where cells are looked up: --cells-dir, then DEVSHELL_CELLS_PATH, then the shipped ones."""
+    dirs = [os.path.abspath(d) for d in pytestconfig.getoption("devshell_cells_dirs")]
+    return cells.search_path(dirs)
+
+
+@pytest.fixture(scope="session")
+def devshell_cell(pytestconfig: pytest.Config, devshell_cells_path: list[Path]) -> Cell:
+    """The Cell named by --cell."""
+    name = pytestconfig.getoption("--cell") or cells.DEFAULT_CELL
+    try:
+        return cells.find(name, devshell_cells_path)
+    except DevshellError as e:
+        pytest.fail(f"--cell={name}: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def devshell_engine() -> Engine:
+    """The Docker engine. No engine fails the tests that need it, loudly: never a green zero."""
+    try:
+        return Engine.connect()
+    except DevshellError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def devshell_run_labels(devshell_engine: Engine) -> Iterator[dict[str, str]]:
+    """Labels on everything this run creates; swept at the end, and at the next run's start if
+    this process was killed."""
+    _sweep_orphans(devshell_engine)
+    run = secrets.token_hex(4)
+    labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{os.getpid()}"}
+    yield labels
+    # By label, and by name for devshells the CLI (re)created without the labels.
+    devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
+    devshell_engine.remove_all({"name": instance_prefix(run)})
+
+
+def instance_prefix(run: str) -> str:
+    return f"-t{run}-"
+
+
+def _sweep_orphans(engine: Engine) -> None:
+    here = os.uname().nodename
+    for c in engine.client.containers.list(all=True, filters={"label": LABEL_RUN}):
+        host, _, pid = c.labels.get(LABEL_PID, "").partition(":")
+        if host == here and pid.isdigit() and not _alive(int(pid)):
+            engine.remove_all({"label": f"{LABEL_RUN}={c.labels[LABEL_RUN]}"})
+            engine.remove_all({"name": instance_prefix(c.labels[LABEL_RUN])})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def devshell_instance(devshell_run_labels: dict[str, str]) -> Callable[[], str]:
+    """New --instance names for this run; whatever carries one is removed at the end."""
+    counter = itertools.count(1)
+    run = devshell_run_labels[LABEL_RUN]
+    return lambda: f"t{run}-{next(counter)}"
+
+
+@pytest.fixture(scope="session")
+def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[Path], devshell_engine: Engine,
+                     devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
+                     tmp_path_factory: pytest.TempPathFactory) -> DevshellFactory:
+    """Open a devshell: by default a new container and volume (named for this run), a temporary
+    patches dir and host cache, and an explicit uid/gid. Removed at the end of the run."""
+
+    def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
+              patches: Path | None = None, host_cache: bool | Path = True,
+              image: str | None = None, instance: str | None = None) -> Devshell:
+        the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
+        patches = patches or tmp_path_factory.mktemp("patches-")
+        if host_cache is True:
+            host_cache = tmp_path_factory.mktemp("host-cache-")
+        opts = Options(cell=the_cell.name, patches_out=str(patches),
+                       host_cache=str(host_cache) if host_cache else None, image=image,
+                       instance=instance or devshell_instance(), uid=uid, gid=gid,
+                       cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]))
+        return open_devshell(check_host_paths(opts), the_cell, devshell_engine,
+                             labels=devshell_run_labels, progress=_progress)
+
+    return open_
+
+
+@pytest.fixture(scope="session")
+def devshell(devshell_factory: DevshellFactory) -> Devshell:
+    """The --cell devshell, opened and entered once (init and verify have run): dev is
+    uid/gid 1000, with a temporary patches dir and host cache."""
+    shell = devshell_factory()
+    result = shell.run("true")
+    if result.exit_code:
+        pytest.fail(f"entering {shell.name} failed ({result.exit_code}): {result.stderr.strip()}",
+                    pytrace=False)
+    return shell
+
+
+@pytest.fixture(scope="session")
+def devshell_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real CLI in a subprocess: devshell_cli(shell, "--script", path) re-enters the
+    devshell `shell` with the flags that opened it, plus the given ones."""
+
+    def run(shell: Devshell | None, *args: str, env: dict[str, str] | None = None,
+            **options: Any) -> subprocess.CompletedProcess[str]:
+        argv = to_argv(replace(shell.opts, **options)) if shell is not None else []
+        return subprocess.run([sys.executable, "-m", "devshell", *argv, *args],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **(env or {})}, timeout=600)
+
+    return run
+
+
+def _progress(line: str) -> None:
+    # An image build takes a minute: show its progress even while pytest captures output.
+    if sys.__stderr__ is not None:
+        sys.__stderr__.write(f"devshell: {line}\n")

@@ -1,0 +1,70 @@
+"""Bad input: one line naming the problem and the fix, exit 2, no traceback, and no change to
+any container, volume or file."""
+
+import pytest
+
+
+@pytest.fixture
+def engine_state(devshell_engine):
+    def snapshot():
+        c = devshell_engine.client
+        return ({x.id for x in c.containers.list(all=True)}, {v.name for v in c.volumes.list()})
+    return snapshot
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("devshell: error: "), result.stderr
+    assert "fix:" in lines[0]
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unpullable_image_is_one_line_and_creates_nothing(devshell_cli, devshell_instance,
+                                                        engine_state, tmp_path):
+    before = engine_state()
+    result = devshell_cli(None, "ubuntu-24.04", "--patches-out", str(tmp_path),
+                          "--instance", devshell_instance(), "--script", "/dev/null")
+    assert_one_line_error(result, "ghcr.io/catthehacker/ubuntu:act-24.04", "cannot be pulled")
+    assert engine_state() == before
+
+
+def test_missing_image_override_is_one_line_and_creates_nothing(devshell_cli, devshell_instance,
+                                                              engine_state, tmp_path):
+    before = engine_state()
+    result = devshell_cli(None, "--image", "devshell/no-such-image:1", "--patches-out",
+                          str(tmp_path), "--instance", devshell_instance())
+    assert_one_line_error(result, "devshell/no-such-image:1")
+    assert engine_state() == before
+
+
+def test_bad_cell_file_names_file_and_key(devshell_cli, engine_state, tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "broken.yaml").write_text("platform: linux/s390x\nimage: {ref: x}\nworkspace: /w\n")
+    before = engine_state()
+    result = devshell_cli(None, "broken", "--cells-dir", str(cells), "--patches-out", str(tmp_path))
+    assert_one_line_error(result, "broken.yaml", "platform")
+    assert engine_state() == before
+
+
+def test_unreachable_daemon_is_one_line(devshell_cli, tmp_path):
+    result = devshell_cli(None, "--patches-out", str(tmp_path), "--host-cache-dir",
+                          str(tmp_path / "cache"), env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert_one_line_error(result, "Docker", "DOCKER_HOST")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_bad_flag_is_one_line(devshell_cli):
+    assert_one_line_error(devshell_cli(None, "--frobnicate"), "--frobnicate")
+
+
+@pytest.mark.parametrize("where", ["missing", "file", "root"])
+def test_bad_patches_dir_is_refused(devshell_cli, engine_state, tmp_path, where):
+    path = {"missing": tmp_path / "nope", "file": tmp_path / "f", "root": "/"}[where]
+    if where == "file":
+        path.write_text("")
+    before = engine_state()
+    assert_one_line_error(devshell_cli(None, "--patches-out", str(path)), "patches")
+    assert engine_state() == before

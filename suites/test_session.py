@@ -1,0 +1,70 @@
+"""Entering: init and verify at every entry, scripts' exit codes, reuse and recreation."""
+
+from devshell.spec import INIT_PATH
+
+
+def test_verify_passes_after_entry(devshell):
+    result = devshell.verify()
+    assert (result.exit_code, result.stdout) == (0, "")
+
+
+def test_init_is_idempotent(devshell):
+    before = devshell.exec(["sh", "-c", "cat /etc/passwd /etc/group; ls -la /home/dev"]).stdout
+    for _ in range(2):
+        assert devshell.exec([INIT_PATH]).exit_code == 0
+    assert devshell.exec(["sh", "-c", "cat /etc/passwd /etc/group; ls -la /home/dev"]).stdout == before
+    assert devshell.verify().exit_code == 0
+
+
+def test_script_exit_code_zero_is_returned(devshell, devshell_cli, tmp_path):
+    script = tmp_path / "ok.sh"
+    script.write_text("#!/bin/sh\nid\n")
+    result = devshell_cli(devshell, "--script", str(script))
+    assert result.returncode == 0, result.stderr
+    assert f"uid={devshell.opts.uid}(dev) gid={devshell.opts.gid}(dev)" in result.stdout
+
+
+def test_script_nonzero_exit_code_is_returned(devshell, devshell_cli, tmp_path):
+    script = tmp_path / "fail.sh"
+    script.write_text("#!/bin/sh\nexit 7\n")
+    assert devshell_cli(devshell, "--script", str(script)).returncode == 7
+
+
+def test_reentry_reuses_the_container(devshell, devshell_factory):
+    first = devshell.engine.inspect(devshell.name)["Id"]
+    again = devshell_factory(patches=devshell.opts.patches_out,
+                             host_cache=devshell.opts.host_cache, instance=devshell.opts.instance)
+    assert again.outcome.state == "reused"
+    assert devshell.engine.inspect(devshell.name)["Id"] == first
+
+
+def test_different_patches_dir_recreates_the_container(devshell_factory, tmp_path):
+    shell = devshell_factory()
+    other = tmp_path / "other"
+    other.mkdir()
+    again = devshell_factory(patches=other, host_cache=shell.opts.host_cache,
+                             instance=shell.opts.instance)
+    assert again.outcome.state == "recreated"
+    assert "/patches" in again.outcome.why
+    assert again.run("true").exit_code == 0
+
+
+def test_stopped_container_is_started_and_reused(devshell_factory):
+    shell = devshell_factory()
+    shell.engine.client.api.stop(shell.name, timeout=5)
+    again = devshell_factory(patches=shell.opts.patches_out, host_cache=shell.opts.host_cache,
+                             instance=shell.opts.instance)
+    assert (again.outcome.state, again.outcome.why) == ("reused", "started")
+    assert again.run("true").exit_code == 0
+
+
+def test_state_init_cannot_repair_fails_the_session_loudly(devshell_factory, devshell_cli, tmp_path):
+    shell = devshell_factory()
+    assert shell.exec(["rm", "/usr/bin/sudo"]).exit_code == 0  # init installs no packages
+    script = tmp_path / "never.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    result = devshell_cli(shell, "--script", str(script))
+    assert result.returncode == 3
+    assert "sudoers" in result.stderr and "Traceback" not in result.stderr
+    assert "ran" not in result.stdout
+    assert shell.engine.inspect(shell.name)["State"]["Running"], "left for inspection"

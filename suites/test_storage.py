@@ -1,0 +1,80 @@
+"""Storage is inverted: the cell's volume holds the work, /patches is the only rendezvous,
+/cache is opt-in, and nothing else of the host enters the container."""
+
+import os
+
+from devshell.spec import CACHE, PATCHES
+
+
+def mounts_of(shell):
+    info = shell.engine.inspect(shell.name)
+    return {(m["Type"], m.get("Name") or m["Source"], m["Destination"], m["RW"])
+            for m in info["Mounts"]}
+
+
+def test_mounts_are_exactly_the_volume_patches_and_cache(devshell):
+    opts, spec = devshell.opts, devshell.spec
+    assert mounts_of(devshell) == {
+        ("volume", spec.volume, spec.workspace, True),
+        ("bind", opts.patches_out, PATCHES, True),
+        ("bind", opts.host_cache, CACHE, True),
+    }
+
+
+def test_without_host_cache_nothing_is_bound_at_cache(devshell_factory):
+    shell = devshell_factory(host_cache=False)
+    assert {m[2] for m in mounts_of(shell)} == {shell.spec.workspace, PATCHES}
+    assert shell.run("test ! -e /cache").exit_code == 0
+
+
+def test_container_gets_no_privilege_devices_or_host_namespaces(devshell):
+    host = devshell.engine.inspect(devshell.name)["HostConfig"]
+    assert not host["Privileged"]
+    assert not host.get("CapAdd")
+    assert not host.get("Devices")
+    assert host["NetworkMode"] != "host" and host["PidMode"] != "host"
+
+
+def test_platform_is_pinned_to_the_cells_arch(devshell):
+    image = devshell.engine.client.images.get(devshell.spec.image)
+    assert f"linux/{image.attrs['Architecture']}" == devshell.spec.platform
+
+
+def test_file_written_in_patches_is_owned_by_dev_ids_on_the_host(devshell):
+    result = devshell.run("echo patch > /patches/0001-x.patch")
+    assert result.exit_code == 0, result.stderr
+    st = os.stat(os.path.join(devshell.opts.patches_out, "0001-x.patch"))
+    assert (st.st_uid, st.st_gid) == (devshell.opts.uid, devshell.opts.gid)
+
+
+def test_workspace_and_its_dirs_belong_to_dev(devshell):
+    cell_dirs = " ".join(dict(devshell.spec.env)[k] for k in ("DEVSHELL_SRC", "DEVSHELL_BUILD"))
+    result = devshell.run(f'touch "$DEVSHELL_WORKSPACE/x" && for d in {cell_dirs}; do touch "$d/x"; done')
+    assert result.exit_code == 0, result.stderr
+
+
+def test_rm_removes_the_container_and_keeps_the_volumes_data(devshell_factory, devshell_cli):
+    shell = devshell_factory()
+    assert shell.run('echo kept > "$DEVSHELL_SRC/file"').exit_code == 0
+    removed = devshell_cli(shell, "--rm")
+    assert removed.returncode == 0, removed.stderr
+    assert shell.engine.inspect(shell.name) is None
+    again = devshell_factory(patches=shell.opts.patches_out, host_cache=False,
+                             instance=shell.opts.instance)
+    assert again.outcome.state == "fresh"
+    assert again.run('cat "$DEVSHELL_SRC/file"').stdout == "kept\n"
+
+
+def test_environment_contract_is_complete(devshell):
+    result = devshell.run("env")
+    env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    opts = devshell.opts
+    assert env["HOME"] == env["DEVSHELL_DEV_HOME"] == "/home/dev"
+    assert (env["DEVSHELL_DEV_UID"], env["DEVSHELL_DEV_GID"]) == (str(opts.uid), str(opts.gid))
+    assert env["DEVSHELL_PATCHES_MOUNT"] == PATCHES
+    assert env["DEVSHELL_CACHE_MOUNT"] == CACHE
+    assert env["DEVSHELL_CELL"] == devshell.spec.cell
+    assert env["DEVSHELL_SRC"].startswith(devshell.spec.workspace + "/")
+    assert env["DEVSHELL_BUILD"].startswith(devshell.spec.workspace + "/")
+    assert env["DEVSHELL_AI_REPO"] == os.path.basename(opts.patches_out)
+    assert env["DEVSHELL_AI_REPO_ENCODED"] == opts.patches_out.replace("/", "-")
