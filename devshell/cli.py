@@ -97,6 +97,6 @@ def list_cells(found: list[cells.Cell], opts: Options) -> int:
         return 0
     cols = ["cell", "image_state", "container", "volume", "image"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    for r in [dict(zip(cols, cols)), *rows]:
+    for r in [dict(zip(cols, cols, strict=True)), *rows]:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
     return 0

@@ -138,9 +138,12 @@ def ai_repo(host_path: str) -> str:
     return parts[-1] if parts else "-"
 
 
+_AI_KEY = {ord("/"): "-", ord("\\"): "-", ord(":"): "-"}
+
+
 def ai_key(host_path: str) -> str:
     """The host path as one path component: '/', '\\' and ':' become '-' (Claude's encoding)."""
-    return host_path.translate(str.maketrans({"/": "-", "\\": "-", ":": "-"}))
+    return host_path.translate(_AI_KEY)
 
 
 def init_script() -> str:
