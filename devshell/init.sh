@@ -82,7 +82,17 @@ init_user() {
     [ "$(field passwd "$DEV" 7)" = /bin/bash ] || usermod -s /bin/bash "$DEV"
     [ "$old_home" = "$DEV_HOME" ] || usermod -d "$DEV_HOME" "$DEV"
     passwd -d "$DEV" >/dev/null 2>&1 || true
+    drop_aliases
     init_home "$old_home"
+}
+# Another account at dev's uid is a second name for dev (e.g. planted with useradd -o): drop it
+# from passwd and shadow; its files, if any, are dev's already.
+drop_aliases() {
+    local aliases name
+    aliases=$(awk -F: -v u="$DEV_UID" -v n="$DEV" '$3 == u && $1 != n { print $1 }' /etc/passwd)
+    for name in $aliases; do
+        sed -i "/^$name:/d" /etc/passwd /etc/shadow
+    done
 }
 # A renamed account's home moves to /home/dev, unless the workspace volume is mounted inside
 # it (runner's /home/runner/work/...): moving that would move the mount, so copy instead.

@@ -42,6 +42,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also look for cells in DIR (repeatable)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # --cell asks for real containers: with no engine, stop the run with one line rather than
+    # letting it end as a green run of nothing.
+    if config.getoption("--cell") is not None:
+        try:
+            Engine.connect()
+        except DevshellError as e:
+            raise pytest.UsageError(f"--cell={config.getoption('--cell')}: {e}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    cell = config.getoption("--cell") or cells.DEFAULT_CELL
+    return f"devshell: --cell={cell}, test run {_run_id(config)}"
+
+
+_RUN = pytest.StashKey[str]()
+
+
+def _run_id(config: pytest.Config) -> str:
+    """This run's id, labelled on everything it creates. An xdist worker extends the
+    controller's id with its own number, so workers never share a container name."""
+    if _RUN not in config.stash:
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None and "devshell_run" in workerinput:
+            run = f"{workerinput['devshell_run']}w{workerinput['workerid'].removeprefix('gw')}"
+        else:
+            run = secrets.token_hex(4)
+        config.stash[_RUN] = run
+    return config.stash[_RUN]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: hand the controller's run id to each worker."""
+    node.workerinput["devshell_run"] = _run_id(node.config)
+
+
 class DevshellFactory(Protocol):
     def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
                  patches: Path | None = None, host_cache: bool | Path = True,
@@ -75,11 +112,11 @@ def devshell_engine() -> Engine:
 
 
 @pytest.fixture(scope="session")
-def devshell_run_labels(devshell_engine: Engine) -> Iterator[dict[str, str]]:
+def devshell_run_labels(pytestconfig: pytest.Config, devshell_engine: Engine) -> Iterator[dict[str, str]]:
     """Labels on everything this run creates; swept at the end, and at the next run's start if
     this process was killed."""
     _sweep_orphans(devshell_engine)
-    run = secrets.token_hex(4)
+    run = _run_id(pytestconfig)
     labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{os.getpid()}"}
     yield labels
     # By label, and by name for devshells the CLI (re)created without the labels.

@@ -1,0 +1,93 @@
+"""The harness is public API: downstream repositories get the fixtures by installing devshell,
+runs clean up after themselves (and after killed runs), and no engine is never a green run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from devshell.plugin import LABEL_PID, LABEL_RUN
+
+DOWNSTREAM_TEST = '''
+def test_our_project_commits_in_this_cell(devshell):
+    result = devshell.run(
+        'cd "$DEVSHELL_SRC" && git init -q proj && cd proj'
+        ' && git -c user.email=a@example.com -c user.name=a commit -q --allow-empty -m first'
+        ' && git format-patch -q --root -o /patches && ls /patches'
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == ["0001-first.patch"]
+'''
+
+
+def cell_args(devshell_cell, devshell_cells_path):
+    return [f"--cell={devshell_cell.name}",
+            *(f"--cells-dir={d}" for d in devshell_cells_path[:-1])]
+
+
+def run_id(result) -> str:
+    text = "\n".join(result.outlines + result.errlines)
+    found = re.search(r"devshell: --cell=\S+, test run ([0-9a-f]+)", text)
+    assert found, text
+    return found.group(1)
+
+
+def leftovers(engine, run: str) -> list[str]:
+    f = {"label": f"{LABEL_RUN}={run}"}
+    return ([c.name for c in engine.client.containers.list(all=True, filters=f)]
+            + [v.name for v in engine.client.volumes.list(filters=f)])
+
+
+def test_downstream_repo_gets_the_fixtures_by_installing_devshell(
+        pytester, devshell_cell, devshell_cells_path, devshell_engine):
+    pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path),
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert leftovers(devshell_engine, run_id(result)) == []
+
+
+def test_failing_run_leaves_no_containers_or_volumes(
+        pytester, devshell_cell, devshell_cells_path, devshell_engine):
+    pytester.makepyfile(test_fails="def test_fails(devshell):\n    assert devshell.run('false').exit_code == 0\n")
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    result.assert_outcomes(failed=1)
+    assert leftovers(devshell_engine, run_id(result)) == []
+
+
+def test_killed_runs_leftovers_are_swept_at_the_next_session(
+        pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import os
+
+    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", "devshell.managed": "1"}
+    devshell_engine.client.volumes.create("devshell-orphan-tdeadbeef-1", labels=labels)
+    devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels,
+                                             name="devshell-orphan-tdeadbeef-1")
+    pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    result.assert_outcomes(passed=1)
+    assert leftovers(devshell_engine, "deadbeef") == []
+
+
+def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_cells_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    assert result.ret not in (0, 5)
+    errors = [line for line in result.errlines if "no Docker engine answers" in line]
+    assert len(errors) == 1, result.errlines
+
+
+def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine):
+    cells = pytester.mkdir("cells")
+    # A downstream cell: same recipe as bookworm (so the base image is shared), its own workspace.
+    (cells / "mycell.yaml").write_text(
+        "platform: linux/amd64\n"
+        "image: {recipe: {debootstrap: {suite: bookworm, include: [git, sudo, passwd, ca-certificates]}}}\n"
+        "workspace: /work/mycell\n")
+    result = pytester.run(sys.executable, "-m", "devshell.contract", "--cell=mycell",
+                          f"--cells-dir={cells}", "-k", "mounts_are_exactly or verify_passes")
+    result.assert_outcomes(passed=2)

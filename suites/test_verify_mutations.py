@@ -1,0 +1,73 @@
+"""--verify catches each broken promise by name, and init repairs it.
+
+Each test breaks exactly one element of the promised state in a live devshell, then asserts that
+--verify exits non-zero naming that element, that init repairs it, and that --verify passes again.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from devshell.spec import INIT_PATH
+
+# element -> shell (as root) that breaks exactly it. $WS, $MEM and $H are set by break_().
+MUTATIONS = {
+    "dev missing": ("dev-user", "userdel dev"),
+    "dev with the wrong uid": ("dev-uid", "usermod -u 1234 dev"),
+    "dev with the wrong gid": ("dev-gid", "groupadd -g 1235 other && usermod -g 1235 dev"),
+    "dev group at the wrong gid": ("dev-group", "groupmod -g 1236 dev"),
+    "home missing": ("dev-home", "rm -rf /home/dev"),
+    "home not dev's": ("dev-home", "chown root:root /home/dev"),
+    "home elsewhere": ("dev-home", "usermod -d /home/elsewhere dev"),
+    "extra dev-named account": ("dev-unique", "echo 'dev:x:2000:2000::/home/dev2:/bin/sh' >> /etc/passwd"),
+    "second account at dev's uid": ("dev-unique", "useradd -o -u $DEVSHELL_DEV_UID -M intruder"),
+    "patches owned by root": ("patches-owner", "chown root:root /patches"),
+    "sudoers entry removed": ("sudoers", "rm /etc/sudoers.d/devshell"),
+    "sudoers entry world-readable": ("sudoers", "chmod 0644 /etc/sudoers.d/devshell"),
+    "sudoers entry weakened": ("sudoers", "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/devshell"),
+    "workspace owned by root": ("workspace-owner", "chown root:root $WS"),
+    "build dir missing": ("workspace-dirs", "rm -rf $DEVSHELL_BUILD"),
+    "skills link dangling": ("skills-link", "ln -sfn /nonexistent $H/.claude/skills"),
+    "skills link missing": ("skills-link", "rm $H/.claude/skills"),
+    "settings link missing while settings.json exists": ("settings-link", "rm $H/.claude/settings.json"),
+    "memory link for /patches removed": ("memory-link:patches", "rm $H/.claude/projects/-patches/memory"),
+    "memory link for the workspace removed": (
+        "memory-link:workspace", "rm $H/.claude/projects/$(echo $WS | tr / -)/memory"),
+    "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
+    "memory dir removed": ("memory-dir", "rm -rf $MEM"),
+    "cache not writable by dev": ("cache-writable", "chown root:root /cache/ai && chmod 0755 /cache/ai"),
+}
+
+@pytest.fixture
+def live(devshell_factory, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "ai").mkdir(parents=True)
+    (cache / "ai" / "settings.json").write_text("{}\n")
+    shell = devshell_factory(host_cache=cache)
+    assert shell.run("true").exit_code == 0
+    assert shell.verify().exit_code == 0, shell.verify().stdout
+    return shell
+
+
+def break_(shell, command: str) -> None:
+    env = dict(shell.spec.env)
+    mem = f"/cache/ai/memory/{env['DEVSHELL_AI_REPO']}/{env['DEVSHELL_AI_REPO_ENCODED']}"
+    script = f'WS="$DEVSHELL_WORKSPACE" MEM="{mem}" H=/home/dev; set -e; {command}'
+    result = shell.exec(["bash", "-c", script])
+    assert result.exit_code == 0, f"could not break it: {result.stderr}"
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_verify_names_the_broken_element_and_init_repairs_it(live, mutation, record_property):
+    element, command = MUTATIONS[mutation]
+    break_(live, command)
+    broken = live.verify()
+    named = [line.split(":", 1)[0] if not line.startswith("FAIL memory-link:")
+             else line.rsplit(":", 1)[0] for line in broken.stdout.splitlines()]
+    caught = broken.exit_code != 0 and f"FAIL {element}" in named
+    live.exec([INIT_PATH])
+    repaired = live.verify()
+    # conftest.py prints these rows as the mutation table (they reach it from xdist workers too).
+    record_property("mutation", (mutation, element, caught, repaired.exit_code == 0))
+    assert caught, f"verify missed {element}: exit {broken.exit_code}, {broken.stdout!r}"
+    assert repaired.exit_code == 0, f"init did not repair {element}: {repaired.stdout!r}"
