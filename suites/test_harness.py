@@ -3,6 +3,7 @@ runs clean up after themselves (and after killed runs), and no engine is never a
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -50,7 +51,10 @@ def test_downstream_repo_gets_the_fixtures_by_installing_devshell(
 
 def test_failing_run_leaves_no_containers_or_volumes(
         pytester, devshell_cell, devshell_cells_path, devshell_engine):
-    pytester.makepyfile(test_fails="def test_fails(devshell):\n    assert devshell.run('false').exit_code == 0\n")
+    pytester.makepyfile(test_fails="""
+        def test_fails(devshell):
+            assert devshell.run('false').exit_code == 0
+    """)
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
     result.assert_outcomes(failed=1)
     assert leftovers(devshell_engine, run_id(result)) == []
@@ -60,7 +64,6 @@ def test_killed_runs_leftovers_are_swept_at_the_next_session(
         pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    import os
 
     labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", "devshell.managed": "1"}
     devshell_engine.client.volumes.create("devshell-orphan-tdeadbeef-1", labels=labels)
