@@ -1,7 +1,8 @@
 """Cells: named toolchain environments, defined as data in ``cells/*.yaml``.
 
 A cell named NAME lives in ``NAME.yaml`` in one of the cell directories. Loading validates the
-file against a schema; every error names the file, the key and what was expected.
+file against a schema; every error names the file, the key and what was expected. A file that
+validated once is remembered by content hash, so re-entry pays for neither YAML nor jsonschema.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import DevshellError
@@ -135,55 +135,94 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def shipped_cells_dir() -> Path:
+def cache_dir() -> str:
+    """devshell's per-user cache: validated cells, build locks."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "devshell")
+
+
+def shipped_cells_dir() -> str:
     """The cells that come with devshell: inside the wheel, or at the repository root."""
-    packaged = Path(__file__).parent / "cells"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "cells"
+    here = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(here, "cells")
+    return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "cells")
 
 
-def search_path(cells_dirs: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> list[Path]:
+def search_path(cells_dirs: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> list[str]:
     """Directories searched for cells, first match wins: --cells-dir, the env var, shipped."""
     environ = os.environ if environ is None else environ
     from_env = [p for p in environ.get(CELLS_PATH_ENV, "").split(os.pathsep) if p]
-    return [Path(p) for p in (*cells_dirs, *from_env)] + [shipped_cells_dir()]
+    return [*cells_dirs, *from_env, shipped_cells_dir()]
 
 
-def find(name: str, path: Iterable[Path]) -> Cell:
+def _yaml_files(d: str) -> list[str]:
+    try:
+        return sorted(f for f in os.listdir(d) if f.endswith(".yaml"))
+    except OSError:
+        return []
+
+
+def find(name: str, path: Iterable[str]) -> Cell:
     dirs = list(path)
     for d in dirs:
-        f = d / f"{name}.yaml"
-        if f.is_file():
+        f = os.path.join(d, f"{name}.yaml")
+        if os.path.isfile(f):
             return load(f)
-    available = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
+    available = sorted({f[: -len(".yaml")] for d in dirs for f in _yaml_files(d)})
     raise DevshellError(
-        f"no cell named {name!r} (searched {', '.join(map(str, dirs))})",
+        f"no cell named {name!r} (searched {', '.join(dirs)})",
         f"pick one of {', '.join(available) or 'none found'}, or add --cells-dir DIR",
     )
 
 
-def available(path: Iterable[Path]) -> list[Cell]:
+def available(path: Iterable[str]) -> list[Cell]:
     """Every cell on the search path, shadowed names resolved like find()."""
     seen: dict[str, Cell] = {}
     for d in path:
-        if d.is_dir():
-            for f in sorted(d.glob("*.yaml")):
-                if f.stem not in seen:
-                    seen[f.stem] = load(f)
+        for f in _yaml_files(d):
+            if f[: -len(".yaml")] not in seen:
+                seen[f[: -len(".yaml")]] = load(os.path.join(d, f))
     return list(seen.values())
 
 
-def load(path: Path) -> Cell:
+_SCHEMA_ID = hashlib.sha256(json.dumps(SCHEMA, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load(path: str) -> Cell:
+    stem = os.path.basename(path)[: -len(".yaml")]
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DevshellError(f"{path}: cannot read cell file ({e.strerror})", "check the path") from None
+    remembered = os.path.join(cache_dir(), "cells",
+                              f"{hashlib.sha256(raw).hexdigest()[:32]}-{_SCHEMA_ID}.json")
+    try:
+        with open(remembered, encoding="utf-8") as f:
+            return build(json.load(f), source=path, stem=stem)
+    except (OSError, ValueError):
+        pass
+    data = parse_yaml(raw, path)
+    cell = parse(data, source=path, stem=stem)
+    try:  # only what validated is remembered; a cache we cannot write is no error
+        os.makedirs(os.path.dirname(remembered), exist_ok=True)
+        with open(remembered + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(remembered + ".tmp", remembered)
+    except OSError:
+        pass
+    return cell
+
+
+def parse_yaml(raw: bytes, path: str) -> Any:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DevshellError(f"{path}: cannot read cell file ({e.strerror})", "check the path") from None
+        return yaml.safe_load(raw)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
         raise DevshellError(f"{path}:{line} is not valid YAML", "fix the syntax") from None
-    return parse(data, source=str(path), stem=path.stem)
 
 
 def parse(data: Any, *, source: str, stem: str) -> Cell:
@@ -195,6 +234,11 @@ def parse(data: Any, *, source: str, stem: str) -> Cell:
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise DevshellError(f"{source}: key {key!r}: {_expected(error)}", "edit the cell file")
+    return build(data, source=source, stem=stem)
+
+
+def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
+    """A Cell from a schema-valid document, with the checks a schema cannot express."""
 
     def bad(key: str, why: str) -> DevshellError:
         return DevshellError(f"{source}: key {key!r}: {why}", "edit the cell file")
@@ -247,7 +291,7 @@ def _env_str(v: object) -> str:
 def _matches(pattern: str, s: str) -> bool:
     import re
 
-    return re.match(pattern, s) is not None
+    return re.fullmatch(pattern, s) is not None
 
 
 def _expected(error: Any) -> str:

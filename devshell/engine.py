@@ -1,33 +1,32 @@
 """Engine: the one module with side effects on the Docker engine.
 
 Images, volumes, containers, exec and copy-in all go through here. Every operation is idempotent
-and reports what it did. The docker SDK is imported lazily: it costs ~0.3 s to import.
+and reports what it did.
+
+Speed: re-entering a running devshell asks the engine one question (inspect the container) and
+then hands over to `docker exec`. That question goes over a raw socket, because importing the
+docker SDK costs ~0.3 s (requests, urllib3) and http.client ~60 ms; the SDK, and every other
+heavy module here, is imported on first use by the paths that change something.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import platform as _platform
-import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cells import Cell, Recipe
+from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
 from .spec import LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
 
 if TYPE_CHECKING:
     import docker
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 Progress = Callable[[str], None]
 MANAGED = "devshell.managed"
@@ -41,7 +40,8 @@ def stderr_progress(line: str) -> None:
 
 
 def host_platform() -> str:
-    return f"linux/{_ARCH.get(_platform.machine().lower(), _platform.machine().lower())}"
+    machine = os.uname().machine.lower()
+    return f"linux/{_ARCH.get(machine, machine)}"
 
 
 @dataclass(frozen=True)
@@ -63,26 +63,64 @@ class ExecResult:
 
 
 class Engine:
-    """A connection to one Docker engine. Construct with connect()."""
+    """One Docker engine (DOCKER_HOST, else the local socket). Construct with connect()."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
-        self.client = client
+    def __init__(self, host: str | None = None) -> None:
+        self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        self._client: docker.DockerClient | None = None
 
     @classmethod
     def connect(cls) -> Engine:
-        import docker
-        from docker.errors import DockerException
+        engine = cls()
+        if engine._socket() is None:
+            engine.client.ping()  # not a local socket: let the SDK handle TLS, ssh, tcp
+        else:
+            engine._get("/_ping")
+        return engine
 
+    @property
+    def client(self) -> docker.DockerClient:
+        """The docker SDK client, created (and imported) on first use."""
+        if self._client is None:
+            import docker
+            from docker.errors import DockerException
+
+            try:
+                self._client = docker.from_env(timeout=120)
+                self._client.ping()
+            except DockerException as e:
+                raise self._unreachable(e) from None
+        return self._client
+
+    def _unreachable(self, e: BaseException) -> DevshellError:
+        return DevshellError(f"no Docker engine answers at {self.host} ({_reason(e)})",
+                             "start the Docker daemon, or point DOCKER_HOST at one")
+
+    def _socket(self) -> str | None:
+        return self.host.removeprefix("unix://") if self.host.startswith("unix://") else None
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        """GET over the engine's unix socket with HTTP/1.0: the engine closes the connection
+        after one plain (never chunked) response, so reading to EOF is the whole answer."""
+        import socket
+
+        sock_path = self._socket()
+        assert sock_path is not None
+        chunks = []
         try:
-            client = docker.from_env(timeout=120)
-            client.ping()
-        except DockerException as e:
-            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise DevshellError(
-                f"no Docker engine answers at {where} ({_reason(e)})",
-                "start the Docker daemon, or point DOCKER_HOST at one",
-            ) from None
-        return cls(client)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(60)
+                s.connect(sock_path)
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                while chunk := s.recv(1 << 16):
+                    chunks.append(chunk)
+        except OSError as e:
+            raise self._unreachable(e) from None
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        try:
+            return int(head.split(b" ", 2)[1]), body
+        except (IndexError, ValueError):
+            raise self._unreachable(ValueError("not an HTTP answer")) from None
 
     # --- images ---------------------------------------------------------------------------
 
@@ -140,6 +178,8 @@ class Engine:
         )
 
     def build(self, cell: Cell, tag: str, progress: Progress) -> None:
+        import time
+
         recipe = cell.recipe
         assert recipe is not None
         arch = cell.platform.split("/")[1]
@@ -159,6 +199,11 @@ class Engine:
         progress(f"built {tag} in {time.monotonic() - started:.0f} s")
 
     def _debootstrap(self, recipe: Recipe, arch: str, tag: str, progress: Progress) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+        from pathlib import Path
+
         if shutil.which("debootstrap") is None:
             raise DevshellError("building the base image needs debootstrap, which is not installed",
                                 "apt-get install debootstrap (or docker load the image)")
@@ -191,6 +236,8 @@ class Engine:
                                     "check disk space and the Docker daemon")
 
     def _layer(self, base: str, recipe: Recipe, tag: str, progress: Progress) -> None:
+        import io
+
         from docker.errors import DockerException
 
         lines = [f"FROM {base}"] + [f"RUN {json.dumps(['/bin/sh', '-ec', r])}" for r in recipe.run]
@@ -241,13 +288,23 @@ class Engine:
     # --- containers -----------------------------------------------------------------------
 
     def inspect(self, name: str) -> dict[str, Any] | None:
-        from docker.errors import NotFound
+        """The container's inspect document, or None. The one call on the warm path."""
+        if self._socket() is None:
+            from docker.errors import NotFound
 
-        try:
-            info: dict[str, Any] = self.client.api.inspect_container(name)
-        except NotFound:
+            try:
+                info: dict[str, Any] = self.client.api.inspect_container(name)
+            except NotFound:
+                return None
+            return info
+        status, body = self._get(f"/containers/{name}/json")
+        if status == 404:
             return None
-        return info
+        if status != 200:
+            raise DevshellError(f"inspecting {name} failed (HTTP {status}: {body[:200]!r})",
+                                "check the Docker daemon")
+        found: dict[str, Any] = json.loads(body)
+        return found
 
     def ensure_container(self, spec: ContainerSpec) -> Outcome:
         """A running container for spec: reuse one with the same hash, else (re)create it."""
@@ -299,14 +356,30 @@ class Engine:
             return False
         return True
 
+    def labelled(self, label: str) -> list[dict[str, str]]:
+        """Labels of every container and volume carrying label, from one list call each:
+        what other processes remove meanwhile must not turn into errors."""
+        containers = self.client.api.containers(all=True, filters={"label": label})
+        volumes = self.client.api.volumes(filters={"label": label}).get("Volumes") or []
+        return [x.get("Labels") or {} for x in [*containers, *volumes]]
+
     def remove_all(self, filters: dict[str, str]) -> tuple[int, int]:
-        """Remove every container, then every volume, matching docker filters (label, name)."""
-        containers = self.client.containers.list(all=True, filters=filters)
+        """Remove every container, then every volume, matching docker filters (label, name).
+        Idempotent: what another process removed meanwhile counts as removed."""
+        from docker.errors import NotFound
+
+        containers = self.client.api.containers(all=True, filters=filters)
         for c in containers:
-            c.remove(force=True)
-        volumes = self.client.volumes.list(filters=filters)
+            try:
+                self.client.api.remove_container(c["Id"], force=True)
+            except NotFound:
+                pass
+        volumes = self.client.api.volumes(filters=filters).get("Volumes") or []
         for v in volumes:
-            v.remove(force=True)
+            try:
+                self.client.api.remove_volume(v["Name"], force=True)
+            except NotFound:
+                pass
         return len(containers), len(volumes)
 
     # --- exec -----------------------------------------------------------------------------
@@ -322,23 +395,33 @@ class Engine:
 
     def run_captured(self, ex: ExecSpec) -> ExecResult:
         """The same `docker exec` as session(), with output captured (harness use)."""
+        import subprocess
+
         done = subprocess.run(ex.cli(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
         return ExecResult(done.returncode, done.stdout, done.stderr)
 
     def session(self, ex: ExecSpec) -> int:
-        """Hand the terminal to a `docker exec`: the CLI does TTY, stdin and signals right."""
+        """Hand the terminal to a `docker exec`: the CLI does TTY, stdin and signals right.
+        posix_spawn, not subprocess: the warm path should not pay for importing it."""
         import signal
 
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the shell inside
         try:
-            return subprocess.call(ex.cli())
+            pid = os.posix_spawnp("docker", ex.cli(), os.environ, setsigdef=[signal.SIGINT])
+            _, status = os.waitpid(pid, 0)
         except FileNotFoundError:
             raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
         finally:
             signal.signal(signal.SIGINT, old)
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code
 
 
 def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
+    import io
+    import tarfile
+    import time
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path, content in files:
@@ -351,6 +434,8 @@ def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
 
 def _stream(cmd: list[str], progress: Progress, keep: Callable[[str], bool]) -> None:
     """Run cmd, passing the lines keep() selects to progress; fail with its last lines."""
+    import subprocess
+
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
@@ -369,9 +454,9 @@ def _lock(name: str) -> Iterator[None]:
     """A per-machine lock, so parallel runs (xdist workers, two terminals) build once."""
     from filelock import FileLock
 
-    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "devshell" / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(d / f"{name}.lock")):
+    d = os.path.join(cache_dir(), "locks")
+    os.makedirs(d, exist_ok=True)
+    with FileLock(os.path.join(d, f"{name}.lock")):
         yield
 
 

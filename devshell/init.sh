@@ -37,6 +37,31 @@ owner_of() { stat -c %u:%g "$1" 2>/dev/null; }
 field() { getent "$1" "$2" | cut -d: -f"$3"; }
 as_dev() { setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --clear-groups -- "$@"; }
 
+# verify runs at every entry, so it reads its facts once, with builtins and a single stat,
+# instead of forking per check: accounts from /etc/passwd and /etc/group, and for every path
+# it checks, owner, mode and link target (ST_OWNER, ST_MODE, ST_LINK; unset when missing).
+load_facts() {
+    local name uid gid home path owner mode link
+    PW_COUNT=0 PW_AT_UID=0 PW_UID= PW_GID= PW_HOME= GR_GID=
+    while IFS=: read -r name _ uid gid _ home _; do
+        if [ "$name" = "$DEV" ]; then
+            PW_COUNT=$((PW_COUNT + 1))
+            [ "$PW_COUNT" = 1 ] && PW_UID=$uid PW_GID=$gid PW_HOME=$home
+        fi
+        [ "$uid" = "$DEV_UID" ] && PW_AT_UID=$((PW_AT_UID + 1))
+    done </etc/passwd
+    while IFS=: read -r name _ gid _; do
+        [ "$name" = "$DEV" ] && { GR_GID=$gid; break; }
+    done </etc/group
+    declare -gA ST_OWNER=() ST_MODE=() ST_LINK=()
+    while IFS='|' read -r path owner mode link; do
+        ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
+        [ "${link#* -> }" = "$link" ] || ST_LINK[$path]=${link#* -> }
+    done < <(QUOTING_STYLE=literal stat -c '%n|%u:%g|%a|%N' -- "$@" 2>/dev/null)
+}
+owned_by_dev() { [ "${ST_OWNER[$1]:-}" = "$DEV_UID:$DEV_GID" ]; }
+links_to() { [ "${ST_LINK[$1]:-}" = "$2" ] && [ -d "$1" -o -f "$1" ]; }
+
 # --- dev group: the name dev at DEV_GID; an image's group already at that gid is renamed ---
 init_group() {
     local owner
@@ -52,9 +77,7 @@ init_group() {
     fi
 }
 verify_group() {
-    local gid
-    gid=$(field group "$DEV" 3)
-    [ "$gid" = "$DEV_GID" ] || fail dev-group "group dev has gid '${gid:-missing}', want $DEV_GID"
+    [ "$GR_GID" = "$DEV_GID" ] || fail dev-group "group dev has gid '${GR_GID:-missing}', want $DEV_GID"
 }
 
 # --- dev user: one account named dev at DEV_UID; an image's user at that uid is renamed ---
@@ -124,19 +147,14 @@ dedupe_accounts() {
     done
 }
 verify_user() {
-    local n uid gid
-    n=$(grep -c "^$DEV:" /etc/passwd)
-    if [ "$n" = 0 ]; then fail dev-user "no account named dev"; return; fi
-    [ "$n" = 1 ] || fail dev-unique "$n accounts named dev in /etc/passwd"
-    n=$(awk -F: -v u="$DEV_UID" '$3 == u' /etc/passwd | wc -l)
-    [ "$n" -le 1 ] || fail dev-unique "$n accounts share uid $DEV_UID"
-    uid=$(field passwd "$DEV" 3)
-    gid=$(field passwd "$DEV" 4)
-    [ "$uid" = "$DEV_UID" ] || fail dev-uid "dev has uid $uid, want $DEV_UID"
-    [ "$gid" = "$DEV_GID" ] || fail dev-gid "dev has primary gid $gid, want $DEV_GID"
-    [ "$(field passwd "$DEV" 6)" = "$DEV_HOME" ] || fail dev-home "dev's home is not $DEV_HOME"
+    if [ "$PW_COUNT" = 0 ]; then fail dev-user "no account named dev"; return; fi
+    [ "$PW_COUNT" = 1 ] || fail dev-unique "$PW_COUNT accounts named dev in /etc/passwd"
+    [ "$PW_AT_UID" -le 1 ] || fail dev-unique "$PW_AT_UID accounts share uid $DEV_UID"
+    [ "$PW_UID" = "$DEV_UID" ] || fail dev-uid "dev has uid $PW_UID, want $DEV_UID"
+    [ "$PW_GID" = "$DEV_GID" ] || fail dev-gid "dev has primary gid $PW_GID, want $DEV_GID"
+    [ "$PW_HOME" = "$DEV_HOME" ] || fail dev-home "dev's home is $PW_HOME, want $DEV_HOME"
     [ -d "$DEV_HOME" ] || fail dev-home "$DEV_HOME is missing"
-    [ "$(owner_of "$DEV_HOME")" = "$DEV_UID:$DEV_GID" ] || fail dev-home "$DEV_HOME is not dev's"
+    owned_by_dev "$DEV_HOME" || fail dev-home "$DEV_HOME is not dev's"
 }
 
 # --- sudo: passwordless, so the agent installs build deps with no host credential inside ---
@@ -146,9 +164,12 @@ init_sudoers() {
     chown 0:0 "$SUDOERS" && chmod 0440 "$SUDOERS"
 }
 verify_sudoers() {
+    local line=
     command -v sudo >/dev/null || fail sudoers "sudo is not installed in the image"
-    [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || fail sudoers "$SUDOERS lacks '$SUDOERS_LINE'"
-    [ "$(stat -c %a:%u "$SUDOERS" 2>/dev/null)" = 440:0 ] || fail sudoers "$SUDOERS is not root's, mode 0440"
+    { read -r line <"$SUDOERS"; } 2>/dev/null
+    [ "$line" = "$SUDOERS_LINE" ] || fail sudoers "$SUDOERS lacks '$SUDOERS_LINE'"
+    [ "${ST_MODE[$SUDOERS]:-}:${ST_OWNER[$SUDOERS]:-}" = 440:0:0 ] \
+        || fail sudoers "$SUDOERS is not root's with mode 0440"
 }
 
 # --- /patches: the rendezvous; only its top directory is chowned, never the host's files ---
@@ -156,15 +177,17 @@ init_patches() {
     [ "$(owner_of "$PATCHES")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$PATCHES"
 }
 verify_patches() {
-    [ "$(owner_of "$PATCHES")" = "$DEV_UID:$DEV_GID" ] || fail patches-owner "$PATCHES is $(owner_of "$PATCHES"), want $DEV_UID:$DEV_GID"
+    owned_by_dev "$PATCHES" || fail patches-owner "$PATCHES is ${ST_OWNER[$PATCHES]:-missing}, want $DEV_UID:$DEV_GID"
 }
 
 # --- workspace: the cell's volume; chown -R only when its top owner differs (it can be GBs) ---
-workspace_fs() {
-    awk -v p="$WORKSPACE" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") { print $(i + 1); exit } }' \
-        /proc/self/mountinfo
+owner_is_mapped() {
+    local point rest fs=
+    while read -r _ _ _ _ point rest; do
+        [ "$point" = "$WORKSPACE" ] && { fs=${rest#* - }; fs=${fs%% *}; }
+    done </proc/self/mountinfo
+    case $MAPPED_FS in *" $fs "*) [ -n "$fs" ] ;; *) return 1 ;; esac
 }
-owner_is_mapped() { case $MAPPED_FS in *" $(workspace_fs) "*) return 0 ;; esac; return 1; }
 init_workspace() {
     if ! owner_is_mapped && [ "$(owner_of "$WORKSPACE")" != "$DEV_UID:$DEV_GID" ]; then
         chown -R "$DEV_UID:$DEV_GID" "$WORKSPACE"
@@ -176,7 +199,8 @@ init_workspace() {
 }
 verify_workspace() {
     if ! owner_is_mapped; then
-        [ "$(owner_of "$WORKSPACE")" = "$DEV_UID:$DEV_GID" ] || fail workspace-owner "$WORKSPACE is $(owner_of "$WORKSPACE"), want $DEV_UID:$DEV_GID"
+        owned_by_dev "$WORKSPACE" \
+            || fail workspace-owner "$WORKSPACE is ${ST_OWNER[$WORKSPACE]:-missing}, want $DEV_UID:$DEV_GID"
     fi
     local d
     for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
@@ -187,7 +211,11 @@ verify_workspace() {
 # --- AI state on /cache: skills, settings.json and per-project memory, linked into ~/.claude ---
 # Claude keys a project by its working directory with '/' -> '-': link all three a session may
 # start in to the one memory dir of this host repository.
-memory_links() { echo "patches $PATCHES"; echo "workspace $WORKSPACE"; echo "home $DEV_HOME"; }
+memory_link() {  # sets REPLY to ~/.claude/projects/<start dir with / -> ->/memory (no fork)
+    local dir
+    case $1 in patches) dir=$PATCHES ;; workspace) dir=$WORKSPACE ;; home) dir=$DEV_HOME ;; esac
+    REPLY=$DEV_HOME/.claude/projects/${dir//\//-}/memory
+}
 link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept aside, not lost
     [ "$(readlink "$2")" = "$1" ] && return
     if [ -e "$2" ] && [ ! -L "$2" ]; then mv "$2" "$2.devshell-bak.$(date +%s)"; fi
@@ -205,30 +233,35 @@ init_ai() {
     if [ -e "$CACHE/ai/settings.json" ]; then
         link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
     fi
-    local name dir project
-    while read -r name dir; do
-        project=$DEV_HOME/.claude/projects/$(echo "$dir" | tr / -)
+    local name project
+    for name in patches workspace home; do
+        memory_link "$name"
+        project=${REPLY%/memory}
         [ -d "$project" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$project"
         link "$MEMORY" "$project/memory"
-    done < <(memory_links)
+    done
 }
 verify_ai() {
     [ -n "$CACHE" ] || return 0
-    as_dev test -w "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
-    [ -d "$MEMORY" ] || fail memory-dir "$MEMORY is missing"
-    [ -d "$MEMORY" ] && { as_dev test -w "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"; }
-    [ "$(readlink "$DEV_HOME/.claude/skills")" = "$CACHE/ai/skills" ] && [ -d "$DEV_HOME/.claude/skills" ] \
+    if ! as_dev test -w "$CACHE/ai" -a -w "$MEMORY"; then  # one fork; split only on failure
+        as_dev test -w "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
+        if [ ! -d "$MEMORY" ]; then
+            fail memory-dir "$MEMORY is missing"
+        else
+            as_dev test -w "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"
+        fi
+    fi
+    links_to "$DEV_HOME/.claude/skills" "$CACHE/ai/skills" \
         || fail skills-link "~/.claude/skills does not resolve to $CACHE/ai/skills"
     if [ -e "$CACHE/ai/settings.json" ]; then
-        [ "$(readlink "$DEV_HOME/.claude/settings.json")" = "$CACHE/ai/settings.json" ] \
+        links_to "$DEV_HOME/.claude/settings.json" "$CACHE/ai/settings.json" \
             || fail settings-link "~/.claude/settings.json does not resolve to $CACHE/ai/settings.json"
     fi
-    local name dir link
-    while read -r name dir; do
-        link=$DEV_HOME/.claude/projects/$(echo "$dir" | tr / -)/memory
-        [ "$(readlink "$link")" = "$MEMORY" ] && [ -d "$link" ] \
-            || fail "memory-link:$name" "$link does not resolve to $MEMORY"
-    done < <(memory_links)
+    local name
+    for name in patches workspace home; do
+        memory_link "$name"
+        links_to "$REPLY" "$MEMORY" || fail "memory-link:$name" "$REPLY does not resolve to $MEMORY"
+    done
 }
 
 init_all() { init_group; init_user; init_sudoers; init_patches; init_workspace; init_ai; }
@@ -236,6 +269,12 @@ verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify
 
 verify() {
     FAILURES=0
+    local -a paths=("$DEV_HOME" "$PATCHES" "$WORKSPACE" "$SUDOERS") name
+    if [ -n "$CACHE" ]; then
+        paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json")
+        for name in patches workspace home; do memory_link "$name"; paths+=("$REPLY"); done
+    fi
+    load_facts "${paths[@]}"
     verify_all
     return "$FAILURES"
 }
@@ -254,11 +293,9 @@ enter() {
     if [ "$has_script" = no ]; then
         exec "${run[@]}" /bin/bash -l
     fi
-    local file
-    file=$(mktemp /tmp/devshell-script.XXXXXX) || exit 86
-    printf '%s' "$script" > "$file"
-    chmod 0700 "$file"
-    [ "$as_root" = yes ] || chown "$DEV_UID:$DEV_GID" "$file"
+    local file=/tmp/devshell-script.$$ owner=0:0
+    [ "$as_root" = yes ] || owner=$DEV_UID:$DEV_GID
+    install -m 0700 -o "${owner%:*}" -g "${owner#*:}" /dev/stdin "$file" <<<"$script" || exit 86
     "${run[@]}" "$file"
     rc=$?
     rm -f "$file"
@@ -267,8 +304,10 @@ enter() {
 
 session() {
     local hash=$1 as_root=$2 has_script=$3 script=$4 report
-    mkdir -p "$STATE"
-    if [ "$(cat "$STATE/spec-hash" 2>/dev/null)" != "$hash" ] || ! verify >/dev/null; then
+    local converged=
+    [ -d "$STATE" ] || mkdir -p "$STATE"
+    { read -r converged <"$STATE/spec-hash"; } 2>/dev/null
+    if [ "$converged" != "$hash" ] || ! verify >/dev/null; then
         rm -f "$STATE/spec-hash"
         init_all >"$STATE/init.log" 2>&1
         if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
@@ -286,7 +325,7 @@ session() {
         fi
         echo "$hash" > "$STATE/spec-hash"
     fi
-    rm -f "$STATE/failure"
+    [ ! -e "$STATE/failure" ] || rm -f "$STATE/failure"
     enter "$as_root" "$has_script" "$script"
 }
 

@@ -81,19 +81,19 @@ def pytest_configure_node(node: Any) -> None:
 
 class DevshellFactory(Protocol):
     def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-                 patches: Path | None = None, host_cache: bool | Path = True,
+                 patches: str | Path | None = None, host_cache: bool | str | Path = True,
                  image: str | None = None, instance: str | None = None) -> Devshell: ...
 
 
 @pytest.fixture(scope="session")
-def devshell_cells_path(pytestconfig: pytest.Config) -> list[Path]:
+def devshell_cells_path(pytestconfig: pytest.Config) -> list[str]:
     """Where cells are looked up: --cells-dir, then DEVSHELL_CELLS_PATH, then the shipped ones."""
     dirs = [os.path.abspath(d) for d in pytestconfig.getoption("devshell_cells_dirs")]
     return cells.search_path(dirs)
 
 
 @pytest.fixture(scope="session")
-def devshell_cell(pytestconfig: pytest.Config, devshell_cells_path: list[Path]) -> Cell:
+def devshell_cell(pytestconfig: pytest.Config, devshell_cells_path: list[str]) -> Cell:
     """The Cell named by --cell."""
     name = pytestconfig.getoption("--cell") or cells.DEFAULT_CELL
     try:
@@ -130,11 +130,11 @@ def instance_prefix(run: str) -> str:
 
 def _sweep_orphans(engine: Engine) -> None:
     here = os.uname().nodename
-    for c in engine.client.containers.list(all=True, filters={"label": LABEL_RUN}):
-        host, _, pid = c.labels.get(LABEL_PID, "").partition(":")
+    for labels in engine.labelled(LABEL_RUN):
+        host, _, pid = labels.get(LABEL_PID, "").partition(":")
         if host == here and pid.isdigit() and not _alive(int(pid)):
-            engine.remove_all({"label": f"{LABEL_RUN}={c.labels[LABEL_RUN]}"})
-            engine.remove_all({"name": instance_prefix(c.labels[LABEL_RUN])})
+            engine.remove_all({"label": f"{LABEL_RUN}={labels[LABEL_RUN]}"})
+            engine.remove_all({"name": instance_prefix(labels[LABEL_RUN])})
 
 
 def _alive(pid: int) -> bool:
@@ -156,14 +156,14 @@ def devshell_instance(devshell_run_labels: dict[str, str]) -> Callable[[], str]:
 
 
 @pytest.fixture(scope="session")
-def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[Path], devshell_engine: Engine,
+def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshell_engine: Engine,
                      devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
                      tmp_path_factory: pytest.TempPathFactory) -> DevshellFactory:
     """Open a devshell: by default a new container and volume (named for this run), a temporary
     patches dir and host cache, and an explicit uid/gid. Removed at the end of the run."""
 
     def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-              patches: Path | None = None, host_cache: bool | Path = True,
+              patches: str | Path | None = None, host_cache: bool | str | Path = True,
               image: str | None = None, instance: str | None = None) -> Devshell:
         the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
         patches = patches or tmp_path_factory.mktemp("patches-")

@@ -6,12 +6,10 @@ enters the container is an invariant of this value, so it is unit-tested and fuz
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
+import os
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from .cells import Cell
@@ -38,6 +36,9 @@ class Mount:
     read_only: bool = False
 
     def cli(self) -> str:
+        import csv
+        import io
+
         fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
         if self.read_only:
             fields.append("readonly")
@@ -147,7 +148,8 @@ def ai_key(host_path: str) -> str:
 
 
 def init_script() -> str:
-    return resources.files("devshell").joinpath("init.sh").read_text(encoding="utf-8")
+    with open(os.path.join(os.path.dirname(__file__), "init.sh"), encoding="utf-8") as f:
+        return f.read()
 
 
 def container_name(cell: str, instance: str | None) -> str:

@@ -1,0 +1,115 @@
+"""Benchmark: devshell's hot paths side by side with the raw docker floor, in one run.
+
+    python bench/run.py [--cell bookworm] [--reps 10] [--json]
+
+Not a test: nothing here asserts a time. Ratios are against floors measured in the same run on
+the same machine, so they travel between machines better than milliseconds do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+DEVSHELL = [sys.executable, "-m", "devshell"]
+
+
+def timed(cmd: list[str], check: bool = True) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    elapsed = (time.perf_counter() - start) * 1000
+    if check and done.returncode:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
+    return elapsed
+
+
+def sample(reps: int, once: Callable[[], float], before: Callable[[], None] = lambda: None) -> list[float]:
+    out = []
+    for _ in range(reps):
+        before()
+        out.append(once())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", default="bookworm")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="devshell-bench-")
+    script = os.path.join(work, "true.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\ntrue\n")
+    instance = f"bench{os.getpid()}"
+    name = f"devshell-{args.cell}-{instance}"
+    patches, cache = os.path.join(work, "patches"), os.path.join(work, "cache")
+    os.mkdir(patches)
+    # With a host cache, so verify checks everything it can (AI links, cache writability).
+    base = [*DEVSHELL, args.cell, "--instance", instance, "--patches-out", patches,
+            "--host-cache-dir", cache, "--uid", "1000", "--gid", "1000"]
+    enter = [*base, "--script", script]
+    remove = [*base, "--rm"]
+
+    def drop_volume() -> None:
+        timed(remove)
+        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True)
+
+    try:
+        timed(enter)  # build the image if needed; start and verify the container
+        image = json.loads(subprocess.run(["docker", "inspect", name], capture_output=True,
+                                          text=True).stdout)[0]["Config"]["Image"]
+        results = {
+            "docker_exec_floor": sample(args.reps, lambda: timed(["docker", "exec", name, "true"])),
+            "warm_reentry": sample(args.reps, lambda: timed(enter)),
+            "verify_exec": sample(args.reps, lambda: timed(
+                ["docker", "exec", name, "/usr/local/libexec/devshell-init", "--verify"])),
+            "docker_run_floor": sample(args.reps, lambda: timed(["docker", "run", "--rm", image, "true"])),
+            "cold_start": sample(args.reps, lambda: timed(enter), before=drop_volume),
+            "rm_reentry": sample(args.reps, lambda: timed(enter), before=lambda: timed(remove) and None),
+        }
+    finally:
+        drop_volume()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    report = {
+        "cell": args.cell,
+        "reps": args.reps,
+        "warm_reentry_ms": round(med["warm_reentry"], 1),
+        "docker_exec_floor_ms": round(med["docker_exec_floor"], 1),
+        "cold_start_ms": round(med["cold_start"], 1),
+        "docker_run_floor_ms": round(med["docker_run_floor"], 1),
+        # What --verify adds beyond the exec it rides on.
+        "verify_ms": round(med["verify_exec"] - med["docker_exec_floor"], 1),
+        "rm_reentry_ms": round(med["rm_reentry"], 1),
+        "warm_ratio": round(med["warm_reentry"] / med["docker_exec_floor"], 2),
+        "cold_ratio": round(med["cold_start"] / med["docker_run_floor"], 2),
+        "targets": {"warm_ratio": 2.7, "cold_ratio": 3.5, "verify_ms": 20},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    floors = {"warm_reentry": "docker_exec_floor", "verify_exec": "docker_exec_floor",
+              "cold_start": "docker_run_floor", "rm_reentry": "docker_run_floor"}
+    print(f"{'measure':20} {'min':>8} {'median':>8} {'max':>8}  ratio to floor  (ms, {args.reps} reps)")
+    for key, values in results.items():
+        ratio = f"{med[key] / med[floors[key]]:.2f} x {floors[key]}" if key in floors else "(floor)"
+        print(f"{key:20} {min(values):8.1f} {med[key]:8.1f} {max(values):8.1f}  {ratio}")
+    print(f"verify beyond its exec: {report['verify_ms']} ms; targets: warm <= 2.7x, cold <= 3.5x, "
+          "verify <= 20 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
