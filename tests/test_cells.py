@@ -1,0 +1,353 @@
+"""Cells as data: shipped cells load, bad files say file + key + expectation, search order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devshell import cells
+from devshell.cells import PLATFORMS, RESERVED_NAMES, Recipe
+from devshell.errors import DevshellError
+
+SHIPPED = ("bookworm", "runner-1001", "ubuntu-24.04")
+NO_ENV: dict[str, str] = {}
+
+
+def doc(**overrides: Any) -> dict[str, Any]:
+    """A minimal valid cell document."""
+    base: dict[str, Any] = {"platform": "linux/amd64", "image": {"ref": "debian:bookworm"},
+                            "workspace": "/work/w"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Whatever devshell caches about loaded cells goes under tmp_path, not the real ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def shipped() -> list[Any]:
+    return [cells.shipped_cells_dir()]
+
+
+def strs(path: list[Any]) -> list[str]:
+    return [str(p) for p in path]
+
+
+def write(directory: Path, stem: str, data: Any) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(DevshellError) as info:
+        cells.load(path)
+    return str(info.value)
+
+
+# --- shipped cells --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_cell_loads(name):
+    cell = cells.find(name, cells.search_path(environ=NO_ENV))
+    assert cell.name == name
+    assert cell.platform in PLATFORMS
+    assert Path(cell.source).name == f"{name}.yaml"
+    assert cell.image
+
+
+def test_default_cell_is_shipped():
+    names = {c.name for c in cells.available(cells.search_path(environ=NO_ENV))}
+    assert cells.DEFAULT_CELL in names
+
+
+def test_available_lists_the_shipped_cells():
+    assert set(SHIPPED) <= {c.name for c in cells.available(shipped())}
+
+
+def test_recipe_cell_image_is_its_built_tag():
+    cell = cells.find("bookworm", shipped())
+    assert cell.image_ref is None
+    assert cell.image == cell.built_tag
+    assert cell.image.startswith("devshell/bookworm:")
+
+
+def test_ref_cell_image_is_its_reference():
+    cell = cells.find("ubuntu-24.04", shipped())
+    assert (cell.image, cell.built_tag) == ("ghcr.io/catthehacker/ubuntu:act-24.04", None)
+
+
+def test_runner_1001_shares_bookworms_base_but_not_its_recipe():
+    bookworm, runner = (cells.find(n, shipped()) for n in ("bookworm", "runner-1001"))
+    assert bookworm.recipe and runner.recipe
+    assert bookworm.recipe.base_hash() == runner.recipe.base_hash()
+    assert bookworm.recipe.hash() != runner.recipe.hash()
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def test_dirs_default_to_src_build_ccache_under_workspace():
+    cell = cells.parse(doc(), source="x.yaml", stem="x")
+    assert (cell.src, cell.build, cell.ccache) == ("/work/w/src", "/work/w/build", "/work/w/ccache")
+
+
+def test_dirs_may_be_renamed():
+    cell = cells.parse(doc(dirs={"src": "s", "build": "b"}), source="x.yaml", stem="x")
+    assert (cell.src, cell.build, cell.ccache) == ("/work/w/s", "/work/w/b", "/work/w/ccache")
+
+
+def test_env_values_become_strings():
+    cell = cells.parse(doc(env={"A": True, "B": 3, "C": "x", "D": False}), source="x", stem="x")
+    assert cell.env == (("A", "true"), ("B", "3"), ("C", "x"), ("D", "false"))
+
+
+def test_name_key_may_repeat_the_file_stem():
+    assert cells.parse(doc(name="x"), source="x.yaml", stem="x").name == "x"
+
+
+def test_recipe_defaults():
+    data = doc(image={"recipe": {"debootstrap": {"suite": "trixie"}}})
+    recipe = cells.parse(data, source="x", stem="x").recipe
+    assert recipe == Recipe(suite="trixie", variant="minbase", include=(), mirror=None, run=())
+
+
+# --- errors name file, key and expectation --------------------------------------------------
+
+
+def test_missing_platform_is_named(tmp_path):
+    path = write(tmp_path, "c", doc(platform=None))
+    message = load_error(path)
+    assert str(path) in message
+    assert "missing" in message
+    assert "'platform'" in message
+
+
+def test_bad_platform_lists_the_allowed_values(tmp_path):
+    path = write(tmp_path, "c", doc(platform="windows/amd64"))
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'platform'" in message
+    assert "expected one of linux/amd64, linux/arm64" in message
+    assert "'windows/amd64'" in message
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    path = write(tmp_path, "c", doc(colour="blue"))
+    message = load_error(path)
+    assert str(path) in message
+    assert "unknown key" in message
+    assert "'colour'" in message
+
+
+def test_unknown_nested_key_names_its_parent(tmp_path):
+    debootstrap = {"suite": "x", "flavour": 1}
+    path = write(tmp_path, "c", doc(image={"recipe": {"debootstrap": debootstrap}}))
+    message = load_error(path)
+    assert "key 'image.recipe.debootstrap'" in message
+    assert "'flavour'" in message
+
+
+@pytest.mark.parametrize("workspace", ["work", "/", "/w/", "/with space", ""])
+def test_workspace_not_matching_the_pattern_is_refused(tmp_path, workspace):
+    path = write(tmp_path, "c", doc(workspace=workspace))
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'workspace'" in message
+    assert "expected a value matching" in message
+
+
+@pytest.mark.parametrize("workspace", ["/patches", "/patches/x", "/cache", "/cache/y", "/home/dev",
+                                       "/x/../patches", "/x/.."])
+def test_workspace_colliding_with_launcher_paths_is_refused(tmp_path, workspace):
+    path = write(tmp_path, "c", doc(workspace=workspace))
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'workspace'" in message
+    assert "collides" in message
+
+
+def test_workspace_merely_starting_with_a_reserved_name_is_fine():
+    assert cells.parse(doc(workspace="/patchesx"), source="x", stem="x").workspace == "/patchesx"
+
+
+def test_name_differing_from_file_stem_is_refused(tmp_path):
+    path = write(tmp_path, "alpha", doc(name="beta"))
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'name'" in message
+    assert "expected 'alpha'" in message
+
+
+@pytest.mark.parametrize("stem", sorted(RESERVED_NAMES))
+def test_reserved_file_name_is_refused(tmp_path, stem):
+    path = write(tmp_path, stem, doc())
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'name'" in message
+    assert "reserved" in message
+
+
+@pytest.mark.parametrize("stem", ["Upper", "-dash", "has space", "x" * 64])
+def test_file_name_outside_the_name_pattern_is_refused(tmp_path, stem):
+    assert "key 'name'" in load_error(write(tmp_path, stem, doc()))
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "c", "platform: linux/amd64\nimage: [unclosed\n")
+    message = load_error(path)
+    assert str(path) in message
+    assert "not valid YAML" in message
+    assert "line" in message
+
+
+def test_empty_file_is_refused_as_not_an_object(tmp_path):
+    message = load_error(write(tmp_path, "c", ""))
+    assert "(top level)" in message
+    assert "object" in message
+
+
+def test_unreadable_path_is_a_devshell_error(tmp_path):
+    assert "cannot read" in load_error(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("key", ["HOME", "DEVSHELL_CELL", "DEVSHELL_ANYTHING"])
+def test_launcher_env_keys_are_refused(tmp_path, key):
+    path = write(tmp_path, "c", doc(env={"OK": "1", key: "x"}))
+    message = load_error(path)
+    assert str(path) in message
+    assert f"key 'env.{key}'" in message
+
+
+def test_env_key_must_be_an_identifier(tmp_path):
+    assert "key 'env'" in load_error(write(tmp_path, "c", doc(env={"1X": "y"})))
+
+
+def test_dirs_must_be_single_components(tmp_path):
+    assert "key 'dirs.src'" in load_error(write(tmp_path, "c", doc(dirs={"src": "a/b"})))
+
+
+# --- search path ----------------------------------------------------------------------------
+
+
+def test_search_path_is_cells_dirs_then_env_then_shipped(tmp_path):
+    a, b, c, d = (str(tmp_path / n) for n in "abcd")
+    environ = {cells.CELLS_PATH_ENV: os.pathsep.join([c, "", d])}
+    path = cells.search_path([a, b], environ=environ)
+    assert strs(path) == [a, b, c, d, str(cells.shipped_cells_dir())]
+
+
+def test_search_path_without_env_is_only_shipped():
+    assert strs(cells.search_path(environ=NO_ENV)) == strs(shipped())
+
+
+def test_cells_dir_cell_is_found(tmp_path):
+    write(tmp_path, "mine", doc())
+    assert cells.find("mine", cells.search_path([str(tmp_path)], environ=NO_ENV)).name == "mine"
+
+
+def test_env_path_cell_is_found(tmp_path):
+    write(tmp_path, "mine", doc())
+    environ = {cells.CELLS_PATH_ENV: str(tmp_path)}
+    assert cells.find("mine", cells.search_path(environ=environ)).name == "mine"
+
+
+def test_cells_dir_shadows_env_path_and_shipped(tmp_path):
+    write(tmp_path / "flag", "bookworm", doc(description="from --cells-dir"))
+    write(tmp_path / "env", "bookworm", doc(description="from env"))
+    path = cells.search_path([str(tmp_path / "flag")],
+                             environ={cells.CELLS_PATH_ENV: str(tmp_path / "env")})
+    assert cells.find("bookworm", path).description == "from --cells-dir"
+
+
+def test_env_path_shadows_shipped(tmp_path):
+    write(tmp_path, "bookworm", doc(description="from env"))
+    path = cells.search_path(environ={cells.CELLS_PATH_ENV: str(tmp_path)})
+    assert cells.find("bookworm", path).description == "from env"
+
+
+def test_first_match_wins_among_env_path_entries(tmp_path):
+    write(tmp_path / "one", "c", doc(description="one"))
+    write(tmp_path / "two", "c", doc(description="two"))
+    environ = {cells.CELLS_PATH_ENV: f"{tmp_path / 'one'}{os.pathsep}{tmp_path / 'two'}"}
+    assert cells.find("c", cells.search_path(environ=environ)).description == "one"
+
+
+def test_a_broken_shadowed_cell_is_never_read(tmp_path):
+    write(tmp_path / "one", "c", doc())
+    write(tmp_path / "two", "c", "not: [valid")
+    assert cells.find("c", [tmp_path / "one", tmp_path / "two"]).name == "c"
+
+
+def test_available_resolves_shadowing_like_find(tmp_path):
+    write(tmp_path, "bookworm", doc(description="mine"))
+    found = {c.name: c for c in cells.available([tmp_path, *shipped()])}
+    assert set(SHIPPED) <= set(found)
+    assert found["bookworm"].description == "mine"
+
+
+def test_missing_search_dirs_are_skipped(tmp_path):
+    assert cells.find("bookworm", [tmp_path / "absent", *shipped()]).name == "bookworm"
+
+
+def test_unknown_cell_error_lists_available_cells(tmp_path):
+    write(tmp_path, "mine", doc())
+    with pytest.raises(DevshellError) as info:
+        cells.find("nope", cells.search_path([str(tmp_path)], environ=NO_ENV))
+    assert "'nope'" in info.value.message
+    assert str(tmp_path) in info.value.message
+    assert info.value.fix is not None
+    for name in (*SHIPPED, "mine"):
+        assert name in info.value.fix
+
+
+# --- recipe identity ------------------------------------------------------------------------
+
+RECIPE = Recipe(suite="bookworm", include=("git", "sudo"), run=("echo one",))
+
+
+def test_recipe_hash_changes_when_run_lines_change():
+    assert replace(RECIPE, run=("echo two",)).hash() != RECIPE.hash()
+
+
+def test_base_hash_ignores_run_lines():
+    assert replace(RECIPE, run=("echo two", "echo three")).base_hash() == RECIPE.base_hash()
+
+
+def test_run_line_order_matters():
+    two = replace(RECIPE, run=("a", "b"))
+    assert replace(RECIPE, run=("b", "a")).hash() != two.hash()
+
+
+def test_include_order_does_not_matter():
+    assert replace(RECIPE, include=("sudo", "git")).base_hash() == RECIPE.base_hash()
+
+
+@pytest.mark.parametrize("change", [{"suite": "trixie"}, {"variant": "buildd"},
+                                    {"include": ("git",)}, {"mirror": "http://m"}])
+def test_base_hash_changes_with_the_base(change):
+    assert replace(RECIPE, **change).base_hash() != RECIPE.base_hash()
+
+
+def test_built_tag_changes_with_the_recipe():
+    cell = cells.parse(doc(image={"recipe": {"debootstrap": {"suite": "bookworm"},
+                                             "run": ["echo one"]}}), source="x", stem="x")
+    changed = replace(cell, recipe=replace(cell.recipe, run=("echo two",)))
+    assert cell.built_tag != changed.built_tag
+    assert cell.built_tag == replace(cell).built_tag
+
+
+def test_ref_wins_over_recipe_for_the_image():
+    data = doc(image={"ref": "r:1", "recipe": {"debootstrap": {"suite": "bookworm"}}})
+    cell = cells.parse(data, source="x", stem="x")
+    assert cell.image == "r:1"
+    assert cell.built_tag is not None

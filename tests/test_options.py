@@ -1,0 +1,324 @@
+"""options.parse: argv + HostFacts -> Options, without Docker or the filesystem."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+
+from devshell.cells import DEFAULT_CELL
+from devshell.errors import DevshellError
+from devshell.options import DEFAULT_HOST_CACHE, ROOT_FALLBACK_ID, HostFacts, Options, parse, to_argv
+
+HOME = "/home/alice"
+CWD = "/home/alice/proj"
+HOST = HostFacts(cwd=CWD, home=HOME, uid=501, gid=20)
+ROOT_HOST = HostFacts(cwd=CWD, home=HOME, uid=0, gid=0)
+DEFAULT_CACHE_DIR = "/home/alice/.cache/devshell/host-cache"
+
+
+def refused(argv: list[str], host: HostFacts = HOST) -> DevshellError:
+    with pytest.raises(DevshellError) as info:
+        parse(argv, host)
+    return info.value
+
+
+def path_option(opts: Options, flag: str) -> str | None:
+    """The resolved host path a path-taking flag produced."""
+    if flag == "--cells-dir":
+        return opts.cells_dirs[0]
+    return {"--patches-out": opts.patches_out, "--host-cache-dir": opts.host_cache,
+            "--script": opts.script}[flag]
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+
+def test_no_arguments_open_the_default_cell():
+    assert parse([], HOST).cell == DEFAULT_CELL == "bookworm"
+
+
+def test_patches_dir_defaults_to_cwd():
+    assert parse([], HOST).patches_out == CWD
+
+
+def test_defaults_ask_for_nothing_else():
+    assert parse([], HOST) == Options(cell="bookworm", patches_out=CWD, uid=501, gid=20)
+
+
+def test_dev_ids_default_to_the_hosts():
+    opts = parse([], HostFacts(cwd=CWD, home=HOME, uid=1234, gid=4321))
+    assert (opts.uid, opts.gid) == (1234, 4321)
+    assert opts.notes == ()
+
+
+# --- every flag -----------------------------------------------------------------------------
+
+
+def test_every_flag_lands_in_its_option():
+    opts = parse(
+        ["runner-1001", "--script", "s.sh", "--as-root", "--host-cache-dir", "/c",
+         "--patches-out", "out", "--image", "img:1", "--instance", "two", "--uid", "7",
+         "--gid", "8", "--cells-dir", "mine", "--json"],
+        HOST,
+    )
+    assert opts == Options(
+        cell="runner-1001", script=f"{CWD}/s.sh", as_root=True, host_cache="/c",
+        patches_out=f"{CWD}/out", image="img:1", instance="two", uid=7, gid=8,
+        json=True, cells_dirs=(f"{CWD}/mine",),
+    )
+
+
+@pytest.mark.parametrize("flag, field", [("--rm", "rm"), ("--verify", "verify"),
+                                         ("--list", "list"), ("--as-root", "as_root"),
+                                         ("--json", "json")])
+def test_switch_sets_its_option(flag, field):
+    assert getattr(parse([flag], HOST), field) is True
+    assert getattr(parse([], HOST), field) is False
+
+
+def test_flag_values_may_use_equals_form():
+    opts = parse(["--patches-out=out", "--uid=7", "--instance=b"], HOST)
+    assert (opts.patches_out, opts.uid, opts.instance) == (f"{CWD}/out", 7, "b")
+
+
+def test_image_is_passed_verbatim_not_as_a_path():
+    assert parse(["--image", "./x:1"], HOST).image == "./x:1"
+
+
+def test_cells_dir_repeats_keep_their_order():
+    opts = parse(["--cells-dir", "b", "--cells-dir", "/a", "--cells-dir", "~/c"], HOST)
+    assert opts.cells_dirs == (f"{CWD}/b", "/a", f"{HOME}/c")
+
+
+# --- host cache -----------------------------------------------------------------------------
+
+
+def test_host_cache_is_off_by_default():
+    assert parse([], HOST).host_cache is None
+
+
+def test_host_cache_switch_uses_default_dir_under_host_home():
+    assert DEFAULT_HOST_CACHE == "~/.cache/devshell/host-cache"
+    assert parse(["--host-cache"], HOST).host_cache == DEFAULT_CACHE_DIR
+
+
+def test_host_cache_dir_alone_enables_the_cache():
+    assert parse(["--host-cache-dir", "/var/cache/dv"], HOST).host_cache == "/var/cache/dv"
+
+
+@pytest.mark.parametrize("argv", [["--host-cache", "--host-cache-dir", "/c"],
+                                  ["--host-cache-dir", "/c", "--host-cache"]])
+def test_host_cache_dir_wins_over_host_cache_in_either_order(argv):
+    assert parse(argv, HOST).host_cache == "/c"
+
+
+@pytest.mark.parametrize("cell", ["bookworm", "runner-1001", "ubuntu-24.04"])
+def test_host_cache_switch_never_swallows_the_cell(cell):
+    opts = parse(["--host-cache", cell], HOST)
+    assert (opts.cell, opts.host_cache) == (cell, DEFAULT_CACHE_DIR)
+
+
+def test_cell_positional_may_sit_between_flags():
+    assert parse(["--json", "runner-1001", "--host-cache"], HOST).cell == "runner-1001"
+
+
+@pytest.mark.parametrize("cache", ["/", "/..", HOME, "~", "~/", "..", ".", CWD])
+def test_host_cache_refused_when_root_home_or_patches_dir(cache):
+    assert "host cache" in str(refused(["--host-cache-dir", cache]))
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--cells-dir"])
+def test_relative_paths_are_anchored_at_cwd(flag):
+    assert path_option(parse([flag, "sub/dir"], HOST), flag) == f"{CWD}/sub/dir"
+
+
+@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--cells-dir"])
+def test_tilde_expands_against_host_home(flag):
+    assert path_option(parse([flag, "~/x"], HOST), flag) == f"{HOME}/x"
+
+
+def test_tilde_expansion_uses_host_home_not_the_real_one():
+    host = HostFacts(cwd="/w", home="/Users/v", uid=501, gid=20)
+    assert parse(["--patches-out", "~/p"], host).patches_out == "/Users/v/p"
+
+
+def test_tilde_user_is_not_expanded():
+    """Only a bare ~ or ~/ prefix means the host's home; ~bob is an ordinary relative name."""
+    assert parse(["--patches-out", "~bob/x"], HOST).patches_out == f"{CWD}/~bob/x"
+
+
+@pytest.mark.parametrize("given, expected", [("out/", f"{CWD}/out"), ("./a/../b", f"{CWD}/b"),
+                                             ("/srv//x/", "/srv/x"), ("../x", f"{HOME}/x")])
+def test_paths_are_normalized_lexically(given, expected):
+    assert parse(["--patches-out", given], HOST).patches_out == posixpath.normpath(expected)
+
+
+def test_home_with_trailing_slash_expands_cleanly():
+    host = HostFacts(cwd="/w", home="/home/bob/", uid=501, gid=20)
+    assert parse(["--patches-out", "~/p"], host).patches_out == "/home/bob/p"
+
+
+def test_patches_dir_with_spaces_and_unicode_is_kept():
+    assert parse(["--patches-out", "my proj/ünï"], HOST).patches_out == f"{CWD}/my proj/ünï"
+
+
+@pytest.mark.parametrize("patches", [HOME, f"{HOME}/", "~", "~/", "..", "../proj/..", "/", "/..",
+                                     "../../.."])
+def test_patches_dir_home_or_root_is_refused(patches):
+    assert "patches dir" in str(refused(["--patches-out", patches]))
+
+
+@pytest.mark.parametrize("cwd", ["/", HOME, f"{HOME}/"])
+def test_default_patches_dir_is_refused_when_cwd_is_home_or_root(cwd):
+    refused([], HostFacts(cwd=cwd, home=HOME, uid=501, gid=20))
+
+
+# --- uid / gid ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--uid", "0"], ["--gid", "0"], ["--uid", "0", "--gid", "0"],
+                                  ["--uid=00"]])
+def test_explicit_uid_or_gid_0_is_refused(argv):
+    assert "--as-root" in str(refused(argv))
+
+
+def test_host_uid_0_never_makes_dev_root():
+    opts = parse([], ROOT_HOST)
+    assert (opts.uid, opts.gid) == (ROOT_FALLBACK_ID, ROOT_FALLBACK_ID) == (1000, 1000)
+
+
+def test_host_uid_0_mapping_is_noted():
+    assert "1000" in " ".join(parse([], ROOT_HOST).notes)
+
+
+def test_only_the_id_that_was_0_is_mapped():
+    opts = parse([], HostFacts(cwd=CWD, home=HOME, uid=0, gid=20))
+    assert (opts.uid, opts.gid) == (1000, 20)
+    assert opts.notes
+
+
+def test_notes_are_not_part_of_option_equality():
+    assert parse([], ROOT_HOST) == parse(["--uid", "1000", "--gid", "1000"], ROOT_HOST)
+
+
+def test_explicit_uid_and_gid_win_over_the_host():
+    opts = parse(["--uid", "2000", "--gid", "3000"], ROOT_HOST)
+    assert (opts.uid, opts.gid) == (2000, 3000)
+    assert opts.notes == ()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "0x10", str(2**31 - 1), str(2**40)])
+def test_bad_uid_raises_devshell_error(value):
+    refused([f"--uid={value}"])
+
+
+def test_bad_gid_raises_devshell_error():
+    refused(["--gid", "x"])
+
+
+def test_largest_id_is_accepted():
+    assert parse(["--uid", str(2**31 - 2)], HOST).uid == 2**31 - 2
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--nope"], ["-x"], ["bookworm", "extra"], ["--patches-out"],
+                                  ["--rm=yes"]])
+def test_malformed_argv_raises_devshell_error(argv):
+    refused(argv)
+
+
+def test_devshell_error_points_at_help():
+    assert refused(["--nope"]).fix == "see devshell --help"
+
+
+@pytest.mark.parametrize("argv", [["--host-c"], ["--host-cache-d", "/c"], ["--patches", "x"],
+                                  ["--as"], ["--ver"], ["--inst", "a"], ["--cells", "d"]])
+def test_abbreviated_flags_are_refused(argv):
+    refused(argv)
+
+
+def test_script_with_rm_is_refused():
+    assert "cannot be combined" in str(refused(["--script", "s.sh", "--rm"]))
+
+
+@pytest.mark.parametrize("argv", [["--rm", "--verify"], ["--list", "--rm"],
+                                  ["--verify", "--script", "s"], ["--list", "--script", "s"]])
+def test_two_actions_are_refused(argv):
+    refused(argv)
+
+
+def test_list_with_a_cell_is_refused():
+    assert "--list takes no cell" in str(refused(["bookworm", "--list"]))
+
+
+def test_list_without_a_cell_is_fine():
+    assert parse(["--list", "--json"], HOST).list
+
+
+@pytest.mark.parametrize("name", ["a", "ci-2", "x.y_z", "A9", "n" * 40])
+def test_simple_instance_names_are_accepted(name):
+    assert parse(["--instance", name], HOST).instance == name
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a b", "ü", "n" * 41, "a:b", "a$b"])
+def test_unsafe_instance_names_are_refused(name):
+    assert "--instance" in str(refused([f"--instance={name}"]))
+
+
+# --- to_argv: harnesses re-enter with it ---------------------------------------------------
+
+
+def test_to_argv_round_trips_every_flag():
+    opts = parse(["runner-1001", "--script", "s.sh", "--as-root", "--host-cache", "--patches-out",
+                  "a b/ü", "--image", "img:1", "--instance", "two", "--uid", "7", "--gid", "8",
+                  "--cells-dir", "x", "--cells-dir", "/y", "--json"], HOST)
+    assert parse(to_argv(opts), HOST) == opts
+
+
+def test_to_argv_round_trips_the_defaults_for_a_root_host():
+    opts = parse([], ROOT_HOST)
+    assert parse(to_argv(opts), ROOT_HOST) == opts
+
+
+# --- known bugs (see report) ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="bug: to_argv emits `--instance -x` as two tokens, and "
+                                       "argparse then reads -x as a flag")
+def test_to_argv_round_trips_an_instance_starting_with_a_dash():
+    opts = parse(["--instance=-x"], HOST)
+    assert parse(to_argv(opts), HOST) == opts
+
+
+@pytest.mark.xfail(strict=True, reason="bug: posixpath.normpath keeps a leading '//', so // != /")
+@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir"])
+def test_double_slash_root_is_refused(flag):
+    refused([flag, "//"])
+
+
+@pytest.mark.xfail(strict=True, reason="bug: posixpath.normpath keeps a leading '//'")
+@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir"])
+def test_double_slash_home_is_refused(flag):
+    refused([flag, "/" + HOME])
+
+
+@pytest.mark.xfail(reason="bug: CPython 3.11 argparse._get_values strips a '--' option value, "
+                          "leaving [], which parse() takes as given (not strict: newer Pythons "
+                          "may differ)")
+@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--image",
+                                  "--uid", "--cells-dir"])
+def test_double_dash_flag_value_is_taken_literally_or_refused(flag):
+    """`--flag=--` must never be silently dropped, turned into [], or crash with a traceback."""
+    try:
+        opts = parse([f"{flag}=--"], HOST)
+    except DevshellError:
+        return
+    values = [opts.patches_out, opts.host_cache, opts.script, opts.image, opts.instance, opts.uid,
+              *opts.cells_dirs]
+    assert any(v == "--" or (isinstance(v, str) and v.endswith("/--")) for v in values)
