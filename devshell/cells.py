@@ -164,6 +164,9 @@ def _yaml_files(d: str) -> list[str]:
 
 def find(name: str, path: Iterable[str]) -> Cell:
     dirs = list(path)
+    if not _matches(NAME_PATTERN, name):  # a name, never a path: '../x' or '/tmp/x' find nothing
+        raise DevshellError(f"{name!r} is not a cell name (lowercase letters, digits, '.', '_', '-')",
+                            "see devshell --list")
     for d in dirs:
         f = os.path.join(d, f"{name}.yaml")
         if os.path.isfile(f):
@@ -251,7 +254,7 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
     if name in RESERVED_NAMES:
         raise bad("name", f"{name!r} is reserved for a devshell subcommand; rename the cell")
     workspace = posixpath.normpath(data["workspace"])
-    if workspace in ("/", "/home/dev") or any(
+    if workspace in ("/", "/home", "/home/dev") or workspace.startswith("/home/dev/") or any(
         workspace == m or workspace.startswith(m + "/") for m in RESERVED_MOUNTS
     ):
         raise bad("workspace", f"{workspace} collides with a path devshell owns")

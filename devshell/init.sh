@@ -24,6 +24,8 @@ CACHE=${DEVSHELL_CACHE_MOUNT:-}
 AI_REPO=${DEVSHELL_AI_REPO:-}
 AI_KEY=${DEVSHELL_AI_REPO_ENCODED:-}
 MEMORY=${CACHE:+$CACHE/ai/memory/$AI_REPO/$AI_KEY}
+# ro: skills and settings.json are read-only binds (the agent may not rewrite its own config).
+AI_CONFIG=${DEVSHELL_AI_CONFIG:-rw}
 SUDOERS=/etc/sudoers.d/devshell
 SUDOERS_LINE="$DEV ALL=(ALL:ALL) NOPASSWD: ALL"
 SETUP=/usr/local/libexec/devshell-setup
@@ -223,8 +225,9 @@ link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept
 }
 init_ai() {
     [ -n "$CACHE" ] || return 0
-    local d
-    for d in "$CACHE" "$CACHE/ai" "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
+    local d skills=
+    [ "$AI_CONFIG" = ro ] || skills=$CACHE/ai/skills  # a read-only bind keeps its host owner
+    for d in "$CACHE" "$CACHE/ai" $skills "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
         "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
         [ -d "$d" ] || mkdir "$d"
         [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
@@ -243,12 +246,22 @@ init_ai() {
 }
 verify_ai() {
     [ -n "$CACHE" ] || return 0
-    if ! as_dev test -w "$CACHE/ai" -a -w "$MEMORY"; then  # one fork; split only on failure
+    local -a config=()  # with ro, dev must not be able to write these
+    if [ "$AI_CONFIG" = ro ]; then
+        config=(-a ! -w "$CACHE/ai/skills")
+        [ ! -e "$CACHE/ai/settings.json" ] || config+=(-a ! -w "$CACHE/ai/settings.json")
+    fi
+    if ! as_dev test -w "$CACHE/ai" -a -w "$MEMORY" "${config[@]}"; then  # one fork; split on failure
         as_dev test -w "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
         if [ ! -d "$MEMORY" ]; then
             fail memory-dir "$MEMORY is missing"
         else
             as_dev test -w "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"
+        fi
+        if [ "$AI_CONFIG" = ro ]; then
+            as_dev test ! -w "$CACHE/ai/skills" || fail ai-config-ro "$CACHE/ai/skills is writable by dev"
+            [ ! -e "$CACHE/ai/settings.json" ] || as_dev test ! -w "$CACHE/ai/settings.json" \
+                || fail ai-config-ro "$CACHE/ai/settings.json is writable by dev"
         fi
     fi
     links_to "$DEV_HOME/.claude/skills" "$CACHE/ai/skills" \

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from .cells import Cell
 from .engine import MANAGED, Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
-from .options import Options
+from .options import Options, check_cache_dir, check_patches_dir
 from .spec import INIT_PATH, LABEL_HASH, ContainerSpec, container_name, plan, session
 
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
@@ -52,19 +52,20 @@ def check_host_paths(opts: Options) -> Options:
         raise DevshellError(f"patches dir {patches} does not exist", "create it or pass --patches-out DIR")
     if not os.path.isdir(patches):
         raise DevshellError(f"patches dir {patches} is not a directory", "pass --patches-out DIR")
+    # The same refusals as parse(), again after symlinks are resolved.
+    home = os.path.realpath(os.path.expanduser("~"))
     real = os.path.realpath(patches)
-    if real == "/" or real == os.path.realpath(os.path.expanduser("~")):
-        raise DevshellError(f"refusing {patches} (resolves to {real}) as the patches dir",
-                            "pass --patches-out a project directory")
+    check_patches_dir(real, home)
     cache = opts.host_cache
     if cache is not None:
         if os.path.exists(cache) and not os.path.isdir(cache):
             raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
         cache = os.path.realpath(cache)
-        if cache == real:
-            raise DevshellError("the host cache and the patches dir are the same directory",
-                                "keep the host cache outside the project")
-    return replace(opts, patches_out=real, host_cache=cache)
+        check_cache_dir(cache, real, home)
+    dot_git = os.path.join(real, ".git")
+    return replace(opts, patches_out=real, host_cache=cache,
+                   patches_git=os.path.realpath(dot_git) if os.path.lexists(dot_git) else None,
+                   has_settings=cache is not None and os.path.isfile(f"{cache}/ai/settings.json"))
 
 
 def read_script(path: str) -> str:
@@ -92,7 +93,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     image = engine.ensure_image(cell, opts.image, progress)
     spec = plan(opts, cell, image=image, labels=labels)
     if opts.host_cache is not None:  # only now: bad input must leave no trace
-        os.makedirs(opts.host_cache, exist_ok=True)
+        os.makedirs(os.path.join(opts.host_cache, "ai", "skills"), exist_ok=True)
     created = engine.ensure_volume(spec.volume, {**dict(spec.labels), "devshell.cell": cell.name})
     outcome = engine.ensure_container(spec)
     return Devshell(spec, opts, outcome, created, engine)

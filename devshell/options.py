@@ -45,6 +45,8 @@ class Options:
     as_root: bool = False
     verify: bool = False
     host_cache: str | None = None
+    # Skills and settings.json read-only inside (memory stays writable).
+    ai_config_ro: bool = True
     patches_out: str = "."
     image: str | None = None
     instance: str | None = None
@@ -53,6 +55,10 @@ class Options:
     list: bool = False
     json: bool = False
     cells_dirs: tuple[str, ...] = ()
+    # Facts check_host_paths reads from the host: the patches dir's .git entry when it is a
+    # git checkout, and whether the host cache holds an ai/settings.json.
+    patches_git: str | None = None
+    has_settings: bool = False
     notes: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -81,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"bind the host cache at /cache (default dir {DEFAULT_HOST_CACHE})")
     p.add_argument("--host-cache-dir", metavar="DIR",
                    help="bind this host cache dir at /cache (wins over --host-cache)")
+    p.add_argument("--ai-config-ro", action="store_true",
+                   help="skills and settings.json read-only inside; memory writable (the default)")
+    p.add_argument("--ai-config-rw", action="store_true",
+                   help="let the agent change skills and settings.json in the host cache")
     p.add_argument("--patches-out", metavar="DIR",
                    help="host dir bound at /patches (default: the current directory)")
     p.add_argument("--image", metavar="IMAGE", help="use this image instead of the cell's")
@@ -109,11 +119,18 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     """Resolve argv against the host facts. Touches neither Docker nor the filesystem."""
     ns = parser().parse_args(list(argv))
     notes: list[str] = []
+    for flag, value in vars(ns).items():
+        # argparse turns a value of exactly "--" (--uid=--) into [] without calling type=.
+        values = value if flag == "cells_dir" else [value]
+        if any(v == [] or v == "" for v in values):
+            raise DevshellError(f"--{flag.replace('_', '-')} needs a non-empty value", "see devshell --help")
 
     actions = [flag for flag, on in (("--script", ns.script), ("--rm", ns.rm),
                                      ("--verify", ns.verify), ("--list", ns.list)) if on]
     if len(actions) > 1:
         raise DevshellError(f"{' and '.join(actions)} cannot be combined", "pick one")
+    if ns.ai_config_ro and ns.ai_config_rw:
+        raise DevshellError("--ai-config-ro and --ai-config-rw contradict each other", "pick one")
     if ns.list and ns.cell:
         raise DevshellError("--list takes no cell", f"run devshell --list, not {ns.cell} --list")
 
@@ -128,18 +145,15 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         notes.append(f"host runs as root: dev never does ({', '.join(mapped)}; see --uid/--gid)")
 
     patches = absolute(ns.patches_out or host.cwd, host)
-    if patches == "/" or patches == posixpath.normpath(host.home):
-        raise DevshellError(f"refusing {patches} as the patches dir: the container could write all of it",
-                            "cd into a project directory or pass --patches-out DIR")
+    check_patches_dir(patches, absolute(host.home, host))
 
     host_cache = None
     if ns.host_cache_dir is not None:
         host_cache = absolute(ns.host_cache_dir, host)
     elif ns.host_cache:
         host_cache = absolute(DEFAULT_HOST_CACHE, host)
-    if host_cache is not None and host_cache in ("/", posixpath.normpath(host.home), patches):
-        raise DevshellError(f"refusing {host_cache} as the host cache dir",
-                            "pass a dedicated directory to --host-cache-dir")
+    if host_cache is not None:
+        check_cache_dir(host_cache, patches, host.home)
 
     if ns.instance is not None and not _safe_name(ns.instance):
         raise DevshellError(f"--instance {ns.instance!r}: expected letters, digits, '.', '_' or '-'",
@@ -152,6 +166,7 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         as_root=ns.as_root,
         verify=ns.verify,
         host_cache=host_cache,
+        ai_config_ro=not ns.ai_config_rw,
         patches_out=patches,
         image=ns.image,
         instance=ns.instance,
@@ -164,11 +179,33 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     )
 
 
+def inside(path: str, parent: str) -> bool:
+    """path is parent or lies below it (lexically)."""
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def check_patches_dir(patches: str, home: str) -> None:
+    if patches == "/" or inside(home, patches):
+        raise DevshellError(f"refusing {patches} as the patches dir: the container could write all of "
+                            f"{'it' if patches == '/' else 'your home'}",
+                            "cd into a project directory or pass --patches-out DIR")
+
+
+def check_cache_dir(cache: str, patches: str, home: str) -> None:
+    """The host cache must be its own directory: not /, not $HOME (or above it), and neither
+    inside the patches dir nor holding it, or /patches would reach the read-only AI config."""
+    if cache == "/" or inside(home, cache) or inside(cache, patches) or inside(patches, cache):
+        raise DevshellError(f"refusing {cache} as the host cache dir",
+                            "pass a dedicated directory (outside the project) to --host-cache-dir")
+
+
 def absolute(path: str, host: HostFacts) -> str:
     """Expand ~ against the host's home and anchor relative paths at its cwd, lexically."""
     if path == "~" or path.startswith("~/"):
         path = host.home + path[1:]
-    return posixpath.normpath(posixpath.join(host.cwd, path))
+    path = posixpath.normpath(posixpath.join(host.cwd, path))
+    # POSIX lets normpath keep exactly two leading slashes; on Linux //x is /x.
+    return "/" + path.lstrip("/") if path.startswith("//") else path
 
 
 def _safe_name(s: str) -> bool:
@@ -178,15 +215,15 @@ def _safe_name(s: str) -> bool:
 
 def to_argv(opts: Options) -> list[str]:
     """Flags that parse() turns back into opts (for a given host): harnesses re-enter with them."""
-    argv = [opts.cell, "--patches-out", opts.patches_out, "--uid", str(opts.uid), "--gid", str(opts.gid)]
+    # --flag=value: a value that starts with '-' must not read as a flag.
+    argv = [opts.cell, f"--patches-out={opts.patches_out}", f"--uid={opts.uid}", f"--gid={opts.gid}"]
     for flag, value in (("--host-cache-dir", opts.host_cache), ("--image", opts.image),
                         ("--instance", opts.instance), ("--script", opts.script)):
         if value is not None:
-            argv += [flag, value]
+            argv.append(f"{flag}={value}")
     for flag, on in (("--rm", opts.rm), ("--as-root", opts.as_root), ("--verify", opts.verify),
-                     ("--json", opts.json)):
+                     ("--json", opts.json), ("--ai-config-rw", not opts.ai_config_ro)):
         if on:
             argv.append(flag)
-    for d in opts.cells_dirs:
-        argv += ["--cells-dir", d]
+    argv += [f"--cells-dir={d}" for d in opts.cells_dirs]
     return argv

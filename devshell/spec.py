@@ -20,6 +20,8 @@ CACHE = "/cache"
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"
+# The agent's configuration in the host cache, read-only inside unless --ai-config-rw.
+AI_CONFIG = ("skills", "settings.json")
 LABEL_CELL = "devshell.cell"
 LABEL_HASH = "devshell.spec-hash"
 LABEL_IDENTITY = "devshell.spec"
@@ -42,9 +44,9 @@ class Mount:
         fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
         if self.read_only:
             fields.append("readonly")
-        buf = io.StringIO()  # --mount is CSV: quote a source holding ',' or '"'
-        csv.writer(buf, lineterminator="").writerow(fields)
-        return buf.getvalue()
+        buf = io.StringIO()  # --mount is CSV: quote a source holding ',', '"' or a line break
+        csv.writer(buf, lineterminator="\r\n").writerow(fields)
+        return buf.getvalue().removesuffix("\r\n")
 
     def sdk(self) -> dict[str, Any]:
         return {"Type": self.kind, "Source": self.source, "Target": self.target,
@@ -175,9 +177,18 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         "DEVSHELL_AI_REPO": ai_repo(opts.patches_out),
         "DEVSHELL_AI_REPO_ENCODED": ai_key(opts.patches_out),
     }
+    if opts.patches_git is not None:
+        # The checkout's own .git, read-only: nothing inside can plant hooks, config or an
+        # index that the host's next git command would obey (see docs/trust-model.md).
+        mounts.append(Mount("bind", opts.patches_git, f"{PATCHES}/.git", read_only=True))
     if opts.host_cache is not None:
         mounts.append(Mount("bind", opts.host_cache, CACHE))
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
+        env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
+        if opts.ai_config_ro:
+            for item in AI_CONFIG if opts.has_settings else AI_CONFIG[:1]:
+                mounts.append(Mount("bind", f"{opts.host_cache}/ai/{item}", f"{CACHE}/ai/{item}",
+                                    read_only=True))
     files = [(INIT_PATH, init if init is not None else init_script())]
     if cell.setup:
         files.append((SETUP_PATH, cell.setup))

@@ -18,6 +18,8 @@ def test_mounts_are_exactly_the_volume_patches_and_cache(devshell):
         ("volume", spec.volume, spec.workspace, True),
         ("bind", opts.patches_out, PATCHES, True),
         ("bind", opts.host_cache, CACHE, True),
+        # --ai-config-ro (the default): the agent's own configuration, read-only
+        ("bind", f"{opts.host_cache}/ai/skills", f"{CACHE}/ai/skills", False),
     }
 
 

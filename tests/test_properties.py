@@ -13,7 +13,7 @@ import os
 import posixpath
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -62,8 +62,8 @@ TRICKY_PATHS = ("~", "~/", ".", "..", "../..", "./a/../b/", "a/./b//c/", "../x y
 # Named predicates and draws of few, large choices: hypothesis is fast per draw, not per value,
 # and describes lambda filters by reading their source, which is slow.
 def sane(path: str) -> bool:
-    """Skip two known parse bugs, pinned in test_options.py: '//' roots and `--flag=--`."""
-    return path != "--" and not path.startswith("//")
+    """`--flag=--` is refused outright (test_options.py pins it); keep it out of the mix."""
+    return path != "--"
 
 
 paths = st.one_of(
@@ -157,7 +157,12 @@ def keep_cells_dir_order(original: list[tuple[str, ...]],
 def resolve(path: str, host: HostFacts) -> str:
     if path == "~" or path.startswith("~/"):
         path = f"{host.home}/{path[2:]}"
-    return posixpath.normpath(posixpath.join(host.cwd, path))
+    path = posixpath.normpath(posixpath.join(host.cwd, path))
+    return "/" + path.lstrip("/")
+
+
+def within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
 def expected_cache(inv: Invocation) -> str | None:
@@ -170,12 +175,14 @@ def refusal(inv: Invocation) -> str | None:
     """Why this invocation is invalid by design, or None if it must parse."""
     if inv.uid == 0 or inv.gid == 0:
         return "uid/gid 0"
-    home = posixpath.normpath(inv.host.home)
+    home = resolve(inv.host.home, inv.host)
     patches = resolve(inv.patches or inv.host.cwd, inv.host)
-    if patches in ("/", home):
-        return "patches dir is / or home"
-    if expected_cache(inv) in ("/", home, patches):
-        return "host cache is /, home or the patches dir"
+    if patches == "/" or within(home, patches):
+        return "patches dir is / or holds home"
+    cache = expected_cache(inv)
+    if cache is not None and (cache == "/" or within(home, cache) or within(cache, patches)
+                              or within(patches, cache)):
+        return "host cache is /, holds home, or overlaps the patches dir"
     return None
 
 
@@ -186,8 +193,12 @@ def is_valid(inv: Invocation) -> bool:
 valid_invocations = invocations().filter(is_valid)
 
 
-def opened(argv: list[str], host: HostFacts) -> tuple[Options, ContainerSpec]:
+def opened(argv: list[str], host: HostFacts, *, checkout: bool = False,
+           settings: bool = False) -> tuple[Options, ContainerSpec]:
+    """parse -> plan; checkout/settings stand in for what check_host_paths reads off the host."""
     opts = parse(argv, host)
+    opts = replace(opts, patches_git=f"{opts.patches_out}/.git" if checkout else None,
+                   has_settings=settings and opts.host_cache is not None)
     return opts, plan(opts, CELLS[opts.cell], init=INIT)
 
 
@@ -296,14 +307,30 @@ def test_to_argv_round_trips_through_parse(inv):
 # --- the container ---------------------------------------------------------------------------
 
 
-@given(valid_invocations)
-def test_mounts_are_only_volume_patches_and_cache(inv):
-    opts, spec = opened(inv.argv, inv.host)
+@given(valid_invocations, st.booleans(), st.booleans())
+def test_mounts_are_only_volume_patches_and_cache(inv, checkout, settings):
+    """Writable: the volume, /patches, /cache. Besides those, only read-only binds of a part of
+    the patches dir or host cache over the same part inside (.git, the AI config)."""
+    opts, spec = opened(inv.argv, inv.host, checkout=checkout, settings=settings)
     cell = CELLS[opts.cell]
     allowed = {("volume", spec.volume, cell.workspace), ("bind", opts.patches_out, PATCHES),
                ("bind", opts.host_cache, CACHE)}
-    assert {(m.kind, m.source, m.target) for m in spec.mounts} <= allowed
+    assert {(m.kind, m.source, m.target) for m in spec.mounts if not m.read_only} <= allowed
+    for m in spec.mounts:
+        if m.read_only:
+            host_root, inside = ((opts.patches_out, PATCHES) if m.target.startswith(PATCHES + "/")
+                                 else (opts.host_cache, CACHE))
+            assert host_root is not None
+            assert m.source.startswith(host_root.rstrip("/") + "/")
+            assert m.source[len(host_root.rstrip("/")):] == m.target[len(inside):]
     assert len({m.target for m in spec.mounts}) == len(spec.mounts)
+
+
+@given(valid_invocations, st.booleans())
+def test_checkout_git_is_bound_read_only_iff_patches_is_a_checkout(inv, checkout):
+    _, spec = opened(inv.argv, inv.host, checkout=checkout)
+    git = [m for m in spec.mounts if m.target == f"{PATCHES}/.git"]
+    assert [m.read_only for m in git] == ([True] if checkout else [])
 
 
 @given(valid_invocations)

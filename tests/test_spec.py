@@ -6,6 +6,8 @@ import csv
 import json
 from typing import Any
 
+from dataclasses import replace
+
 import pytest
 
 from devshell import cells
@@ -86,16 +88,36 @@ def test_mounts_are_the_volume_and_the_patches_dir():
                                       Mount("bind", "/home/alice/proj", PATCHES)}
 
 
-def test_host_cache_adds_a_bind_at_cache():
+def test_host_cache_adds_a_bind_at_cache_with_read_only_skills():
     assert set(spec_for("--host-cache-dir", "/c").mounts) == {
         Mount("volume", "devshell-cellx", "/w/cellx"),
         Mount("bind", "/home/alice/proj", PATCHES),
         Mount("bind", "/c", CACHE),
+        Mount("bind", "/c/ai/skills", f"{CACHE}/ai/skills", read_only=True),
     }
 
 
-def test_no_mount_is_read_only():
-    assert not any(m.read_only for m in spec_for("--host-cache").mounts)
+def test_settings_json_is_bound_read_only_when_the_cache_has_it():
+    opts = replace(parse(["--host-cache-dir", "/c"], HOST), has_settings=True)
+    ro = {m.target for m in plan(opts, CELL, init=INIT).mounts if m.read_only}
+    assert ro == {f"{CACHE}/ai/skills", f"{CACHE}/ai/settings.json"}
+
+
+def test_ai_config_rw_drops_the_read_only_binds():
+    opts = replace(parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST), has_settings=True)
+    spec = plan(opts, CELL, init=INIT)
+    assert not any(m.read_only for m in spec.mounts)
+    assert dict(spec.env)["DEVSHELL_AI_CONFIG"] == "rw"
+
+
+def test_without_checkout_or_cache_no_mount_is_read_only():
+    assert not any(m.read_only for m in spec_for().mounts)
+
+
+def test_checkout_git_is_bound_read_only_over_patches_git():
+    opts = replace(parse([], HOST), patches_git="/home/alice/proj/.git")
+    assert Mount("bind", "/home/alice/proj/.git", f"{PATCHES}/.git", read_only=True) in \
+        plan(opts, CELL, init=INIT).mounts
 
 
 def test_volume_is_named_after_the_container():
@@ -245,7 +267,8 @@ def test_differences_names_mount_targets():
 
 def test_differences_names_an_added_cache_mount():
     old, new = spec_for().identity(), spec_for("--host-cache").identity()
-    assert differences(old, new) == ["env (DEVSHELL_CACHE_MOUNT)", "mounts (/cache)"]
+    assert differences(old, new) == ["env (DEVSHELL_AI_CONFIG, DEVSHELL_CACHE_MOUNT)",
+                                     "mounts (/cache, /cache/ai/skills)"]
 
 
 # --- docker run argv and SDK kwargs ---------------------------------------------------------
@@ -293,7 +316,6 @@ def test_read_only_mount_says_readonly():
     assert Mount("bind", "/a", "/b", read_only=True).cli().endswith(",readonly")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: csv.writer with lineterminator='' leaves \\n unquoted")
 @pytest.mark.parametrize("source", ["/a\nb", "/a\rb"])
 def test_mount_cli_survives_line_breaks(source):
     fields = next(csv.reader([Mount("bind", source, PATCHES).cli()]))
