@@ -28,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "patches":  # a reserved word: no cell may be named so
+        from . import patches
+
+        return patches.main(argv[1:])
     opts = parse(argv, HostFacts.current())
     path = cells.search_path(opts.cells_dirs)
     if opts.list:
@@ -48,6 +52,10 @@ def run(argv: Sequence[str]) -> int:
     spec = shell.spec
     for note in opts.notes:
         print(f"devshell: {note}", file=sys.stderr)
+    if opts.patches_git is not None:
+        print(f"devshell: {opts.patches_out} is a git checkout: its .git is bound read-only at "
+              "/patches/.git, so nothing inside can plant hooks or config for your next git command",
+              file=sys.stderr)
     say(opts, {"container": spec.name, "state": shell.outcome.state, "why": shell.outcome.why,
                "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
                "patches": opts.patches_out, "cache": opts.host_cache,

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -370,16 +370,12 @@ class Engine:
 
         containers = self.client.api.containers(all=True, filters=filters)
         for c in containers:
-            try:
+            with suppress(NotFound):
                 self.client.api.remove_container(c["Id"], force=True)
-            except NotFound:
-                pass
         volumes = self.client.api.volumes(filters=filters).get("Volumes") or []
         for v in volumes:
-            try:
+            with suppress(NotFound):
                 self.client.api.remove_volume(v["Name"], force=True)
-            except NotFound:
-                pass
         return len(containers), len(volumes)
 
     # --- exec -----------------------------------------------------------------------------
