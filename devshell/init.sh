@@ -233,6 +233,10 @@ init_ai() {
         [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
     done
     link "$CACHE/ai/skills" "$DEV_HOME/.claude/skills"
+    if [ "$AI_CONFIG" = rw ] && [ -f "$CACHE/ai/settings.json" ] \
+        && [ "$(owner_of "$CACHE/ai/settings.json")" != "$DEV_UID:$DEV_GID" ]; then
+        chown "$DEV_UID:$DEV_GID" "$CACHE/ai/settings.json"
+    fi
     if [ -e "$CACHE/ai/settings.json" ]; then
         link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
     fi

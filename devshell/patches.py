@@ -265,12 +265,28 @@ def _protected(path: str, glob: str) -> bool:
 
 def _git(repo: str, *args: str, env: dict[str, str] | None = None,
          check: bool = False) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+    # The launcher chowns the patches dir to dev; when that dir is the work tree of a host user
+    # whose uid dev does not share (root in CI), git would call the repository "dubious". Its
+    # .git stayed the host user's and read-only inside, so this repository is trusted as it is.
+    top = _checkout_top(repo)
+    trust = ["-c", f"safe.directory={top}"] if top else []
+    done = subprocess.run(["git", *trust, "-C", repo, *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     if check and done.returncode:
         raise DevshellError(f"git {' '.join(args[:2])} failed: {_first_line(done.stderr)}",
                             "check the repository")
     return done
+
+
+def _checkout_top(path: str) -> str | None:
+    path = os.path.abspath(path)
+    while True:
+        if os.path.lexists(os.path.join(path, ".git")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def _first_line(text: str) -> str:

@@ -82,7 +82,8 @@ def pytest_configure_node(node: Any) -> None:
 class DevshellFactory(Protocol):
     def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
                  patches: str | Path | None = None, host_cache: bool | str | Path = True,
-                 image: str | None = None, instance: str | None = None) -> Devshell: ...
+                 image: str | None = None, instance: str | None = None,
+                 ai_config_rw: bool = False) -> Devshell: ...
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +165,8 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
 
     def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
               patches: str | Path | None = None, host_cache: bool | str | Path = True,
-              image: str | None = None, instance: str | None = None) -> Devshell:
+              image: str | None = None, instance: str | None = None,
+              ai_config_rw: bool = False) -> Devshell:
         the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
         patches = patches or tmp_path_factory.mktemp("patches-")
         if host_cache is True:
@@ -172,6 +174,7 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
         opts = Options(cell=the_cell.name, patches_out=str(patches),
                        host_cache=str(host_cache) if host_cache else None, image=image,
                        instance=instance or devshell_instance(), uid=uid, gid=gid,
+                       ai_config_ro=not ai_config_rw,
                        cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]))
         return open_devshell(check_host_paths(opts), the_cell, devshell_engine,
                              labels=devshell_run_labels, progress=_progress)

@@ -22,13 +22,66 @@ def test_memory_link_resolves_for_each_start_directory(devshell, start):
     assert result.stdout.strip() == memory_dir(devshell)
 
 
-def test_memory_written_inside_lands_in_the_host_cache(devshell):
-    assert devshell.run("echo remembered > ~/.claude/projects/-patches/memory/note.md").exit_code == 0
-    env = dict(devshell.spec.env)
-    host = (f"{devshell.opts.host_cache}/ai/memory/{env['DEVSHELL_AI_REPO']}/"
-            f"{env['DEVSHELL_AI_REPO_ENCODED']}/note.md")
-    with open(host) as f:
+def host_memory(shell, name):
+    env = dict(shell.spec.env)
+    return (f"{shell.opts.host_cache}/ai/memory/{env['DEVSHELL_AI_REPO']}/"
+            f"{env['DEVSHELL_AI_REPO_ENCODED']}/{name}")
+
+
+@pytest.mark.parametrize("start", ["/patches", "workspace", "/home/dev"])
+def test_memory_written_from_each_start_directory_lands_in_the_host_cache(devshell, start):
+    start = devshell.spec.workspace if start == "workspace" else start
+    name = f"note{start.replace('/', '-')}.md"
+    key = start.replace("/", "-")
+    assert devshell.run(f"cd {start} && echo remembered > ~/.claude/projects/{key}/memory/{name}"
+                        ).exit_code == 0
+    with open(host_memory(devshell, name)) as f:
         assert f.read() == "remembered\n"
+
+
+def test_memory_survives_rm_recreation_and_volume_removal(devshell_factory, devshell_cli):
+    shell = devshell_factory()
+    assert shell.run("echo kept > ~/.claude/projects/-patches/memory/m.md").exit_code == 0
+    assert devshell_cli(shell, "--rm").returncode == 0
+    assert shell.engine.remove_volume(shell.spec.volume)
+    again = devshell_factory(patches=shell.opts.patches_out, host_cache=shell.opts.host_cache,
+                             instance=shell.opts.instance)
+    assert again.outcome.state == "fresh"
+    assert again.run("cat ~/.claude/projects/-patches/memory/m.md").stdout == "kept\n"
+
+
+@pytest.fixture(scope="module")
+def seeded_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("seeded-cache")
+    (cache / "ai" / "skills" / "review").mkdir(parents=True)
+    (cache / "ai" / "skills" / "review" / "SKILL.md").write_text("# review\n")
+    (cache / "ai" / "settings.json").write_text("{}\n")
+    return cache
+
+
+@pytest.mark.parametrize("user", ["dev", "root via sudo"])
+def test_ai_config_is_read_only_inside_by_default(devshell_factory, seeded_cache, user):
+    shell = devshell_factory(host_cache=seeded_cache)
+    sudo = "sudo -n " if user != "dev" else ""
+    for attempt in ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
+                    "cp /dev/null ~/.claude/settings.json"):
+        result = shell.run(f"{sudo}sh -c {attempt.replace('~', '/home/dev')!r}")
+        assert result.exit_code != 0, f"{attempt} as {user} succeeded"
+    assert shell.run("cat ~/.claude/skills/review/SKILL.md").stdout == "# review\n"
+    assert (seeded_cache / "ai" / "settings.json").read_text() == "{}\n"
+    assert shell.run("echo ok > ~/.claude/projects/-patches/memory/w.md").exit_code == 0
+
+
+def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "ai" / "skills").mkdir(parents=True)
+    (cache / "ai" / "settings.json").write_text("{}\n")
+    shell = devshell_factory(host_cache=cache, ai_config_rw=True)
+    result = shell.run("echo new > ~/.claude/skills/s.md && echo '{\"a\": 1}' > ~/.claude/settings.json")
+    assert result.exit_code == 0, result.stderr
+    assert (cache / "ai" / "skills" / "s.md").read_text() == "new\n"
+    assert (cache / "ai" / "settings.json").read_text() == '{"a": 1}\n'
+
 
 
 def test_settings_link_resolves_when_the_cache_has_settings(devshell_factory, tmp_path):

@@ -55,7 +55,8 @@ def test_bad_cell_file_names_file_and_key(devshell_cli, engine_state, tmp_path):
 
 
 def test_unreachable_daemon_is_one_line(devshell_cli, tmp_path):
-    result = devshell_cli(None, "--patches-out", str(tmp_path), "--host-cache-dir",
+    (tmp_path / "project").mkdir()
+    result = devshell_cli(None, "--patches-out", str(tmp_path / "project"), "--host-cache-dir",
                           str(tmp_path / "cache"), env={"DOCKER_HOST": "unix:///nonexistent.sock"})
     assert_one_line_error(result, "Docker", "DOCKER_HOST")
     assert not (tmp_path / "cache").exists()

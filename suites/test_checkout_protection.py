@@ -1,0 +1,97 @@
+"""A patches dir that is a git checkout: its .git cannot be changed from inside, by dev or by
+root through sudo, so the host's next git command never runs code the agent planted."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+ATTACKS = {
+    "plant a hook": "echo 'touch /tmp/pwned' > /patches/.git/hooks/post-checkout",
+    "set core.fsmonitor": "git -C /patches config core.fsmonitor 'touch /tmp/pwned'",
+    "set core.hooksPath": "git -C /patches config core.hooksPath /patches/hooks",
+    "set core.sshCommand": "git -C /patches config core.sshCommand evil",
+    "set diff.external": "git -C /patches config diff.external evil",
+    "add a filter driver": "git -C /patches config filter.x.clean evil",
+    "append to config": "echo '[core] fsmonitor = evil' >> /patches/.git/config",
+    "write commondir": "echo /tmp/evil > /patches/.git/commondir",
+    "write config.worktree": "echo '[core] hooksPath = /x' > /patches/.git/config.worktree",
+    "craft the index": "echo garbage > /patches/.git/index",
+    "move .git away": "mv /patches/.git /patches/old-git",
+    "remove .git": "rm -rf /patches/.git",
+    "replace .git with a gitfile": "rm -rf /patches/.git; echo 'gitdir: /tmp/evil' > /patches/.git",
+    "chmod .git": "chmod 0777 /patches/.git",
+    "touch HEAD": "touch /patches/.git/HEAD",
+}
+
+
+def tree_digest(root):
+    """Every file, link and dir under root, with content and mode."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                body = os.readlink(path).encode()
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    body = f.read()
+            else:
+                body = b""
+            out[os.path.relpath(path, root)] = (st.st_mode, hashlib.sha256(body).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkout(devshell_factory, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("checkout")
+    for args in (["init", "-q", "-b", "main"], ["-c", "user.name=h", "-c", "user.email=h@x",
+                                                  "commit", "-q", "--allow-empty", "-m", "init"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    before = tree_digest(repo / ".git")
+    return devshell_factory(patches=repo), repo, before
+
+
+@pytest.mark.parametrize("user", ["dev", "root via sudo"])
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_checkout_git_cannot_be_changed_from_inside(checkout, attack, user):
+    shell, repo, before = checkout
+    command = ATTACKS[attack]
+    if user == "root via sudo":
+        command = f"sudo -n sh -c {command!r}".replace("\\'", "'\"'\"'")
+    result = shell.run(f"git() {{ command git -c safe.directory='*' \"$@\"; }}\n{command}")
+    assert result.exit_code != 0, f"{attack} as {user} succeeded"
+    assert tree_digest(repo / ".git") == before
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_each_attack_works_on_an_unprotected_copy(checkout, attack):
+    """The control: every attack above is real, so only the protection makes it fail."""
+    shell, _, _ = checkout
+    copy = "/tmp/unprotected"
+    command = ATTACKS[attack].replace("/patches", copy)
+    result = shell.run(f"rm -rf {copy} && cp -r /patches {copy} && "
+                       f"git() {{ command git -c safe.directory='*' \"$@\"; }}\n{command}")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_checkout_git_is_byte_identical_after_all_attacks(checkout):
+    shell, repo, before = checkout
+    for command in ATTACKS.values():
+        shell.run(command)
+        shell.run(f"sudo -n sh -c {command!r}")
+    assert tree_digest(repo / ".git") == before
+    assert not (repo / "old-git").exists()
+
+
+def test_launch_warns_that_a_checkout_is_bound_and_how(devshell_cli, checkout, tmp_path):
+    shell, _, _ = checkout
+    script = tmp_path / "t.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    result = devshell_cli(shell, "--script", str(script))
+    assert result.returncode == 0, result.stderr
+    assert "git checkout" in result.stderr and "read-only" in result.stderr
