@@ -4,21 +4,27 @@ Everything in the patches dir was written from inside the container, so it is un
 - only regular files named ``*.patch`` at its top level are read, through O_NOFOLLOW, and git
   only ever sees private copies of those bytes: no symlink, and no swap after the check, can lead
   host-side code out of the patches dir;
-- a patch that touches ``.git/``, a protected path, or creates a symlink pointing out of the
-  repository is refused (unless ``--allow-protected``), naming the patch and the path;
-- apply is all or nothing: ``git am --3way``, and on any failure ``git am --abort``, so the repo
-  is exactly as it was. Patches move to ``applied/`` only after success; nothing is deleted.
+- the policy is judged on what git would make of the patches, not on our reading of their
+  text: each patch is applied (as ``git am --3way`` would) to a throwaway index on top of the
+  ones before it, and the tree it produces is checked. A patch that touches a protected path or
+  ``.git``, or leaves a new or changed symlink that resolves out of the repository or into
+  ``.git`` (through other symlinks too), is refused, naming the patch and the path;
+- apply is all or nothing, and runs only what was reviewed: ``git am --3way`` starts only when
+  every patch applied in review, and the result must be the reviewed tree, else the repository
+  is reset to where it was. Patches move to ``applied/`` only after success; nothing is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.header
 import email.parser
 import email.policy
 import fnmatch
 import json
 import os
 import posixpath
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,17 +36,8 @@ from .errors import DevshellError
 
 DEFAULT_PROTECTED = (".github/workflows/**", ".gitmodules", ".gitattributes", ".devcontainer/**")
 APPLIED = "applied"
-SYMLINK_MODE = "120000"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One file a patch touches: its old and new path (None for /dev/null) and, for a symlink
-    it creates, where the link points."""
-
-    old: str | None
-    new: str | None
-    symlink_to: str | None = None
+SYMLINK = "120000"
+MAX_LINK_DEPTH = 40
 
 
 @dataclass(frozen=True)
@@ -49,17 +46,13 @@ class Patch:
     data: bytes
     subject: str
     author: str
-    changes: tuple[Change, ...]
+    files: int
     insertions: int
     deletions: int
 
-    def paths(self) -> list[str]:
-        return sorted({p for c in self.changes for p in (c.old, c.new) if p is not None})
-
     def diffstat(self) -> str:
-        n = len(self.paths())
-        return (f"{n} file{'s' if n != 1 else ''} changed, {self.insertions} insertion(s)(+), "
-                f"{self.deletions} deletion(s)(-)")
+        return (f"{self.files} file{'s' if self.files != 1 else ''} changed, "
+                f"{self.insertions} insertion(s)(+), {self.deletions} deletion(s)(-)")
 
 
 @dataclass
@@ -101,156 +94,60 @@ def _read_regular(path: str) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not _is_regular(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return f.read()
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def parse(name: str, data: bytes) -> Patch:
-    """A git format-patch mbox: headers, then one or more `diff --git` sections."""
-    text = data.decode("utf-8", "surrogateescape")
-    head = email.parser.Parser(policy=email.policy.compat32).parsestr(text, headersonly=True)
-    subject, author = head.get("Subject"), head.get("From")
+    """A git format-patch mail: its headers, and git's own count of what it changes."""
+    head = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data, headersonly=True)
+    subject, author = _header(head.get("Subject")), _header(head.get("From"))
     if not subject or not author:
         raise ValueError("not a git format-patch mail (no From: or Subject: header)")
-    changes, insertions, deletions = _changes(text.splitlines())
-    if not changes:
-        raise ValueError("carries no diff")
-    subject = " ".join(str(subject).split())
-    for prefix in ("[PATCH]",):
-        subject = subject.removeprefix(prefix).strip()
-    if subject.startswith("[PATCH ") and "]" in subject:
+    if subject.startswith("[PATCH") and "]" in subject:
         subject = subject.split("]", 1)[1].strip()
-    return Patch(name, data, subject, " ".join(str(author).split()), tuple(changes), insertions,
-                 deletions)
-
-
-def _changes(lines: list[str]) -> tuple[list[Change], int, int]:
-    changes: list[Change] = []
-    insertions = deletions = 0
+    with tempfile.TemporaryDirectory(prefix="devshell-stat-") as outside_any_repo:
+        done = subprocess.run(["git", "apply", "--numstat", "-z", "-"], input=data,
+                              capture_output=True, cwd=outside_any_repo)
+    if done.returncode or not done.stdout:
+        raise ValueError("carries no diff git can read")
+    files = insertions = deletions = 0
+    fields = done.stdout.split(b"\0")
     i = 0
-    while i < len(lines):
-        if not lines[i].startswith("diff --git "):
-            i += 1
-            continue
-        old, new = _split_git_line(lines[i][len("diff --git "):])
-        mode = None
-        target_lines: list[str] = []
-        i += 1
-        in_hunk = False
-        while i < len(lines) and not lines[i].startswith("diff --git "):
-            line = lines[i]
-            if line.startswith("-- ") and line.strip() == "--":  # mail signature
-                break
-            if in_hunk:
-                if line.startswith("+"):
-                    insertions += 1
-                    target_lines.append(line[1:])
-                elif line.startswith("-"):
-                    deletions += 1
-            elif line.startswith("@@"):
-                in_hunk = True
-            elif line.startswith("--- "):
-                old = _path(line[4:], "a/")
-            elif line.startswith("+++ "):
-                new = _path(line[4:], "b/")
-            elif line.startswith(("rename from ", "copy from ")):
-                old = _unquote(line.split(" from ", 1)[1])
-            elif line.startswith(("rename to ", "copy to ")):
-                new = _unquote(line.split(" to ", 1)[1])
-            elif line.startswith(("new file mode ", "new mode ")):
-                mode = line.rsplit(" ", 1)[1]
-            i += 1
-        link = target_lines[0] if mode == SYMLINK_MODE and target_lines else None
-        changes.append(Change(old, new, link))
-    return changes, insertions, deletions
+    while i < len(fields) and fields[i]:
+        added, deleted, path = fields[i].split(b"\t", 2)
+        files += 1
+        insertions += int(added) if added.isdigit() else 0
+        deletions += int(deleted) if deleted.isdigit() else 0
+        i += 3 if path == b"" else 1  # a rename: the two paths follow in their own fields
+    return Patch(name, data, subject, author, files, insertions, deletions)
 
 
-def _split_git_line(rest: str) -> tuple[str | None, str | None]:
-    """`a/X b/Y`, maybe C-quoted. Unquoted names with spaces are ambiguous: assume X == Y."""
-    if rest.startswith('"'):
-        end = _quoted_end(rest)
-        return _path(rest[:end], "a/"), _path(rest[end:].strip(), "b/")
-    half = (len(rest) - 1) // 2
-    if rest[half] == " " and rest[2:half] == rest[half + 3:]:
-        return rest[2:half], rest[half + 3:]
-    a, _, b = rest.partition(" b/")
-    return a.removeprefix("a/"), b
-
-
-def _quoted_end(s: str) -> int:
-    i = 1
-    while i < len(s):
-        if s[i] == "\\":
-            i += 2
-            continue
-        if s[i] == '"':
-            return i + 1
-        i += 1
-    return len(s)
-
-
-def _path(token: str, prefix: str) -> str | None:
-    token = token.split("\t", 1)[0].strip()
-    if token == "/dev/null":
-        return None
-    token = _unquote(token)
-    return token.removeprefix(prefix)
-
-
-def _unquote(s: str) -> str:
-    """git's C-style quoting: "a\\tb\\303\\251" -> a<TAB>bé."""
-    if not (len(s) >= 2 and s[0] == s[-1] == '"'):
-        return s
-    out = bytearray()
-    body, i = s[1:-1], 0
-    simple = {"n": 10, "t": 9, '"': 34, "\\": 92, "a": 7, "b": 8, "f": 12, "r": 13, "v": 11}
-    while i < len(body):
-        c = body[i]
-        if c == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt in simple:
-                out.append(simple[nxt])
-                i += 2
-                continue
-            if body[i + 1:i + 4].isdigit():
-                out.append(int(body[i + 1:i + 4], 8) & 0xFF)
-                i += 4
-                continue
-        out += c.encode("utf-8", "surrogateescape")
-        i += 1
-    return out.decode("utf-8", "surrogateescape")
+def _header(value: object) -> str:
+    """A mail header as text: RFC 2047 words decoded, folding undone."""
+    if value is None:
+        return ""
+    text = str(email.header.make_header(email.header.decode_header(str(value))))
+    return " ".join(text.split())
 
 
 # --- policy ----------------------------------------------------------------------------------
 
-def problems(patch: Patch, protected: Sequence[str]) -> list[str]:
-    """Why patch may not be applied without --allow-protected: each names the path."""
-    out = []
-    for path in patch.paths():
-        parts = path.split("/")
-        if any(p.lower().rstrip(". ") == ".git" for p in parts) or ".." in parts or path.startswith("/"):
-            out.append(f"touches {path} (inside .git/ or outside the repository)")
-            continue
-        for glob in protected:
-            if _protected(path, glob):
-                out.append(f"touches protected path {path} (matches {glob})")
-                break
-    for change in patch.changes:
-        if change.symlink_to is not None and change.new is not None:
-            where = posixpath.normpath(posixpath.join(posixpath.dirname(change.new), change.symlink_to))
-            if change.symlink_to.startswith("/") or where == ".." or where.startswith("../") or \
-                    where.split("/")[0].lower() == ".git":
-                out.append(f"creates symlink {change.new} -> {change.symlink_to}, which points out "
-                           "of the repository")
-    return out
+def path_problems(path: str, protected: Sequence[str]) -> list[str]:
+    """Why a changed path may not come from the agent."""
+    if any(part.lower().rstrip(". ") == ".git" for part in path.split("/")):
+        return [f"touches {path} (inside .git)"]
+    for glob in protected:
+        if _protected(path, glob):
+            return [f"touches protected path {path} (matches {glob})"]
+    return []
 
 
 def _protected(path: str, glob: str) -> bool:
@@ -259,6 +156,39 @@ def _protected(path: str, glob: str) -> bool:
     if "/" not in glob:
         return fnmatch.fnmatchcase(posixpath.basename(path), glob)
     return fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(path, glob.removesuffix("/**"))
+
+
+def link_escapes(link: str, links: dict[str, str]) -> str | None:
+    """Where the symlink at path `link` leads, judged inside a tree whose symlinks are `links`
+    (path -> target): None if it stays in the repository and out of .git, else why not.
+    Symlinks met on the way are followed, as the kernel would."""
+    def walk(base: list[str], target: str, depth: int) -> list[str] | str:
+        if depth > MAX_LINK_DEPTH:
+            return "a symlink loop"
+        if target.startswith("/"):
+            return f"an absolute path ({target})"
+        parts = list(base)
+        for comp in target.split("/"):
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if not parts:
+                    return "outside the repository"
+                parts.pop()
+                continue
+            parts.append(comp)
+            if parts[0].lower().rstrip(". ") == ".git":
+                return "into .git"
+            here = "/".join(parts)
+            if here in links:
+                resolved = walk(parts[:-1], links[here], depth + 1)
+                if isinstance(resolved, str):
+                    return resolved
+                parts = resolved
+        return parts
+
+    result = walk(link.split("/")[:-1], links[link], 0)
+    return result if isinstance(result, str) else None
 
 
 # --- git -------------------------------------------------------------------------------------
@@ -294,6 +224,13 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "(no message)"
 
 
+def _try_repo_root(path: str) -> str | None:
+    try:
+        return repo_root(path)
+    except DevshellError:
+        return None
+
+
 def repo_root(path: str) -> str:
     done = _git(path, "rev-parse", "--show-toplevel")
     if done.returncode:
@@ -314,44 +251,114 @@ def _copies(patches: Sequence[Patch]) -> Iterator[list[str]]:
         yield paths
 
 
-def check(patches: Sequence[Patch], repo: str, protected: Sequence[str]) -> list[Verdict]:
-    """Each patch, in order, on top of the ones before it, against HEAD: in a throwaway index,
-    so neither the work tree nor the repository's index or refs change."""
-    verdicts = [Verdict(p.name, problems(p, protected)) for p in patches]
-    with tempfile.TemporaryDirectory(prefix="devshell-check-") as d, _copies(patches) as files:
+def _git_out(repo: str, *args: str, env: dict[str, str] | None = None,
+             stdin: bytes | None = None) -> bytes:
+    """Raw output of a git command that must succeed (paths may be any bytes)."""
+    top = _checkout_top(repo)
+    trust = ["-c", f"safe.directory={top}"] if top else []
+    done = subprocess.run(["git", *trust, "-C", repo, *args], capture_output=True, input=stdin,
+                          env={**os.environ, **(env or {})})
+    if done.returncode:
+        raise DevshellError(f"git {' '.join(args[:2])} failed: "
+                            f"{_first_line(done.stderr.decode(errors='replace'))}", "check the repository")
+    return done.stdout
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def tree_problems(repo: str, old: str, new: str, protected: Sequence[str]) -> list[str]:
+    """What is wrong with going from tree old to tree new: changed paths that are protected or
+    in .git, and new or changed symlinks that lead out of the repository or into .git."""
+    changed = [_decode(p) for p in _git_out(repo, "diff-tree", "-r", "-z", "--no-renames",
+                                            "--name-only", old, new).split(b"\0") if p]
+    out = [why for path in changed for why in path_problems(path, protected)]
+    shas: dict[str, str] = {}
+    for entry in _git_out(repo, "ls-tree", "-r", "-z", "--full-tree", new).split(b"\0"):
+        meta, _, name = entry.partition(b"\t")
+        if meta.startswith(SYMLINK.encode()):
+            shas[_decode(name)] = meta.split()[2].decode()
+    links = dict(zip(shas, _blobs(repo, list(shas.values())), strict=True))
+    for link in changed:
+        if link in links:
+            why = link_escapes(link, links)
+            if why:
+                out.append(f"creates symlink {link} -> {links[link]}, which leads {why}")
+    return out
+
+
+def _blobs(repo: str, shas: list[str]) -> list[str]:
+    """Contents of blobs (symlink targets), in order, from one git cat-file --batch."""
+    if not shas:
+        return []
+    raw = _git_out(repo, "cat-file", "--batch", stdin="".join(f"{s}\n" for s in shas).encode())
+    out, i = [], 0
+    for _ in shas:
+        header_end = raw.index(b"\n", i)
+        size = int(raw[i:header_end].split()[2])
+        out.append(_decode(raw[header_end + 1:header_end + 1 + size]))
+        i = header_end + 1 + size + 1
+    return out
+
+
+def review(patches: Sequence[Patch], repo: str,
+           protected: Sequence[str]) -> tuple[list[Verdict], str | None]:
+    """Apply each patch, in order, on top of the ones before it, as `git am --3way` would, to a
+    throwaway index (the work tree, index and refs do not change), and judge the tree each one
+    makes. Returns the verdicts and the final tree (None when a patch does not apply)."""
+    verdicts = [Verdict(p.name) for p in patches]
+    with tempfile.TemporaryDirectory(prefix="devshell-review-") as d, _copies(patches) as files:
         env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
-        _git(repo, "read-tree", "HEAD", env=env, check=True)
-        for verdict, path in zip(verdicts, files, strict=True):
-            done = _git(repo, "apply", "--cached", path, env=env)
+        _git_out(repo, "read-tree", "HEAD", env=env)
+        tree = _decode(_git_out(repo, "rev-parse", "HEAD^{tree}")).strip()
+        for n, (verdict, path) in enumerate(zip(verdicts, files, strict=True)):
+            done = _git(repo, "apply", "--cached", "--3way", path, env=env)
             if done.returncode:
-                verdict.problems.append(f"does not apply cleanly: {_first_line(done.stderr)}")
-                break  # later patches build on this one
-    return verdicts
+                verdict.problems.append(f"does not apply: {_first_line(done.stderr)}")
+                for later in verdicts[n + 1:]:
+                    later.problems.append(f"not checked: it builds on {verdict.patch}, which does not apply")
+                return verdicts, None
+            new = _decode(_git_out(repo, "write-tree", env=env)).strip()
+            verdict.problems += tree_problems(repo, tree, new, protected)
+            tree = new
+    return verdicts, tree
+
+
+def check(patches: Sequence[Patch], repo: str, protected: Sequence[str]) -> list[Verdict]:
+    """Whether each patch is well-formed, allowed, and applies in order to HEAD."""
+    return review(patches, repo, protected)[0]
 
 
 def apply(patches: Sequence[Patch], repo: str, patches_dir: str,
           protected: Sequence[str]) -> list[str]:
-    """git am --3way, all or nothing; then move the patches to applied/. Returns new names."""
-    refused = [f"{p.name}: {why}" for p in patches for why in problems(p, protected)]
-    if refused:
-        raise DevshellError(f"refusing {refused[0]}" + (f" (+{len(refused) - 1} more)" if len(refused) > 1
-                                                         else ""),
-                            "review the patch; pass --allow-protected if it is intended")
+    """git am --3way, all or nothing, of exactly what review() accepted; then move the patches
+    to applied/. Returns their new names. A refused or failing series changes nothing."""
     git_dir = _git(repo, "rev-parse", "--absolute-git-dir", check=True).stdout.strip()
     if any(os.path.exists(os.path.join(git_dir, d)) for d in ("rebase-apply", "rebase-merge")):
         raise DevshellError(f"{repo} has an am or rebase in progress", "finish or abort it first")
     if _git(repo, "status", "--porcelain", "--untracked-files=no", check=True).stdout.strip():
         raise DevshellError(f"{repo} has uncommitted changes", "commit or stash them first")
+    verdicts, reviewed = review(patches, repo, protected)
+    bad = [f"{v.patch}: {why}" for v in verdicts for why in v.problems]
+    if bad:
+        more = f" (+{len(bad) - 1} more; see devshell patches check)" if len(bad) > 1 else ""
+        fix = ("rebase the work inside the devshell and format the patches again"
+               if reviewed is None else
+               "review the patch; --allow-protected accepts protected paths (never .git or an "
+               "outward symlink)")
+        raise DevshellError(f"refusing {bad[0]}{more}", fix)
     head = _git(repo, "rev-parse", "HEAD", check=True).stdout.strip()
     with _copies(patches) as files:
         done = _git(repo, "am", "--3way", "--quiet", *files)
-        if done.returncode:
-            _git(repo, "am", "--abort")
-            now = _git(repo, "rev-parse", "HEAD").stdout.strip()
-            restored = "left as it was" if now == head else f"HEAD is now {now}, was {head}"
-            raise DevshellError(f"git am failed, nothing applied, repository {restored}: "
-                                f"{_first_line(done.stdout + done.stderr)}",
-                                "rebase the work inside the devshell and format the patches again")
+    if done.returncode:
+        _git(repo, "am", "--abort")
+        raise DevshellError(f"git am failed, nothing applied: {_first_line(done.stdout + done.stderr)}",
+                            "rebase the work inside the devshell and format the patches again")
+    if _git(repo, "rev-parse", "HEAD^{tree}", check=True).stdout.strip() != reviewed:
+        _git(repo, "reset", "--hard", "--quiet", head, check=True)
+        raise DevshellError("git am made a different tree than the one reviewed; reset to "
+                            f"{head[:12]}", "apply the patches by hand after reading them")
     return [_archive(patches_dir, p.name) for p in patches]
 
 
@@ -400,7 +407,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--protect", action="append", default=[], metavar="GLOB",
                    help=f"also refuse patches touching GLOB (default: {', '.join(DEFAULT_PROTECTED)})")
     p.add_argument("--allow-protected", action="store_true",
-                   help="apply patches that touch protected paths or .git/, or add outward symlinks")
+                   help="accept patches that touch protected paths (.git and symlinks leading out "
+                        "of the repository are always refused)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -413,8 +421,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"devshell: skipped {line}", file=sys.stderr)
     protected = [] if ns.allow_protected else [*DEFAULT_PROTECTED, *ns.protect]
     if ns.action == "list":
+        repo = _try_repo_root(ns.repo or os.getcwd())
+        verdicts = check(patches, repo, protected) if repo and patches else [Verdict(p.name) for p in patches]
         rows = [{"patch": p.name, "subject": p.subject, "author": p.author,
-                 "diffstat": p.diffstat(), "problems": problems(p, protected)} for p in patches]
+                 "diffstat": p.diffstat(), "problems": v.problems}
+                for p, v in zip(patches, verdicts, strict=True)]
         if ns.json:
             print(json.dumps(rows, indent=2))
         for r in [] if ns.json else rows:
