@@ -12,8 +12,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import DevshellError
 
@@ -82,8 +81,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(NamedTuple):
     """How to build a cell's image offline: a debootstrap rootfs, then RUN layers."""
 
     suite: str
@@ -103,8 +101,7 @@ class Recipe:
         return _digest({"base": self.base_key(), "run": list(self.run)})
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(NamedTuple):
     name: str
     source: str
     platform: str

@@ -16,8 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
@@ -44,8 +43,7 @@ def host_platform() -> str:
     return f"linux/{_ARCH.get(machine, machine)}"
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What ensure_container did: fresh, reused (maybe started) or recreated, and why."""
 
     state: str
@@ -55,8 +53,7 @@ class Outcome:
         return f"{self.state} ({self.why})" if self.why else self.state
 
 
-@dataclass(frozen=True)
-class ExecResult:
+class ExecResult(NamedTuple):
     exit_code: int
     stdout: str
     stderr: str

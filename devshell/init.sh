@@ -37,7 +37,6 @@ FAILURES=0
 fail() { FAILURES=$((FAILURES + 1)); echo "FAIL $1: $2"; }
 owner_of() { stat -c %u:%g "$1" 2>/dev/null; }
 field() { getent "$1" "$2" | cut -d: -f"$3"; }
-as_dev() { setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --clear-groups -- "$@"; }
 
 # verify runs at every entry, so it reads its facts once, with builtins and a single stat,
 # instead of forking per check: accounts from /etc/passwd and /etc/group, and for every path
@@ -62,6 +61,29 @@ load_facts() {
     done < <(QUOTING_STYLE=literal stat -c '%n|%u:%g|%a|%N' -- "$@" 2>/dev/null)
 }
 owned_by_dev() { [ "${ST_OWNER[$1]:-}" = "$DEV_UID:$DEV_GID" ]; }
+# dev_may BIT PATH: dev's permission (2 write, 1 search) on PATH from its owner and mode bits.
+# ACLs and supplementary groups aside, this is what access(2) would say, without a fork.
+dev_may() {
+    local owner=${ST_OWNER[$2]:-} mode=${ST_MODE[$2]:-} bits
+    [ -n "$owner" ] || return 1
+    if [ "${owner%:*}" = "$DEV_UID" ]; then bits=$(((8#$mode >> 6) & 7))
+    elif [ "${owner#*:}" = "$DEV_GID" ]; then bits=$(((8#$mode >> 3) & 7))
+    else bits=$((8#$mode & 7)); fi
+    ((bits & $1))
+}
+# dev can create files in DIR: search on every directory from /cache down, write on DIR, and
+# a writable mount (root's own -w is false only on a read-only one).
+dev_can_write() {
+    local dir=$CACHE part
+    local -a parts
+    IFS=/ read -r -a parts <<<"${1#"$CACHE"/}"
+    dev_may 1 "$dir" || return 1
+    for part in "${parts[@]}"; do
+        dir=$dir/$part
+        dev_may 1 "$dir" || return 1
+    done
+    dev_may 2 "$1" && [ -w "$1" ]
+}
 links_to() { [ "${ST_LINK[$1]:-}" = "$2" ] && [ -d "$1" -o -f "$1" ]; }
 
 # --- dev group: the name dev at DEV_GID; an image's group already at that gid is renamed ---
@@ -250,23 +272,16 @@ init_ai() {
 }
 verify_ai() {
     [ -n "$CACHE" ] || return 0
-    local -a config=()  # with ro, dev must not be able to write these
-    if [ "$AI_CONFIG" = ro ]; then
-        config=(-a ! -w "$CACHE/ai/skills")
-        [ ! -e "$CACHE/ai/settings.json" ] || config+=(-a ! -w "$CACHE/ai/settings.json")
+    dev_can_write "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
+    if [ ! -d "$MEMORY" ]; then
+        fail memory-dir "$MEMORY is missing"
+    else
+        dev_can_write "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"
     fi
-    if ! as_dev test -w "$CACHE/ai" -a -w "$MEMORY" "${config[@]}"; then  # one fork; split on failure
-        as_dev test -w "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
-        if [ ! -d "$MEMORY" ]; then
-            fail memory-dir "$MEMORY is missing"
-        else
-            as_dev test -w "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"
-        fi
-        if [ "$AI_CONFIG" = ro ]; then
-            as_dev test ! -w "$CACHE/ai/skills" || fail ai-config-ro "$CACHE/ai/skills is writable by dev"
-            [ ! -e "$CACHE/ai/settings.json" ] || as_dev test ! -w "$CACHE/ai/settings.json" \
-                || fail ai-config-ro "$CACHE/ai/settings.json is writable by dev"
-        fi
+    if [ "$AI_CONFIG" = ro ]; then  # read-only binds: not even root inside may write them
+        [ ! -w "$CACHE/ai/skills" ] || fail ai-config-ro "$CACHE/ai/skills is not a read-only bind"
+        [ ! -e "$CACHE/ai/settings.json" ] || [ ! -w "$CACHE/ai/settings.json" ] \
+            || fail ai-config-ro "$CACHE/ai/settings.json is not a read-only bind"
     fi
     links_to "$DEV_HOME/.claude/skills" "$CACHE/ai/skills" \
         || fail skills-link "~/.claude/skills does not resolve to $CACHE/ai/skills"
@@ -288,7 +303,8 @@ verify() {
     FAILURES=0
     local -a paths=("$DEV_HOME" "$PATCHES" "$WORKSPACE" "$SUDOERS") name
     if [ -n "$CACHE" ]; then
-        paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json")
+        paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json" "$CACHE" "$CACHE/ai"
+            "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
         for name in patches workspace home; do memory_link "$name"; paths+=("$REPLY"); done
     fi
     load_facts "${paths[@]}"

@@ -7,7 +7,7 @@ container, volume or file; then image -> volume -> container, and report what ha
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .cells import Cell
 from .engine import MANAGED, Engine, ExecResult, Outcome, Progress, stderr_progress
@@ -19,8 +19,7 @@ MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux 
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
 
 
-@dataclass(frozen=True)
-class Devshell:
+class Devshell(NamedTuple):
     """A running, not-yet-entered devshell and how it came to be."""
 
     spec: ContainerSpec
@@ -63,7 +62,7 @@ def check_host_paths(opts: Options) -> Options:
         cache = os.path.realpath(cache)
         check_cache_dir(cache, real, home)
     dot_git = os.path.join(real, ".git")
-    return replace(opts, patches_out=real, host_cache=cache,
+    return opts._replace(patches_out=real, host_cache=cache,
                    patches_git=os.path.realpath(dot_git) if os.path.lexists(dot_git) else None,
                    has_settings=cache is not None and os.path.isfile(f"{cache}/ai/settings.json"))
 

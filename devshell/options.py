@@ -11,7 +11,7 @@ import argparse
 import os
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .cells import DEFAULT_CELL
 from .errors import DevshellError
@@ -21,8 +21,7 @@ DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
 ROOT_FALLBACK_ID = 1000
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     """Everything planning needs to know about the host, gathered once at the edge."""
 
     cwd: str
@@ -37,8 +36,7 @@ class HostFacts:
         return cls(cwd=os.getcwd(), home=os.path.expanduser("~"), uid=getuid(), gid=getgid())
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     cell: str = DEFAULT_CELL
     script: str | None = None
     rm: bool = False
@@ -59,7 +57,15 @@ class Options:
     # git checkout, and whether the host cache holds an ai/settings.json.
     patches_git: str | None = None
     has_settings: bool = False
-    notes: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = ()
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse builds a formatter per add_argument, and its default asks shutil for the
+    terminal width: a 6 ms import on every entry. Ask the environment, like shutil would."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=int(os.environ.get("COLUMNS", "0") or 0) or 100)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
         prog="devshell",
         description="Open a hermetic development container (a devshell) for a cell.",
         allow_abbrev=False,
+        formatter_class=_Formatter,
     )
     p.add_argument("cell", nargs="?", default=None,
                    help=f"the cell to open (default: {DEFAULT_CELL})")

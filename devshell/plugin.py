@@ -12,7 +12,6 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -201,7 +200,7 @@ def devshell_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def run(shell: Devshell | None, *args: str, env: dict[str, str] | None = None,
             **options: Any) -> subprocess.CompletedProcess[str]:
-        argv = to_argv(replace(shell.opts, **options)) if shell is not None else []
+        argv = to_argv(shell.opts._replace(**options)) if shell is not None else []
         return subprocess.run([sys.executable, "-m", "devshell", *argv, *args],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, **(env or {})}, timeout=600)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .cells import Cell
 from .options import Options
@@ -30,8 +29,7 @@ LABEL_IDENTITY = "devshell.spec"
 IDLE_COMMAND = ("sleep", "infinity")
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     kind: Literal["volume", "bind"]
     source: str
     target: str
@@ -53,8 +51,7 @@ class Mount:
                 "ReadOnly": self.read_only}
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(NamedTuple):
     name: str
     volume: str
     cell: str
@@ -206,8 +203,7 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
     )
 
 
-@dataclass(frozen=True)
-class ExecSpec:
+class ExecSpec(NamedTuple):
     """One `docker exec` into a devshell; the session runs init, verify and the shell in one."""
 
     container: str

@@ -36,6 +36,7 @@ MUTATIONS = {
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
     "memory dir removed": ("memory-dir", "rm -rf $MEM"),
     "cache not writable by dev": ("cache-writable", "chown root:root /cache/ai && chmod 0755 /cache/ai"),
+    "cache not searchable by dev": ("cache-writable", "chown root:root /cache && chmod 0700 /cache"),
 }
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import csv
 import json
 from typing import Any
 
-from dataclasses import replace
-
 import pytest
 
 from devshell import cells
@@ -98,13 +96,13 @@ def test_host_cache_adds_a_bind_at_cache_with_read_only_skills():
 
 
 def test_settings_json_is_bound_read_only_when_the_cache_has_it():
-    opts = replace(parse(["--host-cache-dir", "/c"], HOST), has_settings=True)
+    opts = parse(["--host-cache-dir", "/c"], HOST)._replace(has_settings=True)
     ro = {m.target for m in plan(opts, CELL, init=INIT).mounts if m.read_only}
     assert ro == {f"{CACHE}/ai/skills", f"{CACHE}/ai/settings.json"}
 
 
 def test_ai_config_rw_drops_the_read_only_binds():
-    opts = replace(parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST), has_settings=True)
+    opts = parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST)._replace(has_settings=True)
     spec = plan(opts, CELL, init=INIT)
     assert not any(m.read_only for m in spec.mounts)
     assert dict(spec.env)["DEVSHELL_AI_CONFIG"] == "rw"
@@ -115,7 +113,7 @@ def test_without_checkout_or_cache_no_mount_is_read_only():
 
 
 def test_checkout_git_is_bound_read_only_over_patches_git():
-    opts = replace(parse([], HOST), patches_git="/home/alice/proj/.git")
+    opts = parse([], HOST)._replace(patches_git="/home/alice/proj/.git")
     assert Mount("bind", "/home/alice/proj/.git", f"{PATCHES}/.git", read_only=True) in \
         plan(opts, CELL, init=INIT).mounts
 
