@@ -122,13 +122,7 @@ class Engine:
     # --- images ---------------------------------------------------------------------------
 
     def image_present(self, ref: str) -> bool:
-        from docker.errors import ImageNotFound
-
-        try:
-            self.client.images.get(ref)
-        except ImageNotFound:
-            return False
-        return True
+        return _found(self.client.images.get, ref)
 
     def try_pull(self, ref: str, platform: str) -> str | None:
         """Pull ref; None on success, else why it failed (no registry is a normal case)."""
@@ -255,23 +249,13 @@ class Engine:
 
     def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
         """Create the volume if missing; True if it was created."""
-        from docker.errors import NotFound
-
-        try:
-            self.client.volumes.get(name)
+        if self.volume_present(name):
             return False
-        except NotFound:
-            self.client.volumes.create(name, labels={**labels, MANAGED: "1"})
-            return True
+        self.client.volumes.create(name, labels={**labels, MANAGED: "1"})
+        return True
 
     def volume_present(self, name: str) -> bool:
-        from docker.errors import NotFound
-
-        try:
-            self.client.volumes.get(name)
-        except NotFound:
-            return False
-        return True
+        return _found(self.client.volumes.get, name)
 
     def remove_volume(self, name: str) -> bool:
         from docker.errors import NotFound
@@ -408,6 +392,16 @@ class Engine:
             signal.signal(signal.SIGINT, old)
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code
+
+
+def _found(get: Callable[[str], object], name: str) -> bool:
+    from docker.errors import NotFound  # ImageNotFound is one too
+
+    try:
+        get(name)
+    except NotFound:
+        return False
+    return True
 
 
 def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
