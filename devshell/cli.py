@@ -32,6 +32,9 @@ def run(argv: Sequence[str]) -> int:
         from . import patches
 
         return patches.main(argv[1:])
+    if argv and argv[0] in cells.RESERVED_NAMES:
+        raise DevshellError(f"{argv[0]!r} is reserved for a subcommand this version does not have",
+                            "see devshell --help; subcommands: patches")
     opts = parse(argv, HostFacts.current())
     path = cells.search_path(opts.cells_dirs)
     if opts.list:
