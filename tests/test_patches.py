@@ -1,9 +1,11 @@
-"""devshell patches: parse, read_dir, problems, check, apply and main, without Docker.
+"""devshell patches: parse, read_dir, the path and symlink policy, review/check, apply and main,
+without Docker.
 
 Every repository is a real git repository under tmp_path: the host repo, and an agent clone whose
 commits `git format-patch` turns into the patches the host reviews. Only malicious patches that
-git would never write (a diff into .git/, a symlink pointing out) are written by hand. The
-machine's git configuration never leaks in: HOME is tmp_path and global/system config are off.
+git would never write (a diff into .git/, a traditional diff smuggled after a git one, an encoded
+mail body) are written by hand. The machine's git configuration never leaks in: HOME is tmp_path,
+global/system config are off, and the cwd is tmp_path, outside any repository.
 """
 
 from __future__ import annotations
@@ -11,25 +13,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devshell.errors import DevshellError
 from devshell.patches import (
     APPLIED,
     DEFAULT_PROTECTED,
-    Change,
     Patch,
     apply,
     check,
+    link_escapes,
     main,
     parse,
-    problems,
+    path_problems,
     read_dir,
+    review,
+    tree_problems,
 )
 
 HOST = ("Host Person", "host@example.com")
@@ -41,9 +49,11 @@ AGENT_FROM = "Agent Smith <agent@example.com>"
 
 @pytest.fixture(autouse=True)
 def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No global or system git config, no inherited repository, the host as default identity."""
+    """No global or system git config, no inherited repository, the host as default identity,
+    and a cwd outside any repository (`list` without --repo looks for one there)."""
     home = tmp_path / "home"
     home.mkdir()
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
@@ -78,6 +88,14 @@ def write(repo: Path, files: dict[str, str | bytes]) -> None:
             path.write_text(content, encoding="utf-8")
 
 
+def symlink(repo: Path, rel: str, target: str) -> None:
+    path = repo / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    path.symlink_to(target)
+
+
 def commit(repo: Path, message: str, files: dict[str, str | bytes] | None = None,
            who: tuple[str, str] = AGENT) -> None:
     write(repo, files or {})
@@ -93,6 +111,13 @@ def settle(repo: Path) -> None:
         if rel:
             os.utime(repo / rel, (old, old), follow_symlinks=False)
     git(repo, "update-index", "-q", "--refresh")
+
+
+def clone(tmp_path: Path, host: Path, name: str = "agent2") -> Path:
+    """An agent clone made after the host gained more commits than the `agent` fixture saw."""
+    repo = tmp_path / name
+    git(tmp_path, "clone", "-q", str(host), str(repo))
+    return repo
 
 
 def format_patches(agent: Path, out: Path, *extra: str) -> list[str]:
@@ -146,11 +171,12 @@ def dir_listing(path: Path) -> dict[str, str]:
 
 
 def mail(*diffs: str, subject: str = "[PATCH] Change things",
-         author: str = "Mallory <mallory@example.com>") -> bytes:
+         author: str = "Mallory <mallory@example.com>", body: str = "Body.\n",
+         headers: str = "") -> bytes:
     """A hand-written format-patch mail around the given diff sections."""
     return (f"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
-            f"From: {author}\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nSubject: {subject}\n\n"
-            f"Body.\n---\n{''.join(diffs)}-- \n2.47.3\n\n").encode()
+            f"From: {author}\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nSubject: {subject}\n{headers}\n"
+            f"{body}---\n{''.join(diffs)}-- \n2.47.3\n\n").encode()
 
 
 def add_file(path: str, line: str = "hello") -> str:
@@ -167,6 +193,29 @@ def hand_patch(*diffs: str) -> Patch:
     return parse("0001-hand.patch", mail(*diffs))
 
 
+def drop(patches_dir: Path, data: bytes, name: str = "0001-hand.patch") -> str:
+    """Leave a hand-written patch in the patches dir, as the agent could."""
+    (patches_dir / name).write_bytes(data)
+    return name
+
+
+def refused_by_apply(host: Path, patches_dir: Path, protected: list[str] | tuple[str, ...],
+                     *named: str) -> DevshellError:
+    """apply() refuses, naming each of `named`, and leaves the repository byte-identical (HEAD,
+    refs, index entries and file, .git's entries, work tree) and the patches dir as it was."""
+    before, index_before = state(host), index_bytes(host)
+    git_entries, files_before = sorted(os.listdir(host / ".git")), dir_listing(patches_dir)
+    with pytest.raises(DevshellError) as info:
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), protected)
+    for needle in named:
+        assert needle in info.value.message
+    assert state(host) == before
+    assert index_bytes(host) == index_before
+    assert sorted(os.listdir(host / ".git")) == git_entries
+    assert dir_listing(patches_dir) == files_before
+    return info.value
+
+
 @pytest.fixture
 def host(tmp_path: Path) -> Path:
     repo = tmp_path / "host"
@@ -180,9 +229,7 @@ def host(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agent(tmp_path: Path, host: Path) -> Path:
-    repo = tmp_path / "agent"
-    git(tmp_path, "clone", "-q", str(host), str(repo))
-    return repo
+    return clone(tmp_path, host, "agent")
 
 
 @pytest.fixture
@@ -245,67 +292,70 @@ def test_parse_keeps_patch_name_and_bytes(agent: Path):
     assert (patch.name, patch.data) == ("0007-change-a.patch", data)
 
 
-def test_parse_lists_modified_and_added_paths(agent: Path):
+def test_parse_counts_modified_and_added_files(agent: Path):
     commit(agent, "Touch two", {"a.txt": "changed\n", "new/dir/file.txt": "new\n"})
     patch = last_patch(agent)
-    assert patch.paths() == ["a.txt", "new/dir/file.txt"]
-    assert Change(None, "new/dir/file.txt") in patch.changes
-    assert Change("a.txt", "a.txt") in patch.changes
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 2, 1)
 
 
-def test_parse_reports_rename_with_old_and_new_path(agent: Path):
+def test_parse_counts_a_pure_rename_as_one_file_without_lines(agent: Path):
     git(agent, "mv", "src/old.py", "src/new.py")
     commit(agent, "Rename old to new")
     patch = last_patch(agent, "-M")
     assert b"rename from src/old.py" in patch.data
-    assert patch.changes == (Change("src/old.py", "src/new.py"),)
-    assert patch.paths() == ["src/new.py", "src/old.py"]
+    assert (patch.files, patch.insertions, patch.deletions) == (1, 0, 0)
 
 
-def test_parse_reports_rename_with_edits(agent: Path):
+def test_parse_counts_a_rename_with_edits_as_one_file(agent: Path):
     git(agent, "mv", "src/old.py", "src/new.py")
     commit(agent, "Rename and edit", {"src/new.py": "print('old')\nprint('more')\nprint('x')\n"})
     patch = last_patch(agent, "-M")
     assert b"similarity index" in patch.data
-    assert patch.changes == (Change("src/old.py", "src/new.py"),)
-    assert (patch.insertions, patch.deletions) == (1, 0)
+    assert (patch.files, patch.insertions, patch.deletions) == (1, 1, 0)
 
 
-def test_parse_reports_deleted_file_without_new_path(agent: Path):
+def test_parse_counts_a_rename_next_to_other_changes(agent: Path):
+    git(agent, "mv", "src/old.py", "src/new.py")
+    commit(agent, "Rename and more", {"a.txt": "A\n", "z.txt": "z\n"})
+    patch = last_patch(agent, "-M")
+    assert b"rename to src/new.py" in patch.data
+    assert (patch.files, patch.insertions, patch.deletions) == (3, 2, 1)
+
+
+def test_parse_counts_a_deleted_file(agent: Path):
     git(agent, "rm", "-q", "gone.txt")
     commit(agent, "Delete gone")
     patch = last_patch(agent)
-    assert patch.changes == (Change("gone.txt", None),)
-    assert patch.deletions == 1
+    assert (patch.files, patch.insertions, patch.deletions) == (1, 0, 1)
 
 
-def test_parse_unquotes_c_quoted_name_with_a_tab(agent: Path):
+def test_parse_counts_a_c_quoted_name_with_a_tab(agent: Path):
     commit(agent, "Tabbed name", {"tab\there.txt": "t\n"})
     patch = last_patch(agent)
     assert b'"b/tab\\there.txt"' in patch.data  # git quoted it
-    assert patch.paths() == ["tab\there.txt"]
+    assert (patch.files, patch.insertions, patch.deletions) == (1, 1, 0)
 
 
-def test_parse_unquotes_c_quoted_non_ascii_name(agent: Path):
-    commit(agent, "Accented name", {"docs/café.md": "c\n"})
+def test_parse_counts_a_c_quoted_non_ascii_name(agent: Path):
+    commit(agent, "Accented name", {"docs/café.md": "c\n", "docs/readme.md": "# README\n"})
     patch = last_patch(agent)
     assert b'"b/docs/caf\\303\\251.md"' in patch.data  # git quoted it
-    assert patch.paths() == ["docs/café.md"]
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 2, 1)
 
 
-def test_parse_unquotes_quoted_rename_target(agent: Path):
-    git(agent, "mv", "src/old.py", "src/ünï.py")
-    commit(agent, "Rename to non-ASCII")
+def test_parse_counts_a_rename_to_a_quoted_name_with_a_tab(agent: Path):
+    git(agent, "mv", "src/old.py", "src/ünï\t.py")
+    commit(agent, "Rename to an odd name", {"a.txt": "A\n"})
     patch = last_patch(agent, "-M")
-    assert patch.changes == (Change("src/old.py", "src/ünï.py"),)
+    assert b'rename to "src/' in patch.data
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 1, 1)
 
 
-def test_parse_reads_binary_patch(agent: Path):
-    commit(agent, "Add a blob", {"assets/blob.bin": bytes(range(256)) * 4})
+def test_parse_counts_a_binary_patch_as_a_file_without_lines(agent: Path):
+    commit(agent, "Add a blob", {"assets/blob.bin": bytes(range(256)) * 4, "a.txt": "A\n"})
     patch = last_patch(agent, "--binary")
     assert b"GIT binary patch" in patch.data
-    assert patch.paths() == ["assets/blob.bin"]
-    assert (patch.insertions, patch.deletions) == (0, 0)
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 1, 1)
 
 
 def test_parse_counts_insertions_and_deletions_like_git(agent: Path):
@@ -315,7 +365,29 @@ def test_parse_counts_insertions_and_deletions_like_git(agent: Path):
     numstat = git(agent, "diff", "--numstat", "HEAD~1", "HEAD").split("\n")
     added = sum(int(line.split()[0]) for line in numstat if line)
     removed = sum(int(line.split()[1]) for line in numstat if line)
-    assert (patch.insertions, patch.deletions) == (added, removed) == (4, 2)
+    assert (patch.files, patch.insertions, patch.deletions) == (3, added, removed) == (3, 4, 2)
+
+
+def test_parse_counts_a_new_symlink_as_one_line(agent: Path):
+    symlink(agent, "links/to-a", "../a.txt")
+    commit(agent, "Add a link")
+    patch = last_patch(agent)
+    assert b"new file mode 120000" in patch.data
+    assert (patch.files, patch.insertions, patch.deletions) == (1, 1, 0)
+
+
+def test_parse_counts_every_change_of_a_multi_file_patch(agent: Path):
+    git(agent, "rm", "-q", "gone.txt")
+    commit(agent, "Many", {"a.txt": "A\n", "z/new.txt": "n\n"})
+    assert last_patch(agent).files == 3
+
+
+def test_parse_counts_a_traditional_diff_after_a_git_diff(host: Path):
+    """What git apply and git am read, the count reads: not only `diff --git` sections."""
+    smuggled = ("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-alpha\n+ALPHA\n"
+                "--- /dev/null\n+++ b/.github/workflows/ci.yml\n@@ -0,0 +1 @@\n+on: push\n")
+    patch = hand_patch(smuggled)
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 2, 1)
 
 
 def test_diffstat_reads_like_gits(agent: Path):
@@ -323,26 +395,11 @@ def test_diffstat_reads_like_gits(agent: Path):
     assert last_patch(agent).diffstat() == "2 files changed, 3 insertion(s)(+), 2 deletion(s)(-)"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: diffstat() counts a rename as 2 files (old and new "
-                                       "path), git's own diffstat says 1 file changed")
 def test_diffstat_counts_a_rename_as_one_file(agent: Path):
     git(agent, "mv", "src/old.py", "src/new.py")
     commit(agent, "Rename")
     assert " 1 file changed" in git(agent, "show", "-M", "--shortstat", "--format=", "HEAD")
-    assert last_patch(agent, "-M").diffstat().startswith("1 file changed")
-
-
-def test_parse_reports_new_symlink_target(agent: Path):
-    (agent / "links").mkdir()
-    (agent / "links" / "to-a").symlink_to("../a.txt")
-    commit(agent, "Add a link")
-    assert last_patch(agent).changes == (Change(None, "links/to-a", "../a.txt"),)
-
-
-def test_parse_reads_every_change_of_a_multi_file_patch(agent: Path):
-    git(agent, "rm", "-q", "gone.txt")
-    commit(agent, "Many", {"a.txt": "A\n", "z/new.txt": "n\n"})
-    assert last_patch(agent).paths() == ["a.txt", "gone.txt", "z/new.txt"]
+    assert last_patch(agent, "-M").diffstat() == "1 file changed, 0 insertion(s)(+), 0 deletion(s)(-)"
 
 
 def test_parse_rejects_a_file_that_is_not_a_mail():
@@ -365,28 +422,52 @@ def test_parse_rejects_a_mail_without_a_diff():
         parse("empty.patch", data)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse() returns the RFC 2047 encoded-word of a "
-                                       "non-ASCII Subject undecoded")
+def test_parse_rejects_a_mail_whose_diff_git_cannot_read():
+    with pytest.raises(ValueError, match="carries no diff"):
+        parse("corrupt.patch", mail("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n"
+                                    "@@ -1,5 +1,5 @@\n-alpha\n+ALPHA\n"))
+
+
 def test_parse_decodes_non_ascii_subject(agent: Path):
     commit(agent, "Füße ändern", {"a.txt": "x\n"})
-    assert last_patch(agent).subject == "Füße ändern"
+    patch = last_patch(agent)
+    assert b"Subject: [PATCH] =?UTF-8?q?" in patch.data  # git encoded it
+    assert patch.subject == "Füße ändern"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse() returns the RFC 2047 encoded-word of a "
-                                       "non-ASCII author name undecoded")
 def test_parse_decodes_non_ascii_author(agent: Path):
     commit(agent, "Change a", {"a.txt": "x\n"}, who=("Jörg Ünïcode", "j@example.com"))
-    assert last_patch(agent).author == "Jörg Ünïcode <j@example.com>"
+    patch = last_patch(agent)
+    assert b"From: =?UTF-8?q?" in patch.data  # git encoded it
+    assert patch.author == "Jörg Ünïcode <j@example.com>"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a removed line '- ' is the diff line '-- ', taken for "
-                                       "the mail signature: counting stops for the rest of the file")
+def test_parse_decodes_a_long_non_ascii_subject_folded_into_several_words(agent: Path):
+    words = " ".join(f"größe{n}" for n in range(20))
+    commit(agent, words, {"a.txt": "x\n"})
+    patch = last_patch(agent)
+    assert patch.data.count(b"=?UTF-8?q?") > 1
+    assert patch.subject == words
+
+
 def test_parse_counts_a_removed_dash_space_line(agent: Path):
     commit(agent, "List", {"list.md": "- \nkeep\n"})
-    commit(agent, "Fill the item", {"list.md": "- item\nkeep\n"})
+    commit(agent, "Fill the item", {"list.md": "- item\nkeep\n", "b.txt": "beta\nafter\n"})
     patch = last_patch(agent)
     assert b"\n-- \n+- item\n" in patch.data
-    assert (patch.insertions, patch.deletions) == (1, 1)
+    assert (patch.files, patch.insertions, patch.deletions) == (2, 2, 1)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: parse() reads author and subject from the mail "
+                                       "headers only, but git am (mailinfo) lets in-body From: and "
+                                       "Subject: lines override them: list shows one author and "
+                                       "subject, apply commits another")
+def test_parse_author_and_subject_are_what_apply_commits(host: Path, patches_dir: Path):
+    drop(patches_dir, mail(add_file("new.txt"), subject="[PATCH] Harmless", author="Mallory <m@example.com>",
+                           body="From: Trusted Maintainer <boss@example.com>\nSubject: Reviewed\n\nBody.\n"))
+    [patch] = read_dir(str(patches_dir))[0]
+    apply([patch], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert git(host, "log", "-1", "--format=%an <%ae>|%s").strip() == f"{patch.author}|{patch.subject}"
 
 
 # --- read_dir --------------------------------------------------------------------------------
@@ -416,14 +497,11 @@ def test_read_dir_ignores_patches_in_subdirectories(series: list[str], patches_d
     assert [p.name for p in read_dir(str(patches_dir))[0]] == series
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
-                   reason="bug: _read_regular() opens a directory named *.patch, then os.fdopen() "
-                          "raises IsADirectoryError before the fstat check, so read_dir crashes")
-def test_read_dir_skips_a_directory_named_dot_patch(patches_dir: Path):
-    (patches_dir / "0001-dir.patch").mkdir()
+def test_read_dir_skips_a_directory_named_dot_patch(series: list[str], patches_dir: Path):
+    (patches_dir / "0000-dir.patch").mkdir()
     patches, skipped = read_dir(str(patches_dir))
-    assert patches == []
-    assert skipped and skipped[0].startswith("0001-dir.patch: not a regular file")
+    assert [p.name for p in patches] == series
+    assert skipped == ["0000-dir.patch: not a regular file (a symlink is never followed)"]
 
 
 def test_read_dir_skips_a_symlinked_patch_pointing_outside(series: list[str], patches_dir: Path,
@@ -431,6 +509,13 @@ def test_read_dir_skips_a_symlinked_patch_pointing_outside(series: list[str], pa
     outside = tmp_path / "outside.patch"
     outside.write_bytes((patches_dir / series[0]).read_bytes())
     (patches_dir / "0000-link.patch").symlink_to(outside)
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == series
+    assert skipped == ["0000-link.patch: not a regular file (a symlink is never followed)"]
+
+
+def test_read_dir_skips_a_symlinked_patch_pointing_inside(series: list[str], patches_dir: Path):
+    (patches_dir / "0000-link.patch").symlink_to(series[0])
     patches, skipped = read_dir(str(patches_dir))
     assert [p.name for p in patches] == series
     assert skipped == ["0000-link.patch: not a regular file (a symlink is never followed)"]
@@ -451,6 +536,18 @@ def test_read_dir_skips_a_fifo_without_hanging(series: list[str], patches_dir: P
     assert skipped == ["0000-y.patch: not a regular file (a symlink is never followed)"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_read_dir_closes_every_file_it_opens(series: list[str], patches_dir: Path):
+    (patches_dir / "0000-dir.patch").mkdir()
+    os.mkfifo(patches_dir / "0000-fifo.patch")
+    (patches_dir / "0000-junk.patch").write_bytes(b"junk\n")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        patches, skipped = read_dir(str(patches_dir))
+    assert (len(patches), len(skipped)) == (3, 3)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_read_dir_skips_an_unparsable_patch_with_the_reason(series: list[str], patches_dir: Path):
     (patches_dir / "0000-junk.patch").write_bytes(b"junk\n")
     patches, skipped = read_dir(str(patches_dir))
@@ -463,82 +560,90 @@ def test_read_dir_of_a_missing_dir_raises_devshell_error(tmp_path: Path):
         read_dir(str(tmp_path / "nope"))
 
 
-# --- problems --------------------------------------------------------------------------------
+# --- path_problems ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [".git/hooks/post-checkout", ".git/config", ".GIT/config",
-                                  ".Git/hooks/pre-commit", "sub/.git/config", "a/b/.git/HEAD",
-                                  ".git./config", ".git /config"])
-def test_problems_refuses_paths_inside_dot_git(path: str):
-    assert problems(hand_patch(add_file(path)), []) == [
-        f"touches {path} (inside .git/ or outside the repository)"]
+@pytest.mark.parametrize("protected", [DEFAULT_PROTECTED, []], ids=["default", "allow-protected"])
+@pytest.mark.parametrize("path", [".git", ".git/hooks/post-checkout", ".git/config", ".GIT/config",
+                                  ".Git/hooks/pre-commit", "sub/.git", "sub/.git/config",
+                                  "a/b/.git/HEAD", ".git./config", ".git /config", "sub/.GiT. /x",
+                                  "sub/.git/.gitattributes"])
+def test_path_problems_refuses_dot_git_at_any_depth_and_case_even_unprotected(
+        path: str, protected: tuple[str, ...]):
+    assert path_problems(path, protected) == [f"touches {path} (inside .git)"]
 
 
-@pytest.mark.parametrize("path", ["../outside.txt", "sub/../../outside.txt", "sub/.."])
-def test_problems_refuses_paths_with_dotdot(path: str):
-    assert problems(hand_patch(add_file(path)), []) == [
-        f"touches {path} (inside .git/ or outside the repository)"]
-
-
-def test_problems_refuses_absolute_paths():
-    assert problems(hand_patch(add_file("/etc/passwd")), []) == [
-        "touches /etc/passwd (inside .git/ or outside the repository)"]
-
-
-def test_problems_refuses_the_old_path_of_a_rename_out_of_dot_git():
-    diff = ("diff --git a/.git/config b/config\nsimilarity index 100%\n"
-            "rename from .git/config\nrename to config\n")
-    assert problems(hand_patch(diff), []) == [
-        "touches .git/config (inside .git/ or outside the repository)"]
+@pytest.mark.parametrize("path", ["a.txt", ".gitignore", ".github/README.md", ".github/dependabot.yml",
+                                  ".github/workflows-old/ci.yml", "x.git/config", "git/config",
+                                  ".gitx/config", ".git-blame-ignore-revs", "sub/.gitkeep", "my.git",
+                                  "docs/github.md", "workflows/ci.yml", ".devcontainers/x.json",
+                                  "gitmodules", "my.gitignore", "docs/.github/workflows.md"])
+def test_path_problems_allows_ordinary_and_lookalike_paths(path: str):
+    assert path_problems(path, DEFAULT_PROTECTED) == []
 
 
 @pytest.mark.parametrize(("path", "glob"), [
     (".github/workflows/ci.yml", ".github/workflows/**"),
     (".github/workflows/nested/deploy.yml", ".github/workflows/**"),
+    (".github/workflows", ".github/workflows/**"),
     (".gitmodules", ".gitmodules"),
     (".gitattributes", ".gitattributes"),
     ("docs/.gitattributes", ".gitattributes"),
     ("vendor/lib/.gitmodules", ".gitmodules"),
     (".devcontainer/devcontainer.json", ".devcontainer/**"),
+    (".devcontainer/python/devcontainer.json", ".devcontainer/**"),
+    (".devcontainer", ".devcontainer/**"),
 ])
-def test_problems_refuses_default_protected_paths(path: str, glob: str):
-    assert problems(hand_patch(add_file(path)), DEFAULT_PROTECTED) == [
-        f"touches protected path {path} (matches {glob})"]
+def test_path_problems_refuses_default_protected_paths(path: str, glob: str):
+    assert path_problems(path, DEFAULT_PROTECTED) == [f"touches protected path {path} (matches {glob})"]
 
 
-def test_problems_refuses_extra_globs():
+def test_path_problems_refuses_extra_globs():
     protected = [*DEFAULT_PROTECTED, "secrets/*", "Makefile"]
-    patch = hand_patch(add_file("secrets/deep/key.pem"), add_file("tools/Makefile"), add_file("ok.txt"))
-    assert problems(patch, protected) == [
-        "touches protected path secrets/deep/key.pem (matches secrets/*)",
+    assert path_problems("secrets/deep/key.pem", protected) == [
+        "touches protected path secrets/deep/key.pem (matches secrets/*)"]
+    assert path_problems("tools/Makefile", protected) == [
         "touches protected path tools/Makefile (matches Makefile)"]
+    assert path_problems("ok.txt", protected) == []
 
 
-def test_problems_with_no_globs_allows_protected_paths():
-    assert problems(hand_patch(add_file(".github/workflows/ci.yml")), []) == []
+def test_path_problems_with_no_globs_allows_protected_paths():
+    for path in (".github/workflows/ci.yml", ".gitmodules", "docs/.gitattributes", ".devcontainer/x"):
+        assert path_problems(path, []) == []
 
 
-def test_problems_allows_ordinary_changes(agent: Path):
-    git(agent, "mv", "src/old.py", "src/new.py")
-    git(agent, "rm", "-q", "gone.txt")
-    commit(agent, "Ordinary", {"a.txt": "A\n", "docs/github.md": "about .github\n",
-                               "workflows/ci.yml": "not the protected one\n", "my.gitignore": "x\n"})
-    assert problems(last_patch(agent, "-M"), DEFAULT_PROTECTED) == []
+@pytest.mark.xfail(strict=True, reason="bug: DEFAULT_PROTECTED guards .devcontainer/** but not "
+                                       ".devcontainer.json, the other place the dev container spec "
+                                       "reads a config from (initializeCommand runs on the host)")
+def test_path_problems_refuses_a_root_devcontainer_json():
+    assert path_problems(".devcontainer.json", DEFAULT_PROTECTED) != []
 
 
-@pytest.mark.parametrize(("link", "target"), [
-    ("pw", "/etc/passwd"),
-    ("x", "../../x"),
-    ("up", ".."),
-    ("sub/l", "../../x"),
-    ("sub/deeper/l", "../../../outside"),
-    ("hooks", ".git/hooks"),
-    ("sub/cfg", "../.git/config"),
-    ("HOOKS", ".GIT/hooks"),
+# --- link_escapes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("link", "target", "why"), [
+    ("pw", "/etc/passwd", "an absolute path (/etc/passwd)"),
+    ("pw", "//etc/passwd", "an absolute path (//etc/passwd)"),
+    ("x", "../../x", "outside the repository"),
+    ("up", "..", "outside the repository"),
+    ("up", "../", "outside the repository"),
+    ("l", "sub/../../x", "outside the repository"),
+    ("sub/l", "../../x", "outside the repository"),
+    ("sub/deeper/l", "../../../outside", "outside the repository"),
+    ("sub/deeper/l", "./.././../.././x", "outside the repository"),
+    ("hooks", ".git/hooks", "into .git"),
+    ("g", ".git", "into .git"),
+    ("g", "./.git/", "into .git"),
+    ("sub/cfg", "../.git/config", "into .git"),
+    ("HOOKS", ".GIT/hooks", "into .git"),
+    ("g", ".Git./config", "into .git"),
+    ("g", ".git /config", "into .git"),
+    ("l", "sub/../.git/config", "into .git"),
 ])
-def test_problems_refuses_symlinks_pointing_out(link: str, target: str):
-    assert problems(hand_patch(add_symlink(link, target)), []) == [
-        f"creates symlink {link} -> {target}, which points out of the repository"]
+def test_link_escapes_refuses_a_target_out_of_the_repository_or_into_dot_git(
+        link: str, target: str, why: str):
+    assert link_escapes(link, {link: target}) == why
 
 
 @pytest.mark.parametrize(("link", "target"), [
@@ -547,48 +652,134 @@ def test_problems_refuses_symlinks_pointing_out(link: str, target: str):
     ("sub/deeper/l", "../../docs/readme.md"),
     ("here", "."),
     ("d", "./docs"),
+    ("l", "sub/../a.txt"),
+    ("l", "missing/../a.txt"),
+    ("l", "a//b/./c/"),
     ("sub/gitish", "../.github/README"),
+    ("l", ".gitignore"),
+    ("l", "x.git/config"),
+    ("l", ".github/workflows/ci.yml"),
 ])
-def test_problems_allows_symlinks_inside_the_repository(link: str, target: str):
-    assert problems(hand_patch(add_symlink(link, target)), DEFAULT_PROTECTED) == []
+def test_link_escapes_allows_a_target_inside_the_repository(link: str, target: str):
+    assert link_escapes(link, {link: target}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a patch that retargets an existing symlink (mode "
-                                       "only on the `index a..b 120000` line) is never checked")
-def test_problems_refuses_retargeting_an_existing_symlink_out(agent: Path):
-    (agent / "link").symlink_to("a.txt")
-    commit(agent, "Add an in-repo link")
-    (agent / "link").unlink()
-    (agent / "link").symlink_to("/etc/passwd")
-    commit(agent, "Retarget the link")
-    patch = last_patch(agent)
-    assert b"index " in patch.data and b" 120000\n" in patch.data
-    assert b"new file mode" not in patch.data
-    assert problems(patch, DEFAULT_PROTECTED) != []
+@pytest.mark.parametrize("sep", ["\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r", "\n",
+                                 "\x0b", "\x0c", "\\"])
+def test_link_escapes_splits_a_target_only_on_slash(sep: str):
+    # a directory named "x<sep>" is one component: x<sep>/../../etc leads to the repo's parent
+    assert link_escapes("l", {"l": f"x{sep}/../../etc"}) == "outside the repository"
+    assert link_escapes("l", {"l": f"x{sep}/../a.txt"}) is None
+    assert link_escapes("l", {"l": f"..{sep}/a.txt"}) is None  # "..<sep>" is a name, not ".."
 
 
-@pytest.mark.xfail(strict=True, reason="bug: only the first line of a symlink target is checked "
-                                       "and lines are split by str.splitlines, which also splits on "
-                                       "\\x1c, \\x85, \\u2028...; git splits only on \\n")
-def test_problems_refuses_a_symlink_out_whose_target_holds_a_separator_char(agent: Path):
-    target = "x\x1c/../../etc"  # with a directory named "x\x1c" this resolves outside the repo
-    (agent / "l").symlink_to(target)
-    commit(agent, "Add a link")
-    assert problems(last_patch(agent), DEFAULT_PROTECTED) != []
+@pytest.mark.parametrize(("links", "why"), [
+    ({"d": ".", "e": "d/../x"}, "outside the repository"),
+    ({"sub/up": "..", "e": "sub/up/../x"}, "outside the repository"),
+    ({"e": "a", "a": "b", "b": "c", "c": ".."}, "outside the repository"),
+    ({"e": "a/x", "a": "b/y", "b": "sub/../.."}, "outside the repository"),
+    ({"sub/d": ".", "e": "sub/d/../../x"}, "outside the repository"),
+    ({"e": "abs/passwd", "abs": "/etc"}, "an absolute path (/etc)"),
+    ({"e": "d/.git/hooks", "d": "sub/.."}, "into .git"),
+    ({"e": "d/hooks", "d": "./.GIT"}, "into .git"),
+    ({"e": "up/repo/a.txt", "up": ".."}, "outside the repository"),  # back in? not known: refused
+])
+def test_link_escapes_follows_other_symlinks_on_the_way(links: dict[str, str], why: str):
+    assert link_escapes("e", links) == why
 
 
-@pytest.mark.xfail(strict=True, reason="bug: symlink targets are normalized lexically, ignoring "
-                                       "symlinks created by the same patch: d -> . then "
-                                       "e -> d/../x resolves to the repository's parent")
-def test_problems_refuses_a_symlink_out_through_another_new_symlink(agent: Path):
-    (agent / "d").symlink_to(".")
-    (agent / "e").symlink_to("d/../x")
-    commit(agent, "Add two links")
-    assert not os.path.realpath(agent / "e").startswith(str(agent) + os.sep)
-    assert problems(last_patch(agent), DEFAULT_PROTECTED) != []
+@pytest.mark.parametrize("links", [
+    {"e": "d/../x", "d": "sub/deeper"},  # physically sub/deeper/.. is sub: stays inside
+    {"e": "a", "a": "b", "b": "docs"},
+    {"e": "d/readme.md", "d": "docs"},
+    {"e": "d/../a.txt", "d": "sub"},
+    {"e": "sub/f/x", "sub/f": "../d", "d": "sub/.."},
+    {"e": "a.txt", "bad": "/etc", "worse": ".."},  # other, escaping links are not on the way
+])
+def test_link_escapes_allows_a_chain_that_stays_inside(links: dict[str, str]):
+    assert link_escapes("e", links) is None
 
 
-# --- check -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("links", [
+    {"e": "e"},
+    {"e": "e/x"},
+    {"e": "./e/../e"},
+    {"e": "a", "a": "e"},
+    {"e": "a", "a": "b", "b": "a"},
+    {"e": "sub/l", "sub/l": "../e/x"},
+])
+def test_link_escapes_refuses_a_loop(links: dict[str, str]):
+    assert link_escapes("e", links) == "a symlink loop"
+
+
+def test_link_escapes_follows_a_long_chain_and_refuses_an_endless_one():
+    chain = {f"l{n}": f"l{n + 1}" for n in range(30)} | {"l30": "a.txt"}
+    assert link_escapes("l0", chain) is None
+    endless = {f"l{n}": f"l{n + 1}" for n in range(100)} | {"l100": "a.txt"}
+    assert link_escapes("l0", endless) == "a symlink loop"
+
+
+class _CountingLinks(dict):
+    """A links dict that stops a resolver which does far more work than the kernel would."""
+
+    budget = 100_000
+
+    def _spend(self) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise RuntimeError("link_escapes looked up more than 100000 links")
+
+    def __contains__(self, key: object) -> bool:
+        self._spend()
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self._spend()
+        return super().__getitem__(key)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="bug: link_escapes bounds only the nesting depth of links (40), not their "
+                          "total number: l1 -> l0/l0, l2 -> l1/l1, ... takes 2**n steps (n=20: 3 s, "
+                          "n=30: an hour), so a patch with such links hangs check, list and apply; "
+                          "the kernel gives up (ELOOP) after 40 links in all")
+def test_link_escapes_does_bounded_work_on_a_doubling_chain():
+    links = _CountingLinks({"l0": "."} | {f"l{n}": f"l{n - 1}/l{n - 1}" for n in range(1, 41)})
+    assert link_escapes("l40", links) in (None, "a symlink loop")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: link_escapes refuses only the top-level .git, while "
+                                       "path_problems refuses .git at any depth: a symlink into a "
+                                       "nested repository's sub/.git (its config, its hooks) passes")
+def test_link_escapes_refuses_a_nested_dot_git():
+    assert link_escapes("l", {"l": "sub/.git/config"}) is not None
+
+
+_LINK_PATHS = ["l", "m", "sub/l", "sub/deeper/l"]
+_TARGETS = st.lists(st.sampled_from(["..", ".", "", "sub", "deeper", "l", "m", ".git", "a.txt", "x"]),
+                    min_size=1, max_size=5).map("/".join).filter(bool)
+
+
+@given(st.dictionaries(st.sampled_from(_LINK_PATHS), _TARGETS, min_size=1))
+def test_link_escapes_passes_only_links_the_kernel_resolves_inside(links: dict[str, str]):
+    """Whatever link_escapes lets through, realpath (which follows links as the kernel does)
+    finds inside the repository and outside its .git."""
+    with tempfile.TemporaryDirectory() as d:
+        repo = os.path.join(os.path.realpath(d), "repo")
+        os.makedirs(os.path.join(repo, "sub", "deeper"))
+        os.makedirs(os.path.join(repo, ".git"))
+        Path(repo, "a.txt").write_text("a\n")
+        for link, target in links.items():
+            os.symlink(target, os.path.join(repo, link))
+        for link in links:
+            if link_escapes(link, links) is None:
+                real = os.path.realpath(os.path.join(repo, link))
+                assert real == repo or real.startswith(repo + "/"), (link, real)
+                rel = posixpath.relpath(real, repo)
+                assert rel.split("/")[0] != ".git", (link, real)
+
+
+# --- review and check ------------------------------------------------------------------------
 
 
 def test_check_passes_a_series_where_patch_2_builds_on_patch_1(agent: Path, host: Path,
@@ -598,7 +789,41 @@ def test_check_passes_a_series_where_patch_2_builds_on_patch_1(agent: Path, host
     format_patches(agent, patches_dir)
     patches, _ = read_dir(str(patches_dir))
     verdicts = check(patches, str(host), DEFAULT_PROTECTED)
-    assert [(v.patch, v.ok) for v in verdicts] == [(p.name, True) for p in patches]
+    assert [(v.patch, v.ok, v.problems) for v in verdicts] == [(p.name, True, []) for p in patches]
+
+
+def test_review_returns_the_tree_the_series_makes(series: list[str], agent: Path, host: Path,
+                                                 patches_dir: Path):
+    verdicts, tree = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert all(v.ok for v in verdicts)
+    assert tree == git(agent, "rev-parse", "HEAD^{tree}").strip()
+
+
+def test_review_returns_no_tree_when_a_patch_does_not_apply(conflicting: list[str], host: Path,
+                                                            patches_dir: Path):
+    verdicts, tree = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert tree is None
+    assert [v.ok for v in verdicts] == [True, False, False]
+
+
+def test_review_applies_a_patch_3_way_like_git_am(host: Path, tmp_path: Path, patches_dir: Path):
+    lines = [f"line {n}\n" for n in range(1, 11)]
+    commit(host, "A longer file", {"long.txt": "".join(lines)}, who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    commit(agent, "Edit line 9", {"long.txt": "".join([*lines[:8], "NINE\n", *lines[9:]])})
+    format_patches(agent, patches_dir)
+    commit(host, "Edit line 7", {"long.txt": "".join([*lines[:6], "SEVEN\n", *lines[7:]])}, who=HOST)
+    settle(host)
+    patches = read_dir(str(patches_dir))[0]
+    plain = subprocess.run(["git", "-C", str(host), "apply", "--check", str(patches_dir / patches[0].name)],
+                           capture_output=True, text=True, check=False)
+    assert "patch does not apply" in plain.stderr  # the hunk's context changed: only 3-way applies it
+    verdicts, tree = review(patches, str(host), DEFAULT_PROTECTED)
+    assert [v.problems for v in verdicts] == [[]]
+    apply(patches, str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert (host / "long.txt").read_text() == "".join([*lines[:6], "SEVEN\n", lines[7], "NINE\n", *lines[9:]])
+    assert git(host, "rev-parse", "HEAD^{tree}").strip() == tree
 
 
 def test_check_reports_a_patch_that_does_not_apply_with_the_reason(conflicting: list[str],
@@ -606,27 +831,81 @@ def test_check_reports_a_patch_that_does_not_apply_with_the_reason(conflicting: 
     patches, _ = read_dir(str(patches_dir))
     verdicts = check(patches, str(host), DEFAULT_PROTECTED)
     assert verdicts[0].ok
+    assert verdicts[1].patch == conflicting[1]
     assert len(verdicts[1].problems) == 1
-    assert verdicts[1].problems[0].startswith("does not apply cleanly: ")
+    assert verdicts[1].problems[0].startswith("does not apply: ")
     assert "b.txt" in verdicts[1].problems[0]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check() breaks out of the loop at the first failure "
-                                       "and leaves later verdicts without problems, i.e. ok=True")
 def test_check_does_not_report_patches_after_a_failure_as_ok(conflicting: list[str], host: Path,
                                                              patches_dir: Path):
     patches, _ = read_dir(str(patches_dir))
     verdicts = check(patches, str(host), DEFAULT_PROTECTED)
     assert not verdicts[2].ok
+    assert verdicts[2].problems == [f"not checked: it builds on {conflicting[1]}, which does not apply"]
+
+
+def test_check_marks_every_patch_after_a_failing_first_one_unchecked(series: list[str], host: Path,
+                                                                     patches_dir: Path):
+    commit(host, "Host changes a", {"a.txt": "host's alpha\n"}, who=HOST)
+    settle(host)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdicts[0].problems[0].startswith("does not apply: ")
+    # patch 2 (b.txt) would apply on its own, but it was not checked on top of patch 1: not ok
+    assert [v.problems for v in verdicts[1:]] == [
+        [f"not checked: it builds on {series[0]}, which does not apply"]] * 2
 
 
 def test_check_reports_protected_paths(agent: Path, host: Path, patches_dir: Path):
     commit(agent, "CI", {".github/workflows/ci.yml": "on: push\n"})
-    format_patches(agent, patches_dir)
+    [name] = format_patches(agent, patches_dir)
     patches, _ = read_dir(str(patches_dir))
     [verdict] = check(patches, str(host), DEFAULT_PROTECTED)
-    assert verdict.problems == [
+    assert (verdict.patch, verdict.problems) == (name, [
+        "touches protected path .github/workflows/ci.yml (matches .github/workflows/**)"])
+
+
+def test_check_goes_on_after_a_refused_patch_that_applies(agent: Path, host: Path, patches_dir: Path):
+    commit(agent, "Modules", {".gitmodules": "[submodule]\n"})
+    commit(agent, "Ordinary", {"a.txt": "A\n"})
+    commit(agent, "Attributes deep down", {"docs/.gitattributes": "* diff\n"})
+    names = format_patches(agent, patches_dir)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert [(v.patch, v.problems) for v in verdicts] == [
+        (names[0], ["touches protected path .gitmodules (matches .gitmodules)"]),
+        (names[1], []),
+        (names[2], ["touches protected path docs/.gitattributes (matches .gitattributes)"])]
+
+
+def test_check_reports_deleting_and_renaming_a_protected_file(host: Path, tmp_path: Path,
+                                                              patches_dir: Path):
+    commit(host, "CI", {".github/workflows/ci.yml": "on: push\n", ".gitattributes": "* text\n"},
+           who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    git(agent, "rm", "-q", ".gitattributes")
+    git(agent, "mv", ".github/workflows/ci.yml", "ci.yml")
+    commit(agent, "Move CI away")
+    format_patches(agent, patches_dir, "-M")
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert sorted(verdict.problems) == [
+        "touches protected path .gitattributes (matches .gitattributes)",
         "touches protected path .github/workflows/ci.yml (matches .github/workflows/**)"]
+
+
+def test_tree_problems_judges_the_paths_and_symlinks_between_two_trees(agent: Path):
+    commit(agent, "Before", {"keep.txt": "k\n"})
+    symlink(agent, "odd\tname ü", "../../out")  # -z output: no quoting, no splitting on the tab
+    symlink(agent, "in", "keep.txt")
+    git(agent, "rm", "-q", "gone.txt")
+    commit(agent, "After", {".gitmodules": "[submodule]\n", "a.txt": "A\n"})
+    old, new = (git(agent, "rev-parse", f"{rev}^{{tree}}").strip() for rev in ("HEAD~1", "HEAD"))
+    assert sorted(tree_problems(str(agent), old, new, DEFAULT_PROTECTED)) == [
+        "creates symlink odd\tname ü -> ../../out, which leads outside the repository",
+        "touches protected path .gitmodules (matches .gitmodules)"]
+    assert tree_problems(str(agent), old, new, []) == [
+        "creates symlink odd\tname ü -> ../../out, which leads outside the repository"]
+    assert tree_problems(str(agent), new, new, DEFAULT_PROTECTED) == []
 
 
 def test_check_leaves_the_repository_byte_identical(conflicting: list[str], host: Path,
@@ -647,16 +926,308 @@ def test_check_leaves_the_patches_dir_untouched(series: list[str], host: Path, p
     assert dir_listing(patches_dir) == before
 
 
+def test_check_and_apply_refuse_a_protected_path_hidden_in_a_traditional_diff(host: Path,
+                                                                              patches_dir: Path):
+    smuggled = ("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-alpha\n+ALPHA\n"
+                "--- /dev/null\n+++ b/.github/workflows/ci.yml\n@@ -0,0 +1 @@\n+on: push\n")
+    name = drop(patches_dir, mail(smuggled), "0001-smuggle.patch")
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert (verdict.patch, verdict.problems) == (name, [
+        "touches protected path .github/workflows/ci.yml (matches .github/workflows/**)"])
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name, ".github/workflows/ci.yml")
+
+
+OUT_OF_BOUNDS = [".git/hooks/post-checkout", ".GIT/config", "sub/.git/config", ".git./config",
+                 "../outside.txt", "sub/../../outside.txt", "/tmp/devshell-absolute.txt"]
+
+
+@pytest.mark.parametrize("protected", [DEFAULT_PROTECTED, []], ids=["default", "allow-protected"])
+@pytest.mark.parametrize("path", OUT_OF_BOUNDS)
+def test_check_and_apply_refuse_a_path_into_dot_git_or_out_of_the_repo(
+        path: str, protected: tuple[str, ...], host: Path, patches_dir: Path, tmp_path: Path):
+    name = drop(patches_dir, mail(add_file("ok.txt"), add_file(path)))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), protected)
+    assert verdict.patch == name
+    assert verdict.problems and verdict.problems[0].startswith("does not apply: ")
+    refused_by_apply(host, patches_dir, protected, f"refusing {name}: does not apply: ")
+    assert not (tmp_path / "outside.txt").exists()
+    assert not Path("/tmp/devshell-absolute.txt").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: 'does not apply: ' quotes only git apply's first stderr "
+                                       "line, here 'Falling back to direct application...': neither "
+                                       "the path git refused nor its error (\"invalid path '...'\") "
+                                       "reaches the verdict or apply's error")
+@pytest.mark.parametrize("path", OUT_OF_BOUNDS)
+def test_check_names_the_path_git_refuses(path: str, host: Path, patches_dir: Path):
+    drop(patches_dir, mail(add_file("ok.txt"), add_file(path)))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert path in verdict.problems[0]
+
+
+def test_check_refuses_a_rename_out_of_dot_git(host: Path, patches_dir: Path):
+    diff = ("diff --git a/.git/config b/config\nsimilarity index 100%\n"
+            "rename from .git/config\nrename to config\n")
+    name = drop(patches_dir, mail(diff))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), [])
+    assert verdict.problems and ".git/config" in verdict.problems[0]
+    refused_by_apply(host, patches_dir, [], name, ".git/config")
+
+
+def test_check_allows_ordinary_changes(agent: Path, host: Path, patches_dir: Path):
+    git(agent, "mv", "src/old.py", "src/new.py")
+    git(agent, "rm", "-q", "gone.txt")
+    commit(agent, "Ordinary", {"a.txt": "A\n", "docs/github.md": "about .github\n",
+                               "workflows/ci.yml": "not the protected one\n", "my.gitignore": "x\n",
+                               ".github/dependabot.yml": "version: 2\n"})
+    format_patches(agent, patches_dir, "-M")
+    assert [v.problems for v in check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)] == [[]]
+
+
+# git am reads a mail as mailsplit and mailinfo do (mbox From lines, transfer encodings); git apply
+# on the raw bytes does not. Written so that git apply sees only the change to a.txt.
+QP_SMUGGLED = mail(
+    "diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-alpha\n+ALPHA\n"
+    "=64iff --git a/.github/workflows/ci.yml b/.github/workflows/ci.yml\nnew file mode 100644\n"
+    "=2D-- /dev/null\n+++ b/.github/workflows/ci.yml\n=40@ -0,0 +1 @@\n+on: push\n",
+    headers="MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n"
+            "Content-Transfer-Encoding: quoted-printable\n")
+MBOX_SPLIT = mail(add_file("ok.txt"), body="Body.\n\nFrom 0000000000000000000000000000000000000000 "
+                                           "Mon Sep 17 00:00:00 2001\nmore\n")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: review() runs git apply on the raw mail, but git am "
+                                       "first splits the mbox and decodes the body: a "
+                                       "quoted-printable body hides a .github/workflows file from "
+                                       "check/list (git am applies it), a body 'From ' line makes "
+                                       "git am see an empty patch; check says ok to both")
+@pytest.mark.parametrize("data", [QP_SMUGGLED, MBOX_SPLIT], ids=["quoted-printable", "mbox-split"])
+def test_check_judges_the_patch_git_am_reads(data: bytes, host: Path, patches_dir: Path):
+    drop(patches_dir, data)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert not verdict.ok
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (QP_SMUGGLED, "git am made a different tree than the one reviewed"),
+    (MBOX_SPLIT, "git am failed, nothing applied"),
+], ids=["quoted-printable", "mbox-split"])
+def test_apply_still_commits_nothing_git_am_reads_differently(data: bytes, error: str, host: Path,
+                                                              patches_dir: Path):
+    drop(patches_dir, data)
+    before, files_before = state(host), dir_listing(patches_dir)
+    with pytest.raises(DevshellError, match=error):
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert state(host) == before
+    assert not (host / ".github").exists()
+    assert not (host / ".git" / "rebase-apply").exists()
+    assert dir_listing(patches_dir) == files_before
+
+
+# --- symlinks, end to end --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protected", [DEFAULT_PROTECTED, []], ids=["default", "allow-protected"])
+@pytest.mark.parametrize(("link", "target", "why"), [
+    ("pw", "/etc/passwd", "an absolute path (/etc/passwd)"),
+    ("sub/up", "../../x", "outside the repository"),
+    ("hooks", ".git/hooks", "into .git"),
+    ("sub/cfg", "../.GIT/config", "into .git"),
+])
+def test_check_and_apply_refuse_a_new_symlink_leading_out(link: str, target: str, why: str,
+                                                          protected: tuple[str, ...], agent: Path,
+                                                          host: Path, patches_dir: Path):
+    commit(agent, "Harmless", {"a.txt": "A\n"})
+    symlink(agent, link, target)
+    commit(agent, "Add a link")
+    names = format_patches(agent, patches_dir)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), protected)
+    assert [(v.patch, v.problems) for v in verdicts] == [
+        (names[0], []), (names[1], [f"creates symlink {link} -> {target}, which leads {why}"])]
+    refused_by_apply(host, patches_dir, protected, names[1], link)
+
+
+def test_apply_commits_a_symlink_inside_the_repository(agent: Path, host: Path, patches_dir: Path):
+    symlink(agent, "links/to-a", "../a.txt")
+    symlink(agent, "d", "docs")
+    symlink(agent, "readme", "d/readme.md")
+    commit(agent, "Add links")
+    format_patches(agent, patches_dir)
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert os.readlink(host / "links" / "to-a") == "../a.txt"
+    assert (host / "readme").read_text() == "# readme\n"
+    assert git(host, "status", "--porcelain") == ""
+
+
+def test_check_and_apply_refuse_retargeting_an_existing_symlink_out(host: Path, tmp_path: Path,
+                                                                    patches_dir: Path):
+    symlink(host, "link", "a.txt")
+    commit(host, "Add an in-repo link", who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    symlink(agent, "link", "/etc/passwd")
+    commit(agent, "Retarget the link")
+    [name] = format_patches(agent, patches_dir)
+    data = (patches_dir / name).read_bytes()
+    assert b"index " in data and b" 120000\n" in data
+    assert b"new file mode" not in data
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink link -> /etc/passwd, which leads an absolute path "
+                                "(/etc/passwd)"]
+    refused_by_apply(host, patches_dir, [], name, "link")
+
+
+def test_check_and_apply_refuse_turning_a_file_into_a_symlink_out(agent: Path, host: Path,
+                                                                  patches_dir: Path):
+    (agent / "a.txt").unlink()
+    symlink(agent, "a.txt", "../../outside")
+    commit(agent, "A file becomes a link")
+    [name] = format_patches(agent, patches_dir)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink a.txt -> ../../outside, which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name, "a.txt")
+
+
+@pytest.mark.parametrize("sep", ["\x1c", "\x85", "\u2028"])
+def test_check_and_apply_refuse_a_symlink_out_whose_target_holds_a_separator_char(
+        sep: str, agent: Path, host: Path, patches_dir: Path):
+    target = f"x{sep}/../../etc"  # with a directory named "x<sep>" this resolves outside the repo
+    (agent / f"x{sep}").mkdir()
+    (agent / f"x{sep}" / "f").write_text("f\n")
+    symlink(agent, "l", target)
+    commit(agent, "Add a link")
+    assert not os.path.realpath(agent / "l").startswith(str(agent) + os.sep)
+    [name] = format_patches(agent, patches_dir)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == [f"creates symlink l -> {target}, which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name)
+
+
+def test_check_and_apply_refuse_a_symlink_out_through_another_new_symlink(agent: Path, host: Path,
+                                                                          patches_dir: Path):
+    symlink(agent, "d", ".")
+    symlink(agent, "e", "d/../x")
+    commit(agent, "Add two links")
+    assert not os.path.realpath(agent / "e").startswith(str(agent) + os.sep)
+    [name] = format_patches(agent, patches_dir)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink e -> d/../x, which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name, "e -> d/../x")
+
+
+def test_check_refuses_a_symlink_out_through_a_symlink_of_an_earlier_patch(agent: Path, host: Path,
+                                                                           patches_dir: Path):
+    symlink(agent, "d", ".")
+    commit(agent, "An innocent link")
+    symlink(agent, "e", "d/../x")
+    commit(agent, "A link through it")
+    names = format_patches(agent, patches_dir)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert [(v.patch, v.problems) for v in verdicts] == [
+        (names[0], []), (names[1], ["creates symlink e -> d/../x, which leads outside the repository"])]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, names[1], "e")
+
+
+def test_check_refuses_a_symlink_out_through_a_symlink_the_host_has(host: Path, tmp_path: Path,
+                                                                    patches_dir: Path):
+    symlink(host, "sub/d", "..")
+    commit(host, "An in-repo link", who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    symlink(agent, "e", "sub/d/../x")
+    commit(agent, "A link through the host's")
+    [name] = format_patches(agent, patches_dir)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink e -> sub/d/../x, which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name, "e")
+
+
+def test_check_and_apply_refuse_renaming_a_symlink_so_that_it_points_out(host: Path, tmp_path: Path,
+                                                                         patches_dir: Path):
+    symlink(host, "sub/l", "../a.txt")
+    commit(host, "An in-repo link", who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    git(agent, "mv", "sub/l", "l")
+    commit(agent, "Move the link up")
+    [name] = format_patches(agent, patches_dir, "-M")
+    assert b"rename to l\n" in (patches_dir / name).read_bytes()
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink l -> ../a.txt, which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, name, "l -> ../a.txt")
+
+
+def test_check_lets_a_patch_delete_or_retarget_inward_a_symlink(host: Path, tmp_path: Path,
+                                                                patches_dir: Path):
+    symlink(host, "l", "a.txt")
+    symlink(host, "m", "b.txt")
+    commit(host, "Two links", who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    git(agent, "rm", "-q", "l")
+    symlink(agent, "m", "docs/readme.md")
+    commit(agent, "Drop one link, retarget the other")
+    format_patches(agent, patches_dir)
+    assert [v.problems for v in check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)] == [[]]
+
+
+def test_check_does_not_blame_a_patch_for_the_hosts_own_outward_symlink(host: Path, tmp_path: Path,
+                                                                        patches_dir: Path):
+    symlink(host, "etc", "/etc")
+    commit(host, "The host's own choice", who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    commit(agent, "Unrelated", {"a.txt": "A\n"})
+    format_patches(agent, patches_dir)
+    assert [v.problems for v in check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)] == [[]]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: tree_problems() judges only new or changed symlinks; a "
+                                       "patch that turns directory sub into a symlink sub -> . (inside) "
+                                       "makes the host's unchanged link l -> sub/../a.txt lead out of the "
+                                       "repository, and check says ok")
+def test_check_refuses_a_change_that_makes_an_unchanged_symlink_lead_out(host: Path, tmp_path: Path,
+                                                                         patches_dir: Path):
+    symlink(host, "l", "sub/../a.txt")
+    commit(host, "A link through a directory", {"sub/f": "f\n"}, who=HOST)
+    settle(host)
+    agent = clone(tmp_path, host)
+    git(agent, "rm", "-q", "sub/f")
+    symlink(agent, "sub", ".")
+    commit(agent, "The directory becomes a link")
+    assert not os.path.realpath(agent / "l").startswith(str(agent) + os.sep)
+    format_patches(agent, patches_dir)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert not verdict.ok
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a symlink .github -> ci passes (only paths matching "
+                                       ".github/workflows/** are protected, not their parent), so the "
+                                       "patch's ci/workflows/ci.yml is read from .github/workflows/ by "
+                                       "anything that walks the checkout")
+def test_apply_refuses_a_symlinked_parent_of_a_protected_dir(agent: Path, host: Path,
+                                                             patches_dir: Path):
+    commit(agent, "Workflows elsewhere", {"ci/workflows/ci.yml": "on: push\n"})
+    symlink(agent, ".github", "ci")
+    commit(agent, "Link them in")
+    format_patches(agent, patches_dir)
+    with pytest.raises(DevshellError):
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert not (host / ".github" / "workflows" / "ci.yml").exists()
+
+
 # --- apply -----------------------------------------------------------------------------------
 
 
-def test_apply_commits_the_series_in_order(series: list[str], host: Path, patches_dir: Path):
+def test_apply_commits_the_series_in_order(series: list[str], agent: Path, host: Path,
+                                           patches_dir: Path):
     start = git(host, "rev-parse", "HEAD").strip()
     apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
     assert git(host, "log", "--format=%s", f"{start}..HEAD").splitlines() == [
         "Add another line to a", "Change b", "Add a line to a"]
     assert (host / "a.txt").read_text() == "alpha\nsecond\nthird\n"
     assert git(host, "status", "--porcelain") == ""
+    assert git(host, "rev-parse", "HEAD^{tree}") == git(agent, "rev-parse", "HEAD^{tree}")
 
 
 def test_apply_keeps_the_patch_author_and_makes_the_host_the_committer(
@@ -693,10 +1264,10 @@ def test_apply_keeps_both_files_on_a_name_collision_in_applied(series: list[str]
 
 def test_apply_leaves_the_repository_as_it_was_when_patch_2_of_3_conflicts(
         conflicting: list[str], host: Path, patches_dir: Path):
-    before = state(host)
-    with pytest.raises(DevshellError, match="git am failed, nothing applied, repository left as it was"):
-        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-    assert state(host) == before
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED,
+                             f"refusing {conflicting[1]}: does not apply: ", "b.txt")
+    assert "(+1 more; see devshell patches check)" in error.message
+    assert error.fix == "rebase the work inside the devshell and format the patches again"
     assert not (host / ".git" / "rebase-apply").exists()
 
 
@@ -709,8 +1280,6 @@ def test_apply_moves_and_loses_no_patch_when_one_conflicts(conflicting: list[str
     assert not (patches_dir / APPLIED).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: git am applies patch 1 in the real work tree and "
-                                       "--abort rewrites the files, so .git/index stat data changes")
 def test_apply_leaves_the_index_file_byte_identical_when_one_conflicts(
         conflicting: list[str], host: Path, patches_dir: Path):
     before = index_bytes(host)
@@ -744,8 +1313,10 @@ def test_apply_ignores_untracked_files(series: list[str], host: Path, patches_di
     assert len(git(host, "log", "--format=%H").splitlines()) == 4
 
 
-def test_apply_refuses_while_an_am_is_in_progress(series: list[str], host: Path, patches_dir: Path):
-    (host / ".git" / "rebase-apply").mkdir()
+@pytest.mark.parametrize("busy", ["rebase-apply", "rebase-merge"])
+def test_apply_refuses_while_an_am_or_rebase_is_in_progress(busy: str, series: list[str], host: Path,
+                                                            patches_dir: Path):
+    (host / ".git" / busy).mkdir()
     head = git(host, "rev-parse", "HEAD")
     with pytest.raises(DevshellError, match="has an am or rebase in progress"):
         apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
@@ -757,21 +1328,32 @@ def test_apply_refuses_a_protected_path_naming_patch_and_path(agent: Path, host:
     commit(agent, "Harmless", {"a.txt": "A\n"})
     commit(agent, "Sneaky", {".github/workflows/ci.yml": "on: push\n"})
     names = format_patches(agent, patches_dir)
-    before, files_before = state(host), dir_listing(patches_dir)
-    with pytest.raises(DevshellError) as info:
-        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-    assert names[1] in info.value.message
-    assert ".github/workflows/ci.yml" in info.value.message
-    assert state(host) == before
-    assert dir_listing(patches_dir) == files_before
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, names[1], ".github/workflows/ci.yml")
+    assert error.message == (f"refusing {names[1]}: touches protected path .github/workflows/ci.yml "
+                             "(matches .github/workflows/**)")
+    assert "--allow-protected" in (error.fix or "")
 
 
 def test_apply_with_no_protected_globs_applies_a_protected_path(agent: Path, host: Path,
                                                                 patches_dir: Path):
-    commit(agent, "CI", {".github/workflows/ci.yml": "on: push\n"})
+    commit(agent, "CI", {".github/workflows/ci.yml": "on: push\n", ".gitattributes": "* text\n"})
     format_patches(agent, patches_dir)
     apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), [])
     assert (host / ".github" / "workflows" / "ci.yml").read_text() == "on: push\n"
+    assert (host / ".gitattributes").read_text() == "* text\n"
+
+
+def test_apply_refuses_a_series_with_several_problems_naming_the_first(agent: Path, host: Path,
+                                                                      patches_dir: Path):
+    commit(agent, "Modules", {".gitmodules": "[submodule]\n"})
+    symlink(agent, "pw", "/etc/passwd")
+    commit(agent, "A link out")
+    names = format_patches(agent, patches_dir)
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, names[0], ".gitmodules")
+    assert error.message.endswith("(+1 more; see devshell patches check)")
+    # with --allow-protected the link is still refused, and the message says so
+    error = refused_by_apply(host, patches_dir, [], names[1], "pw -> /etc/passwd")
+    assert "never .git or an outward symlink" in (error.fix or "")
 
 
 def test_apply_writes_nothing_through_a_symlinked_applied_dir(series: list[str], host: Path,
@@ -785,65 +1367,57 @@ def test_apply_writes_nothing_through_a_symlinked_applied_dir(series: list[str],
     assert sorted(p.name for p in patches_dir.iterdir() if p.name.endswith(".patch")) == series
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _changes() only sees sections that start with "
-                                       "`diff --git`; a traditional `--- a/X` `+++ b/X` diff after a "
-                                       "git hunk is invisible to problems() but git am applies it")
-def test_apply_refuses_a_protected_path_hidden_in_a_traditional_diff(host: Path, patches_dir: Path):
-    smuggled = ("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-alpha\n+ALPHA\n"
-                "--- /dev/null\n+++ b/.github/workflows/ci.yml\n@@ -0,0 +1 @@\n+on: push\n")
-    (patches_dir / "0001-smuggle.patch").write_bytes(mail(smuggled))
-    with pytest.raises(DevshellError, match=r"\.github/workflows/ci\.yml"):
-        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-
-
-@pytest.mark.xfail(strict=True, reason="bug: a pure rename of an in-repo relative symlink to a "
-                                       "shallower directory makes it point out of the repository; "
-                                       "the patch carries no target, so nothing is checked")
-def test_apply_refuses_renaming_a_symlink_so_that_it_points_out(host: Path, tmp_path: Path,
-                                                                patches_dir: Path):
-    (host / "sub").mkdir()
-    (host / "sub" / "l").symlink_to("../a.txt")
-    commit(host, "An in-repo link", who=HOST)
-    settle(host)
-    agent = tmp_path / "agent2"
-    git(tmp_path, "clone", "-q", str(host), str(agent))
-    git(agent, "mv", "sub/l", "l")
-    commit(agent, "Move the link up")
-    format_patches(agent, patches_dir, "-M")
-    with pytest.raises(DevshellError):
-        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
-def test_main_list_prints_subject_author_and_diffstat(series: list[str], patches_dir: Path,
+def test_main_list_prints_subject_author_and_diffstat(series: list[str], host: Path, patches_dir: Path,
                                                       capsys: pytest.CaptureFixture[str]):
-    assert main(["list", "--patches-dir", str(patches_dir)]) == 0
+    assert main(["list", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[:3] == [
+    assert out.splitlines() == [
         series[0], "    Add a line to a",
+        f"    {AGENT_FROM} \N{MIDDLE DOT} 1 file changed, 1 insertion(s)(+), 0 deletion(s)(-)",
+        series[1], "    Change b",
+        f"    {AGENT_FROM} \N{MIDDLE DOT} 1 file changed, 1 insertion(s)(+), 1 deletion(s)(-)",
+        series[2], "    Add another line to a",
         f"    {AGENT_FROM} \N{MIDDLE DOT} 1 file changed, 1 insertion(s)(+), 0 deletion(s)(-)"]
-    for name in series:
-        assert name in out
 
 
-def test_main_list_marks_refused_patches(agent: Path, patches_dir: Path,
+def test_main_list_outside_a_repository_still_lists(series: list[str], patches_dir: Path,
+                                                    capsys: pytest.CaptureFixture[str]):
+    assert main(["list", "--patches-dir", str(patches_dir)]) == 0  # cwd is tmp_path, not a repo
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == series
+
+
+def test_main_list_uses_the_repository_holding_the_cwd(series: list[str], host: Path,
+                                                       patches_dir: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch):
+    commit(host, "Host changes b", {"b.txt": "host's beta\n"}, who=HOST)
+    monkeypatch.chdir(host / "docs")
+    assert main(["list", "--patches-dir", str(patches_dir)]) == 0
+    assert f"    REFUSED: not checked: it builds on {series[1]}, which does not apply" in \
+        capsys.readouterr().out
+
+
+def test_main_list_marks_refused_patches(agent: Path, host: Path, patches_dir: Path,
                                          capsys: pytest.CaptureFixture[str]):
     commit(agent, "CI", {".gitmodules": "[submodule]\n"})
     format_patches(agent, patches_dir)
-    assert main(["list", "--patches-dir", str(patches_dir)]) == 0
+    assert main(["list", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 0
     assert "    REFUSED: touches protected path .gitmodules (matches .gitmodules)" in \
         capsys.readouterr().out
 
 
-def test_main_list_json_parses(series: list[str], patches_dir: Path,
+def test_main_list_json_parses(series: list[str], host: Path, patches_dir: Path,
                                capsys: pytest.CaptureFixture[str]):
-    assert main(["list", "--patches-dir", str(patches_dir), "--json"]) == 0
+    assert main(["list", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["patch"], r["subject"], r["author"], r["problems"]) for r in rows] == [
         (name, subject, AGENT_FROM, []) for name, subject in
         zip(series, ["Add a line to a", "Change b", "Add another line to a"], strict=True)]
+    assert rows[1]["diffstat"] == "1 file changed, 1 insertion(s)(+), 1 deletion(s)(-)"
 
 
 def test_main_check_exits_0_when_every_patch_applies(series: list[str], host: Path,
@@ -857,20 +1431,51 @@ def test_main_check_exits_1_when_a_patch_does_not_apply(conflicting: list[str], 
                                                         patches_dir: Path,
                                                         capsys: pytest.CaptureFixture[str]):
     assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 1
-    assert f"FAIL {conflicting[1]}" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"ok   {conflicting[0]}"
+    assert lines[1] == f"FAIL {conflicting[1]}"
+    assert lines[2].startswith("     does not apply: ")
+    assert lines[3:] == [f"FAIL {conflicting[2]}",
+                         f"     not checked: it builds on {conflicting[1]}, which does not apply"]
 
 
 def test_main_check_exits_1_on_a_protected_path(agent: Path, host: Path, patches_dir: Path):
     commit(agent, "Attrs", {"docs/.gitattributes": "* diff=evil\n"})
     format_patches(agent, patches_dir)
     assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 1
+    assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host),
+                 "--allow-protected"]) == 0
+
+
+def test_main_check_honours_extra_protect_globs(agent: Path, host: Path, patches_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    commit(agent, "Build", {"tools/Makefile": "all:\n"})
+    [name] = format_patches(agent, patches_dir)
+    assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host),
+                 "--protect", "Makefile"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"FAIL {name}", "     touches protected path tools/Makefile (matches Makefile)"]
+
+
+def test_main_allow_protected_still_refuses_an_outward_symlink(agent: Path, host: Path,
+                                                               patches_dir: Path):
+    symlink(agent, "pw", "/etc/passwd")
+    commit(agent, "A link out")
+    format_patches(agent, patches_dir)
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host), "--allow-protected"]
+    assert main(["check", *argv]) == 1
+    head = git(host, "rev-parse", "HEAD")
+    with pytest.raises(DevshellError, match=r"pw -> /etc/passwd"):
+        main(["apply", *argv])
+    assert git(host, "rev-parse", "HEAD") == head
 
 
 def test_main_check_json_parses(conflicting: list[str], host: Path, patches_dir: Path,
                                 capsys: pytest.CaptureFixture[str]):
     main(["check", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"])
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["patch"], r["ok"]) for r in rows][:2] == [(conflicting[0], True), (conflicting[1], False)]
+    assert [(r["patch"], r["ok"]) for r in rows] == [
+        (conflicting[0], True), (conflicting[1], False), (conflicting[2], False)]
 
 
 def test_main_apply_json_parses(series: list[str], host: Path, patches_dir: Path,
