@@ -17,9 +17,6 @@ Everything in the patches dir was written from inside the container, so it is un
 from __future__ import annotations
 
 import argparse
-import email.header
-import email.parser
-import email.policy
 import fnmatch
 import json
 import os
@@ -34,21 +31,41 @@ from dataclasses import dataclass, field
 
 from .errors import DevshellError
 
-DEFAULT_PROTECTED = (".github/workflows/**", ".gitmodules", ".gitattributes", ".devcontainer/**")
+# .devcontainer.json is the other place the dev container spec reads; its initializeCommand
+# runs on the host.
+DEFAULT_PROTECTED = (".github/workflows/**", ".gitmodules", ".gitattributes", ".devcontainer/**",
+                     ".devcontainer.json")
 APPLIED = "applied"
 SYMLINK = "120000"
 MAX_LINK_DEPTH = 40
 
 
 @dataclass(frozen=True)
+class Commit:
+    """One mail of a patch file as `git am` reads it (git mailsplit + git mailinfo)."""
+
+    subject: str
+    author: str
+    diff: bytes
+
+
+@dataclass(frozen=True)
 class Patch:
     name: str
     data: bytes
-    subject: str
-    author: str
+    commits: tuple[Commit, ...]
     files: int
     insertions: int
     deletions: int
+
+    @property
+    def subject(self) -> str:
+        more = len(self.commits) - 1
+        return self.commits[0].subject + (f" (+{more} more commit(s) in this file)" if more else "")
+
+    @property
+    def author(self) -> str:
+        return self.commits[0].author
 
     def diffstat(self) -> str:
         return (f"{self.files} file{'s' if self.files != 1 else ''} changed, "
@@ -105,16 +122,56 @@ def _read_regular(path: str) -> bytes | None:
         os.close(fd)
 
 
-def parse(name: str, data: bytes) -> Patch:
-    """A git format-patch mail: its headers, and git's own count of what it changes."""
-    head = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data, headersonly=True)
-    subject, author = _header(head.get("Subject")), _header(head.get("From"))
-    if not subject or not author:
-        raise ValueError("not a git format-patch mail (no From: or Subject: header)")
-    if subject.startswith("[PATCH") and "]" in subject:
-        subject = subject.split("]", 1)[1].strip()
+def parse(name: str, data: bytes, repo: str | None = None) -> Patch:
+    """A patch file as `git am` will read it: split into mails and each mail into author,
+    subject and diff by git itself (in repo, so its mailinfo settings apply), never by us."""
+    commits = split(data, repo)
+    files = insertions = deletions = 0
+    for commit in commits:
+        f, i, d = _numstat(commit.diff)
+        files, insertions, deletions = files + f, insertions + i, deletions + d
+    return Patch(name, data, commits, files, insertions, deletions)
+
+
+def split(data: bytes, repo: str | None = None) -> tuple[Commit, ...]:
+    with tempfile.TemporaryDirectory(prefix="devshell-mail-") as d:
+        mbox, mails = os.path.join(d, "mbox"), os.path.join(d, "mails")
+        os.mkdir(mails)
+        with open(mbox, "wb") as f:
+            f.write(data)
+        where = ["-C", repo] if repo else []
+        # The same split as git am: -b takes a file without a 'From ' line as one mail.
+        done = subprocess.run(["git", *where, "mailsplit", "-b", f"-o{mails}", "--", mbox],
+                              capture_output=True, cwd=d)
+        if done.returncode:
+            raise ValueError("not a mailbox git am can read")
+        commits = []
+        for mail in sorted(os.listdir(mails)):
+            msg, diff = os.path.join(d, "msg"), os.path.join(d, "diff")
+            with open(os.path.join(mails, mail), "rb") as f:
+                info = subprocess.run(["git", *where, "mailinfo", msg, diff], stdin=f,
+                                      capture_output=True, cwd=d)
+            if info.returncode:
+                raise ValueError("a mail git mailinfo cannot read")
+            fields = dict(line.partition(": ")[::2] for line in
+                          _decode(info.stdout).splitlines() if ": " in line)
+            with open(diff, "rb") as f:
+                body = f.read()
+            author = f"{fields.get('Author', '')} <{fields.get('Email', '')}>"
+            if not fields.get("Subject") or not fields.get("Email"):
+                raise ValueError("not a git format-patch mail (no From: or Subject: header)")
+            if not body.strip():
+                raise ValueError("carries no diff (git am would stop on it)")
+            commits.append(Commit(fields["Subject"], author, body))
+    if not commits:
+        raise ValueError("no mail in it")
+    return tuple(commits)
+
+
+def _numstat(diff: bytes) -> tuple[int, int, int]:
+    """git's own count: files changed (a rename is one), lines added and removed."""
     with tempfile.TemporaryDirectory(prefix="devshell-stat-") as outside_any_repo:
-        done = subprocess.run(["git", "apply", "--numstat", "-z", "-"], input=data,
+        done = subprocess.run(["git", "apply", "--numstat", "-z", "-"], input=diff,
                               capture_output=True, cwd=outside_any_repo)
     if done.returncode or not done.stdout:
         raise ValueError("carries no diff git can read")
@@ -127,22 +184,14 @@ def parse(name: str, data: bytes) -> Patch:
         insertions += int(added) if added.isdigit() else 0
         deletions += int(deleted) if deleted.isdigit() else 0
         i += 3 if path == b"" else 1  # a rename: the two paths follow in their own fields
-    return Patch(name, data, subject, author, files, insertions, deletions)
-
-
-def _header(value: object) -> str:
-    """A mail header as text: RFC 2047 words decoded, folding undone."""
-    if value is None:
-        return ""
-    text = str(email.header.make_header(email.header.decode_header(str(value))))
-    return " ".join(text.split())
+    return files, insertions, deletions
 
 
 # --- policy ----------------------------------------------------------------------------------
 
 def path_problems(path: str, protected: Sequence[str]) -> list[str]:
     """Why a changed path may not come from the agent."""
-    if any(part.lower().rstrip(". ") == ".git" for part in path.split("/")):
+    if any(_is_git(part) for part in path.split("/")):
         return [f"touches {path} (inside .git)"]
     for glob in protected:
         if _protected(path, glob):
@@ -158,13 +207,38 @@ def _protected(path: str, glob: str) -> bool:
     return fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(path, glob.removesuffix("/**"))
 
 
-def link_escapes(link: str, links: dict[str, str]) -> str | None:
-    """Where the symlink at path `link` leads, judged inside a tree whose symlinks are `links`
-    (path -> target): None if it stays in the repository and out of .git, else why not.
-    Symlinks met on the way are followed, as the kernel would."""
-    def walk(base: list[str], target: str, depth: int) -> list[str] | str:
-        if depth > MAX_LINK_DEPTH:
+def _is_git(part: str) -> bool:
+    return part.lower().rstrip(". ") == ".git"
+
+
+class LinkResolver:
+    """Resolves symlinks inside one tree (path -> target), as the kernel would, each link once:
+    a chain of links that refer to each other several times costs linear, not exponential, time."""
+
+    def __init__(self, links: dict[str, str]) -> None:
+        self.links = links
+        self.done: dict[str, list[str] | str] = {}
+        self.active: set[str] = set()
+
+    def escapes(self, link: str) -> str | None:
+        """None if the link at path `link` stays in the repository and out of any .git."""
+        result = self._resolve(link)
+        return result if isinstance(result, str) else None
+
+    def _resolve(self, link: str) -> list[str] | str:
+        if link in self.done:
+            return self.done[link]
+        if link in self.active or len(self.active) > MAX_LINK_DEPTH:
             return "a symlink loop"
+        self.active.add(link)
+        try:
+            result = self._walk(link.split("/")[:-1], self.links[link])
+        finally:
+            self.active.discard(link)
+        self.done[link] = result
+        return result
+
+    def _walk(self, base: list[str], target: str) -> list[str] | str:
         if target.startswith("/"):
             return f"an absolute path ({target})"
         parts = list(base)
@@ -177,18 +251,34 @@ def link_escapes(link: str, links: dict[str, str]) -> str | None:
                 parts.pop()
                 continue
             parts.append(comp)
-            if parts[0].lower().rstrip(". ") == ".git":
+            if _is_git(comp):
                 return "into .git"
             here = "/".join(parts)
-            if here in links:
-                resolved = walk(parts[:-1], links[here], depth + 1)
+            if here in self.links:
+                resolved = self._resolve(here)
                 if isinstance(resolved, str):
                     return resolved
-                parts = resolved
+                parts = list(resolved)
         return parts
 
-    result = walk(link.split("/")[:-1], links[link], 0)
-    return result if isinstance(result, str) else None
+
+def link_escapes(link: str, links: dict[str, str]) -> str | None:
+    """Where the symlink at path `link` leads, in a tree whose symlinks are `links`: None if it
+    stays in the repository and out of .git, else why not."""
+    return LinkResolver(links).escapes(link)
+
+
+def _protected_dirs(protected: Sequence[str]) -> set[str]:
+    """The literal directories of the protected globs (.github, .github/workflows, …): a symlink
+    there would put a protected path's contents under another name."""
+    out = set()
+    for glob in protected:
+        parts = glob.split("/")[:-1]
+        for n in range(1, len(parts) + 1):
+            if any(c in "".join(parts[:n]) for c in "*?["):
+                break
+            out.add("/".join(parts[:n]))
+    return out
 
 
 # --- git -------------------------------------------------------------------------------------
@@ -220,8 +310,10 @@ def _checkout_top(path: str) -> str | None:
 
 
 def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "(no message)"
+    """git's reason: its first error: or fatal: line, else its first line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("error:", "fatal:"))]
+    return (errors or lines or ["(no message)"])[0]
 
 
 def _try_repo_root(path: str) -> str | None:
@@ -270,22 +362,36 @@ def _decode(raw: bytes) -> str:
 
 def tree_problems(repo: str, old: str, new: str, protected: Sequence[str]) -> list[str]:
     """What is wrong with going from tree old to tree new: changed paths that are protected or
-    in .git, and new or changed symlinks that lead out of the repository or into .git."""
+    in .git; symlinks placed where a protected directory is; and any symlink that leads out of
+    the repository or into .git in new but did not in old (a new or changed link, or an
+    unchanged one that a changed directory now sends elsewhere)."""
     changed = [_decode(p) for p in _git_out(repo, "diff-tree", "-r", "-z", "--no-renames",
                                             "--name-only", old, new).split(b"\0") if p]
     out = [why for path in changed for why in path_problems(path, protected)]
+    before, after = _links(repo, old), _links(repo, new)
+    guarded = _protected_dirs(protected)
+    out += [f"puts symlink {link} where protected directory {link}/ belongs"
+            for link in sorted(set(changed) & after.keys() & guarded)]
+    was, now = LinkResolver(before), LinkResolver(after)
+    for link in sorted(after):
+        why = now.escapes(link)
+        if not why:
+            continue
+        if link in changed or link not in before:
+            out.append(f"creates symlink {link} -> {after[link]}, which leads {why}")
+        elif not was.escapes(link):
+            out.append(f"makes symlink {link} -> {after[link]} lead {why}")
+    return out
+
+
+def _links(repo: str, tree: str) -> dict[str, str]:
+    """Every symlink in tree: path -> target."""
     shas: dict[str, str] = {}
-    for entry in _git_out(repo, "ls-tree", "-r", "-z", "--full-tree", new).split(b"\0"):
+    for entry in _git_out(repo, "ls-tree", "-r", "-z", "--full-tree", tree).split(b"\0"):
         meta, _, name = entry.partition(b"\t")
         if meta.startswith(SYMLINK.encode()):
             shas[_decode(name)] = meta.split()[2].decode()
-    links = dict(zip(shas, _blobs(repo, list(shas.values())), strict=True))
-    for link in changed:
-        if link in links:
-            why = link_escapes(link, links)
-            if why:
-                out.append(f"creates symlink {link} -> {links[link]}, which leads {why}")
-    return out
+    return dict(zip(shas, _blobs(repo, list(shas.values())), strict=True))
 
 
 def _blobs(repo: str, shas: list[str]) -> list[str]:
@@ -304,24 +410,36 @@ def _blobs(repo: str, shas: list[str]) -> list[str]:
 
 def review(patches: Sequence[Patch], repo: str,
            protected: Sequence[str]) -> tuple[list[Verdict], str | None]:
-    """Apply each patch, in order, on top of the ones before it, as `git am --3way` would, to a
-    throwaway index (the work tree, index and refs do not change), and judge the tree each one
-    makes. Returns the verdicts and the final tree (None when a patch does not apply)."""
+    """Apply each mail of each patch, in order, on top of the ones before it, as `git am --3way`
+    would (git splits the mails, with this repository's settings), to a throwaway index (the
+    work tree, index and refs do not change), and judge the tree each one makes. Returns the
+    verdicts and the final tree (None when a patch does not apply)."""
     verdicts = [Verdict(p.name) for p in patches]
-    with tempfile.TemporaryDirectory(prefix="devshell-review-") as d, _copies(patches) as files:
+    with tempfile.TemporaryDirectory(prefix="devshell-review-") as d:
         env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
+        diff_file = os.path.join(d, "diff")
         _git_out(repo, "read-tree", "HEAD", env=env)
         tree = _decode(_git_out(repo, "rev-parse", "HEAD^{tree}")).strip()
-        for n, (verdict, path) in enumerate(zip(verdicts, files, strict=True)):
-            done = _git(repo, "apply", "--cached", "--3way", path, env=env)
-            if done.returncode:
-                verdict.problems.append(f"does not apply: {_first_line(done.stderr)}")
+        for n, (verdict, patch) in enumerate(zip(verdicts, patches, strict=True)):
+            try:
+                commits = split(patch.data, repo)
+            except ValueError as e:
+                verdict.problems.append(f"git am cannot read it: {e}")
+                commits = ()
+            for commit in commits:
+                with open(diff_file, "wb") as f:
+                    f.write(commit.diff)
+                done = _git(repo, "apply", "--cached", "--3way", diff_file, env=env)
+                if done.returncode:
+                    verdict.problems.append(f"does not apply: {_first_line(done.stderr)}")
+                    break
+                new = _decode(_git_out(repo, "write-tree", env=env)).strip()
+                verdict.problems += tree_problems(repo, tree, new, protected)
+                tree = new
+            if not commits or (verdict.problems and verdict.problems[-1].startswith("does not apply")):
                 for later in verdicts[n + 1:]:
                     later.problems.append(f"not checked: it builds on {verdict.patch}, which does not apply")
                 return verdicts, None
-            new = _decode(_git_out(repo, "write-tree", env=env)).strip()
-            verdict.problems += tree_problems(repo, tree, new, protected)
-            tree = new
     return verdicts, tree
 
 

@@ -458,10 +458,6 @@ def test_parse_counts_a_removed_dash_space_line(agent: Path):
     assert (patch.files, patch.insertions, patch.deletions) == (2, 2, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse() reads author and subject from the mail "
-                                       "headers only, but git am (mailinfo) lets in-body From: and "
-                                       "Subject: lines override them: list shows one author and "
-                                       "subject, apply commits another")
 def test_parse_author_and_subject_are_what_apply_commits(host: Path, patches_dir: Path):
     drop(patches_dir, mail(add_file("new.txt"), subject="[PATCH] Harmless", author="Mallory <m@example.com>",
                            body="From: Trusted Maintainer <boss@example.com>\nSubject: Reviewed\n\nBody.\n"))
@@ -612,9 +608,6 @@ def test_path_problems_with_no_globs_allows_protected_paths():
         assert path_problems(path, []) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DEFAULT_PROTECTED guards .devcontainer/** but not "
-                                       ".devcontainer.json, the other place the dev container spec "
-                                       "reads a config from (initializeCommand runs on the host)")
 def test_path_problems_refuses_a_root_devcontainer_json():
     assert path_problems(".devcontainer.json", DEFAULT_PROTECTED) != []
 
@@ -738,19 +731,11 @@ class _CountingLinks(dict):
         return super().__getitem__(key)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug: link_escapes bounds only the nesting depth of links (40), not their "
-                          "total number: l1 -> l0/l0, l2 -> l1/l1, ... takes 2**n steps (n=20: 3 s, "
-                          "n=30: an hour), so a patch with such links hangs check, list and apply; "
-                          "the kernel gives up (ELOOP) after 40 links in all")
 def test_link_escapes_does_bounded_work_on_a_doubling_chain():
     links = _CountingLinks({"l0": "."} | {f"l{n}": f"l{n - 1}/l{n - 1}" for n in range(1, 41)})
     assert link_escapes("l40", links) in (None, "a symlink loop")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: link_escapes refuses only the top-level .git, while "
-                                       "path_problems refuses .git at any depth: a symlink into a "
-                                       "nested repository's sub/.git (its config, its hooks) passes")
 def test_link_escapes_refuses_a_nested_dot_git():
     assert link_escapes("l", {"l": "sub/.git/config"}) is not None
 
@@ -954,10 +939,6 @@ def test_check_and_apply_refuse_a_path_into_dot_git_or_out_of_the_repo(
     assert not Path("/tmp/devshell-absolute.txt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: 'does not apply: ' quotes only git apply's first stderr "
-                                       "line, here 'Falling back to direct application...': neither "
-                                       "the path git refused nor its error (\"invalid path '...'\") "
-                                       "reaches the verdict or apply's error")
 @pytest.mark.parametrize("path", OUT_OF_BOUNDS)
 def test_check_names_the_path_git_refuses(path: str, host: Path, patches_dir: Path):
     drop(patches_dir, mail(add_file("ok.txt"), add_file(path)))
@@ -996,32 +977,31 @@ MBOX_SPLIT = mail(add_file("ok.txt"), body="Body.\n\nFrom 0000000000000000000000
                                            "Mon Sep 17 00:00:00 2001\nmore\n")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: review() runs git apply on the raw mail, but git am "
-                                       "first splits the mbox and decodes the body: a "
-                                       "quoted-printable body hides a .github/workflows file from "
-                                       "check/list (git am applies it), a body 'From ' line makes "
-                                       "git am see an empty patch; check says ok to both")
-@pytest.mark.parametrize("data", [QP_SMUGGLED, MBOX_SPLIT], ids=["quoted-printable", "mbox-split"])
-def test_check_judges_the_patch_git_am_reads(data: bytes, host: Path, patches_dir: Path):
-    drop(patches_dir, data)
+def test_check_judges_the_patch_git_am_reads_not_the_raw_mail(host: Path, patches_dir: Path):
+    """A quoted-printable body hides a workflow file from a reader of the raw text; git am
+    decodes it, and so does the review."""
+    drop(patches_dir, QP_SMUGGLED)
     [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
-    assert not verdict.ok
+    assert any(".github/workflows/ci.yml" in why for why in verdict.problems)
 
 
-@pytest.mark.parametrize(("data", "error"), [
-    (QP_SMUGGLED, "git am made a different tree than the one reviewed"),
-    (MBOX_SPLIT, "git am failed, nothing applied"),
-], ids=["quoted-printable", "mbox-split"])
-def test_apply_still_commits_nothing_git_am_reads_differently(data: bytes, error: str, host: Path,
-                                                              patches_dir: Path):
-    drop(patches_dir, data)
+def test_apply_refuses_what_git_am_would_decode_and_changes_nothing(host: Path, patches_dir: Path):
+    drop(patches_dir, QP_SMUGGLED)
     before, files_before = state(host), dir_listing(patches_dir)
-    with pytest.raises(DevshellError, match=error):
+    with pytest.raises(DevshellError, match=r"refusing .*\.github/workflows/ci\.yml"):
         apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
     assert state(host) == before
     assert not (host / ".github").exists()
     assert not (host / ".git" / "rebase-apply").exists()
     assert dir_listing(patches_dir) == files_before
+
+
+def test_a_body_from_line_splits_the_mail_as_git_am_would_and_is_skipped(patches_dir: Path):
+    """git am sees two mails, the first without a diff (it would stop there): not a patch."""
+    drop(patches_dir, MBOX_SPLIT)
+    patches, skipped = read_dir(str(patches_dir))
+    assert patches == []
+    assert len(skipped) == 1 and "carries no diff" in skipped[0]
 
 
 # --- symlinks, end to end --------------------------------------------------------------------
@@ -1182,10 +1162,6 @@ def test_check_does_not_blame_a_patch_for_the_hosts_own_outward_symlink(host: Pa
     assert [v.problems for v in check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)] == [[]]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tree_problems() judges only new or changed symlinks; a "
-                                       "patch that turns directory sub into a symlink sub -> . (inside) "
-                                       "makes the host's unchanged link l -> sub/../a.txt lead out of the "
-                                       "repository, and check says ok")
 def test_check_refuses_a_change_that_makes_an_unchanged_symlink_lead_out(host: Path, tmp_path: Path,
                                                                          patches_dir: Path):
     symlink(host, "l", "sub/../a.txt")
@@ -1201,10 +1177,6 @@ def test_check_refuses_a_change_that_makes_an_unchanged_symlink_lead_out(host: P
     assert not verdict.ok
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a symlink .github -> ci passes (only paths matching "
-                                       ".github/workflows/** are protected, not their parent), so the "
-                                       "patch's ci/workflows/ci.yml is read from .github/workflows/ by "
-                                       "anything that walks the checkout")
 def test_apply_refuses_a_symlinked_parent_of_a_protected_dir(agent: Path, host: Path,
                                                              patches_dir: Path):
     commit(agent, "Workflows elsewhere", {"ci/workflows/ci.yml": "on: push\n"})
