@@ -15,3 +15,9 @@ if os.environ.get("CI", "").lower() in ("true", "1"):
     settings.load_profile("ci")
 else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_report_header() -> str:
+    s = settings.default
+    return (f"hypothesis profile: {settings.get_current_profile_name()} (max_examples={s.max_examples}, "
+            f"derandomize={s.derandomize})")
