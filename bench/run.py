@@ -32,6 +32,22 @@ def timed(cmd: list[str], check: bool = True) -> float:
     return elapsed
 
 
+def verify_inside(name: str, reps: int) -> tuple[float, float]:
+    """What --verify costs, timed inside the container over many runs (the docker exec around it
+    is far noisier than the thing measured): the whole devshell-init --verify process, and what
+    it costs beyond the same script doing nothing (--status), which the session's exec pays
+    anyway. Returns (process_ms, beyond_ms)."""
+    n = reps * 10
+    loop = (f'run() {{ local s=$EPOCHREALTIME; for i in $(seq {n}); do '
+            '/usr/local/libexec/devshell-init "$1" >/dev/null || exit 1; done; '
+            'echo $(( ${EPOCHREALTIME/./} - ${s/./} )); }; run --status; run --verify')
+    done = subprocess.run(["docker", "exec", name, "bash", "-c", loop], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench: verify failed inside {name}: {done.stdout}{done.stderr}")
+    idle_us, verify_us = map(int, done.stdout.split())
+    return verify_us / n / 1000, (verify_us - idle_us) / n / 1000
+
+
 def sample(reps: int, once: Callable[[], float], before: Callable[[], None] = lambda: None) -> list[float]:
     out = []
     for _ in range(reps):
@@ -69,6 +85,7 @@ def main() -> int:
         timed(enter)  # build the image if needed; start and verify the container
         image = json.loads(subprocess.run(["docker", "inspect", name], capture_output=True,
                                           text=True).stdout)[0]["Config"]["Image"]
+        verify_process_ms, verify_ms = verify_inside(name, args.reps)
         results = {
             "docker_exec_floor": sample(args.reps, lambda: timed(["docker", "exec", name, "true"])),
             "warm_reentry": sample(args.reps, lambda: timed(enter)),
@@ -90,8 +107,10 @@ def main() -> int:
         "docker_exec_floor_ms": round(med["docker_exec_floor"], 1),
         "cold_start_ms": round(med["cold_start"], 1),
         "docker_run_floor_ms": round(med["docker_run_floor"], 1),
-        # What --verify adds beyond the exec it rides on.
-        "verify_ms": round(med["verify_exec"] - med["docker_exec_floor"], 1),
+        # What --verify adds beyond the exec it rides on (timed inside; see verify_inside).
+        "verify_ms": round(verify_ms, 1),
+        "verify_process_ms": round(verify_process_ms, 1),
+        "verify_exec_ms": round(med["verify_exec"], 1),
         "rm_reentry_ms": round(med["rm_reentry"], 1),
         "warm_ratio": round(med["warm_reentry"] / med["docker_exec_floor"], 2),
         "cold_ratio": round(med["cold_start"] / med["docker_run_floor"], 2),
@@ -106,8 +125,9 @@ def main() -> int:
     for key, values in results.items():
         ratio = f"{med[key] / med[floors[key]]:.2f} x {floors[key]}" if key in floors else "(floor)"
         print(f"{key:20} {min(values):8.1f} {med[key]:8.1f} {max(values):8.1f}  {ratio}")
-    print(f"verify beyond its exec: {report['verify_ms']} ms; targets: warm <= 2.7x, cold <= 3.5x, "
-          "verify <= 20 ms")
+    print(f"verify: {report['verify_ms']} ms beyond the exec it rides on "
+          f"({report['verify_process_ms']} ms as a whole process, timed inside the container)")
+    print("targets: warm <= 2.7x docker exec, cold <= 3.5x docker run --rm, verify <= 20 ms")
     return 0
 
 

@@ -41,24 +41,47 @@ field() { getent "$1" "$2" | cut -d: -f"$3"; }
 # verify runs at every entry, so it reads its facts once, with builtins and a single stat,
 # instead of forking per check: accounts from /etc/passwd and /etc/group, and for every path
 # it checks, owner, mode and link target (ST_OWNER, ST_MODE, ST_LINK; unset when missing).
+# Files are read whole ($(<f) needs no fork) and split in memory: `read` in a loop costs a
+# syscall or two per line, and the image's filesystem may be FUSE (fuse-overlayfs).
+lines_of() {  # lines_of FILE: LINES=(its non-empty lines)
+    local IFS=$'\n' content=
+    content=$(<"$1") || true
+    set -f
+    LINES=($content)
+    set +f
+}
+fields_of() {  # fields_of LINE: F=(its ':'-separated fields)
+    local IFS=:
+    set -f
+    F=($1)
+    set +f
+}
 load_facts() {
-    local name uid gid home path owner mode link
+    local line path owner mode link
     PW_COUNT=0 PW_AT_UID=0 PW_UID= PW_GID= PW_HOME= GR_GID=
-    while IFS=: read -r name _ uid gid _ home _; do
-        if [ "$name" = "$DEV" ]; then
+    lines_of /etc/passwd
+    for line in "${LINES[@]}"; do
+        fields_of "$line"
+        if [ "${F[0]}" = "$DEV" ]; then
             PW_COUNT=$((PW_COUNT + 1))
-            [ "$PW_COUNT" = 1 ] && PW_UID=$uid PW_GID=$gid PW_HOME=$home
+            [ "$PW_COUNT" = 1 ] && PW_UID=${F[2]:-} PW_GID=${F[3]:-} PW_HOME=${F[5]:-}
         fi
-        [ "$uid" = "$DEV_UID" ] && PW_AT_UID=$((PW_AT_UID + 1))
-    done </etc/passwd
-    while IFS=: read -r name _ gid _; do
-        [ "$name" = "$DEV" ] && { GR_GID=$gid; break; }
-    done </etc/group
+        [ "${F[2]:-}" = "$DEV_UID" ] && PW_AT_UID=$((PW_AT_UID + 1))
+    done
+    lines_of /etc/group
+    for line in "${LINES[@]}"; do
+        [ "${line%%:*}" = "$DEV" ] && { fields_of "$line"; GR_GID=${F[2]:-}; break; }
+    done
     declare -gA ST_OWNER=() ST_MODE=() ST_LINK=()
-    while IFS='|' read -r path owner mode link; do
+    local IFS=$'\n' us=$'\037' stats
+    stats=$(QUOTING_STYLE=literal stat --printf "%n\\037%u:%g\\037%a\\037%N\\n" -- "$@" 2>/dev/null)
+    for line in $stats; do  # path US owner US mode US name[ -> target]
+        path=${line%%"$us"*} line=${line#*"$us"}
+        owner=${line%%"$us"*} line=${line#*"$us"}
+        mode=${line%%"$us"*} link=${line#*"$us"}
         ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
         [ "${link#* -> }" = "$link" ] || ST_LINK[$path]=${link#* -> }
-    done < <(QUOTING_STYLE=literal stat -c '%n|%u:%g|%a|%N' -- "$@" 2>/dev/null)
+    done
 }
 owned_by_dev() { [ "${ST_OWNER[$1]:-}" = "$DEV_UID:$DEV_GID" ]; }
 # dev_may BIT PATH: dev's permission (2 write, 1 search) on PATH from its owner and mode bits.
@@ -206,10 +229,14 @@ verify_patches() {
 
 # --- workspace: the cell's volume; chown -R only when its top owner differs (it can be GBs) ---
 owner_is_mapped() {
-    local point rest fs=
-    while read -r _ _ _ _ point rest; do
-        [ "$point" = "$WORKSPACE" ] && { fs=${rest#* - }; fs=${fs%% *}; }
-    done </proc/self/mountinfo
+    local line point fs=
+    lines_of /proc/self/mountinfo
+    for line in "${LINES[@]}"; do  # the 5th field is the mount point, the fstype follows " - "
+        point=${line#* * * * }
+        [ "${point%% *}" = "$WORKSPACE" ] || continue
+        fs=${line#* - }
+        fs=${fs%% *}
+    done
     case $MAPPED_FS in *" $fs "*) [ -n "$fs" ] ;; *) return 1 ;; esac
 }
 init_workspace() {
