@@ -37,15 +37,16 @@ def verify_inside(name: str, reps: int) -> tuple[float, float]:
     is far noisier than the thing measured): the whole devshell-init --verify process, and what
     it costs beyond the same script doing nothing (--status), which the session's exec pays
     anyway. Returns (process_ms, beyond_ms)."""
-    n = reps * 10
-    loop = (f'run() {{ local s=$EPOCHREALTIME; for i in $(seq {n}); do '
-            '/usr/local/libexec/devshell-init "$1" >/dev/null || exit 1; done; '
-            'echo $(( ${EPOCHREALTIME/./} - ${s/./} )); }; run --status; run --verify')
+    # Interleaved, one pair per line, so a busy moment weighs on both sides of a pair alike.
+    loop = (f'for i in $(seq {reps * 10}); do for mode in --status --verify; do '
+            's=$EPOCHREALTIME; /usr/local/libexec/devshell-init $mode >/dev/null || exit 1; '
+            'printf "%s " $(( ${EPOCHREALTIME/./} - ${s/./} )); done; echo; done')
     done = subprocess.run(["docker", "exec", name, "bash", "-c", loop], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"bench: verify failed inside {name}: {done.stdout}{done.stderr}")
-    idle_us, verify_us = map(int, done.stdout.split())
-    return verify_us / n / 1000, (verify_us - idle_us) / n / 1000
+    pairs = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
+    return (statistics.median(v for _, v in pairs) / 1000,
+            statistics.median(v - idle for idle, v in pairs) / 1000)
 
 
 def sample(reps: int, once: Callable[[], float], before: Callable[[], None] = lambda: None) -> list[float]:
@@ -62,6 +63,14 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+
+    # pip compiles an installed package's bytecode; an editable checkout relies on Python writing
+    # it at first import, which PYTHONDONTWRITEBYTECODE (set on some machines) prevents, and
+    # then every run compiles devshell from source (~30 ms). Measure what users run.
+    import devshell
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.dirname(devshell.__file__)],
+                   check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
     work = tempfile.mkdtemp(prefix="devshell-bench-")
     script = os.path.join(work, "true.sh")
