@@ -80,7 +80,7 @@ def verify(engine: Engine, name: str) -> int:
     if info is None:
         raise DevshellError(f"no container {name} to verify", "open the devshell first")
     if not info["State"]["Running"]:
-        engine.client.api.start(name)
+        engine.start(name)
     result = engine.exec(name, [INIT_PATH, "--verify"])
     sys.stdout.write(result.stdout)
     print(f"devshell: {name}: {result.exit_code} failure(s)", file=sys.stderr)

@@ -69,10 +69,7 @@ class Engine:
     @classmethod
     def connect(cls) -> Engine:
         engine = cls()
-        if engine._socket() is None:
-            engine.client.ping()  # not a local socket: let the SDK handle TLS, ssh, tcp
-        else:
-            engine._get("/_ping")
+        engine._request("GET", "/_ping")
         return engine
 
     @property
@@ -96,33 +93,64 @@ class Engine:
     def _socket(self) -> str | None:
         return self.host.removeprefix("unix://") if self.host.startswith("unix://") else None
 
-    def _get(self, path: str) -> tuple[int, bytes]:
-        """GET over the engine's unix socket with HTTP/1.0: the engine closes the connection
-        after one plain (never chunked) response, so reading to EOF is the whole answer."""
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 content_type: str = "application/json") -> tuple[int, bytes]:
+        """One Engine API call. Over a local socket: HTTP/1.0 by hand, where the engine answers
+        once, plainly (never chunked), and closes, so reading to EOF is the whole answer.
+        Elsewhere (tcp, ssh, TLS) the SDK's session carries the same request."""
+        headers = {"Host": "docker", "Content-Type": content_type} if body is not None else {"Host": "docker"}
+        sock_path = self._socket()
+        if sock_path is None:
+            from docker.errors import DockerException
+
+            api = self.client.api
+            try:
+                r = api.request(method, f"{api.base_url}{path}", data=body, headers=headers)
+            except DockerException as e:
+                raise self._unreachable(e) from None
+            return r.status_code, r.content
         import socket
 
-        sock_path = self._socket()
-        assert sock_path is not None
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
         chunks = []
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(60)
+                s.settimeout(120)
                 s.connect(sock_path)
-                s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                s.sendall(f"{method} {path} HTTP/1.0\r\n{head}\r\n".encode() + (body or b""))
                 while chunk := s.recv(1 << 16):
                     chunks.append(chunk)
         except OSError as e:
             raise self._unreachable(e) from None
-        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        answer, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
         try:
-            return int(head.split(b" ", 2)[1]), body
+            return int(answer.split(b" ", 2)[1]), payload
         except (IndexError, ValueError):
             raise self._unreachable(ValueError("not an HTTP answer")) from None
+
+    def _call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201, 204),
+              missing: tuple[int, ...] = (), raw: bytes | None = None,
+              content_type: str = "application/json") -> Any:
+        """_request with JSON in and out: the decoded answer, None for a status in `missing`,
+        an EngineError (with the engine's own message) for anything else not in `ok`."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        status, payload = self._request(method, path, data, content_type)
+        if status in missing:
+            return None
+        if status not in ok:
+            try:
+                message = json.loads(payload).get("message", "")
+            except ValueError:
+                message = payload[:200].decode(errors="replace")
+            raise EngineError(status, message)
+        return json.loads(payload) if payload.strip() else {}
 
     # --- images ---------------------------------------------------------------------------
 
     def image_present(self, ref: str) -> bool:
-        return _found(self.client.images.get, ref)
+        return self._call("GET", f"/images/{_q(ref)}/json", missing=(404,)) is not None
 
     def try_pull(self, ref: str, platform: str) -> str | None:
         """Pull ref; None on success, else why it failed (no registry is a normal case)."""
@@ -251,40 +279,20 @@ class Engine:
         """Create the volume if missing; True if it was created."""
         if self.volume_present(name):
             return False
-        self.client.volumes.create(name, labels={**labels, MANAGED: "1"})
+        self._call("POST", "/volumes/create", {"Name": name, "Labels": {**labels, MANAGED: "1"}})
         return True
 
     def volume_present(self, name: str) -> bool:
-        return _found(self.client.volumes.get, name)
+        return self._call("GET", f"/volumes/{_q(name)}", missing=(404,)) is not None
 
     def remove_volume(self, name: str) -> bool:
-        from docker.errors import NotFound
-
-        try:
-            self.client.volumes.get(name).remove(force=True)
-        except NotFound:
-            return False
-        return True
+        return self._call("DELETE", f"/volumes/{_q(name)}?force=1", missing=(404,)) is not None
 
     # --- containers -----------------------------------------------------------------------
 
     def inspect(self, name: str) -> dict[str, Any] | None:
         """The container's inspect document, or None. The one call on the warm path."""
-        if self._socket() is None:
-            from docker.errors import NotFound
-
-            try:
-                info: dict[str, Any] = self.client.api.inspect_container(name)
-            except NotFound:
-                return None
-            return info
-        status, body = self._get(f"/containers/{name}/json")
-        if status == 404:
-            return None
-        if status != 200:
-            raise DevshellError(f"inspecting {name} failed (HTTP {status}: {body[:200]!r})",
-                                "check the Docker daemon")
-        found: dict[str, Any] = json.loads(body)
+        found: dict[str, Any] | None = self._call("GET", f"/containers/{_q(name)}/json", missing=(404,))
         return found
 
     def ensure_container(self, spec: ContainerSpec) -> Outcome:
@@ -299,43 +307,40 @@ class Engine:
             if labels.get(LABEL_HASH) == spec.hash():
                 if info["State"]["Running"]:
                     return Outcome("reused")
-                self.client.api.start(spec.name)
+                self.start(spec.name)
                 return Outcome("reused", "started")
             old = json.loads(labels.get(LABEL_IDENTITY, "{}"))
             why = "changed: " + ", ".join(differences(old, spec.identity()) or ["spec"])
-            self.client.api.remove_container(spec.name, force=True)
+            self.remove_container(spec.name)
         self._create(spec)
         return Outcome("recreated", why) if info is not None else Outcome("fresh")
 
     def _create(self, spec: ContainerSpec) -> None:
-        from docker.errors import DockerException, ImageNotFound
-
-        kwargs = spec.sdk_kwargs()
-        kwargs["labels"] = {**kwargs["labels"], MANAGED: "1"}
+        query, config = spec.api_create()
+        config["Labels"] = {**config["Labels"], MANAGED: "1"}
         try:
-            container = self.client.containers.create(**kwargs)
-        except ImageNotFound:
-            raise DevshellError(f"image {spec.image} is not present",
-                                "docker load it, or pass --image IMAGE") from None
-        except DockerException as e:
-            raise DevshellError(f"cannot create container {spec.name} ({_reason(e)})",
+            created = self._call("POST", f"/containers/create?{_query(query)}", config)
+        except EngineError as e:
+            if e.status == 404:
+                raise DevshellError(f"image {spec.image} is not present",
+                                    "docker load it, or pass --image IMAGE") from None
+            raise DevshellError(f"cannot create container {spec.name} ({e.message})",
                                 "check the image and the Docker daemon") from None
-        try:
-            container.put_archive("/", _tar(spec.files))
-            container.start()
-        except DockerException as e:
-            container.remove(force=True)
-            raise DevshellError(f"cannot start container {spec.name} ({_reason(e)})",
+        cid = created["Id"]
+        try:  # init and setup go in before the first start
+            self._call("PUT", f"/containers/{cid}/archive?path=%2F", raw=_tar(spec.files),
+                       content_type="application/x-tar")
+            self.start(cid)
+        except EngineError as e:
+            self.remove_container(cid)
+            raise DevshellError(f"cannot start container {spec.name} ({e.message})",
                                 f"check that {spec.image} runs on {spec.platform}") from None
 
-    def remove_container(self, name: str) -> bool:
-        from docker.errors import NotFound
+    def start(self, name: str) -> None:
+        self._call("POST", f"/containers/{_q(name)}/start", ok=(204, 304))
 
-        try:
-            self.client.api.remove_container(name, force=True)
-        except NotFound:
-            return False
-        return True
+    def remove_container(self, name: str) -> bool:
+        return self._call("DELETE", f"/containers/{_q(name)}?force=1", missing=(404,)) is not None
 
     def labelled(self, label: str) -> list[dict[str, str]]:
         """Labels of every container and volume carrying label, from one list call each:
@@ -394,14 +399,31 @@ class Engine:
         return code if code >= 0 else 128 - code
 
 
-def _found(get: Callable[[str], object], name: str) -> bool:
-    from docker.errors import NotFound  # ImageNotFound is one too
+class EngineError(Exception):
+    """The engine answered with an error status; message is its own words."""
 
-    try:
-        get(name)
-    except NotFound:
-        return False
-    return True
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
+
+
+def _q(name: str) -> str:
+    """A name or image reference in a URL path (a tag's '/' and ':' stay: the engine's router
+    takes them). Container names need no quoting, and the warm path no urllib import."""
+    if _PLAIN.issuperset(name):
+        return name
+    from urllib.parse import quote
+
+    return quote(name, safe="/:@")
+
+
+def _query(params: dict[str, str]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(params)
 
 
 def _tar(files: tuple[tuple[str, str], ...]) -> bytes:

@@ -3,7 +3,7 @@
 #
 #   devshell-init               init: converge, as root (idempotent: run it again, same state)
 #   devshell-init --verify      print "FAIL <element>: <why>" per broken promise, exit with the count
-#   devshell-init --session HASH [--as-root] [--script CONTENT]
+#   devshell-init --session HASH [--as-root] [--script CONTENT --script-id SHA]
 #                               what the launcher runs at every entry, in one exec: init (skipped
 #                               when HASH was converged before and verify still passes), verify,
 #                               then the shell or script as dev. Exit 86: init or verify failed.
@@ -341,7 +341,7 @@ verify() {
 
 # Run the session's program as dev (or root), after the state is proven.
 enter() {
-    local as_root=$1 has_script=$2 script=$3 rc
+    local as_root=$1 has_script=$2 script=$3 script_id=$4
     local -a run
     if [ "$as_root" = yes ]; then
         export HOME=/root USER=root LOGNAME=root
@@ -353,17 +353,18 @@ enter() {
     if [ "$has_script" = no ]; then
         exec "${run[@]}" /bin/bash -l
     fi
-    local file=/tmp/devshell-script.$$ owner=0:0
-    [ "$as_root" = yes ] || owner=$DEV_UID:$DEV_GID
-    install -m 0700 -o "${owner%:*}" -g "${owner#*:}" /dev/stdin "$file" <<<"$script" || exit 86
-    "${run[@]}" "$file"
-    rc=$?
-    rm -f "$file"
-    exit "$rc"
+    # Scripts are kept by content hash, root's and read-only to dev: a script run again (CI,
+    # benchmarks) is neither written nor removed, and the session simply becomes it.
+    local file=$STATE/scripts/$script_id
+    if [ ! -f "$file" ]; then
+        [ -d "$STATE/scripts" ] || install -d -m 0755 "$STATE/scripts"
+        install -m 0755 /dev/stdin "$file.$$" <<<"$script" && mv -f "$file.$$" "$file" || exit 86
+    fi
+    exec "${run[@]}" "$file"
 }
 
 session() {
-    local hash=$1 as_root=$2 has_script=$3 script=$4 report
+    local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5 report
     local converged=
     [ -d "$STATE" ] || mkdir -p "$STATE"
     { read -r converged <"$STATE/spec-hash"; } 2>/dev/null
@@ -386,7 +387,7 @@ session() {
         echo "$hash" > "$STATE/spec-hash"
     fi
     [ ! -e "$STATE/failure" ] || rm -f "$STATE/failure"
-    enter "$as_root" "$has_script" "$script"
+    enter "$as_root" "$has_script" "$script" "$script_id"
 }
 
 main() {
@@ -395,18 +396,22 @@ main() {
         --verify) verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
         --session)
-            local hash=${2:?--session needs the spec hash} as_root=no has_script=no script=
+            local hash=${2:?--session needs the spec hash} as_root=no has_script=no script= script_id=
             shift 2
             while [ $# -gt 0 ]; do
                 case $1 in
                     --as-root) as_root=yes; shift ;;
                     --script) has_script=yes script=${2?--script needs content}; shift 2 ;;
+                    --script-id) script_id=${2?--script-id needs the content hash}; shift 2 ;;
                     *) echo "devshell-init: unknown argument $1" >&2; return 2 ;;
                 esac
             done
-            session "$hash" "$as_root" "$has_script" "$script"
+            case $has_script:$script_id in
+                yes:*[!0-9a-f]* | yes:) echo "devshell-init: --script needs a hex --script-id" >&2; return 2 ;;
+            esac
+            session "$hash" "$as_root" "$has_script" "$script" "$script_id"
             ;;
-        *) echo "usage: devshell-init [--verify | --status | --session HASH [--as-root] [--script CONTENT]]" >&2; return 2 ;;
+        *) echo "usage: devshell-init [--verify | --status | --session HASH [--as-root] [--script CONTENT --script-id SHA]]" >&2; return 2 ;;
     esac
 }
 

@@ -96,6 +96,18 @@ class ContainerSpec(NamedTuple):
             argv += ["--env", f"{k}={v}"]
         return [*argv, self.image, *self.command]
 
+    def api_create(self) -> tuple[dict[str, str], dict[str, Any]]:
+        """The Engine API's POST /containers/create (query, body), translated from sdk_kwargs()
+        as the docker SDK would: the engine speaks this directly, without importing the SDK."""
+        k = self.sdk_kwargs()
+        body = {
+            "Image": k["image"], "Cmd": k["command"], "Hostname": k["hostname"], "User": k["user"],
+            "WorkingDir": k["working_dir"], "Labels": k["labels"],
+            "Env": [f"{name}={value}" for name, value in k["environment"].items()],
+            "HostConfig": {"Init": k["init"], "Mounts": k["mounts"]},
+        }
+        return {"name": k["name"], "platform": k["platform"]}, body
+
     def sdk_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for docker SDK ``containers.create``."""
         return {
@@ -224,5 +236,6 @@ def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool
     if opts.as_root:
         argv.append("--as-root")
     if script is not None:
-        argv += ["--script", script]
+        digest = hashlib.sha256(script.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        argv += ["--script", script, "--script-id", digest]
     return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None)

@@ -425,7 +425,7 @@ def test_session_carries_the_script_and_a_tty_only_without_one(inv, script, tty)
     ex = session(spec, opts, script=script, tty=tty)
     assert ("--script" in ex.argv) == (script is not None)
     if script is not None:
-        assert ex.argv[-1] == script
+        assert ex.argv[ex.argv.index("--script") + 1] == script
     assert ex.tty == (tty and script is None)
     assert ex.container == spec.name == (
         f"devshell-{opts.cell}" + (f"-{opts.instance}" if opts.instance else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from typing import Any
 
@@ -337,8 +338,10 @@ def test_session_passes_as_root_only_with_as_root():
     assert "--as-root" not in session_for().argv
 
 
-def test_session_passes_script_content_only_with_a_script():
-    assert session_for(script="echo hi\n").argv[-2:] == ("--script", "echo hi\n")
+def test_session_passes_script_content_and_its_hash_only_with_a_script():
+    argv = session_for(script="echo hi\n").argv
+    assert argv[-4:-1] == ("--script", "echo hi\n", "--script-id")
+    assert argv[-1] == hashlib.sha256(b"echo hi\n").hexdigest()[:32]
     assert "--script" not in session_for().argv
 
 
@@ -364,3 +367,26 @@ def test_session_enters_the_named_container_in_the_workspace_as_root():
 def test_options_built_directly_are_plannable():
     spec = plan(Options(patches_out="/p"), CELL, init=INIT)
     assert Mount("bind", "/p", PATCHES) in spec.mounts
+
+
+@pytest.mark.parametrize("argv", [(), ("--host-cache-dir", "/c,d"), ("--instance", "b", "--uid", "9")])
+def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
+    """The engine posts api_create() itself (the SDK costs ~0.3 s to import); it must be the
+    request the SDK builds from sdk_kwargs(). No daemon is contacted: only its builders run."""
+    from docker import APIClient
+    from docker.models.containers import _create_container_args
+
+    spec = spec_for(*argv, labels={"team": "a=b"})
+    query, body = spec.api_create()
+    kwargs = {**spec.sdk_kwargs(), "version": "1.41"}
+    platform, name = kwargs.pop("platform"), kwargs["name"]
+    kwargs.pop("detach")
+    sdk = APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    create_args = _create_container_args(kwargs)
+    create_args.pop("name")  # the SDK sends name and platform as query parameters
+    config = sdk.create_container_config(**create_args)
+    assert query == {"name": name, "platform": platform}
+    for key in ("Image", "Cmd", "Hostname", "User", "WorkingDir", "Labels", "Env"):
+        assert body[key] == config[key], key
+    assert body["HostConfig"]["Init"] == config["HostConfig"]["Init"]
+    assert body["HostConfig"]["Mounts"] == [dict(m) for m in config["HostConfig"]["Mounts"]]
