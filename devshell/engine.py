@@ -4,9 +4,10 @@ Images, volumes, containers, exec and copy-in all go through here. Every operati
 and reports what it did.
 
 Speed: re-entering a running devshell asks the engine one question (inspect the container) and
-then hands over to `docker exec`. That question goes over a raw socket, because importing the
-docker SDK costs ~0.3 s (requests, urllib3) and http.client ~60 ms; the SDK, and every other
-heavy module here, is imported on first use by the paths that change something.
+then hands over to `docker exec`; creating one takes five plain requests. Those go straight to
+the Engine API over a raw socket, because importing the docker SDK costs ~0.3 s (requests,
+urllib3) and http.client ~60 ms. The SDK does what is not a plain request (builds, pulls,
+captured exec, listing) and, like every other heavy module here, is imported on first use.
 """
 
 from __future__ import annotations
