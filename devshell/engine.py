@@ -325,7 +325,7 @@ class Engine:
             if e.status == 404:
                 raise DevshellError(f"image {spec.image} is not present",
                                     "docker load it, or pass --image IMAGE") from None
-            raise DevshellError(f"cannot create container {spec.name} ({e.message})",
+            raise DevshellError(f"cannot create container {spec.name} ({e.reason})",
                                 "check the image and the Docker daemon") from None
         cid = created["Id"]
         try:  # init and setup go in before the first start
@@ -334,7 +334,7 @@ class Engine:
             self.start(cid)
         except EngineError as e:
             self.remove_container(cid)
-            raise DevshellError(f"cannot start container {spec.name} ({e.message})",
+            raise DevshellError(f"cannot start container {spec.name} ({e.reason})",
                                 f"check that {spec.image} runs on {spec.platform}") from None
 
     def start(self, name: str) -> None:
@@ -400,12 +400,12 @@ class Engine:
         return code if code >= 0 else 128 - code
 
 
-class EngineError(Exception):
-    """The engine answered with an error status; message is its own words."""
+class EngineError(DevshellError):
+    """The engine answered with an error status; reason is its own words."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message = status, message
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"the Docker engine answered {status}: {reason}", "check the daemon (docker info)")
+        self.status, self.reason = status, reason
 
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
