@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import cells
-from .engine import Engine
+from .engine import MANAGED, Engine
 from .errors import DevshellError
 from .launcher import check_host_paths, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
@@ -25,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a last net: the host or engine refused something we did not foresee
+        if not isinstance(e, OSError) and not type(e).__module__.startswith("docker"):
+            raise
+        print(f"devshell: error: {e}; fix: check the path, permissions and the Docker daemon",
+              file=sys.stderr)
+        return 2
 
 
 def run(argv: Sequence[str]) -> int:
@@ -79,6 +85,8 @@ def verify(engine: Engine, name: str) -> int:
     info = engine.inspect(name)
     if info is None:
         raise DevshellError(f"no container {name} to verify", "open the devshell first")
+    if MANAGED not in (info["Config"].get("Labels") or {}):
+        raise DevshellError(f"{name} was not created by devshell", "verify only devshells")
     if not info["State"]["Running"]:
         engine.start(name)
     result = engine.exec(name, [INIT_PATH, "--verify"])

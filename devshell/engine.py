@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .spec import LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
+from .spec import LABEL_CELL, LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
 
 if TYPE_CHECKING:
     import docker
@@ -277,8 +277,12 @@ class Engine:
     # --- volumes --------------------------------------------------------------------------
 
     def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
-        """Create the volume if missing; True if it was created."""
-        if self.volume_present(name):
+        """Create the volume if missing; True if it was created. Never adopts another cell's."""
+        found = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
+        if found is not None:
+            owner = (found.get("Labels") or {}).get(LABEL_CELL)
+            if owner not in (None, labels.get(LABEL_CELL)):
+                raise DevshellError(f"volume {name} belongs to cell {owner}", "pass another --instance")
             return False
         self._call("POST", "/volumes/create", {"Name": name, "Labels": {**labels, MANAGED: "1"}})
         return True
@@ -305,6 +309,9 @@ class Engine:
             if MANAGED not in labels:
                 raise DevshellError(f"a container named {spec.name} exists that devshell did not create",
                                     f"rename or remove it (docker rm -f {spec.name}), or pass --instance")
+            if labels.get(LABEL_CELL, spec.cell) != spec.cell:  # cell 'a' + --instance 'b-c' vs 'a-b'
+                raise DevshellError(f"{spec.name} belongs to cell {labels[LABEL_CELL]}, not {spec.cell}",
+                                    "pass another --instance")
             if labels.get(LABEL_HASH) == spec.hash():
                 if info["State"]["Running"]:
                     return Outcome("reused")
@@ -370,9 +377,15 @@ class Engine:
     def exec(self, name: str, argv: list[str], *, user: str = "0",
              workdir: str | None = None) -> ExecResult:
         """Run argv in the container and capture its output (not for interactive use)."""
-        result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
-        out, err = self.client.api.exec_start(result["Id"], demux=True)
-        code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+        from docker.errors import DockerException
+
+        try:
+            result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
+            out, err = self.client.api.exec_start(result["Id"], demux=True)
+            code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+        except DockerException as e:
+            raise DevshellError(f"cannot exec in {name} ({_reason(e)})",
+                                "check the container's state") from None
         return ExecResult(int(code), (out or b"").decode(errors="replace"),
                           (err or b"").decode(errors="replace"))
 

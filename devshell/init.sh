@@ -60,7 +60,7 @@ load_facts() {
     local line path owner mode link
     PW_COUNT=0 PW_AT_UID=0 PW_UID= PW_GID= PW_HOME= GR_GID=
     lines_of /etc/passwd
-    for line in "${LINES[@]}"; do
+    for line in "${LINES[@]+"${LINES[@]}"}"; do
         fields_of "$line"
         if [ "${F[0]}" = "$DEV" ]; then
             PW_COUNT=$((PW_COUNT + 1))
@@ -69,12 +69,13 @@ load_facts() {
         [ "${F[2]:-}" = "$DEV_UID" ] && PW_AT_UID=$((PW_AT_UID + 1))
     done
     lines_of /etc/group
-    for line in "${LINES[@]}"; do
+    for line in "${LINES[@]+"${LINES[@]}"}"; do
         [ "${line%%:*}" = "$DEV" ] && { fields_of "$line"; GR_GID=${F[2]:-}; break; }
     done
     declare -gA ST_OWNER=() ST_MODE=() ST_LINK=()
     local IFS=$'\n' us=$'\037' stats
     stats=$(QUOTING_STYLE=literal stat --printf "%n\\037%u:%g\\037%a\\037%N\\n" -- "$@" 2>/dev/null)
+    set -f  # host paths may hold * ? [
     for line in $stats; do  # path US owner US mode US name[ -> target]
         path=${line%%"$us"*} line=${line#*"$us"}
         owner=${line%%"$us"*} line=${line#*"$us"}
@@ -82,6 +83,7 @@ load_facts() {
         ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
         [ "${link#* -> }" = "$link" ] || ST_LINK[$path]=${link#* -> }
     done
+    set +f
 }
 owned_by_dev() { [ "${ST_OWNER[$1]:-}" = "$DEV_UID:$DEV_GID" ]; }
 # dev_may BIT PATH: dev's permission (2 write, 1 search) on PATH from its owner and mode bits.
@@ -158,10 +160,13 @@ init_user() {
 # Another account at dev's uid is a second name for dev (e.g. planted with useradd -o): drop it
 # from passwd and shadow; its files, if any, are dev's already.
 drop_aliases() {
-    local aliases name
+    local aliases name file
     aliases=$(awk -F: -v u="$DEV_UID" -v n="$DEV" '$3 == u && $1 != n { print $1 }' /etc/passwd)
     for name in $aliases; do
-        sed -i "/^$name:/d" /etc/passwd /etc/shadow
+        for file in /etc/passwd /etc/shadow; do
+            awk -F: -v n="$name" '$1 != n' "$file" >"$file.devshell" && cat "$file.devshell" >"$file"
+            rm -f "$file.devshell"
+        done
     done
 }
 # A renamed account's home moves to /home/dev, unless the workspace volume is mounted inside
@@ -231,7 +236,7 @@ verify_patches() {
 owner_is_mapped() {
     local line point fs=
     lines_of /proc/self/mountinfo
-    for line in "${LINES[@]}"; do  # the 5th field is the mount point, the fstype follows " - "
+    for line in "${LINES[@]+"${LINES[@]}"}"; do  # the 5th field is the mount point, the fstype follows " - "
         point=${line#* * * * }
         [ "${point%% *}" = "$WORKSPACE" ] || continue
         fs=${line#* - }
@@ -274,10 +279,11 @@ link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept
 }
 init_ai() {
     [ -n "$CACHE" ] || return 0
-    local d skills=
-    [ "$AI_CONFIG" = ro ] || skills=$CACHE/ai/skills  # a read-only bind keeps its host owner
-    for d in "$CACHE" "$CACHE/ai" $skills "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY" \
-        "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
+    local d
+    local -a config=("$CACHE/ai" "$CACHE/ai/skills")
+    [ "$AI_CONFIG" = rw ] || config=()  # ro: ai/ is a read-only bind and keeps its host owner
+    for d in "$CACHE" "${config[@]+"${config[@]}"}" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" \
+        "$MEMORY" "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
         [ -d "$d" ] || mkdir "$d"
         [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
     done
@@ -299,16 +305,17 @@ init_ai() {
 }
 verify_ai() {
     [ -n "$CACHE" ] || return 0
-    dev_can_write "$CACHE/ai" || fail cache-writable "$CACHE/ai is not writable by dev"
+    local writable=$CACHE/ai
+    [ "$AI_CONFIG" = rw ] || writable=$CACHE/ai/memory
+    dev_can_write "$writable" || fail cache-writable "$writable is not writable by dev"
     if [ ! -d "$MEMORY" ]; then
         fail memory-dir "$MEMORY is missing"
     else
         dev_can_write "$MEMORY" || fail memory-dir "$MEMORY is not writable by dev"
     fi
-    if [ "$AI_CONFIG" = ro ]; then  # read-only binds: not even root inside may write them
-        [ ! -w "$CACHE/ai/skills" ] || fail ai-config-ro "$CACHE/ai/skills is not a read-only bind"
-        [ ! -e "$CACHE/ai/settings.json" ] || [ ! -w "$CACHE/ai/settings.json" ] \
-            || fail ai-config-ro "$CACHE/ai/settings.json is not a read-only bind"
+    if [ "$AI_CONFIG" = ro ]; then  # a read-only bind: not even root inside may write it
+        [ ! -w "$CACHE/ai" ] && [ ! -w "$CACHE/ai/skills" ] \
+            || fail ai-config-ro "$CACHE/ai (skills, settings.json) is not a read-only bind"
     fi
     links_to "$DEV_HOME/.claude/skills" "$CACHE/ai/skills" \
         || fail skills-link "~/.claude/skills does not resolve to $CACHE/ai/skills"
@@ -351,7 +358,7 @@ enter() {
         run=(setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups --)
     fi
     if [ "$has_script" = no ]; then
-        exec "${run[@]}" /bin/bash -l
+        exec ${run[@]+"${run[@]}"} /bin/bash -l
     fi
     # Scripts are kept by content hash, root's and read-only to dev: a script run again (CI,
     # benchmarks) is neither written nor removed, and the session simply becomes it.
@@ -360,7 +367,7 @@ enter() {
         [ -d "$STATE/scripts" ] || install -d -m 0755 "$STATE/scripts"
         install -m 0755 /dev/stdin "$file.$$" <<<"$script" && mv -f "$file.$$" "$file" || exit 86
     fi
-    exec "${run[@]}" "$file"
+    exec ${run[@]+"${run[@]}"} "$file"
 }
 
 session() {

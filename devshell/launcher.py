@@ -13,7 +13,7 @@ from .cells import Cell
 from .engine import MANAGED, Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .options import Options, check_cache_dir, check_patches_dir
-from .spec import INIT_PATH, LABEL_HASH, ContainerSpec, container_name, plan, session
+from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, plan, session
 
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
@@ -61,10 +61,18 @@ def check_host_paths(opts: Options) -> Options:
             raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
         cache = os.path.realpath(cache)
         check_cache_dir(cache, real, home)
+        # ai/ and ai/memory are bound by path, and the engine would follow a symlink there on
+        # the host: one planted from inside (with --ai-config-rw) must not lead anywhere.
+        for part in ("ai", "ai/memory"):
+            entry = os.path.join(cache, part)
+            if os.path.islink(entry) or (os.path.lexists(entry) and not os.path.isdir(entry)):
+                raise DevshellError(f"{entry} is not a plain directory (a symlink is never followed)",
+                                    f"replace {entry} with a directory")
+    # A checkout's .git is bound read-only; a symlink named .git (the agent can plant one in a
+    # plain patches dir) would make the engine bind whatever it points to, so it is not bound.
     dot_git = os.path.join(real, ".git")
-    return opts._replace(patches_out=real, host_cache=cache,
-                   patches_git=os.path.realpath(dot_git) if os.path.lexists(dot_git) else None,
-                   has_settings=cache is not None and os.path.isfile(f"{cache}/ai/settings.json"))
+    is_git = os.path.lexists(dot_git) and not os.path.islink(dot_git)
+    return opts._replace(patches_out=real, host_cache=cache, patches_git=dot_git if is_git else None)
 
 
 def read_script(path: str) -> str:
@@ -92,8 +100,13 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     image = engine.ensure_image(cell, opts.image, progress)
     spec = plan(opts, cell, image=image, labels=labels)
     if opts.host_cache is not None:  # only now: bad input must leave no trace
-        os.makedirs(os.path.join(opts.host_cache, "ai", "skills"), exist_ok=True)
-    created = engine.ensure_volume(spec.volume, {**dict(spec.labels), "devshell.cell": cell.name})
+        for part in ("skills", "memory"):
+            try:
+                os.makedirs(os.path.join(opts.host_cache, "ai", part), exist_ok=True)
+            except OSError as e:
+                raise DevshellError(f"cannot create {opts.host_cache}/ai/{part} ({e.strerror})",
+                                    "pass a writable --host-cache-dir") from None
+    created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
     outcome = engine.ensure_container(spec)
     return Devshell(spec, opts, outcome, created, engine)
 

@@ -1,8 +1,8 @@
 """Flags -> Options: a pure function of argv and the host facts, so it can be fuzzed.
 
 Grammar: ``devshell [CELL] [FLAGS]``. Every flag either takes no value or always takes exactly
-one, so no flag can swallow the cell positional, and order never matters. Subcommands (later:
-``patches``, ``doctor``) are reserved words that no cell may be named.
+one, so no flag can swallow the cell positional, and order never matters. Subcommands
+(``patches``; ``doctor`` reserved) are words that no cell may be named.
 """
 
 from __future__ import annotations
@@ -53,10 +53,8 @@ class Options(NamedTuple):
     list: bool = False
     json: bool = False
     cells_dirs: tuple[str, ...] = ()
-    # Facts check_host_paths reads from the host: the patches dir's .git entry when it is a
-    # git checkout, and whether the host cache holds an ai/settings.json.
+    # Read off the host by check_host_paths: the patches dir's .git when it is a git checkout.
     patches_git: str | None = None
-    has_settings: bool = False
     notes: tuple[str, ...] = ()
 
 
@@ -152,14 +150,16 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         notes.append(f"host runs as root: dev never does ({', '.join(mapped)}; see --uid/--gid)")
 
     patches = absolute(ns.patches_out or host.cwd, host)
-    check_patches_dir(patches, absolute(host.home, host))
+    entering = not (ns.list or ns.rm or ns.verify)  # only entering binds anything
+    if entering:
+        check_patches_dir(patches, absolute(host.home, host))
 
     host_cache = None
     if ns.host_cache_dir is not None:
         host_cache = absolute(ns.host_cache_dir, host)
     elif ns.host_cache:
         host_cache = absolute(DEFAULT_HOST_CACHE, host)
-    if host_cache is not None:
+    if host_cache is not None and entering:
         check_cache_dir(host_cache, patches, host.home)
 
     if ns.instance is not None and not _safe_name(ns.instance):

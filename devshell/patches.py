@@ -139,9 +139,9 @@ def split(data: bytes, repo: str | None = None) -> tuple[Commit, ...]:
         os.mkdir(mails)
         with open(mbox, "wb") as f:
             f.write(data)
-        where = ["-C", repo] if repo else []
+        git = _git_argv(repo) if repo else ["git"]
         # The same split as git am: -b takes a file without a 'From ' line as one mail.
-        done = subprocess.run(["git", *where, "mailsplit", "-b", f"-o{mails}", "--", mbox],
+        done = subprocess.run([*git, "mailsplit", "-b", f"-o{mails}", "--", mbox],
                               capture_output=True, cwd=d)
         if done.returncode:
             raise ValueError("not a mailbox git am can read")
@@ -149,7 +149,7 @@ def split(data: bytes, repo: str | None = None) -> tuple[Commit, ...]:
         for mail in sorted(os.listdir(mails)):
             msg, diff = os.path.join(d, "msg"), os.path.join(d, "diff")
             with open(os.path.join(mails, mail), "rb") as f:
-                info = subprocess.run(["git", *where, "mailinfo", msg, diff], stdin=f,
+                info = subprocess.run([*git, "mailinfo", msg, diff], stdin=f,
                                       capture_output=True, cwd=d)
             if info.returncode:
                 raise ValueError("a mail git mailinfo cannot read")
@@ -283,14 +283,22 @@ def _protected_dirs(protected: Sequence[str]) -> set[str]:
 
 # --- git -------------------------------------------------------------------------------------
 
+def _git_argv(repo: str) -> list[str]:
+    """git for one repository, hardened: the repository's hooks and fsmonitor never run (a
+    .git the agent planted in a plain patches dir would be its code on the host).
+    The launcher chowns the patches dir to dev; when that dir is the work tree of a host user
+    whose uid dev does not share (root in CI), git would call the repository "dubious". When
+    its .git is still this user's (read-only inside the devshell), it is trusted as it is."""
+    argv = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+    top = _checkout_top(repo)
+    if top and os.lstat(os.path.join(top, ".git")).st_uid == os.getuid():
+        argv += ["-c", f"safe.directory={top}"]
+    return [*argv, "-C", repo]
+
+
 def _git(repo: str, *args: str, env: dict[str, str] | None = None,
          check: bool = False) -> subprocess.CompletedProcess[str]:
-    # The launcher chowns the patches dir to dev; when that dir is the work tree of a host user
-    # whose uid dev does not share (root in CI), git would call the repository "dubious". Its
-    # .git stayed the host user's and read-only inside, so this repository is trusted as it is.
-    top = _checkout_top(repo)
-    trust = ["-c", f"safe.directory={top}"] if top else []
-    done = subprocess.run(["git", *trust, "-C", repo, *args], capture_output=True, text=True,
+    done = subprocess.run([*_git_argv(repo), *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     if check and done.returncode:
         raise DevshellError(f"git {' '.join(args[:2])} failed: {_first_line(done.stderr)}",
@@ -346,9 +354,7 @@ def _copies(patches: Sequence[Patch]) -> Iterator[list[str]]:
 def _git_out(repo: str, *args: str, env: dict[str, str] | None = None,
              stdin: bytes | None = None) -> bytes:
     """Raw output of a git command that must succeed (paths may be any bytes)."""
-    top = _checkout_top(repo)
-    trust = ["-c", f"safe.directory={top}"] if top else []
-    done = subprocess.run(["git", *trust, "-C", repo, *args], capture_output=True, input=stdin,
+    done = subprocess.run([*_git_argv(repo), *args], capture_output=True, input=stdin,
                           env={**os.environ, **(env or {})})
     if done.returncode:
         raise DevshellError(f"git {' '.join(args[:2])} failed: "

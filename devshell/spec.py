@@ -19,8 +19,6 @@ CACHE = "/cache"
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"
-# The agent's configuration in the host cache, read-only inside unless --ai-config-rw.
-AI_CONFIG = ("skills", "settings.json")
 LABEL_CELL = "devshell.cell"
 LABEL_HASH = "devshell.spec-hash"
 LABEL_IDENTITY = "devshell.spec"
@@ -85,7 +83,7 @@ class ContainerSpec(NamedTuple):
                 LABEL_IDENTITY: json.dumps(self.identity(), sort_keys=True)}
 
     def run_argv(self) -> list[str]:
-        """The equivalent `docker run`, for people and for fuzzing (the engine uses the SDK)."""
+        """The equivalent `docker run`, for people and for fuzzing (the engine posts api_create())."""
         argv = ["docker", "run", "--detach", "--name", self.name, "--hostname", self.name,
                 "--init", "--platform", self.platform, "--user", "0", "--workdir", self.workspace]
         for k, v in sorted(self.all_labels().items()):
@@ -195,9 +193,10 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
         env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
         if opts.ai_config_ro:
-            for item in AI_CONFIG if opts.has_settings else AI_CONFIG[:1]:
-                mounts.append(Mount("bind", f"{opts.host_cache}/ai/{item}", f"{CACHE}/ai/{item}",
-                                    read_only=True))
+            # The agent's configuration (skills, settings.json: all of ai/) read-only, memory
+            # writable. A bind over a bind: neither can be renamed, replaced or added to inside.
+            mounts.append(Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=True))
+            mounts.append(Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory"))
     files = [(INIT_PATH, init if init is not None else init_script())]
     if cell.setup:
         files.append((SETUP_PATH, cell.setup))

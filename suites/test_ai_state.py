@@ -64,7 +64,9 @@ def test_ai_config_is_read_only_inside_by_default(devshell_factory, seeded_cache
     shell = devshell_factory(host_cache=seeded_cache)
     sudo = "sudo -n " if user != "dev" else ""
     for attempt in ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
-                    "cp /dev/null ~/.claude/settings.json"):
+                    "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
+                    "rm /cache/ai/settings.json && echo {} > /cache/ai/settings.json",
+                    "ln -sfn / /cache/ai/skills"):
         result = shell.run(f"{sudo}sh -c {attempt.replace('~', '/home/dev')!r}")
         assert result.exit_code != 0, f"{attempt} as {user} succeeded"
     assert shell.run("cat ~/.claude/skills/review/SKILL.md").stdout == "# review\n"

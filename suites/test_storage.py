@@ -18,8 +18,9 @@ def test_mounts_are_exactly_the_volume_patches_and_cache(devshell):
         ("volume", spec.volume, spec.workspace, True),
         ("bind", opts.patches_out, PATCHES, True),
         ("bind", opts.host_cache, CACHE, True),
-        # --ai-config-ro (the default): the agent's own configuration, read-only
-        ("bind", f"{opts.host_cache}/ai/skills", f"{CACHE}/ai/skills", False),
+        # --ai-config-ro (the default): the agent's configuration read-only, its memory writable
+        ("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", False),
+        ("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", True),
     }
 
 
@@ -80,3 +81,26 @@ def test_environment_contract_is_complete(devshell):
     assert env["DEVSHELL_BUILD"].startswith(devshell.spec.workspace + "/")
     assert env["DEVSHELL_AI_REPO"] == os.path.basename(opts.patches_out)
     assert env["DEVSHELL_AI_REPO_ENCODED"] == opts.patches_out.replace("/", "-")
+
+
+def test_a_dot_git_symlink_in_the_patches_dir_is_never_bound(devshell_factory, tmp_path):
+    """The agent can leave /patches/.git -> /anything in a plain patches dir; binding it
+    read-only at the next launch would make the engine bind that host path."""
+    patches = tmp_path / "plain"
+    patches.mkdir()
+    (patches / ".git").symlink_to(tmp_path / "secret")
+    (tmp_path / "secret").mkdir()
+    shell = devshell_factory(patches=patches, host_cache=False)
+    assert "/patches/.git" not in {m[2] for m in mounts_of(shell)}
+    assert shell.run("test ! -e /patches/.git/.").exit_code == 0  # dangling inside: no host path
+
+
+def test_a_symlink_in_the_host_cache_ai_dirs_is_refused(devshell_cli, devshell_instance, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ai").symlink_to(tmp_path)
+    (tmp_path / "project").mkdir()
+    result = devshell_cli(None, "--patches-out", str(tmp_path / "project"), "--host-cache-dir",
+                          str(cache), "--instance", devshell_instance())
+    assert result.returncode == 2, result.stderr
+    assert "symlink is never followed" in result.stderr and "Traceback" not in result.stderr

@@ -35,7 +35,8 @@ MUTATIONS = {
         "memory-link:workspace", "rm $H/.claude/projects/$(echo $WS | tr / -)/memory"),
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
     "memory dir removed": ("memory-dir", "rm -rf $MEM"),
-    "cache not writable by dev": ("cache-writable", "chown root:root /cache/ai && chmod 0755 /cache/ai"),
+    "memory not writable by dev": ("cache-writable",
+                                   "chown root:root /cache/ai/memory && chmod 0755 /cache/ai/memory"),
     "cache not searchable by dev": ("cache-writable", "chown root:root /cache && chmod 0700 /cache"),
 }
 

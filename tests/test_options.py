@@ -288,7 +288,7 @@ def test_to_argv_round_trips_the_defaults_for_a_root_host():
     assert parse(to_argv(opts), ROOT_HOST) == opts._replace(notes=())
 
 
-# --- known bugs (see report) ---------------------------------------------------------------
+# --- edge cases once broken ---------------------------------------------------------------
 
 
 def test_to_argv_round_trips_an_instance_starting_with_a_dash():

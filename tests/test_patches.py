@@ -1467,3 +1467,17 @@ def test_main_reports_skipped_files_on_stderr(series: list[str], patches_dir: Pa
     (patches_dir / "0000-junk.patch").write_bytes(b"junk\n")
     main(["list", "--patches-dir", str(patches_dir)])
     assert "devshell: skipped 0000-junk.patch: not a git format-patch mail" in capsys.readouterr().err
+
+
+def test_apply_never_runs_the_repositorys_hooks(series: list[str], host: Path, patches_dir: Path,
+                                                tmp_path: Path):
+    """A .git the agent planted in a plain patches dir would be its code on the host: devshell's
+    own git calls run no hooks (and no fsmonitor)."""
+    ran = tmp_path / "hook-ran"
+    for hook in ("applypatch-msg", "pre-applypatch", "post-applypatch", "post-rewrite"):
+        path = host / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\ntouch {ran}\n")
+        path.chmod(0o755)
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert len(git(host, "log", "--format=%s").splitlines()) > 1
+    assert not ran.exists()

@@ -87,23 +87,18 @@ def test_mounts_are_the_volume_and_the_patches_dir():
                                       Mount("bind", "/home/alice/proj", PATCHES)}
 
 
-def test_host_cache_adds_a_bind_at_cache_with_read_only_skills():
+def test_host_cache_binds_ai_read_only_and_its_memory_writable():
     assert set(spec_for("--host-cache-dir", "/c").mounts) == {
         Mount("volume", "devshell-cellx", "/w/cellx"),
         Mount("bind", "/home/alice/proj", PATCHES),
         Mount("bind", "/c", CACHE),
-        Mount("bind", "/c/ai/skills", f"{CACHE}/ai/skills", read_only=True),
+        Mount("bind", "/c/ai", f"{CACHE}/ai", read_only=True),
+        Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory"),
     }
 
 
-def test_settings_json_is_bound_read_only_when_the_cache_has_it():
-    opts = parse(["--host-cache-dir", "/c"], HOST)._replace(has_settings=True)
-    ro = {m.target for m in plan(opts, CELL, init=INIT).mounts if m.read_only}
-    assert ro == {f"{CACHE}/ai/skills", f"{CACHE}/ai/settings.json"}
-
-
 def test_ai_config_rw_drops_the_read_only_binds():
-    opts = parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST)._replace(has_settings=True)
+    opts = parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST)
     spec = plan(opts, CELL, init=INIT)
     assert not any(m.read_only for m in spec.mounts)
     assert dict(spec.env)["DEVSHELL_AI_CONFIG"] == "rw"
@@ -267,7 +262,7 @@ def test_differences_names_mount_targets():
 def test_differences_names_an_added_cache_mount():
     old, new = spec_for().identity(), spec_for("--host-cache").identity()
     assert differences(old, new) == ["env (DEVSHELL_AI_CONFIG, DEVSHELL_CACHE_MOUNT)",
-                                     "mounts (/cache, /cache/ai/skills)"]
+                                     "mounts (/cache, /cache/ai, /cache/ai/memory)"]
 
 
 # --- docker run argv and SDK kwargs ---------------------------------------------------------
