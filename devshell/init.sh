@@ -212,12 +212,19 @@ verify_user() {
 # --- sudo: passwordless, so the agent installs build deps with no host credential inside ---
 init_sudoers() {
     [ -d /etc/sudoers.d ] || mkdir -p /etc/sudoers.d
+    grep -Eq '^[@#]includedir /etc/sudoers.d' /etc/sudoers 2>/dev/null \
+        || echo '#includedir /etc/sudoers.d' >>/etc/sudoers
     [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || echo "$SUDOERS_LINE" > "$SUDOERS"
     chown 0:0 "$SUDOERS" && chmod 0440 "$SUDOERS"
 }
 verify_sudoers() {
-    local line=
+    local line= included=no
     command -v sudo >/dev/null || fail sudoers "sudo is not installed in the image"
+    lines_of /etc/sudoers
+    for line in "${LINES[@]+"${LINES[@]}"}"; do
+        case $line in [@#]includedir\ /etc/sudoers.d*) included=yes ;; esac
+    done
+    [ "$included" = yes ] || fail sudoers "/etc/sudoers does not include /etc/sudoers.d"
     { read -r line <"$SUDOERS"; } 2>/dev/null
     [ "$line" = "$SUDOERS_LINE" ] || fail sudoers "$SUDOERS lacks '$SUDOERS_LINE'"
     [ "${ST_MODE[$SUDOERS]:-}:${ST_OWNER[$SUDOERS]:-}" = 440:0:0 ] \

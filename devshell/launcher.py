@@ -107,7 +107,12 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
                 raise DevshellError(f"cannot create {opts.host_cache}/ai/{part} ({e.strerror})",
                                     "pass a writable --host-cache-dir") from None
     created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
-    outcome = engine.ensure_container(spec)
+    try:
+        outcome = engine.ensure_container(spec)
+    except DevshellError:
+        if created:  # an error leaves nothing behind that this run made
+            engine.remove_volume(spec.volume)
+        raise
     return Devshell(spec, opts, outcome, created, engine)
 
 

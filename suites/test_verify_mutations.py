@@ -25,6 +25,7 @@ MUTATIONS = {
     "sudoers entry removed": ("sudoers", "rm /etc/sudoers.d/devshell"),
     "sudoers entry world-readable": ("sudoers", "chmod 0644 /etc/sudoers.d/devshell"),
     "sudoers entry weakened": ("sudoers", "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/devshell"),
+    "sudoers.d not included": ("sudoers", "sed -i '/includedir/d' /etc/sudoers"),
     "workspace owned by root": ("workspace-owner", "chown root:root $WS"),
     "build dir missing": ("workspace-dirs", "rm -rf $DEVSHELL_BUILD"),
     "skills link dangling": ("skills-link", "ln -sfn /nonexistent $H/.claude/skills"),
