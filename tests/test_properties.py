@@ -197,7 +197,7 @@ def opened(argv: list[str], host: HostFacts, *,
            checkout: bool = False) -> tuple[Options, ContainerSpec]:
     """parse -> plan; checkout stands in for what check_host_paths reads off the host."""
     opts = parse(argv, host)
-    opts = opts._replace(patches_git=f"{opts.patches_out}/.git" if checkout else None)
+    opts = opts._replace(patches_git=posixpath.join(opts.patches_out, ".git") if checkout else None)
     return opts, plan(opts, CELLS[opts.cell], init=INIT)
 
 
