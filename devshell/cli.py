@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import cells
-from .engine import MANAGED, Engine
+from .engine import Engine
 from .errors import DevshellError
 from .launcher import check_host_paths, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
@@ -82,11 +82,9 @@ def say(opts: Options, data: dict[str, object], text: str) -> None:
 
 
 def verify(engine: Engine, name: str) -> int:
-    info = engine.inspect(name)
+    info = engine.inspect_own(name)
     if info is None:
         raise DevshellError(f"no container {name} to verify", "open the devshell first")
-    if MANAGED not in (info["Config"].get("Labels") or {}):
-        raise DevshellError(f"{name} was not created by devshell", "verify only devshells")
     if not info["State"]["Running"]:
         engine.start(name)
     result = engine.exec(name, [INIT_PATH, "--verify"])

@@ -300,15 +300,21 @@ class Engine:
         found: dict[str, Any] | None = self._call("GET", f"/containers/{_q(name)}/json", missing=(404,))
         return found
 
+    def inspect_own(self, name: str) -> dict[str, Any] | None:
+        """inspect(), refusing a container of that name that devshell did not create: it is
+        never reused, verified, replaced or removed."""
+        info = self.inspect(name)
+        if info is not None and MANAGED not in (info["Config"].get("Labels") or {}):
+            raise DevshellError(f"a container named {name} exists that devshell did not create",
+                                "leave it be: rename or remove it yourself, or pass --instance")
+        return info
+
     def ensure_container(self, spec: ContainerSpec) -> Outcome:
         """A running container for spec: reuse one with the same hash, else (re)create it."""
-        info = self.inspect(spec.name)
+        info = self.inspect_own(spec.name)
         why = ""
         if info is not None:
             labels = info["Config"].get("Labels") or {}
-            if MANAGED not in labels:
-                raise DevshellError(f"a container named {spec.name} exists that devshell did not create",
-                                    f"rename or remove it (docker rm -f {spec.name}), or pass --instance")
             if labels.get(LABEL_CELL, spec.cell) != spec.cell:  # cell 'a' + --instance 'b-c' vs 'a-b'
                 raise DevshellError(f"{spec.name} belongs to cell {labels[LABEL_CELL]}, not {spec.cell}",
                                     "pass another --instance")

@@ -10,7 +10,7 @@ import os
 from typing import NamedTuple
 
 from .cells import Cell
-from .engine import MANAGED, Engine, ExecResult, Outcome, Progress, stderr_progress
+from .engine import Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .options import Options, check_cache_dir, check_patches_dir
 from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, plan, session
@@ -133,7 +133,5 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
 def remove(engine: Engine, cell: Cell, instance: str | None) -> bool:
     """--rm: the container goes; the volume (sources, build, ccache) and host cache stay."""
     name = container_name(cell.name, instance)
-    info = engine.inspect(name)
-    if info is not None and MANAGED not in (info["Config"].get("Labels") or {}):
-        raise DevshellError(f"{name} was not created by devshell", "remove it yourself if you mean to")
+    engine.inspect_own(name)
     return engine.remove_container(name)
