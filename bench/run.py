@@ -78,11 +78,12 @@ def main() -> int:
         f.write("#!/bin/sh\ntrue\n")
     instance = f"bench{os.getpid()}"
     name = f"devshell-{args.cell}-{instance}"
-    patches, cache = os.path.join(work, "patches"), os.path.join(work, "cache")
-    os.mkdir(patches)
-    # With a host cache, so verify checks everything it can (AI links, cache writability).
-    base = [*DEVSHELL, args.cell, "--instance", instance, "--patches-out", patches,
-            "--host-cache-dir", cache, "--uid", "1000", "--gid", "1000"]
+    checkout, patches, cache = (os.path.join(work, d) for d in ("checkout", "patches", "cache"))
+    os.mkdir(checkout)
+    os.chmod(work, 0o755)  # mkdtemp makes it 0700: dev must pass through to the host cache
+    # With a host cache, so verify checks everything it can (AI links, binds, writability).
+    base = [*DEVSHELL, args.cell, "--instance", instance, "--checkout", checkout, "--patches-out",
+            patches, "--host-cache-dir", cache, "--uid", "1000", "--gid", "1000"]
     enter = [*base, "--script", script]
     remove = [*base, "--rm"]
 

@@ -24,7 +24,7 @@ RESERVED_NAMES = frozenset({"patches", "doctor", "list", "help", "version", "cel
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Mount points the launcher owns; a workspace may not sit on or under them.
-RESERVED_MOUNTS = ("/patches", "/cache")
+RESERVED_MOUNTS = ("/patches", "/checkout", "/cache")
 
 _SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
 SCHEMA: dict[str, Any] = {

@@ -61,15 +61,11 @@ def run(argv: Sequence[str]) -> int:
     spec = shell.spec
     for note in opts.notes:
         print(f"devshell: {note}", file=sys.stderr)
-    if opts.patches_git is not None:
-        print(f"devshell: {opts.patches_out} is a git checkout: its .git is bound read-only at "
-              "/patches/.git, so nothing inside can plant hooks or config for your next git command",
-              file=sys.stderr)
     say(opts, {"container": spec.name, "state": shell.outcome.state, "why": shell.outcome.why,
                "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
-               "patches": opts.patches_out, "cache": opts.host_cache,
+               "checkout": opts.checkout, "patches": opts.patches_out, "cache": opts.host_cache,
                "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev"},
-        f"{spec.name} {shell.outcome} · /patches={opts.patches_out}"
+        f"{spec.name} {shell.outcome} · /checkout={opts.checkout} (read-only) · /patches={opts.patches_out}"
         + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
         + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}")
     tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()

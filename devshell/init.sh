@@ -19,6 +19,10 @@ DEV_UID=${DEVSHELL_DEV_UID:?DEVSHELL_DEV_UID is not set}
 DEV_GID=${DEVSHELL_DEV_GID:?DEVSHELL_DEV_GID is not set}
 DEV_HOME=${DEVSHELL_DEV_HOME:-/home/dev}
 PATCHES=${DEVSHELL_PATCHES_MOUNT:-/patches}
+CHECKOUT=${DEVSHELL_CHECKOUT_MOUNT:-/checkout}
+# "TARGET=DEV:INO ...": the host directory each mount must be (recorded by the launcher).
+BIND_IDS=${DEVSHELL_BIND_IDS:-}
+GITCONFIG=/etc/gitconfig
 WORKSPACE=${DEVSHELL_WORKSPACE:?DEVSHELL_WORKSPACE is not set}
 CACHE=${DEVSHELL_CACHE_MOUNT:-}
 AI_REPO=${DEVSHELL_AI_REPO:-}
@@ -72,15 +76,16 @@ load_facts() {
     for line in "${LINES[@]+"${LINES[@]}"}"; do
         [ "${line%%:*}" = "$DEV" ] && { fields_of "$line"; GR_GID=${F[2]:-}; break; }
     done
-    declare -gA ST_OWNER=() ST_MODE=() ST_LINK=()
-    local IFS=$'\n' us=$'\037' stats
-    stats=$(QUOTING_STYLE=literal stat --printf "%n\\037%u:%g\\037%a\\037%N\\n" -- "$@" 2>/dev/null)
+    declare -gA ST_OWNER=() ST_MODE=() ST_LINK=() ST_ID=()
+    local IFS=$'\n' us=$'\037' stats id
+    stats=$(QUOTING_STYLE=literal stat --printf "%n\\037%d:%i\\037%u:%g\\037%a\\037%N\\n" -- "$@" 2>/dev/null)
     set -f  # host paths may hold * ? [
-    for line in $stats; do  # path US owner US mode US name[ -> target]
+    for line in $stats; do  # path US dev:ino US owner US mode US name[ -> target]
         path=${line%%"$us"*} line=${line#*"$us"}
+        id=${line%%"$us"*} line=${line#*"$us"}
         owner=${line%%"$us"*} line=${line#*"$us"}
         mode=${line%%"$us"*} link=${line#*"$us"}
-        ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
+        ST_ID[$path]=$id ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
         [ "${link#* -> }" = "$link" ] || ST_LINK[$path]=${link#* -> }
     done
     set +f
@@ -96,20 +101,48 @@ dev_may() {
     else bits=$((8#$mode & 7)); fi
     ((bits & $1))
 }
-# dev can create files in DIR: search on every directory from /cache down, write on DIR, and
-# a writable mount (root's own -w is false only on a read-only one).
-dev_can_write() {
-    local dir=$CACHE part
-    local -a parts
-    IFS=/ read -r -a parts <<<"${1#"$CACHE"/}"
+# dev can create files in DIR: search on every directory from ROOT (a mount point) down to
+# DIR, write on DIR, and a writable mount (root's own -w is false only on a read-only one).
+dev_can_write() {  # dev_can_write DIR [ROOT]
+    local dir=${2:-$CACHE} part
+    local -a parts=()
+    [ "$1" = "$dir" ] || IFS=/ read -r -a parts <<<"${1#"$dir"/}"
     dev_may 1 "$dir" || return 1
-    for part in "${parts[@]}"; do
+    for part in "${parts[@]+"${parts[@]}"}"; do
         dir=$dir/$part
         dev_may 1 "$dir" || return 1
     done
     dev_may 2 "$1" && [ -w "$1" ]
 }
 links_to() { [ "${ST_LINK[$1]:-}" = "$2" ] && [ -d "$1" -o -f "$1" ]; }
+
+# --- binds: each host directory is mounted exactly as the launcher checked it ---
+# A path on the host can be swapped (a symlink for a directory) between the launcher's check
+# and the engine's bind, by an agent process of another devshell; the inode cannot. Checked
+# before init touches anything, and at every entry. Filesystems that present host files
+# through a VM (MAPPED_FS) show other inode numbers: there the check cannot speak.
+verify_binds() {
+    local pair target want
+    for pair in $BIND_IDS; do
+        target=${pair%%=*} want=${pair#*=}
+        mount_fs "$target"
+        case $MAPPED_FS in *" $REPLY "*) continue ;; esac
+        [ "${ST_ID[$target]:-missing}" = "$want" ] \
+            || fail bind-identity "$target is ${ST_ID[$target]:-missing}, not the host directory $want that was checked"
+    done
+}
+
+mount_fs() {  # mount_fs DIR: REPLY=the filesystem type of the mount at DIR (empty if none)
+    local line point
+    REPLY=
+    [ -n "${MOUNTINFO+x}" ] || { lines_of /proc/self/mountinfo; MOUNTINFO=("${LINES[@]+"${LINES[@]}"}"); }
+    for line in "${MOUNTINFO[@]+"${MOUNTINFO[@]}"}"; do  # 5th field: mount point; fstype after " - "
+        point=${line#* * * * }
+        [ "${point%% *}" = "$1" ] || continue
+        REPLY=${line#* - }
+        REPLY=${REPLY%% *}
+    done
+}
 
 # --- dev group: the name dev at DEV_GID; an image's group already at that gid is renamed ---
 init_group() {
@@ -231,25 +264,33 @@ verify_sudoers() {
         || fail sudoers "$SUDOERS is not root's with mode 0440"
 }
 
-# --- /patches: the rendezvous; only its top directory is chowned, never the host's files ---
+# --- /patches and /checkout: the drop dir the launcher made for dev, the user's checkout
+# read-only. Nothing here changes a host file's owner or mode: the launcher gave dev the drop
+# dir when it created it, and the checkout is the user's. git inside may clone the checkout,
+# which belongs to another uid (the host user's).
+checkout_trusted() {
+    local line trusted=0
+    lines_of "$GITCONFIG" 2>/dev/null
+    for line in "${LINES[@]+"${LINES[@]}"}"; do
+        case $line in $'\t'"directory = $CHECKOUT" | $'\t'"directory = $CHECKOUT/.git") trusted=$((trusted + 1)) ;; esac
+    done
+    [ "$trusted" -ge 2 ]
+}
 init_patches() {
-    [ "$(owner_of "$PATCHES")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$PATCHES"
+    checkout_trusted && return
+    printf '[safe]\n\tdirectory = %s\n\tdirectory = %s\n' "$CHECKOUT" "$CHECKOUT/.git" >>"$GITCONFIG"
 }
 verify_patches() {
-    owned_by_dev "$PATCHES" || fail patches-owner "$PATCHES is ${ST_OWNER[$PATCHES]:-missing}, want $DEV_UID:$DEV_GID"
+    dev_can_write "$PATCHES" "$PATCHES" \
+        || fail patches-writable "dev cannot write $PATCHES (${ST_OWNER[$PATCHES]:-missing}, mode ${ST_MODE[$PATCHES]:-?})"
+    [ ! -w "$CHECKOUT" ] || fail checkout-readonly "$CHECKOUT is writable: it must be a read-only bind"
+    checkout_trusted || fail checkout-trusted "$GITCONFIG does not mark $CHECKOUT as a git safe.directory"
 }
 
 # --- workspace: the cell's volume; chown -R only when its top owner differs (it can be GBs) ---
 owner_is_mapped() {
-    local line point fs=
-    lines_of /proc/self/mountinfo
-    for line in "${LINES[@]+"${LINES[@]}"}"; do  # the 5th field is the mount point, the fstype follows " - "
-        point=${line#* * * * }
-        [ "${point%% *}" = "$WORKSPACE" ] || continue
-        fs=${line#* - }
-        fs=${fs%% *}
-    done
-    case $MAPPED_FS in *" $fs "*) [ -n "$fs" ] ;; *) return 1 ;; esac
+    mount_fs "$WORKSPACE"
+    case $MAPPED_FS in *" $REPLY "*) [ -n "$REPLY" ] ;; *) return 1 ;; esac
 }
 init_workspace() {
     if ! owner_is_mapped && [ "$(owner_of "$WORKSPACE")" != "$DEV_UID:$DEV_GID" ]; then
@@ -287,18 +328,15 @@ link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept
 init_ai() {
     [ -n "$CACHE" ] || return 0
     local d
-    local -a config=("$CACHE/ai" "$CACHE/ai/skills")
-    [ "$AI_CONFIG" = rw ] || config=()  # ro: ai/ is a read-only bind and keeps its host owner
-    for d in "$CACHE" "${config[@]+"${config[@]}"}" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" \
-        "$MEMORY" "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
-        [ -d "$d" ] || mkdir "$d"
-        [ "$(owner_of "$d")" = "$DEV_UID:$DEV_GID" ] || chown "$DEV_UID:$DEV_GID" "$d"
+    # The host cache is the user's: a directory made here is dev's, one that exists keeps its
+    # owner (verify says so if dev cannot write it). mkdir -m, never a chown that follows links.
+    for d in "$CACHE/ai/memory/$AI_REPO" "$MEMORY"; do
+        [ -d "$d" ] || { mkdir -m 0755 "$d" && chown -h "$DEV_UID:$DEV_GID" "$d"; }
+    done
+    for d in "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
+        [ -d "$d" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$d"
     done
     link "$CACHE/ai/skills" "$DEV_HOME/.claude/skills"
-    if [ "$AI_CONFIG" = rw ] && [ -f "$CACHE/ai/settings.json" ] \
-        && [ "$(owner_of "$CACHE/ai/settings.json")" != "$DEV_UID:$DEV_GID" ]; then
-        chown "$DEV_UID:$DEV_GID" "$CACHE/ai/settings.json"
-    fi
     if [ -e "$CACHE/ai/settings.json" ]; then
         link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
     fi
@@ -312,9 +350,9 @@ init_ai() {
 }
 verify_ai() {
     [ -n "$CACHE" ] || return 0
-    local writable=$CACHE/ai
-    [ "$AI_CONFIG" = rw ] || writable=$CACHE/ai/memory
-    dev_can_write "$writable" || fail cache-writable "$writable is not writable by dev"
+    if [ "$AI_CONFIG" = rw ]; then
+        dev_can_write "$CACHE/ai/skills" || fail cache-writable "$CACHE/ai/skills is not writable by dev"
+    fi
     if [ ! -d "$MEMORY" ]; then
         fail memory-dir "$MEMORY is missing"
     else
@@ -340,15 +378,27 @@ verify_ai() {
 init_all() { init_group; init_user; init_sudoers; init_patches; init_workspace; init_ai; }
 verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify_workspace; verify_ai; }
 
+binds_verified() {
+    FAILURES=0
+    local -a targets=()
+    local pair
+    for pair in $BIND_IDS; do targets+=("${pair%%=*}"); done
+    [ ${#targets[@]} = 0 ] || load_facts "${targets[@]}"
+    verify_binds
+    return "$FAILURES"
+}
+
 verify() {
     FAILURES=0
-    local -a paths=("$DEV_HOME" "$PATCHES" "$WORKSPACE" "$SUDOERS") name
+    local -a paths=("$DEV_HOME" "$PATCHES" "$CHECKOUT" "$WORKSPACE" "$SUDOERS") name pair
     if [ -n "$CACHE" ]; then
         paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json" "$CACHE" "$CACHE/ai"
-            "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
+            "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
         for name in patches workspace home; do memory_link "$name"; paths+=("$REPLY"); done
     fi
+    for pair in $BIND_IDS; do paths+=("${pair%%=*}"); done
     load_facts "${paths[@]}"
+    verify_binds
     verify_all
     return "$FAILURES"
 }
@@ -367,12 +417,19 @@ enter() {
     if [ "$has_script" = no ]; then
         exec ${run[@]+"${run[@]}"} /bin/bash -l
     fi
-    # Scripts are kept by content hash, root's and read-only to dev: a script run again (CI,
-    # benchmarks) is neither written nor removed, and the session simply becomes it.
-    local file=$STATE/scripts/$script_id
-    if [ ! -f "$file" ]; then
-        [ -d "$STATE/scripts" ] || install -d -m 0755 "$STATE/scripts"
-        install -m 0755 /dev/stdin "$file.$$" <<<"$script" && mv -f "$file.$$" "$file" || exit 86
+    # Scripts are kept by content hash, root's and read-only to dev, so a script run again (CI,
+    # benchmarks) is usually not written again. A kept copy runs only after its bytes were
+    # compared with the ones this run brought: a stale or swapped copy is replaced, never run.
+    # (Root inside could still swap it after the comparison: under passwordless sudo this
+    # guards against mistakes and non-root agents, like --verify.)
+    # Compared with builtins (no fork on the warm path); $(<f) drops trailing newlines, so the
+    # script's are dropped too: a copy that differs only there runs the same program.
+    local dir=$STATE/scripts file=$STATE/scripts/$script_id kept= want=$script
+    while [ "${want%$'\n'}" != "$want" ]; do want=${want%$'\n'}; done
+    [ -L "$file" ] || [ ! -f "$file" ] || { kept=$(<"$file"); } 2>/dev/null  # NULs: a swap
+    if [ -z "$kept" ] || [ "$kept" != "$want" ]; then
+        [ -d "$dir" ] || install -d -m 0755 "$dir"
+        printf %s "$script" >"$file.$$" && chmod 0755 "$file.$$" && mv -f "$file.$$" "$file" || exit 86
     fi
     exec ${run[@]+"${run[@]}"} "$file"
 }
@@ -384,6 +441,11 @@ session() {
     { read -r converged <"$STATE/spec-hash"; } 2>/dev/null
     if [ "$converged" != "$hash" ] || ! verify >/dev/null; then
         rm -f "$STATE/spec-hash"
+        if ! report=$(binds_verified); then  # before init acts on any mount
+            printf '%s\n' "$report" > "$STATE/failure"
+            printf 'devshell-init: a mount is not the directory the launcher checked:\n%s\n' "$report" >&2
+            exit 86
+        fi
         init_all >"$STATE/init.log" 2>&1
         if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
             if ! "$SETUP" >>"$STATE/init.log" 2>&1; then

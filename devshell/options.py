@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from .cells import DEFAULT_CELL
 from .errors import DevshellError
 
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
+# Drop dirs live below here, one per checkout: devshell creates them, so it may give them to dev.
+DROPS = "patches"
 # Host uid/gid 0 must never become dev's: map to the first ordinary id instead.
 ROOT_FALLBACK_ID = 1000
 
@@ -28,12 +30,23 @@ class HostFacts(NamedTuple):
     home: str
     uid: int
     gid: int
+    # devshell's state dir (XDG_STATE_HOME/devshell); None: ~/.local/state/devshell.
+    state: str | None = None
 
     @classmethod
     def current(cls) -> HostFacts:
         getuid = getattr(os, "getuid", lambda: ROOT_FALLBACK_ID)
         getgid = getattr(os, "getgid", lambda: ROOT_FALLBACK_ID)
-        return cls(cwd=os.getcwd(), home=os.path.expanduser("~"), uid=getuid(), gid=getgid())
+        home = os.path.expanduser("~")
+        return cls(cwd=os.getcwd(), home=home, uid=getuid(), gid=getgid(),
+                   state=state_dir(home, os.environ))
+
+    def drop_dir(self, checkout: str) -> str:
+        """The drop dir devshell makes for a checkout: one per checkout path, outside it."""
+        from .spec import ai_key
+
+        state = self.state or state_dir(self.home, {})
+        return posixpath.join(state, DROPS, ai_key(checkout))
 
 
 class Options(NamedTuple):
@@ -45,7 +58,12 @@ class Options(NamedTuple):
     host_cache: str | None = None
     # Skills and settings.json read-only inside (memory stays writable).
     ai_config_ro: bool = True
-    patches_out: str = "."
+    # The user's working directory, bound read-only at /checkout: the agent can read and clone
+    # it, never write it.
+    checkout: str = "."
+    # The drop dir bound read-write at /patches: --patches-out, else devshell's own for the
+    # checkout (HostFacts.drop_dir; the launcher derives it again from the checkout's real path).
+    patches_out: str = ""
     image: str | None = None
     instance: str | None = None
     uid: int = ROOT_FALLBACK_ID
@@ -53,8 +71,9 @@ class Options(NamedTuple):
     list: bool = False
     json: bool = False
     cells_dirs: tuple[str, ...] = ()
-    # Read off the host by check_host_paths: the patches dir's .git when it is a git checkout.
-    patches_git: str | None = None
+    # Read off the host by check_host_paths: (mount target, "st_dev:st_ino") of every bound host
+    # directory. init refuses a mount that is not exactly the directory that was checked.
+    bind_ids: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
 
 
@@ -96,8 +115,11 @@ def parser() -> argparse.ArgumentParser:
                    help="skills and settings.json read-only inside; memory writable (the default)")
     p.add_argument("--ai-config-rw", action="store_true",
                    help="let the agent change skills and settings.json in the host cache")
+    p.add_argument("--checkout", metavar="DIR",
+                   help="host dir bound read-only at /checkout (default: the current directory)")
     p.add_argument("--patches-out", metavar="DIR",
-                   help="host dir bound at /patches (default: the current directory)")
+                   help="host dir bound at /patches, where the agent leaves patches (default: "
+                        "devshell's own drop dir for the checkout)")
     p.add_argument("--image", metavar="IMAGE", help="use this image instead of the cell's")
     p.add_argument("--instance", metavar="NAME",
                    help="a second devshell of the same cell: devshell-CELL-NAME")
@@ -149,18 +171,15 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     if mapped:
         notes.append(f"host runs as root: dev never does ({', '.join(mapped)}; see --uid/--gid)")
 
-    patches = absolute(ns.patches_out or host.cwd, host)
-    entering = not (ns.list or ns.rm or ns.verify)  # only entering binds anything
-    if entering:
-        check_patches_dir(patches, absolute(host.home, host))
-
+    checkout = absolute(ns.checkout or host.cwd, host)
+    patches = absolute(ns.patches_out, host) if ns.patches_out else host.drop_dir(checkout)
     host_cache = None
     if ns.host_cache_dir is not None:
         host_cache = absolute(ns.host_cache_dir, host)
     elif ns.host_cache:
         host_cache = absolute(DEFAULT_HOST_CACHE, host)
-    if host_cache is not None and entering:
-        check_cache_dir(host_cache, patches, host.home)
+    if not (ns.list or ns.rm or ns.verify):  # only entering binds anything
+        check_binds(checkout, patches, host_cache, absolute(host.home, host))
 
     if ns.instance is not None and not _safe_name(ns.instance):
         raise DevshellError(f"--instance {ns.instance!r}: expected letters, digits, '.', '_' or '-'",
@@ -174,6 +193,7 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         verify=ns.verify,
         host_cache=host_cache,
         ai_config_ro=not ns.ai_config_rw,
+        checkout=checkout,
         patches_out=patches,
         image=ns.image,
         instance=ns.instance,
@@ -186,24 +206,49 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     )
 
 
+def state_dir(home: str, environ: Mapping[str, str]) -> str:
+    """devshell's per-user state (XDG_STATE_HOME/devshell, else ~/.local/state/devshell)."""
+    # The XDG spec: a relative XDG_STATE_HOME is invalid and must be ignored (it would make the
+    # drop dir relative to wherever devshell runs).
+    base = environ.get("XDG_STATE_HOME", "")
+    if not posixpath.isabs(base):
+        base = posixpath.join(home, ".local", "state")
+    return posixpath.join(base, "devshell")
+
+
+def drops_root(home: str, environ: Mapping[str, str]) -> str:
+    """Where every default drop dir lives: agent-written files, never a repository to trust."""
+    return posixpath.join(state_dir(home, environ), DROPS)
+
+
+def default_patches_out(checkout: str, home: str, environ: Mapping[str, str]) -> str:
+    """The drop dir bound at /patches for a checkout (see HostFacts.drop_dir)."""
+    return HostFacts(checkout, home, 0, 0, state_dir(home, environ)).drop_dir(checkout)
+
+
 def inside(path: str, parent: str) -> bool:
     """path is parent or lies below it (lexically)."""
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def check_patches_dir(patches: str, home: str) -> None:
-    if patches == "/" or inside(home, patches):
-        raise DevshellError(f"refusing {patches} as the patches dir: the container could write all of "
-                            f"{'it' if patches == '/' else 'your home'}",
-                            "cd into a project directory or pass --patches-out DIR")
-
-
-def check_cache_dir(cache: str, patches: str, home: str) -> None:
-    """The host cache must be its own directory: not /, not $HOME (or above it), and neither
-    inside the patches dir nor holding it, or /patches would reach the read-only AI config."""
-    if cache == "/" or inside(home, cache) or inside(cache, patches) or inside(patches, cache):
-        raise DevshellError(f"refusing {cache} as the host cache dir",
-                            "pass a dedicated directory (outside the project) to --host-cache-dir")
+def check_binds(checkout: str, patches: str, cache: str | None, home: str) -> None:
+    """The host directories a devshell binds must each be their own: never /, never $HOME or a
+    directory holding it (the container would see all of it), and none inside another, or one
+    mount would reach what another guards (agent-written files in the read-only checkout, the
+    read-only AI config through /patches)."""
+    named = [("the checkout", checkout, "cd into a project directory or pass --checkout DIR"),
+             ("the patches dir", patches, "omit --patches-out, or pass a dedicated new directory"),
+             ("the host cache dir", cache, "pass a dedicated directory to --host-cache-dir")]
+    given = [(what, path, fix) for what, path, fix in named if path is not None]
+    for what, path, fix in given:
+        if path == "/" or inside(home, path):
+            raise DevshellError(f"refusing {path} as {what}: the container could reach all of "
+                                f"{'it' if path == '/' else 'your home'}", fix)
+    # Blame the later one: the checkout is where the user is, the others are what they chose.
+    for n, (what, path, _) in enumerate(given):
+        for other, other_path, fix in given[n + 1:]:
+            if inside(path, other_path) or inside(other_path, path):
+                raise DevshellError(f"refusing {other_path} as {other}: it overlaps {what} {path}", fix)
 
 
 def absolute(path: str, host: HostFacts) -> str:
@@ -223,8 +268,9 @@ def _safe_name(s: str) -> bool:
 def to_argv(opts: Options) -> list[str]:
     """Flags that parse() turns back into opts (for a given host): harnesses re-enter with them."""
     # --flag=value: a value that starts with '-' must not read as a flag.
-    argv = [opts.cell, f"--patches-out={opts.patches_out}", f"--uid={opts.uid}", f"--gid={opts.gid}"]
-    for flag, value in (("--host-cache-dir", opts.host_cache), ("--image", opts.image),
+    argv = [opts.cell, f"--checkout={opts.checkout}", f"--uid={opts.uid}", f"--gid={opts.gid}"]
+    for flag, value in (("--patches-out", opts.patches_out),
+                        ("--host-cache-dir", opts.host_cache), ("--image", opts.image),
                         ("--instance", opts.instance), ("--script", opts.script)):
         if value is not None:
             argv.append(f"{flag}={value}")

@@ -80,7 +80,8 @@ def pytest_configure_node(node: Any) -> None:
 
 class DevshellFactory(Protocol):
     def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-                 patches: str | Path | None = None, host_cache: bool | str | Path = True,
+                 checkout: str | Path | None = None, patches_out: str | Path | None = None,
+                 host_cache: bool | str | Path = True,
                  image: str | None = None, instance: str | None = None,
                  ai_config_rw: bool = False) -> Devshell: ...
 
@@ -119,9 +120,14 @@ def devshell_run_labels(pytestconfig: pytest.Config, devshell_engine: Engine) ->
     run = _run_id(pytestconfig)
     labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{os.getpid()}"}
     yield labels
-    # By label, and by name for devshells the CLI (re)created without the labels.
-    devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
-    devshell_engine.remove_all({"name": instance_prefix(run)})
+    _remove_run(devshell_engine, run)
+
+
+def _remove_run(engine: Engine, run: str) -> None:
+    # By name first: devshells the CLI (re)created carry no run label, and a volume they still
+    # use could not be removed by label.
+    engine.remove_all({"name": instance_prefix(run)})
+    engine.remove_all({"label": f"{LABEL_RUN}={run}"})
 
 
 def instance_prefix(run: str) -> str:
@@ -133,8 +139,7 @@ def _sweep_orphans(engine: Engine) -> None:
     for labels in engine.labelled(LABEL_RUN):
         host, _, pid = labels.get(LABEL_PID, "").partition(":")
         if host == here and pid.isdigit() and not _alive(int(pid)):
-            engine.remove_all({"label": f"{LABEL_RUN}={labels[LABEL_RUN]}"})
-            engine.remove_all({"name": instance_prefix(labels[LABEL_RUN])})
+            _remove_run(engine, labels[LABEL_RUN])
 
 
 def _alive(pid: int) -> bool:
@@ -160,17 +165,25 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                      devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
                      tmp_path_factory: pytest.TempPathFactory) -> DevshellFactory:
     """Open a devshell: by default a new container and volume (named for this run), a temporary
-    patches dir and host cache, and an explicit uid/gid. Removed at the end of the run."""
+    checkout, drop dir and host cache, and an explicit uid/gid. Removed at the end of the run."""
 
     def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-              patches: str | Path | None = None, host_cache: bool | str | Path = True,
+              checkout: str | Path | None = None, patches_out: str | Path | None = None,
+              host_cache: bool | str | Path = True,
               image: str | None = None, instance: str | None = None,
               ai_config_rw: bool = False) -> Devshell:
         the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
-        patches = patches or tmp_path_factory.mktemp("patches-")
+        # New paths, which devshell creates (and so may give to dev); a checkout readable by
+        # dev, as a user's usually is (pytest makes its temporary directories 0700).
+        scratch = tmp_path_factory.mktemp("devshell-")
+        scratch.chmod(0o755)
+        if checkout is None:
+            checkout = scratch / "checkout"
+            checkout.mkdir(mode=0o755)
+        patches_out = patches_out or scratch / "patches"
         if host_cache is True:
-            host_cache = tmp_path_factory.mktemp("host-cache-")
-        opts = Options(cell=the_cell.name, patches_out=str(patches),
+            host_cache = scratch / "host-cache"
+        opts = Options(cell=the_cell.name, checkout=str(checkout), patches_out=str(patches_out),
                        host_cache=str(host_cache) if host_cache else None, image=image,
                        instance=instance or devshell_instance(), uid=uid, gid=gid,
                        ai_config_ro=not ai_config_rw,

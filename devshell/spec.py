@@ -13,8 +13,11 @@ from typing import Any, Literal, NamedTuple
 
 from .cells import Cell
 from .options import Options
+from .seccomp import CAP_DROP
+from .seccomp import profile as seccomp_profile
 
 PATCHES = "/patches"
+CHECKOUT = "/checkout"
 CACHE = "/cache"
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
@@ -62,6 +65,10 @@ class ContainerSpec(NamedTuple):
     files: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...] = ()
     command: tuple[str, ...] = IDLE_COMMAND
+    # Containment that holds against root inside: no device nodes, no file capabilities, and
+    # a seccomp allowlist that refuses setuid/setgid bits and FIFOs (devshell/seccomp.py).
+    cap_drop: tuple[str, ...] = CAP_DROP
+    seccomp: str = ""
 
     def identity(self) -> dict[str, Any]:
         """What decides reuse: a container whose identity differs is recreated."""
@@ -72,6 +79,8 @@ class ContainerSpec(NamedTuple):
             "env": dict(self.env),
             "files": {p: hashlib.sha256(c.encode()).hexdigest()[:16] for p, c in self.files},
             "command": list(self.command),
+            "cap_drop": sorted(self.cap_drop),
+            "seccomp": hashlib.sha256(self.seccomp.encode()).hexdigest()[:16],
         }
 
     def hash(self) -> str:
@@ -92,7 +101,14 @@ class ContainerSpec(NamedTuple):
             argv += ["--mount", m.cli()]
         for k, v in self.env:
             argv += ["--env", f"{k}={v}"]
+        for cap in self.cap_drop:
+            argv += ["--cap-drop", cap]
+        # The CLI reads the profile from a file; this rendering names it by content hash.
+        argv += ["--security-opt", f"seccomp={self.seccomp_file()}"]
         return [*argv, self.image, *self.command]
+
+    def seccomp_file(self) -> str:
+        return f"devshell-seccomp-{hashlib.sha256(self.seccomp.encode()).hexdigest()[:16]}.json"
 
     def api_create(self) -> tuple[dict[str, str], dict[str, Any]]:
         """The Engine API's POST /containers/create (query, body), translated from sdk_kwargs()
@@ -102,7 +118,8 @@ class ContainerSpec(NamedTuple):
             "Image": k["image"], "Cmd": k["command"], "Hostname": k["hostname"], "User": k["user"],
             "WorkingDir": k["working_dir"], "Labels": k["labels"],
             "Env": [f"{name}={value}" for name, value in k["environment"].items()],
-            "HostConfig": {"Init": k["init"], "Mounts": k["mounts"]},
+            "HostConfig": {"Init": k["init"], "Mounts": k["mounts"], "CapDrop": k["cap_drop"],
+                           "SecurityOpt": k["security_opt"]},
         }
         return {"name": k["name"], "platform": k["platform"]}, body
 
@@ -120,6 +137,8 @@ class ContainerSpec(NamedTuple):
             "labels": self.all_labels(),
             "mounts": [m.sdk() for m in self.mounts],
             "environment": dict(self.env),
+            "cap_drop": list(self.cap_drop),
+            "security_opt": [f"seccomp={self.seccomp}"],
             "detach": True,
         }
 
@@ -169,7 +188,8 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
          labels: dict[str, str] | None = None, init: str | None = None) -> ContainerSpec:
     """The container for these options and this cell. Pure: no Docker, no filesystem."""
     name = container_name(cell.name, opts.instance)
-    mounts = [Mount("volume", name, cell.workspace), Mount("bind", opts.patches_out, PATCHES)]
+    mounts = [Mount("volume", name, cell.workspace), Mount("bind", opts.patches_out, PATCHES),
+              Mount("bind", opts.checkout, CHECKOUT, read_only=True)]
     env = {
         "HOME": DEV_HOME,
         "DEVSHELL_CELL": cell.name,
@@ -177,26 +197,26 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         "DEVSHELL_DEV_GID": str(opts.gid),
         "DEVSHELL_DEV_HOME": DEV_HOME,
         "DEVSHELL_PATCHES_MOUNT": PATCHES,
+        "DEVSHELL_CHECKOUT_MOUNT": CHECKOUT,
         "DEVSHELL_WORKSPACE": cell.workspace,
         "DEVSHELL_SRC": cell.src,
         "DEVSHELL_BUILD": cell.build,
         "DEVSHELL_CCACHE": cell.ccache,
-        "DEVSHELL_AI_REPO": ai_repo(opts.patches_out),
-        "DEVSHELL_AI_REPO_ENCODED": ai_key(opts.patches_out),
+        "DEVSHELL_AI_REPO": ai_repo(opts.checkout),
+        "DEVSHELL_AI_REPO_ENCODED": ai_key(opts.checkout),
     }
-    if opts.patches_git is not None:
-        # The checkout's own .git, read-only: nothing inside can plant hooks, config or an
-        # index that the host's next git command would obey (see docs/trust-model.md).
-        mounts.append(Mount("bind", opts.patches_git, f"{PATCHES}/.git", read_only=True))
     if opts.host_cache is not None:
-        mounts.append(Mount("bind", opts.host_cache, CACHE))
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
         env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
-        if opts.ai_config_ro:
-            # The agent's configuration (skills, settings.json: all of ai/) read-only, memory
-            # writable. A bind over a bind: neither can be renamed, replaced or added to inside.
-            mounts.append(Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=True))
-            mounts.append(Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory"))
+        # Every directory on the way to memory is a mount point inside, so nothing inside can
+        # rename or replace one (a swapped ai/memory would be bound by path at the next launch),
+        # and memory is a mount of its own in both modes, so no hard link can ever join a
+        # memory file to the configuration (link(2) does not cross mounts).
+        mounts += [Mount("bind", opts.host_cache, CACHE),
+                   Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=opts.ai_config_ro),
+                   Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")]
+    if opts.bind_ids:
+        env["DEVSHELL_BIND_IDS"] = " ".join(f"{target}={ident}" for target, ident in opts.bind_ids)
     files = [(INIT_PATH, init if init is not None else init_script())]
     if cell.setup:
         files.append((SETUP_PATH, cell.setup))
@@ -211,6 +231,7 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         env=tuple(sorted({**dict(cell.env), **env}.items())),
         files=tuple(files),
         labels=tuple(sorted((labels or {}).items())),
+        seccomp=seccomp_profile(),
     )
 
 

@@ -1,7 +1,11 @@
 """With a host cache, AI state (skills, settings, per-project memory) lives on the host at
 /cache/ai and is linked into ~/.claude for the three directories a session may start in."""
 
+import os
+
 import pytest
+
+from devshell.plugin import TEST_GID, TEST_UID
 
 
 def memory_dir(shell):
@@ -44,7 +48,8 @@ def test_memory_survives_rm_recreation_and_volume_removal(devshell_factory, devs
     assert shell.run("echo kept > ~/.claude/projects/-patches/memory/m.md").exit_code == 0
     assert devshell_cli(shell, "--rm").returncode == 0
     assert shell.engine.remove_volume(shell.spec.volume)
-    again = devshell_factory(patches=shell.opts.patches_out, host_cache=shell.opts.host_cache,
+    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                             host_cache=shell.opts.host_cache,
                              instance=shell.opts.instance)
     assert again.outcome.state == "fresh"
     assert again.run("cat ~/.claude/projects/-patches/memory/m.md").stdout == "kept\n"
@@ -53,6 +58,7 @@ def test_memory_survives_rm_recreation_and_volume_removal(devshell_factory, devs
 @pytest.fixture(scope="module")
 def seeded_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("seeded-cache")
+    cache.chmod(0o755)  # dev must pass through it to reach memory; pytest makes it 0700
     (cache / "ai" / "skills" / "review").mkdir(parents=True)
     (cache / "ai" / "skills" / "review" / "SKILL.md").write_text("# review\n")
     (cache / "ai" / "settings.json").write_text("{}\n")
@@ -78,6 +84,9 @@ def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory
     cache = tmp_path / "cache"
     (cache / "ai" / "skills").mkdir(parents=True)
     (cache / "ai" / "settings.json").write_text("{}\n")
+    # The user hands the configuration to dev's uid; devshell never changes a host file's owner.
+    for path in (cache / "ai", cache / "ai" / "skills", cache / "ai" / "settings.json"):
+        os.chown(path, TEST_UID, TEST_GID)
     shell = devshell_factory(host_cache=cache, ai_config_rw=True)
     result = shell.run("echo new > ~/.claude/skills/s.md && echo '{\"a\": 1}' > ~/.claude/settings.json")
     assert result.exit_code == 0, result.stderr
@@ -92,3 +101,13 @@ def test_settings_link_resolves_when_the_cache_has_settings(devshell_factory, tm
     (cache / "ai" / "settings.json").write_text('{"theme": "dark"}\n')
     shell = devshell_factory(host_cache=cache)
     assert shell.run("cat ~/.claude/settings.json").stdout == '{"theme": "dark"}\n'
+
+
+def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache):
+    def owners():
+        return {str(p): (p.lstat().st_uid, p.lstat().st_mode)
+                for p in [seeded_cache, *seeded_cache.rglob("*")] if "memory" not in p.parts}
+    before = owners()
+    shell = devshell_factory(host_cache=seeded_cache)
+    assert shell.run("true").exit_code == 0
+    assert owners() == before

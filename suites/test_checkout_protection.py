@@ -1,5 +1,6 @@
-"""A patches dir that is a git checkout: its .git cannot be changed from inside, by dev or by
-root through sudo, so the host's next git command never runs code the agent planted."""
+"""The user's checkout is bound read-only at /checkout: its .git cannot be changed from inside,
+by dev or by root through sudo, so the host's next git command never runs code the agent
+planted (the rest of the checkout is covered by suites/security)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,21 @@ import subprocess
 import pytest
 
 ATTACKS = {
-    "plant a hook": "echo 'touch /tmp/pwned' > /patches/.git/hooks/post-checkout",
-    "set core.fsmonitor": "git -C /patches config core.fsmonitor 'touch /tmp/pwned'",
-    "set core.hooksPath": "git -C /patches config core.hooksPath /patches/hooks",
-    "set core.sshCommand": "git -C /patches config core.sshCommand evil",
-    "set diff.external": "git -C /patches config diff.external evil",
-    "add a filter driver": "git -C /patches config filter.x.clean evil",
-    "append to config": "echo '[core] fsmonitor = evil' >> /patches/.git/config",
-    "write commondir": "echo /tmp/evil > /patches/.git/commondir",
-    "write config.worktree": "echo '[core] hooksPath = /x' > /patches/.git/config.worktree",
-    "craft the index": "echo garbage > /patches/.git/index",
-    "move .git away": "mv /patches/.git /patches/old-git",
-    "remove .git": "rm -rf /patches/.git",
-    "replace .git with a gitfile": "rm -rf /patches/.git; echo 'gitdir: /tmp/evil' > /patches/.git",
-    "chmod .git": "chmod 0777 /patches/.git",
-    "touch HEAD": "touch /patches/.git/HEAD",
+    "plant a hook": "echo 'touch /tmp/pwned' > /checkout/.git/hooks/post-checkout",
+    "set core.fsmonitor": "git -C /checkout config core.fsmonitor 'touch /tmp/pwned'",
+    "set core.hooksPath": "git -C /checkout config core.hooksPath /checkout/hooks",
+    "set core.sshCommand": "git -C /checkout config core.sshCommand evil",
+    "set diff.external": "git -C /checkout config diff.external evil",
+    "add a filter driver": "git -C /checkout config filter.x.clean evil",
+    "append to config": "echo '[core] fsmonitor = evil' >> /checkout/.git/config",
+    "write commondir": "echo /tmp/evil > /checkout/.git/commondir",
+    "write config.worktree": "echo '[core] hooksPath = /x' > /checkout/.git/config.worktree",
+    "craft the index": "echo garbage > /checkout/.git/index",
+    "move .git away": "mv /checkout/.git /checkout/old-git",
+    "remove .git": "rm -rf /checkout/.git",
+    "replace .git with a gitfile": "rm -rf /checkout/.git; echo 'gitdir: /tmp/evil' > /checkout/.git",
+    "chmod .git": "chmod 0777 /checkout/.git",
+    "touch HEAD": "touch /checkout/.git/HEAD",
 }
 
 
@@ -59,11 +60,12 @@ def as_user(command, user):
 @pytest.fixture(scope="module")
 def checkout(devshell_factory, tmp_path_factory):
     repo = tmp_path_factory.mktemp("checkout")
+    repo.chmod(0o755)  # readable by dev, as a user's checkout usually is
     for args in (["init", "-q", "-b", "main"], ["-c", "user.name=h", "-c", "user.email=h@x",
                                                   "commit", "-q", "--allow-empty", "-m", "init"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
     before = tree_digest(repo / ".git")
-    return devshell_factory(patches=repo), repo, before
+    return devshell_factory(checkout=repo), repo, before
 
 
 @pytest.mark.parametrize("user", ["dev", "root via sudo"])
@@ -82,8 +84,8 @@ def test_each_attack_works_on_an_unprotected_copy(checkout, attack, user):
     """The control: every attack above is real, so only the protection makes it fail."""
     shell, _, _ = checkout
     copy = "/tmp/unprotected"
-    command = ATTACKS[attack].replace("/patches", copy)
-    result = shell.run(f"rm -rf {copy} && cp -r /patches {copy}\n{as_user(command, user)}")
+    command = ATTACKS[attack].replace("/checkout", copy)
+    result = shell.run(f"rm -rf {copy} && cp -r /checkout {copy}\n{as_user(command, user)}")
     assert result.exit_code == 0, result.stderr
 
 
@@ -96,10 +98,10 @@ def test_checkout_git_is_byte_identical_after_all_attacks(checkout):
     assert not (repo / "old-git").exists()
 
 
-def test_launch_warns_that_a_checkout_is_bound_and_how(devshell_cli, checkout, tmp_path):
+def test_launch_says_the_checkout_is_read_only(devshell_cli, checkout, tmp_path):
     shell, _, _ = checkout
     script = tmp_path / "t.sh"
     script.write_text("#!/bin/sh\ntrue\n")
     result = devshell_cli(shell, "--script", str(script))
     assert result.returncode == 0, result.stderr
-    assert "git checkout" in result.stderr and "read-only" in result.stderr
+    assert f"/checkout={shell.opts.checkout} (read-only)" in result.stderr

@@ -21,7 +21,7 @@ def test_existing_user_at_the_uid_is_renamed_to_dev(devshell_factory):
 
 
 def test_host_uid_0_does_not_make_dev_root(devshell_factory, tmp_path):
-    opts = parse(["--patches-out", str(tmp_path)],
+    opts = parse(["--checkout", str(tmp_path)],
                  HostFacts(cwd=str(tmp_path), home="/root", uid=0, gid=0))
     assert opts.uid != 0 and opts.gid != 0
     shell = devshell_factory(uid=opts.uid, gid=opts.gid)

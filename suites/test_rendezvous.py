@@ -1,5 +1,6 @@
-"""The rendezvous: the agent commits inside and formats patches into /patches; on the host,
-`devshell patches apply` applies them with git am under the host's identity."""
+"""The rendezvous: the agent clones the read-only checkout, commits inside and formats patches
+into /patches (the drop dir); on the host, `devshell patches apply` applies them to the
+checkout under the host's identity, and the checkout keeps its owner and mode throughout."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ HOST_ENV = {"GIT_COMMITTER_NAME": "Host User", "GIT_COMMITTER_EMAIL": "host@exam
 
 
 def git(repo, *args):
-    # The work tree's top dir now belongs to dev's uid, which root (CI) does not share.
-    return subprocess.run(["git", "-c", f"safe.directory={repo}", "-C", str(repo), *args],
+    # No safe.directory: the checkout stays the user's, so the user's git must trust it as is.
+    return subprocess.run(["git", "-C", str(repo), *args],
                           capture_output=True, text=True, check=True,
                           env={**os.environ, **HOST_ENV}).stdout
 
 
 @pytest.fixture
 def host_repo(tmp_path):
+    tmp_path.chmod(0o755)  # a user's checkout is usually readable by others, and so by dev
     repo = tmp_path / "myproject"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -36,8 +38,7 @@ AGENT_WORK = f"""
 set -e
 git config --global user.name "{AGENT.split(' <')[0]}"
 git config --global user.email "{AGENT.split('<')[1].rstrip('>')}"
-git config --global --add safe.directory /patches/.git  # the host user owns it (root in CI)
-git clone -q /patches "$DEVSHELL_SRC/myproject"
+git clone -q /checkout "$DEVSHELL_SRC/myproject"
 cd "$DEVSHELL_SRC/myproject"
 echo "built by the agent" >> README
 git commit -q -am "Teach README a second line"
@@ -46,42 +47,63 @@ git format-patch -q -o /patches origin/main
 """
 
 
-def devshell_patches(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "devshell", "patches", *args], cwd=cwd,
+def devshell_patches(shell, *args):
+    """On the host, in the checkout, as the user: the drop dir is named explicitly because the
+    fixture put it in a temporary directory instead of devshell's state dir."""
+    return subprocess.run([sys.executable, "-m", "devshell", "patches", *args, "--patches-dir",
+                           shell.opts.patches_out], cwd=shell.opts.checkout,
                           capture_output=True, text=True, env={**os.environ, **HOST_ENV})
 
 
-def test_patches_formatted_inside_are_owned_by_the_host_ids(devshell_factory, host_repo):
-    shell = devshell_factory(patches=host_repo)
+def owners_and_modes(repo):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(repo):
+        for name in [".", *dirnames, *filenames]:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), repo)] = (st.st_uid, st.st_gid, st.st_mode)
+    return out
+
+
+def test_patches_formatted_inside_are_owned_by_the_dev_ids(devshell_factory, host_repo):
+    shell = devshell_factory(checkout=host_repo)
     result = shell.run(AGENT_WORK)
     assert result.exit_code == 0, result.stderr
-    made = sorted(p for p in os.listdir(host_repo) if p.endswith(".patch"))
+    drop = shell.opts.patches_out
+    made = sorted(p for p in os.listdir(drop) if p.endswith(".patch"))
     assert made == ["0001-Teach-README-a-second-line.patch", "0002-Add-NEWS.patch"]
     for name in made:
-        st = os.stat(host_repo / name)
+        st = os.stat(os.path.join(drop, name))
         assert (st.st_uid, st.st_gid) == (shell.opts.uid, shell.opts.gid)
+
+
+def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(devshell_factory, host_repo):
+    before = owners_and_modes(host_repo)
+    shell = devshell_factory(checkout=host_repo)
+    assert shell.run(AGENT_WORK).exit_code == 0
+    assert owners_and_modes(host_repo) == before
+    assert git(host_repo, "status", "--porcelain") == ""  # no "dubious ownership"
 
 
 def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(devshell_factory,
                                                                               host_repo):
-    shell = devshell_factory(patches=host_repo)
+    shell = devshell_factory(checkout=host_repo)
     assert shell.run(AGENT_WORK).exit_code == 0
-    checked = devshell_patches(host_repo, "check")
+    checked = devshell_patches(shell, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    applied = devshell_patches(host_repo, "apply")
+    applied = devshell_patches(shell, "apply")
     assert applied.returncode == 0, applied.stderr
     log = git(host_repo, "log", "--format=%s|%an <%ae>|%cn <%ce>", "-2").splitlines()
     assert log == [f"Add NEWS|{AGENT}|Host User <host@example.com>",
                    f"Teach README a second line|{AGENT}|Host User <host@example.com>"]
     assert (host_repo / "NEWS").read_text() == "new\n"
-    assert sorted(os.listdir(host_repo / "applied")) == ["0001-Teach-README-a-second-line.patch",
-                                                         "0002-Add-NEWS.patch"]
+    assert sorted(os.listdir(os.path.join(shell.opts.patches_out, "applied"))) == [
+        "0001-Teach-README-a-second-line.patch", "0002-Add-NEWS.patch"]
 
 
 def test_patches_list_shows_subject_author_and_diffstat(devshell_factory, host_repo):
-    shell = devshell_factory(patches=host_repo)
+    shell = devshell_factory(checkout=host_repo)
     assert shell.run(AGENT_WORK).exit_code == 0
-    listed = devshell_patches(host_repo, "list")
+    listed = devshell_patches(shell, "list")
     assert listed.returncode == 0, listed.stderr
     assert "Teach README a second line" in listed.stdout
     assert AGENT in listed.stdout

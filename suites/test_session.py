@@ -1,5 +1,7 @@
 """Entering: init and verify at every entry, scripts' exit codes, reuse and recreation."""
 
+import os
+
 from devshell.spec import INIT_PATH
 
 
@@ -32,7 +34,7 @@ def test_script_nonzero_exit_code_is_returned(devshell, devshell_cli, tmp_path):
 
 def test_reentry_reuses_the_container(devshell, devshell_factory):
     first = devshell.engine.inspect(devshell.name)["Id"]
-    again = devshell_factory(patches=devshell.opts.patches_out,
+    again = devshell_factory(checkout=devshell.opts.checkout, patches_out=devshell.opts.patches_out,
                              host_cache=devshell.opts.host_cache, instance=devshell.opts.instance)
     assert again.outcome.state == "reused"
     assert devshell.engine.inspect(devshell.name)["Id"] == first
@@ -40,19 +42,31 @@ def test_reentry_reuses_the_container(devshell, devshell_factory):
 
 def test_different_patches_dir_recreates_the_container(devshell_factory, tmp_path):
     shell = devshell_factory()
-    other = tmp_path / "other"
-    other.mkdir()
-    again = devshell_factory(patches=other, host_cache=shell.opts.host_cache,
-                             instance=shell.opts.instance)
+    again = devshell_factory(checkout=shell.opts.checkout, patches_out=tmp_path / "other",
+                             host_cache=shell.opts.host_cache, instance=shell.opts.instance)
     assert again.outcome.state == "recreated"
     assert "/patches" in again.outcome.why
     assert again.run("true").exit_code == 0
 
 
+def test_a_patches_dir_replaced_on_the_host_recreates_the_container(devshell_factory):
+    """The spec holds each bound directory's identity: the same path with another directory
+    behind it is not the container's any more."""
+    shell = devshell_factory()
+    os.rename(shell.opts.patches_out, shell.opts.patches_out + ".old")
+    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                             host_cache=shell.opts.host_cache, instance=shell.opts.instance)
+    assert again.outcome.state == "recreated"
+    assert "DEVSHELL_BIND_IDS" in again.outcome.why
+    assert again.run("touch /patches/new").exit_code == 0
+    assert os.path.exists(os.path.join(shell.opts.patches_out, "new"))
+
+
 def test_stopped_container_is_started_and_reused(devshell_factory):
     shell = devshell_factory()
     shell.engine.client.api.stop(shell.name, timeout=5)
-    again = devshell_factory(patches=shell.opts.patches_out, host_cache=shell.opts.host_cache,
+    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                             host_cache=shell.opts.host_cache,
                              instance=shell.opts.instance)
     assert (again.outcome.state, again.outcome.why) == ("reused", "started")
     assert again.run("true").exit_code == 0

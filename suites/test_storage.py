@@ -3,7 +3,8 @@
 
 import os
 
-from devshell.spec import CACHE, PATCHES
+from devshell.seccomp import CAP_DROP
+from devshell.spec import CACHE, CHECKOUT, PATCHES
 
 
 def mounts_of(shell):
@@ -12,11 +13,12 @@ def mounts_of(shell):
             for m in info["Mounts"]}
 
 
-def test_mounts_are_exactly_the_volume_patches_and_cache(devshell):
+def test_mounts_are_exactly_the_volume_patches_checkout_and_cache(devshell):
     opts, spec = devshell.opts, devshell.spec
     assert mounts_of(devshell) == {
         ("volume", spec.volume, spec.workspace, True),
         ("bind", opts.patches_out, PATCHES, True),
+        ("bind", opts.checkout, CHECKOUT, False),  # the user's checkout, read-only
         ("bind", opts.host_cache, CACHE, True),
         # --ai-config-ro (the default): the agent's configuration read-only, its memory writable
         ("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", False),
@@ -26,7 +28,7 @@ def test_mounts_are_exactly_the_volume_patches_and_cache(devshell):
 
 def test_without_host_cache_nothing_is_bound_at_cache(devshell_factory):
     shell = devshell_factory(host_cache=False)
-    assert {m[2] for m in mounts_of(shell)} == {shell.spec.workspace, PATCHES}
+    assert {m[2] for m in mounts_of(shell)} == {shell.spec.workspace, PATCHES, CHECKOUT}
     assert shell.run("test ! -e /cache").exit_code == 0
 
 
@@ -34,6 +36,8 @@ def test_container_gets_no_privilege_devices_or_host_namespaces(devshell):
     host = devshell.engine.inspect(devshell.name)["HostConfig"]
     assert not host["Privileged"]
     assert not host.get("CapAdd")
+    assert set(CAP_DROP) <= set(host["CapDrop"])
+    assert any(opt.startswith("seccomp=") and len(opt) > 100 for opt in host["SecurityOpt"])
     assert not host.get("Devices")
     assert host["NetworkMode"] != "host" and host["PidMode"] != "host"
 
@@ -62,7 +66,8 @@ def test_rm_removes_the_container_and_keeps_the_volumes_data(devshell_factory, d
     removed = devshell_cli(shell, "--rm")
     assert removed.returncode == 0, removed.stderr
     assert shell.engine.inspect(shell.name) is None
-    again = devshell_factory(patches=shell.opts.patches_out, host_cache=False,
+    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                             host_cache=False,
                              instance=shell.opts.instance)
     assert again.outcome.state == "fresh"
     assert again.run('cat "$DEVSHELL_SRC/file"').stdout == "kept\n"
@@ -79,20 +84,9 @@ def test_environment_contract_is_complete(devshell):
     assert env["DEVSHELL_CELL"] == devshell.spec.cell
     assert env["DEVSHELL_SRC"].startswith(devshell.spec.workspace + "/")
     assert env["DEVSHELL_BUILD"].startswith(devshell.spec.workspace + "/")
-    assert env["DEVSHELL_AI_REPO"] == os.path.basename(opts.patches_out)
-    assert env["DEVSHELL_AI_REPO_ENCODED"] == opts.patches_out.replace("/", "-")
-
-
-def test_a_dot_git_symlink_in_the_patches_dir_is_never_bound(devshell_factory, tmp_path):
-    """The agent can leave /patches/.git -> /anything in a plain patches dir; binding it
-    read-only at the next launch would make the engine bind that host path."""
-    patches = tmp_path / "plain"
-    patches.mkdir()
-    (patches / ".git").symlink_to(tmp_path / "secret")
-    (tmp_path / "secret").mkdir()
-    shell = devshell_factory(patches=patches, host_cache=False)
-    assert "/patches/.git" not in {m[2] for m in mounts_of(shell)}
-    assert shell.run("test ! -e /patches/.git/.").exit_code == 0  # dangling inside: no host path
+    assert env["DEVSHELL_CHECKOUT_MOUNT"] == CHECKOUT
+    assert env["DEVSHELL_AI_REPO"] == os.path.basename(opts.checkout)
+    assert env["DEVSHELL_AI_REPO_ENCODED"] == opts.checkout.replace("/", "-")
 
 
 def test_a_symlink_in_the_host_cache_ai_dirs_is_refused(devshell_cli, devshell_instance, tmp_path):
@@ -100,7 +94,7 @@ def test_a_symlink_in_the_host_cache_ai_dirs_is_refused(devshell_cli, devshell_i
     cache.mkdir()
     (cache / "ai").symlink_to(tmp_path)
     (tmp_path / "project").mkdir()
-    result = devshell_cli(None, "--patches-out", str(tmp_path / "project"), "--host-cache-dir",
+    result = devshell_cli(None, "--checkout", str(tmp_path / "project"), "--host-cache-dir",
                           str(cache), "--instance", devshell_instance())
     assert result.returncode == 2, result.stderr
     assert "symlink is never followed" in result.stderr and "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ MUTATIONS = {
     "home elsewhere": ("dev-home", "usermod -d /home/elsewhere dev"),
     "extra dev-named account": ("dev-unique", "echo 'dev:x:2000:2000::/home/dev2:/bin/sh' >> /etc/passwd"),
     "second account at dev's uid": ("dev-unique", "useradd -o -u $DEVSHELL_DEV_UID -M intruder"),
-    "patches owned by root": ("patches-owner", "chown root:root /patches"),
+    "checkout not trusted by git": ("checkout-trusted", "sed -i '/checkout/d' /etc/gitconfig"),
     "sudoers entry removed": ("sudoers", "rm /etc/sudoers.d/devshell"),
     "sudoers entry world-readable": ("sudoers", "chmod 0644 /etc/sudoers.d/devshell"),
     "sudoers entry weakened": ("sudoers", "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/devshell"),
@@ -36,13 +36,19 @@ MUTATIONS = {
         "memory-link:workspace", "rm $H/.claude/projects/$(echo $WS | tr / -)/memory"),
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
     "memory dir removed": ("memory-dir", "rm -rf $MEM"),
-    "memory not writable by dev": ("cache-writable",
-                                   "chown root:root /cache/ai/memory && chmod 0755 /cache/ai/memory"),
-    "cache not searchable by dev": ("cache-writable", "chown root:root /cache && chmod 0700 /cache"),
+}
+
+# Host directories init never repairs: it does not change the owner or mode of a host directory
+# it did not create. verify still names them, so the session fails loudly instead of half-working.
+HOST_MUTATIONS = {
+    "patches not writable by dev": ("patches-writable", "chown root:root /patches && chmod 0700 /patches"),
+    "memory not writable by dev": ("memory-dir", "chown root:root $MEM && chmod 0755 $MEM"),
+    "cache not searchable by dev": ("memory-dir", "chown root:root /cache && chmod 0700 /cache"),
 }
 
 @pytest.fixture
 def live(devshell_factory, tmp_path):
+    tmp_path.chmod(0o755)
     cache = tmp_path / "cache"
     (cache / "ai").mkdir(parents=True)
     (cache / "ai" / "settings.json").write_text("{}\n")
@@ -65,12 +71,25 @@ def test_verify_names_the_broken_element_and_init_repairs_it(live, mutation, rec
     element, command = MUTATIONS[mutation]
     break_(live, command)
     broken = live.verify()
-    named = [line.split(":", 1)[0] if not line.startswith("FAIL memory-link:")
-             else line.rsplit(":", 1)[0] for line in broken.stdout.splitlines()]
-    caught = broken.exit_code != 0 and f"FAIL {element}" in named
+    caught = broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken)
     live.exec([INIT_PATH])
     repaired = live.verify()
     # conftest.py prints these rows as the mutation table (they reach it from xdist workers too).
     record_property("mutation", (mutation, element, caught, repaired.exit_code == 0))
     assert caught, f"verify missed {element}: exit {broken.exit_code}, {broken.stdout!r}"
     assert repaired.exit_code == 0, f"init did not repair {element}: {repaired.stdout!r}"
+
+
+def named_failures(result):
+    return [line.split(":", 1)[0] if not line.startswith("FAIL memory-link:")
+            else line.rsplit(":", 1)[0] for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("mutation", list(HOST_MUTATIONS))
+def test_verify_names_a_broken_host_directory_and_init_leaves_its_owner(live, mutation):
+    element, command = HOST_MUTATIONS[mutation]
+    break_(live, command)
+    broken = live.verify()
+    assert broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken), broken.stdout
+    live.exec([INIT_PATH])
+    assert f"FAIL {element}" in named_failures(live.verify()), "init changed a host directory's owner"

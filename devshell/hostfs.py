@@ -1,0 +1,165 @@
+"""Host directories a devshell binds, handled as the agent could have left them.
+
+The agent writes into the drop dir and the host cache between launches, and processes of other
+devshells may run while this one launches. So every path here is walked one component at a time
+from ``/`` with ``O_NOFOLLOW``: a component that became a symlink after ``realpath`` is an error,
+never a detour. Directories are created the same way, and only those devshell creates are ever
+given to dev; what exists keeps its owner and mode.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import DevshellError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The AI configuration is walked at every launch that binds it read-only; past this many
+# entries it is not a configuration any more, and the walk must stay bounded.
+MAX_CONFIG_ENTRIES = 10_000
+
+
+@contextmanager
+def open_dir(path: str, *, create: int | None = None,
+             owner: tuple[int, int] | None = None) -> Iterator[int]:
+    """An fd of the directory at the absolute, symlink-free path, reached without following
+    any link. With create=MODE, missing components are made with that mode; with owner, the
+    last one is given to owner if devshell made it (never what already existed)."""
+    parts = [p for p in path.split("/") if p]
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for n, part in enumerate(parts):
+            here = "/" + "/".join(parts[:n + 1])
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise DevshellError(f"{here} does not exist", f"create {path}") from None
+                child = _make(fd, part, here, create, owner if n == len(parts) - 1 else None)
+            except OSError as e:
+                what = ("is a symlink (never followed here)" if _is_link(fd, part)
+                        else f"cannot be opened ({e.strerror})")
+                raise DevshellError(f"{here} {what}", f"make {here} a plain directory") from None
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _make(parent: int, name: str, here: str, mode: int, owner: tuple[int, int] | None) -> int:
+    made = True
+    try:
+        os.mkdir(name, mode, dir_fd=parent)
+    except FileExistsError:
+        made = False  # made meanwhile by someone else: then it is not ours to give away
+    except OSError as e:
+        raise DevshellError(f"cannot create {here} ({e.strerror})",
+                            "check its parent's permissions") from None
+    try:
+        # Swapped for a symlink (or a file) since: an error like any other component's.
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as e:
+        what = ("is a symlink (never followed here)" if _is_link(parent, name)
+                else f"cannot be opened ({e.strerror})")
+        raise DevshellError(f"{here} {what}", f"make {here} a plain directory") from None
+    if made and owner is not None:
+        try:
+            os.fchown(fd, *owner)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _is_link(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+    except OSError:
+        return False
+
+
+def identity(fd: int) -> str:
+    """What the mount inside must be: the same device and inode (a path can be swapped)."""
+    st = os.fstat(fd)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def may_write(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether uid:gid may create files in the directory st describes (owner, group and other
+    bits; ACLs and supplementary groups aside, as verify judges it inside)."""
+    if st.st_uid == uid:
+        return st.st_mode & 0o300 == 0o300
+    if st.st_gid == gid:
+        return st.st_mode & 0o030 == 0o030
+    return st.st_mode & 0o003 == 0o003
+
+
+def config_problems(ai: str, memory_name: str) -> list[str]:
+    """Why the AI configuration under ai/ (everything but ai/memory) would not be read-only
+    inside although it is bound read-only: a file with another hard link (an earlier
+    --ai-config-rw session could have linked it into memory, which stays writable) or a
+    symlink that leads out of the configuration (into memory, or to an absolute path the agent
+    can write inside). Walked without following links, and bounded."""
+    problems: list[str] = []
+    seen = 0
+    with open_dir(ai) as top:
+        stack: list[tuple[int, str]] = [(os.dup(top), "")]
+        try:
+            while stack:
+                fd, rel = stack.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            seen += 1
+                            if seen > MAX_CONFIG_ENTRIES:
+                                raise DevshellError(f"{ai} holds more than {MAX_CONFIG_ENTRIES} entries",
+                                                    "keep only skills and settings.json in it")
+                            name = f"{rel}{entry.name}"
+                            if name == memory_name:
+                                continue
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(st.st_mode):
+                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), f"{name}/"))
+                            elif stat.S_ISLNK(st.st_mode):
+                                target = os.readlink(entry.name, dir_fd=fd)
+                                if not _stays_in_config(rel, target, memory_name):
+                                    problems.append(f"{ai}/{name} is a symlink to {target}, outside the "
+                                                    "read-only configuration")
+                            elif st.st_nlink > 1:
+                                problems.append(f"{ai}/{name} has {st.st_nlink} hard links; one may be "
+                                                "writable (an earlier --ai-config-rw session)")
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
+    return problems
+
+
+def _stays_in_config(rel: str, target: str, memory_name: str) -> bool:
+    """A relative link target that, resolved lexically from its directory, stays inside ai/
+    and out of memory (where a link to a link is judged at that link).
+
+    Lexical resolution is exact only while '..' climbs real directories: the walk reached
+    `rel` without following links, but a name inside the target may itself be a link, and
+    '..' after it climbs from where that link leads (from ai/x/y/l -> ../../skills, 'l/../memory'
+    is ai/memory, not ai/x/y/memory). So '..' may only lead the target."""
+    if target.startswith("/"):
+        return False
+    parts = [p for p in rel.split("/") if p]
+    descended = False
+    for comp in target.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts or descended:
+                return False
+            parts.pop()
+        else:
+            parts.append(comp)
+            descended = True
+    return bool(parts) and parts[0] != memory_name
