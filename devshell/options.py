@@ -43,10 +43,16 @@ class HostFacts(NamedTuple):
 
     def drop_dir(self, checkout: str) -> str:
         """The drop dir devshell makes for a checkout: one per checkout path, outside it."""
+        import hashlib
+
         from .spec import ai_key
 
         state = self.state or state_dir(self.home, {})
-        return posixpath.join(state, DROPS, ai_key(checkout))
+        # ai_key reads well but is not one-to-one (/a-b and /a/b): the digest keeps two
+        # checkouts' patches apart. Normalized (absolute) like every path the overlap checks
+        # compare: XDG_STATE_HOME may be spelled /a//b/../c.
+        digest = hashlib.sha256(checkout.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return absolute(posixpath.join(state, DROPS, f"{ai_key(checkout)}.{digest}"), self)
 
 
 class Options(NamedTuple):

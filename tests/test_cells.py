@@ -165,8 +165,9 @@ def test_workspace_not_matching_the_pattern_is_refused(tmp_path, workspace):
     assert "expected a value matching" in message
 
 
-@pytest.mark.parametrize("workspace", ["/patches", "/patches/x", "/cache", "/cache/y", "/home/dev",
-                                       "/x/../patches", "/x/.."])
+@pytest.mark.parametrize("workspace", ["/patches", "/patches/x", "/checkout", "/checkout/src",
+                                       "/cache", "/cache/y", "/home/dev", "/x/../patches",
+                                       "/x/../checkout", "/x/.."])
 def test_workspace_colliding_with_launcher_paths_is_refused(tmp_path, workspace):
     path = write(tmp_path, "c", doc(workspace=workspace))
     message = load_error(path)
@@ -175,8 +176,16 @@ def test_workspace_colliding_with_launcher_paths_is_refused(tmp_path, workspace)
     assert "collides" in message
 
 
-def test_workspace_merely_starting_with_a_reserved_name_is_fine():
-    assert cells.parse(doc(workspace="/patchesx"), source="x", stem="x").workspace == "/patchesx"
+@pytest.mark.parametrize("workspace", ["/patchesx", "/checkouts", "/cache2"])
+def test_workspace_merely_starting_with_a_reserved_name_is_fine(workspace):
+    assert cells.parse(doc(workspace=workspace), source="x", stem="x").workspace == workspace
+
+
+def test_reserved_mounts_are_every_host_mount_the_launcher_plans():
+    """cells cannot import spec (spec imports cells): the two lists must agree by test."""
+    from devshell.spec import CACHE, CHECKOUT, PATCHES
+
+    assert set(cells.RESERVED_MOUNTS) == {PATCHES, CHECKOUT, CACHE}
 
 
 def test_name_differing_from_file_stem_is_refused(tmp_path):

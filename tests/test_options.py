@@ -8,13 +8,27 @@ import pytest
 
 from devshell.cells import DEFAULT_CELL
 from devshell.errors import DevshellError
-from devshell.options import DEFAULT_HOST_CACHE, ROOT_FALLBACK_ID, HostFacts, Options, parse, to_argv
+from devshell.options import (
+    DEFAULT_HOST_CACHE,
+    ROOT_FALLBACK_ID,
+    HostFacts,
+    Options,
+    check_binds,
+    default_patches_out,
+    drops_root,
+    parse,
+    state_dir,
+    to_argv,
+)
 
 HOME = "/home/alice"
 CWD = "/home/alice/proj"
 HOST = HostFacts(cwd=CWD, home=HOME, uid=501, gid=20)
 ROOT_HOST = HostFacts(cwd=CWD, home=HOME, uid=0, gid=0)
 DEFAULT_CACHE_DIR = "/home/alice/.cache/devshell/host-cache"
+# devshell's own drop dir for CWD: in the state dir, keyed by the checkout's path.
+DROP_NAME = "-home-alice-proj.2af6b4a7"  # ai_key(CWD) + sha256(CWD)[:8]
+DROP = f"/home/alice/.local/state/devshell/patches/{DROP_NAME}"
 
 
 def refused(argv: list[str], host: HostFacts = HOST) -> DevshellError:
@@ -27,8 +41,13 @@ def path_option(opts: Options, flag: str) -> str | None:
     """The resolved host path a path-taking flag produced."""
     if flag == "--cells-dir":
         return opts.cells_dirs[0]
-    return {"--patches-out": opts.patches_out, "--host-cache-dir": opts.host_cache,
-            "--script": opts.script}[flag]
+    return {"--checkout": opts.checkout, "--patches-out": opts.patches_out,
+            "--host-cache-dir": opts.host_cache, "--script": opts.script}[flag]
+
+
+def elsewhere(flag: str) -> list[str]:
+    """A checkout away from cwd, so that a path under cwd given to flag overlaps nothing."""
+    return [] if flag == "--checkout" else ["--checkout", "/elsewhere"]
 
 
 # --- defaults -------------------------------------------------------------------------------
@@ -38,12 +57,23 @@ def test_no_arguments_open_the_default_cell():
     assert parse([], HOST).cell == DEFAULT_CELL == "bookworm"
 
 
-def test_patches_dir_defaults_to_cwd():
-    assert parse([], HOST).patches_out == CWD
+def test_checkout_defaults_to_cwd():
+    assert parse([], HOST).checkout == CWD
+
+
+def test_patches_dir_defaults_to_the_drop_dir_of_the_checkout():
+    assert parse([], HOST).patches_out == DROP == HOST.drop_dir(CWD)
+    assert parse(["--checkout", "/srv/x"], HOST).patches_out == (
+        "/home/alice/.local/state/devshell/patches/-srv-x.c0fdb799")
+
+
+def test_drop_dir_lives_in_the_hosts_state_dir():
+    host = HOST._replace(state="/var/st/devshell")
+    assert parse([], host).patches_out == f"/var/st/devshell/patches/{DROP_NAME}"
 
 
 def test_defaults_ask_for_nothing_else():
-    assert parse([], HOST) == Options(cell="bookworm", patches_out=CWD, uid=501, gid=20)
+    assert parse([], HOST) == Options(cell="bookworm", checkout=CWD, patches_out=DROP, uid=501, gid=20)
 
 
 def test_dev_ids_default_to_the_hosts():
@@ -58,14 +88,14 @@ def test_dev_ids_default_to_the_hosts():
 def test_every_flag_lands_in_its_option():
     opts = parse(
         ["runner-1001", "--script", "s.sh", "--as-root", "--host-cache-dir", "/c",
-         "--patches-out", "out", "--image", "img:1", "--instance", "two", "--uid", "7",
-         "--gid", "8", "--cells-dir", "mine", "--json"],
+         "--checkout", "src", "--patches-out", "out", "--image", "img:1", "--instance", "two",
+         "--uid", "7", "--gid", "8", "--cells-dir", "mine", "--json", "--ai-config-rw"],
         HOST,
     )
     assert opts == Options(
         cell="runner-1001", script=f"{CWD}/s.sh", as_root=True, host_cache="/c",
-        patches_out=f"{CWD}/out", image="img:1", instance="two", uid=7, gid=8,
-        json=True, cells_dirs=(f"{CWD}/mine",),
+        ai_config_ro=False, checkout=f"{CWD}/src", patches_out=f"{CWD}/out", image="img:1",
+        instance="two", uid=7, gid=8, json=True, cells_dirs=(f"{CWD}/mine",),
     )
 
 
@@ -78,8 +108,15 @@ def test_switch_sets_its_option(flag, field):
 
 
 def test_flag_values_may_use_equals_form():
-    opts = parse(["--patches-out=out", "--uid=7", "--instance=b"], HOST)
-    assert (opts.patches_out, opts.uid, opts.instance) == (f"{CWD}/out", 7, "b")
+    opts = parse(["--checkout=src", "--patches-out=out", "--uid=7", "--instance=b"], HOST)
+    assert (opts.checkout, opts.patches_out, opts.uid, opts.instance) == (
+        f"{CWD}/src", f"{CWD}/out", 7, "b")
+
+
+def test_ai_config_is_read_only_unless_ai_config_rw():
+    assert parse([], HOST).ai_config_ro is True
+    assert parse(["--ai-config-ro"], HOST).ai_config_ro is True
+    assert parse(["--ai-config-rw"], HOST).ai_config_ro is False
 
 
 def test_image_is_passed_verbatim_not_as_a_path():
@@ -123,21 +160,23 @@ def test_cell_positional_may_sit_between_flags():
     assert parse(["--json", "runner-1001", "--host-cache"], HOST).cell == "runner-1001"
 
 
-@pytest.mark.parametrize("cache", ["/", "/..", HOME, "~", "~/", "..", ".", CWD])
-def test_host_cache_refused_when_root_home_or_patches_dir(cache):
-    assert "host cache" in str(refused(["--host-cache-dir", cache]))
+@pytest.mark.parametrize("cache", ["/", "/..", HOME, "~", "~/", "..", ".", CWD, "sub", DROP,
+                                   f"{DROP}/x", "~/.local/state"])
+def test_host_cache_refused_when_root_home_checkout_or_patches_dir(cache):
+    assert "as the host cache dir" in str(refused(["--host-cache-dir", cache]))
 
 
 # --- paths ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--cells-dir"])
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir", "--script",
+                                  "--cells-dir"])
 def test_relative_paths_are_anchored_at_cwd(flag):
-    elsewhere = [] if flag == "--patches-out" else ["--patches-out", "/elsewhere"]
-    assert path_option(parse([flag, "sub/dir", *elsewhere], HOST), flag) == f"{CWD}/sub/dir"
+    assert path_option(parse([flag, "sub/dir", *elsewhere(flag)], HOST), flag) == f"{CWD}/sub/dir"
 
 
-@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--cells-dir"])
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir", "--script",
+                                  "--cells-dir"])
 def test_tilde_expands_against_host_home(flag):
     assert path_option(parse([flag, "~/x"], HOST), flag) == f"{HOME}/x"
 
@@ -147,15 +186,17 @@ def test_tilde_expansion_uses_host_home_not_the_real_one():
     assert parse(["--patches-out", "~/p"], host).patches_out == "/Users/v/p"
 
 
-def test_tilde_user_is_not_expanded():
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out"])
+def test_tilde_user_is_not_expanded(flag):
     """Only a bare ~ or ~/ prefix means the host's home; ~bob is an ordinary relative name."""
-    assert parse(["--patches-out", "~bob/x"], HOST).patches_out == f"{CWD}/~bob/x"
+    assert path_option(parse([flag, "~bob/x", *elsewhere(flag)], HOST), flag) == f"{CWD}/~bob/x"
 
 
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir"])
 @pytest.mark.parametrize("given, expected", [("out/", f"{CWD}/out"), ("./a/../b", f"{CWD}/b"),
                                              ("/srv//x/", "/srv/x"), ("../x", f"{HOME}/x")])
-def test_paths_are_normalized_lexically(given, expected):
-    assert parse(["--patches-out", given], HOST).patches_out == posixpath.normpath(expected)
+def test_paths_are_normalized_lexically(flag, given, expected):
+    assert path_option(parse([flag, given, *elsewhere(flag)], HOST), flag) == posixpath.normpath(expected)
 
 
 def test_home_with_trailing_slash_expands_cleanly():
@@ -163,19 +204,114 @@ def test_home_with_trailing_slash_expands_cleanly():
     assert parse(["--patches-out", "~/p"], host).patches_out == "/home/bob/p"
 
 
-def test_patches_dir_with_spaces_and_unicode_is_kept():
-    assert parse(["--patches-out", "my proj/ünï"], HOST).patches_out == f"{CWD}/my proj/ünï"
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out"])
+def test_paths_with_spaces_and_unicode_are_kept(flag):
+    assert path_option(parse([flag, "my proj/ünï", *elsewhere(flag)], HOST), flag) == (
+        f"{CWD}/my proj/ünï")
 
 
-@pytest.mark.parametrize("patches", [HOME, f"{HOME}/", "~", "~/", "..", "../proj/..", "/", "/..",
-                                     "../../.."])
-def test_patches_dir_home_or_root_is_refused(patches):
-    assert "patches dir" in str(refused(["--patches-out", patches]))
+@pytest.mark.parametrize("path", [HOME, f"{HOME}/", "~", "~/", "..", "../proj/..", "/", "/..",
+                                  "../../.."])
+@pytest.mark.parametrize("flag, what", [("--patches-out", "as the patches dir"),
+                                        ("--checkout", "as the checkout")])
+def test_home_or_root_is_refused_as_checkout_or_patches_dir(flag, what, path):
+    assert what in str(refused([flag, path]))
 
 
 @pytest.mark.parametrize("cwd", ["/", HOME, f"{HOME}/"])
-def test_default_patches_dir_is_refused_when_cwd_is_home_or_root(cwd):
-    refused([], HostFacts(cwd=cwd, home=HOME, uid=501, gid=20))
+def test_default_checkout_is_refused_when_cwd_is_home_or_root(cwd):
+    error = refused([], HostFacts(cwd=cwd, home=HOME, uid=501, gid=20))
+    assert "as the checkout" in str(error)
+    assert "--checkout" in error.fix
+
+
+@pytest.mark.parametrize("patches", [".", CWD, "sub", "sub/deeper", "..", "/home/alice/"])
+def test_patches_dir_overlapping_the_checkout_is_refused(patches):
+    """Agent-written files never land in the read-only checkout, nor the checkout in /patches."""
+    error = refused(["--patches-out", patches])
+    assert "as the patches dir" in str(error)
+    assert "--patches-out" in error.fix
+
+
+@pytest.mark.parametrize("checkout", ["~/.local", "~/.local/state/devshell",
+                                      "~/.local/state/devshell/patches"])
+def test_checkout_holding_its_default_drop_dir_is_refused(checkout):
+    assert "overlaps the checkout" in str(refused(["--checkout", checkout]))
+
+
+@pytest.mark.parametrize("argv", [["--patches-out", "/p", "--host-cache-dir", "/p/c"],
+                                  ["--patches-out", "/p/q", "--host-cache-dir", "/p"],
+                                  ["--patches-out", "/p", "--host-cache-dir", "/p/"]])
+def test_patches_dir_overlapping_the_host_cache_is_refused(argv):
+    assert "overlaps the patches dir" in str(refused(argv))
+
+
+def test_neighbours_with_a_common_prefix_do_not_overlap():
+    opts = parse(["--checkout", "/p", "--patches-out", "/pp", "--host-cache-dir", "/p-c"], HOST)
+    assert (opts.checkout, opts.patches_out, opts.host_cache) == ("/p", "/pp", "/p-c")
+
+
+@pytest.mark.parametrize("action", ["--rm", "--verify", "--list"])
+def test_actions_that_bind_nothing_check_no_paths(action):
+    opts = parse([action, "--patches-out", "."], HostFacts(cwd="/", home=HOME, uid=501, gid=20))
+    assert (opts.checkout, opts.patches_out) == ("/", "/")
+
+
+def test_check_binds_accepts_separate_directories():
+    check_binds("/src/p", "/st/drop", "/c", HOME)
+    check_binds("/src/p", "/st/drop", None, HOME)
+
+
+@pytest.mark.parametrize("checkout, patches, cache", [
+    ("/", "/d", None), ("/s", "/", None), ("/s", "/d", "/"),
+    (HOME, "/d", None), ("/s", "/home", None), ("/s", "/d", "/home/"),
+    ("/s", "/s", None), ("/s", "/s/d", None), ("/s/x", "/s", None),
+    ("/s", "/d", "/s/c"), ("/s", "/d", "/d"), ("/s", "/d/p", "/d"),
+])
+def test_check_binds_refuses_root_home_and_overlaps(checkout, patches, cache):
+    with pytest.raises(DevshellError):
+        check_binds(checkout, patches, cache, HOME)
+
+
+# --- state and drop dirs --------------------------------------------------------------------
+
+
+def test_state_dir_follows_xdg_state_home():
+    assert state_dir(HOME, {}) == f"{HOME}/.local/state/devshell"
+    assert state_dir(HOME, {"XDG_STATE_HOME": ""}) == f"{HOME}/.local/state/devshell"
+    assert state_dir(HOME, {"XDG_STATE_HOME": "/x/st"}) == "/x/st/devshell"
+
+
+def test_relative_xdg_state_home_is_ignored():
+    """The XDG spec: a relative XDG_STATE_HOME is invalid. Honoured, it would make the drop dir
+    relative to wherever devshell happens to run."""
+    assert state_dir(HOME, {"XDG_STATE_HOME": "st"}) == f"{HOME}/.local/state/devshell"
+
+
+def test_every_default_drop_dir_is_one_entry_of_drops_root():
+    for env in ({}, {"XDG_STATE_HOME": "/x/st"}):
+        drop = default_patches_out(CWD, HOME, env)
+        assert posixpath.dirname(drop) == drops_root(HOME, env) == posixpath.join(
+            state_dir(HOME, env), "patches")
+        assert posixpath.basename(drop) == DROP_NAME
+
+
+def test_checkouts_whose_keys_collide_get_their_own_drop_dirs():
+    assert HOST.drop_dir("/a-b") != HOST.drop_dir("/a/b")
+
+
+def test_default_patches_out_agrees_with_the_hosts_drop_dir():
+    assert default_patches_out(CWD, HOME, {}) == HOST.drop_dir(CWD) == DROP
+    host = HOST._replace(state=state_dir(HOME, {"XDG_STATE_HOME": "/x/st"}))
+    assert default_patches_out(CWD, HOME, {"XDG_STATE_HOME": "/x/st"}) == host.drop_dir(CWD)
+
+
+def test_current_host_reads_xdg_state_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert HostFacts.current().state == f"{tmp_path}/devshell"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    host = HostFacts.current()
+    assert host.state == posixpath.join(host.home, ".local", "state", "devshell")
 
 
 # --- uid / gid ------------------------------------------------------------------------------
@@ -277,8 +413,14 @@ def test_unsafe_instance_names_are_refused(name):
 
 def test_to_argv_round_trips_every_flag():
     opts = parse(["runner-1001", "--script", "s.sh", "--as-root", "--host-cache", "--patches-out",
-                  "a b/ü", "--image", "img:1", "--instance", "two", "--uid", "7", "--gid", "8",
-                  "--cells-dir", "x", "--cells-dir", "/y", "--json"], HOST)
+                  "a b/ü", "--checkout", "/s,r c", "--image", "img:1", "--instance", "two", "--uid",
+                  "7", "--gid", "8", "--cells-dir", "x", "--cells-dir", "/y", "--json",
+                  "--ai-config-rw"], HOST)
+    assert parse(to_argv(opts), HOST) == opts
+
+
+def test_to_argv_round_trips_the_default_drop_dir():
+    opts = parse(["--checkout", "/srv/x"], HOST)
     assert parse(to_argv(opts), HOST) == opts
 
 
@@ -296,24 +438,32 @@ def test_to_argv_round_trips_an_instance_starting_with_a_dash():
     assert parse(to_argv(opts), HOST) == opts
 
 
-@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir"])
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir"])
 def test_double_slash_root_is_refused(flag):
     refused([flag, "//"])
 
 
-@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir"])
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir"])
 def test_double_slash_home_is_refused(flag):
     refused([flag, "/" + HOME])
 
 
-@pytest.mark.parametrize("flag", ["--patches-out", "--host-cache-dir", "--script", "--image",
-                                  "--uid", "--cells-dir"])
+@pytest.mark.parametrize("flag", ["--checkout", "--patches-out", "--host-cache-dir", "--script",
+                                  "--image", "--uid", "--cells-dir"])
 def test_double_dash_flag_value_is_taken_literally_or_refused(flag):
     """`--flag=--` must never be silently dropped, turned into [], or crash with a traceback."""
     try:
-        opts = parse([f"{flag}=--"], HOST)
+        opts = parse([f"{flag}=--", *elsewhere(flag)], HOST)
     except DevshellError:
         return
-    values = [opts.patches_out, opts.host_cache, opts.script, opts.image, opts.instance, opts.uid,
-              *opts.cells_dirs]
+    values = [opts.checkout, opts.patches_out, opts.host_cache, opts.script, opts.image,
+              opts.instance, opts.uid, *opts.cells_dirs]
     assert any(v == "--" or (isinstance(v, str) and v.endswith("/--")) for v in values)
+
+
+def test_drop_dir_is_normalized_like_every_other_path():
+    """The overlap checks are lexical: an XDG_STATE_HOME spelled with '..' or '//' must not
+    hide a drop dir inside the checkout."""
+    host = HOST._replace(state="//home/alice/x/../proj//.st/devshell")
+    assert host.drop_dir(CWD) == f"{CWD}/.st/devshell/patches/{DROP_NAME}"
+    assert "overlaps the checkout" in str(refused([], host))

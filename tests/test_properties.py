@@ -8,6 +8,8 @@ design; every other invocation must parse.
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -21,10 +23,10 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from devshell import cells
+from devshell import cells, seccomp
 from devshell.errors import DevshellError
 from devshell.options import HostFacts, Options, parse, to_argv
-from devshell.spec import CACHE, PATCHES, ContainerSpec, ai_key, ai_repo, plan, session
+from devshell.spec import CACHE, CHECKOUT, PATCHES, ContainerSpec, Mount, ai_key, ai_repo, plan, session
 
 INIT = "#!/bin/sh\n"
 ARM_CELL = cells.parse({"platform": "linux/arm64", "image": {"ref": "example/arm:1"},
@@ -43,8 +45,11 @@ def shipped(name: str) -> cells.Cell:
 CELLS = {c.name: c for c in [*map(shipped, ("bookworm", "runner-1001", "ubuntu-24.04")), ARM_CELL]}
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
-            "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_WORKSPACE", "DEVSHELL_SRC", "DEVSHELL_BUILD",
-            "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO", "DEVSHELL_AI_REPO_ENCODED"}
+            "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_WORKSPACE",
+            "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO",
+            "DEVSHELL_AI_REPO_ENCODED"}
+# Where a host directory goes inside; every other mount is the workspace volume.
+HOST_ROOTS = (PATCHES, CHECKOUT, CACHE)
 MAX_ID = 2**31 - 2
 
 # Path characters: spaces, unicode, CSV and JSON specials, Windows-ish ':' and '\', line breaks.
@@ -76,18 +81,23 @@ explicit_ids = st.integers(0, MAX_ID)
 cell_names = st.none() | st.sampled_from(sorted(CELLS))
 actions_with_cell = st.sampled_from(["", "--rm", "--verify", "--script"])
 actions = st.sampled_from(["", "--rm", "--verify", "--script", "--list"])  # --list takes no cell
-VALUED = (("--host-cache-dir", paths), ("--patches-out", paths), ("--uid", explicit_ids),
-          ("--gid", explicit_ids), ("--image", images), ("--instance", instances),
-          ("--cells-dir", paths), ("--cells-dir", paths), ("--script", paths))
-SWITCHES = ("--host-cache", "--as-root", "--json")
+VALUED = (("--host-cache-dir", paths), ("--patches-out", paths), ("--checkout", paths),
+          ("--uid", explicit_ids), ("--gid", explicit_ids), ("--image", images),
+          ("--instance", instances), ("--cells-dir", paths), ("--cells-dir", paths),
+          ("--script", paths))
+SWITCHES = ("--host-cache", "--as-root", "--json", "--ai-config-rw")
 bitmasks = st.integers(0, 2 ** (len(VALUED) + len(SWITCHES)) - 1)
 seeds = st.integers(0, 2**32 - 1)
 
 
 @st.composite
 def hosts(draw: st.DrawFn) -> HostFacts:
+    """State dir: the default (~/.local/state/devshell), elsewhere, spelled oddly, or inside cwd
+    (then the default drop dir lies inside the default checkout)."""
     home, cwd = draw(st.sampled_from(HOST_PLACES))
-    return HostFacts(cwd=cwd, home=home, uid=draw(host_ids), gid=draw(host_ids))
+    state = draw(st.sampled_from([None, None, "/var/st é/devshell", f"{home}//st/../st2/devshell",
+                                  f"{cwd.rstrip('/')}/.st/devshell"]))
+    return HostFacts(cwd=cwd, home=home, uid=draw(host_ids), gid=draw(host_ids), state=state)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,7 @@ class Invocation:
     host: HostFacts
     groups: tuple[tuple[str, ...], ...]
     cell: str | None
+    checkout: str | None
     patches: str | None
     cache_switch: bool
     cache_dir: str | None
@@ -134,7 +145,7 @@ def invocations(draw: st.DrawFn) -> Invocation:
     shuffled = list(groups)
     random.Random(draw(seeds)).shuffle(shuffled)
     return Invocation(host, tuple(keep_cells_dir_order(groups, shuffled)), cell,
-                      values.get("--patches-out"), "--host-cache" in switches,
+                      values.get("--checkout"), values.get("--patches-out"), "--host-cache" in switches,
                       values.get("--host-cache-dir"), values.get("--uid"), values.get("--gid"))
 
 
@@ -169,20 +180,34 @@ def expected_cache(inv: Invocation) -> str | None:
     return resolve(DEFAULT_HOST_CACHE, inv.host) if inv.cache_switch else None
 
 
+def expected_checkout(inv: Invocation) -> str:
+    return resolve(inv.checkout or inv.host.cwd, inv.host)
+
+
+def expected_patches(inv: Invocation) -> str:
+    """--patches-out, else devshell's drop dir: the checkout's path as one name in the state dir."""
+    if inv.patches is not None:
+        return resolve(inv.patches, inv.host)
+    state = inv.host.state or f"{inv.host.home}/.local/state/devshell"
+    checkout = expected_checkout(inv)
+    key = "".join("-" if c in "/\\:" else c for c in checkout)
+    digest = hashlib.sha256(checkout.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return resolve(f"{state}/patches/{key}.{digest}", inv.host)
+
+
 def refusal(inv: Invocation) -> str | None:
     """Why this invocation is invalid by design, or None if it must parse."""
     if inv.uid == 0 or inv.gid == 0:
         return "uid/gid 0"
-    if {"--rm", "--verify", "--list"} & set(inv.argv):
-        return None  # nothing is bound: the patches dir and cache are not checked
+    if not enters(inv):
+        return None  # nothing is bound: the checkout, patches dir and cache are not checked
     home = resolve(inv.host.home, inv.host)
-    patches = resolve(inv.patches or inv.host.cwd, inv.host)
-    if patches == "/" or within(home, patches):
-        return "patches dir is / or holds home"
     cache = expected_cache(inv)
-    if cache is not None and (cache == "/" or within(home, cache) or within(cache, patches)
-                              or within(patches, cache)):
-        return "host cache is /, holds home, or overlaps the patches dir"
+    binds = [expected_checkout(inv), expected_patches(inv), *([cache] if cache is not None else [])]
+    if any(path == "/" or within(home, path) for path in binds):
+        return "a bound dir is / or holds home"
+    if any(within(a, b) or within(b, a) for a, b in itertools.combinations(binds, 2)):
+        return "two bound dirs overlap"
     return None
 
 
@@ -190,14 +215,22 @@ def is_valid(inv: Invocation) -> bool:
     return refusal(inv) is None
 
 
+def enters(inv: Invocation) -> bool:
+    """Opens a shell (or runs a script): only then is anything bound, so only then checked."""
+    return not {"--rm", "--verify", "--list"} & set(inv.argv)
+
+
 valid_invocations = invocations().filter(is_valid)
 
 
-def opened(argv: list[str], host: HostFacts, *,
-           checkout: bool = False) -> tuple[Options, ContainerSpec]:
-    """parse -> plan; checkout stands in for what check_host_paths reads off the host."""
+def opened(argv: list[str], host: HostFacts, *, ids: bool = False) -> tuple[Options, ContainerSpec]:
+    """parse -> plan; ids stands in for the identities prepare_host_dirs reads off the host."""
     opts = parse(argv, host)
-    opts = opts._replace(patches_git=posixpath.join(opts.patches_out, ".git") if checkout else None)
+    if ids:
+        targets = [CHECKOUT, PATCHES, *([CACHE, f"{CACHE}/ai", f"{CACHE}/ai/memory"]
+                                         if opts.host_cache is not None else [])]
+        opts = opts._replace(bind_ids=tuple(sorted((t, f"{n + 40}:{n * 7 + 2}")
+                                                   for n, t in enumerate(targets))))
     return opts, plan(opts, CELLS[opts.cell], init=INIT)
 
 
@@ -236,16 +269,30 @@ POISONS: dict[str, Callable[[HostFacts], list[tuple[str, ...]]]] = {
     "patches home": lambda host: [("--patches-out", host.home)],
     "patches /": lambda host: [("--patches-out", "/")],
     "patches climbs to /": lambda host: [("--patches-out", "/a/../..")],
+    "checkout ~": lambda host: [("--checkout", "~/")],
+    "checkout /": lambda host: [("--checkout=/",)],
+    "checkout climbs to home": lambda host: [("--checkout", "~/a/..")],
     "cache /": lambda host: [("--host-cache-dir", "/")],
     "cache home": lambda host: [("--host-cache-dir", "~/")],
     "cache = patches": lambda host: [("--patches-out", "/p x"), ("--host-cache-dir", "/p x/")],
+    "cache holds patches": lambda host: [("--patches-out", "/p x/d"), ("--host-cache-dir", "/p x")],
+    "patches = checkout": lambda host: [("--checkout", "/p x"), ("--patches-out", "/p x/")],
+    "patches in checkout": lambda host: [("--checkout", "/p x"), ("--patches-out", "/p x/d")],
+    "checkout in patches": lambda host: [("--checkout", "/p x/d"), ("--patches-out", "/p x")],
+    "cache in checkout": lambda host: [("--checkout", "/p x"), ("--host-cache-dir", "/p x/c")],
+    "checkout holds cache": lambda host: [("--checkout", "/p"), ("--host-cache-dir", "/p/.c")],
+    # No --patches-out: the default drop dir, which this checkout holds.
+    "checkout holds its drop dir": lambda host: [("--checkout", host.state or "~/.local/state")],
 }
+# A poison stands for the default of these flags too: any given value would override it.
+DEFAULTED = {"checkout holds its drop dir": {"--patches-out"}}
 
 
 @given(valid_invocations, st.sampled_from(sorted(POISONS)), st.data())
 def test_invalid_by_design_inputs_raise_devshell_error(inv, poison, data):
     bad = POISONS[poison](inv.host)
-    flags = {g[0].split("=")[0] for g in bad} | {"--rm", "--verify", "--list"}  # poisons bind
+    flags = ({g[0].split("=")[0] for g in bad} | DEFAULTED.get(poison, set())
+             | {"--rm", "--verify", "--list"})  # poisons bind
     groups = [g for g in inv.groups if g[0].split("=")[0] not in flags]
     for g in bad:
         groups.insert(data.draw(st.integers(0, len(groups))), g)
@@ -302,35 +349,130 @@ def test_to_argv_round_trips_through_parse(inv):
     assert parse(to_argv(opts), inv.host) == opts._replace(notes=())  # notes: provenance only
 
 
+@given(valid_invocations)
+def test_checkout_and_patches_dir_resolve_as_documented(inv):
+    """The checkout is --checkout or cwd; /patches is --patches-out or the checkout's drop dir."""
+    opts = parse(inv.argv, inv.host)
+    if enters(inv):  # --rm, --verify and --list leave them unchecked
+        assert opts.checkout == expected_checkout(inv)
+        assert opts.patches_out == expected_patches(inv)
+
+
+@given(invocations())
+def test_parsed_binds_never_overlap_nor_reach_root_or_home(inv):
+    """Whatever parses for entering (valid by the oracle or not): the patches dir never overlaps
+    the checkout or the host cache, nor those two each other, and none is / or holds home."""
+    assume(enters(inv))
+    try:
+        opts = parse(inv.argv, inv.host)
+    except DevshellError:
+        return
+    home = resolve(inv.host.home, inv.host)
+    binds = [opts.checkout, opts.patches_out, *([opts.host_cache] if opts.host_cache else [])]
+    for path in binds:
+        assert path != "/" and not within(home, path)
+    for a, b in itertools.combinations(binds, 2):
+        assert not within(a, b) and not within(b, a), (a, b)
+
+
 # --- the container ---------------------------------------------------------------------------
 
 
 @given(valid_invocations, st.booleans())
-def test_mounts_are_only_volume_patches_and_cache(inv, checkout):
-    """Writable: the volume, /patches, /cache (and its ai/memory, when ai/ is read-only).
-    Besides those, only read-only binds of a part of the patches dir or host cache over the
-    same part inside (.git, the AI config)."""
-    opts, spec = opened(inv.argv, inv.host, checkout=checkout)
+def test_mounts_are_only_volume_patches_checkout_and_cache(inv, ids):
+    """Exactly: the volume; /patches and /cache writable; /checkout read-only; /cache/ai (read-only
+    unless --ai-config-rw) and /cache/ai/memory (writable) over the same parts of the host cache.
+    Nothing else, and no target twice."""
+    opts, spec = opened(inv.argv, inv.host, ids=ids)
     cell = CELLS[opts.cell]
-    allowed = {("volume", spec.volume, cell.workspace), ("bind", opts.patches_out, PATCHES),
-               ("bind", opts.host_cache, CACHE),
-               ("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")}
-    assert {(m.kind, m.source, m.target) for m in spec.mounts if not m.read_only} <= allowed
-    for m in spec.mounts:
-        if m.read_only:
-            host_root, inside = ((opts.patches_out, PATCHES) if m.target.startswith(PATCHES + "/")
-                                 else (opts.host_cache, CACHE))
-            assert host_root is not None
-            assert m.source.startswith(host_root.rstrip("/") + "/")
-            assert m.source[len(host_root.rstrip("/")):] == m.target[len(inside):]
+    expected = {Mount("volume", spec.volume, cell.workspace), Mount("bind", opts.patches_out, PATCHES),
+                Mount("bind", opts.checkout, CHECKOUT, read_only=True)}
+    if opts.host_cache is not None:
+        expected |= {Mount("bind", opts.host_cache, CACHE),
+                     Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=opts.ai_config_ro),
+                     Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")}
+    assert set(spec.mounts) == expected
     assert len({m.target for m in spec.mounts}) == len(spec.mounts)
+    # The general rule: a bind below a root is the same part of that root's host directory.
+    roots = {m.target: m.source for m in spec.mounts if m.target in HOST_ROOTS}
+    for m in spec.mounts:
+        if m.kind == "bind" and m.target not in HOST_ROOTS:
+            inside = next(r for r in HOST_ROOTS if m.target.startswith(r + "/"))
+            assert inside == CACHE
+            assert m.source == roots[inside] + m.target[len(inside):]
 
 
 @given(valid_invocations, st.booleans())
-def test_checkout_git_is_bound_read_only_iff_patches_is_a_checkout(inv, checkout):
-    _, spec = opened(inv.argv, inv.host, checkout=checkout)
-    git = [m for m in spec.mounts if m.target == f"{PATCHES}/.git"]
-    assert [m.read_only for m in git] == ([True] if checkout else [])
+def test_checkout_is_always_read_only(inv, ids):
+    """The checkout is one read-only mount, nothing is bound inside it, and (when entering: only
+    then is anything bound) no writable mount reaches it or holds it on the host: the agent can
+    read and clone it, never write it."""
+    opts, spec = opened(inv.argv, inv.host, ids=ids)
+    assert [m for m in spec.mounts if m.target == CHECKOUT] == [
+        Mount("bind", opts.checkout, CHECKOUT, read_only=True)]
+    assert not [m for m in spec.mounts if m.target.startswith(CHECKOUT + "/")]
+    if not enters(inv):
+        return
+    for m in spec.mounts:
+        if m.kind == "bind" and not m.read_only:
+            assert not within(m.source, opts.checkout) and not within(opts.checkout, m.source), m
+
+
+@given(valid_invocations)
+def test_ai_memory_is_its_own_writable_mount_whenever_a_host_cache_is_bound(inv):
+    """In both modes: link(2) does not cross mounts, so no hard link joins memory and config."""
+    opts, spec = opened(inv.argv, inv.host)
+    env, mounts = dict(spec.env), {m.target: m for m in spec.mounts}
+    memory = mounts.get(f"{CACHE}/ai/memory")
+    if opts.host_cache is None:
+        assert memory is None and f"{CACHE}/ai" not in mounts and "DEVSHELL_AI_CONFIG" not in env
+        return
+    assert memory == Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")
+    assert mounts[f"{CACHE}/ai"].read_only == opts.ai_config_ro == ("--ai-config-rw" not in inv.argv)
+    assert env["DEVSHELL_AI_CONFIG"] == ("ro" if opts.ai_config_ro else "rw")
+
+
+@given(valid_invocations)
+def test_patches_dir_never_overlaps_the_checkout_or_the_cache(inv):
+    assume(enters(inv))
+    _, spec = opened(inv.argv, inv.host)
+    sources = {m.target: m.source for m in spec.mounts if m.target in HOST_ROOTS}
+    for other in (CHECKOUT, CACHE):
+        if other in sources:
+            assert not within(sources[PATCHES], sources[other])
+            assert not within(sources[other], sources[PATCHES])
+
+
+@given(valid_invocations)
+def test_containment_is_always_set(inv):
+    """MKNOD and SETFCAP dropped and devshell's seccomp profile set, in every rendering, for
+    every invocation (--as-root included: it only changes the session)."""
+    _, spec = opened(inv.argv, inv.host)
+    assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop)
+    assert spec.seccomp == seccomp.profile() != ""
+    argv, sdk = spec.run_argv(), spec.sdk_kwargs()
+    assert {"MKNOD", "SETFCAP"} <= set(flag_values(argv, "--cap-drop"))
+    assert flag_values(argv, "--security-opt") == [f"seccomp={spec.seccomp_file()}"]
+    assert {"MKNOD", "SETFCAP"} <= set(sdk["cap_drop"])
+    assert sdk["security_opt"] == [f"seccomp={spec.seccomp}"]
+    host_config = spec.api_create()[1]["HostConfig"]
+    assert {"MKNOD", "SETFCAP"} <= set(host_config["CapDrop"])
+    assert host_config["SecurityOpt"] == [f"seccomp={spec.seccomp}"]
+    identity = spec.identity()
+    assert identity["seccomp"] == hashlib.sha256(spec.seccomp.encode()).hexdigest()[:16]
+    assert {"MKNOD", "SETFCAP"} <= set(identity["cap_drop"])
+
+
+@given(valid_invocations)
+def test_bind_ids_name_exactly_the_bound_host_dirs_and_change_nothing_else(inv):
+    _, spec = opened(inv.argv, inv.host)
+    iopts, ispec = opened(inv.argv, inv.host, ids=True)
+    assert "DEVSHELL_BIND_IDS" not in dict(spec.env)
+    recorded = dict(item.split("=", 1) for item in dict(ispec.env)["DEVSHELL_BIND_IDS"].split(" "))
+    assert set(recorded) == {m.target for m in ispec.mounts if m.kind == "bind"}
+    assert recorded == dict(iopts.bind_ids)
+    assert ispec.mounts == spec.mounts
+    assert {k: v for k, v in ispec.env if k != "DEVSHELL_BIND_IDS"} == dict(spec.env)
 
 
 @given(valid_invocations)
@@ -342,13 +484,14 @@ def test_cache_mount_iff_host_cache_asked(inv):
 
 @given(valid_invocations)
 def test_no_other_host_path_reaches_the_container(inv):
-    """Only the patches dir and the host cache may cross: not home, cwd, script or cells dirs
-    (unless they are, or lie inside, one of those two)."""
+    """Only the checkout, the patches dir and the host cache may cross: not home, cwd, script or
+    cells dirs (unless they are, or lie inside, one of those three)."""
     opts, spec = opened(inv.argv, inv.host)
     host = inv.host
-    allowed = sorted((s for p in (opts.patches_out, opts.host_cache) if p for s in spellings(p)),
-                     key=len, reverse=True)
-    roots = [posixpath.normpath(host.home)] + ([host.cwd] if host.cwd != "/" else [])
+    allowed = sorted((s for p in (opts.checkout, opts.patches_out, opts.host_cache) if p
+                      for s in spellings(p)), key=len, reverse=True)
+    cwd = resolve(host.cwd, host)
+    roots = [resolve(host.home, host)] + ([cwd] if cwd != "/" else [])
     candidates = {*roots, *opts.cells_dirs, *([opts.script] if opts.script else [])}
     # Only paths under home or cwd are distinctive: '/srv' or '/b' could be container paths.
     forbidden = {s for p in candidates if any(p == r or p.startswith(r + "/") for r in roots)
@@ -377,7 +520,9 @@ def test_env_contract_is_complete_and_agrees_with_mounts(inv):
     assert env.keys() >= CONTRACT
     assert env["HOME"] == env["DEVSHELL_DEV_HOME"]
     patches = mounts[env["DEVSHELL_PATCHES_MOUNT"]]
-    assert (patches.kind, patches.source) == ("bind", opts.patches_out)
+    assert (patches.kind, patches.source, patches.read_only) == ("bind", opts.patches_out, False)
+    checkout = mounts[env["DEVSHELL_CHECKOUT_MOUNT"]]
+    assert (checkout.kind, checkout.source, checkout.read_only) == ("bind", opts.checkout, True)
     workspace = mounts[env["DEVSHELL_WORKSPACE"]]
     assert (workspace.kind, workspace.source) == ("volume", spec.volume)
     for key in ("DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE"):
@@ -385,8 +530,9 @@ def test_env_contract_is_complete_and_agrees_with_mounts(inv):
     assert ("DEVSHELL_CACHE_MOUNT" in env) == (CACHE in mounts)
     if CACHE in mounts:
         assert mounts[env["DEVSHELL_CACHE_MOUNT"]].source == opts.host_cache
-    assert env["DEVSHELL_AI_REPO"] == ai_repo(patches.source)
-    assert env["DEVSHELL_AI_REPO_ENCODED"] == ai_key(patches.source)
+    assert ("DEVSHELL_AI_CONFIG" in env) == (CACHE in mounts)
+    assert env["DEVSHELL_AI_REPO"] == ai_repo(checkout.source)
+    assert env["DEVSHELL_AI_REPO_ENCODED"] == ai_key(checkout.source)
     assert env["DEVSHELL_CELL"] == spec.cell == opts.cell
 
 
@@ -398,6 +544,10 @@ def test_run_argv_and_sdk_kwargs_agree(inv):
     assert dict(v.partition("=")[::2] for v in flag_values(argv, "--env")) == sdk["environment"]
     assert dict(v.partition("=")[::2] for v in flag_values(argv, "--label")) == sdk["labels"]
     assert flag_values(argv, "--name") == [sdk["name"]]
+    assert flag_values(argv, "--cap-drop") == sdk["cap_drop"]
+    # The CLI reads the profile from a file named by its content; the SDK carries the content.
+    assert [v.replace(spec.seccomp_file(), spec.seccomp) for v in flag_values(argv, "--security-opt")] \
+        == sdk["security_opt"]
     assert argv[-len(sdk["command"]) - 1:] == [sdk["image"], *sdk["command"]]
 
 
@@ -436,7 +586,8 @@ def test_session_carries_the_script_and_a_tty_only_without_one(inv, script, tty)
 
 def test_ai_key_collides_for_dash_vs_slash():
     """Not a property: the encoding is Claude's, kept for compatibility, and it is not injective.
-    Two patches dirs can share one AI key, so nothing may rely on it to tell projects apart."""
+    Two checkouts can share one AI key (and one default drop dir), so nothing may rely on it to
+    tell projects apart."""
     assert ai_key("/a-b") == ai_key("/a/b") == "-a-b"
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from devshell import cells
+from devshell import cells, seccomp
 from devshell.options import HostFacts, Options, parse
 from devshell.spec import (
     CACHE,
+    CHECKOUT,
     DEV_HOME,
     INIT_PATH,
     LABEL_CELL,
@@ -32,6 +33,7 @@ from devshell.spec import (
 )
 
 HOST = HostFacts(cwd="/home/alice/proj", home="/home/alice", uid=501, gid=20)
+DROP = "/home/alice/.local/state/devshell/patches/-home-alice-proj.2af6b4a7"  # key + sha256(path)[:8]
 INIT = "#!/bin/sh\n: test init\n"
 CELL = cells.parse(
     {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/w/cellx",
@@ -39,19 +41,21 @@ CELL = cells.parse(
     source="cellx.yaml", stem="cellx",
 )
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
-            "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_WORKSPACE", "DEVSHELL_SRC", "DEVSHELL_BUILD",
-            "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO", "DEVSHELL_AI_REPO_ENCODED"}
+            "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_WORKSPACE",
+            "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO",
+            "DEVSHELL_AI_REPO_ENCODED"}
 
 
 def spec_for(*argv: str, **kw: Any) -> ContainerSpec:
     return plan(parse(argv, HOST), CELL, init=INIT, **kw)
 
 
-def read_run_argv(argv: list[str]) -> dict[str, Any]:
-    """Read `docker run` argv back into the shape of sdk_kwargs()."""
+def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, Any]:
+    """Read `docker run` argv back into the shape of sdk_kwargs(). The CLI takes the seccomp
+    profile as a file (seccomp_files: name -> content); the SDK takes its content inline."""
     assert argv[:3] == ["docker", "run", "--detach"]
     out: dict[str, Any] = {"detach": True, "init": False, "labels": {}, "mounts": [],
-                           "environment": {}}
+                           "environment": {}, "cap_drop": [], "security_opt": []}
     valued = {"--name": "name", "--hostname": "hostname", "--platform": "platform",
               "--user": "user", "--workdir": "working_dir"}
     i = 3
@@ -73,6 +77,12 @@ def read_run_argv(argv: list[str]) -> dict[str, Any]:
             kv = dict(f.partition("=")[::2] for f in fields if "=" in f)
             out["mounts"].append({"Type": kv["type"], "Source": kv["source"],
                                   "Target": kv["target"], "ReadOnly": "readonly" in fields})
+        elif flag == "--cap-drop":
+            out["cap_drop"].append(value)
+        elif flag == "--security-opt":
+            kind, _, file = value.partition("=")
+            assert kind == "seccomp", value
+            out["security_opt"].append(f"seccomp={seccomp_files[file]}")
         else:
             raise AssertionError(f"unexpected docker run flag {flag}")
     out["image"], out["command"] = argv[i], argv[i + 1:]
@@ -82,36 +92,66 @@ def read_run_argv(argv: list[str]) -> dict[str, Any]:
 # --- mounts ---------------------------------------------------------------------------------
 
 
-def test_mounts_are_the_volume_and_the_patches_dir():
+def test_mounts_are_the_volume_the_drop_dir_and_the_checkout_read_only():
     assert set(spec_for().mounts) == {Mount("volume", "devshell-cellx", "/w/cellx"),
-                                      Mount("bind", "/home/alice/proj", PATCHES)}
+                                      Mount("bind", DROP, PATCHES),
+                                      Mount("bind", "/home/alice/proj", CHECKOUT, read_only=True)}
+
+
+def test_checkout_and_patches_flags_pick_the_sources():
+    spec = spec_for("--checkout", "/src/p", "--patches-out", "/out")
+    assert Mount("bind", "/src/p", CHECKOUT, read_only=True) in spec.mounts
+    assert Mount("bind", "/out", PATCHES) in spec.mounts
 
 
 def test_host_cache_binds_ai_read_only_and_its_memory_writable():
     assert set(spec_for("--host-cache-dir", "/c").mounts) == {
         Mount("volume", "devshell-cellx", "/w/cellx"),
-        Mount("bind", "/home/alice/proj", PATCHES),
+        Mount("bind", DROP, PATCHES),
+        Mount("bind", "/home/alice/proj", CHECKOUT, read_only=True),
         Mount("bind", "/c", CACHE),
         Mount("bind", "/c/ai", f"{CACHE}/ai", read_only=True),
         Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory"),
     }
+    assert dict(spec_for("--host-cache-dir", "/c").env)["DEVSHELL_AI_CONFIG"] == "ro"
 
 
-def test_ai_config_rw_drops_the_read_only_binds():
+def test_ai_config_rw_makes_ai_writable_and_keeps_memory_its_own_mount():
+    """Memory is a mount of its own in both modes: no hard link joins it to the config."""
     opts = parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST)
     spec = plan(opts, CELL, init=INIT)
-    assert not any(m.read_only for m in spec.mounts)
+    assert Mount("bind", "/c/ai", f"{CACHE}/ai") in spec.mounts
+    assert Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory") in spec.mounts
+    assert [m.target for m in spec.mounts if m.read_only] == [CHECKOUT]
     assert dict(spec.env)["DEVSHELL_AI_CONFIG"] == "rw"
 
 
-def test_without_checkout_or_cache_no_mount_is_read_only():
-    assert not any(m.read_only for m in spec_for().mounts)
+def test_without_cache_only_the_checkout_is_read_only():
+    assert [m.target for m in spec_for().mounts if m.read_only] == [CHECKOUT]
 
 
-def test_checkout_git_is_bound_read_only_over_patches_git():
-    opts = parse([], HOST)._replace(patches_git="/home/alice/proj/.git")
-    assert Mount("bind", "/home/alice/proj/.git", f"{PATCHES}/.git", read_only=True) in \
-        plan(opts, CELL, init=INIT).mounts
+def test_nothing_is_bound_inside_patches_or_the_checkout():
+    """The checkout's .git comes along read-only with the checkout; nothing is bound over /patches."""
+    for argv in [(), ("--host-cache",), ("--host-cache", "--ai-config-rw")]:
+        targets = [m.target for m in spec_for(*argv).mounts]
+        assert not [t for t in targets if t.startswith((PATCHES + "/", CHECKOUT + "/"))]
+
+
+def test_bind_ids_travel_in_the_env_only_when_recorded():
+    assert "DEVSHELL_BIND_IDS" not in dict(spec_for().env)
+    opts = parse([], HOST)._replace(bind_ids=((CHECKOUT, "1:2"), (PATCHES, "1:3")))
+    spec = plan(opts, CELL, init=INIT)
+    assert dict(spec.env)["DEVSHELL_BIND_IDS"] == "/checkout=1:2 /patches=1:3"
+    assert spec.mounts == spec_for().mounts
+
+
+def test_bind_ids_change_the_hash():
+    """A container bound to other directories (same paths, other inodes) is not reused."""
+    opts = parse([], HOST)
+    one = plan(opts._replace(bind_ids=((PATCHES, "1:3"),)), CELL, init=INIT)
+    two = plan(opts._replace(bind_ids=((PATCHES, "1:4"),)), CELL, init=INIT)
+    assert one.hash() != two.hash()
+    assert differences(one.identity(), two.identity()) == ["env (DEVSHELL_BIND_IDS)"]
 
 
 def test_volume_is_named_after_the_container():
@@ -152,16 +192,19 @@ def test_env_contract_values():
     assert env["HOME"] == env["DEVSHELL_DEV_HOME"] == DEV_HOME == "/home/dev"
     assert (env["DEVSHELL_DEV_UID"], env["DEVSHELL_DEV_GID"]) == ("1234", "4321")
     assert env["DEVSHELL_PATCHES_MOUNT"] == PATCHES
+    assert env["DEVSHELL_CHECKOUT_MOUNT"] == CHECKOUT
     assert env["DEVSHELL_CELL"] == "cellx"
     assert env["DEVSHELL_WORKSPACE"] == "/w/cellx"
     assert (env["DEVSHELL_SRC"], env["DEVSHELL_BUILD"], env["DEVSHELL_CCACHE"]) == (
         "/w/cellx/src", "/w/cellx/build", "/w/cellx/ccache")
 
 
-def test_ai_repo_env_describes_the_patches_dir():
+def test_ai_repo_env_describes_the_checkout():
     env = dict(spec_for().env)
     assert env["DEVSHELL_AI_REPO"] == "proj"
     assert env["DEVSHELL_AI_REPO_ENCODED"] == "-home-alice-proj"
+    env = dict(spec_for("--checkout", "/srv/x", "--patches-out", "/out/y").env)
+    assert (env["DEVSHELL_AI_REPO"], env["DEVSHELL_AI_REPO_ENCODED"]) == ("x", "-srv-x")
 
 
 def test_cell_env_is_passed_through():
@@ -199,8 +242,9 @@ def test_hash_is_stable_for_equal_specs():
     assert spec_for() == spec_for()
 
 
-@pytest.mark.parametrize("argv", [("--patches-out", "/elsewhere"), ("--image", "other:2"),
-                                  ("--uid", "777"), ("--gid", "777"), ("--host-cache",)])
+@pytest.mark.parametrize("argv", [("--patches-out", "/elsewhere"), ("--checkout", "/elsewhere"),
+                                  ("--image", "other:2"), ("--uid", "777"), ("--gid", "777"),
+                                  ("--host-cache",)])
 def test_hash_changes_with_what_enters_the_container(argv):
     assert spec_for(*argv).hash() != spec_for().hash()
 
@@ -259,6 +303,18 @@ def test_differences_names_mount_targets():
     assert "mounts (/patches)" in differences(old, new)
 
 
+def test_differences_names_the_checkout_mount_and_its_ai_repo():
+    old, new = spec_for("--patches-out", "/o").identity(), spec_for(
+        "--patches-out", "/o", "--checkout", "/elsewhere").identity()
+    assert differences(old, new) == ["env (DEVSHELL_AI_REPO, DEVSHELL_AI_REPO_ENCODED)",
+                                     "mounts (/checkout)"]
+
+
+def test_ai_config_mode_changes_the_hash_and_names_the_ai_mount():
+    old, new = spec_for("--host-cache").identity(), spec_for("--host-cache", "--ai-config-rw").identity()
+    assert differences(old, new) == ["env (DEVSHELL_AI_CONFIG)", "mounts (/cache/ai)"]
+
+
 def test_differences_names_an_added_cache_mount():
     old, new = spec_for().identity(), spec_for("--host-cache").identity()
     assert differences(old, new) == ["env (DEVSHELL_AI_CONFIG, DEVSHELL_CACHE_MOUNT)",
@@ -269,11 +325,59 @@ def test_differences_names_an_added_cache_mount():
 
 
 @pytest.mark.parametrize("argv", [(), ("--host-cache",), ("--instance", "b", "--uid", "9"),
-                                  ("--patches-out", "/x/a,b \"q\" = ü", "--host-cache-dir", "/c,d"),
-                                  ("--image", "other:2")])
+                                  ("--patches-out", "/x/a,b \"q\" = ü", "--host-cache-dir", "/c,d",
+                                   "--checkout", "/s/\"r\",ü"),
+                                  ("--image", "other:2"), ("--host-cache", "--ai-config-rw")])
 def test_run_argv_and_sdk_kwargs_agree(argv):
     spec = spec_for(*argv, labels={"team": "a=b"})
-    assert read_run_argv(spec.run_argv()) == spec.sdk_kwargs()
+    assert read_run_argv(spec.run_argv(), {spec.seccomp_file(): spec.seccomp}) == spec.sdk_kwargs()
+
+
+# --- containment: capabilities and seccomp --------------------------------------------------
+
+
+def test_spec_drops_mknod_and_setfcap_and_sets_devshells_seccomp_profile():
+    spec = spec_for()
+    assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop)
+    assert spec.cap_drop == seccomp.CAP_DROP
+    assert spec.seccomp == seccomp.profile()
+    assert json.loads(spec.seccomp)
+
+
+def test_run_argv_drops_the_caps_and_names_the_profile_by_content():
+    spec = spec_for()
+    argv = spec.run_argv()
+    digest = hashlib.sha256(spec.seccomp.encode()).hexdigest()[:16]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-drop"] == list(spec.cap_drop)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--security-opt"] == [
+        f"seccomp=devshell-seccomp-{digest}.json"]
+    assert spec.seccomp_file() == f"devshell-seccomp-{digest}.json"
+
+
+def test_sdk_and_api_carry_the_caps_and_the_profile_inline():
+    spec = spec_for()
+    kwargs = spec.sdk_kwargs()
+    assert kwargs["cap_drop"] == list(spec.cap_drop)
+    assert kwargs["security_opt"] == [f"seccomp={spec.seccomp}"]
+    host_config = spec.api_create()[1]["HostConfig"]
+    assert host_config["CapDrop"] == list(spec.cap_drop)
+    assert host_config["SecurityOpt"] == [f"seccomp={spec.seccomp}"]
+
+
+def test_identity_holds_the_caps_and_a_hash_of_the_profile():
+    spec = spec_for()
+    identity = spec.identity()
+    assert identity["cap_drop"] == sorted(spec.cap_drop)
+    assert identity["seccomp"] == hashlib.sha256(spec.seccomp.encode()).hexdigest()[:16]
+    assert spec.seccomp not in json.dumps(identity)  # the label stays small
+
+
+@pytest.mark.parametrize("change", [{"seccomp": "{}"}, {"cap_drop": ("MKNOD",)}])
+def test_containment_changes_the_hash(change):
+    spec = spec_for()
+    other = spec._replace(**change)
+    assert other.hash() != spec.hash()
+    assert differences(spec.identity(), other.identity()) == sorted(change)
 
 
 def test_run_argv_pins_the_platform():
@@ -364,7 +468,8 @@ def test_options_built_directly_are_plannable():
     assert Mount("bind", "/p", PATCHES) in spec.mounts
 
 
-@pytest.mark.parametrize("argv", [(), ("--host-cache-dir", "/c,d"), ("--instance", "b", "--uid", "9")])
+@pytest.mark.parametrize("argv", [(), ("--host-cache-dir", "/c,d"), ("--instance", "b", "--uid", "9"),
+                                  ("--host-cache", "--ai-config-rw")])
 def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     """The engine posts api_create() itself (the SDK costs ~0.3 s to import); it must be the
     request the SDK builds from sdk_kwargs(). No daemon is contacted: only its builders run."""
@@ -383,5 +488,6 @@ def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     assert query == {"name": name, "platform": platform}
     for key in ("Image", "Cmd", "Hostname", "User", "WorkingDir", "Labels", "Env"):
         assert body[key] == config[key], key
-    assert body["HostConfig"]["Init"] == config["HostConfig"]["Init"]
+    for key in ("Init", "CapDrop", "SecurityOpt"):
+        assert body["HostConfig"][key] == config["HostConfig"][key], key
     assert body["HostConfig"]["Mounts"] == [dict(m) for m in config["HostConfig"]["Mounts"]]

@@ -1,0 +1,357 @@
+"""hostfs: the host directories a devshell binds, walked as the agent could have left them.
+
+Pure filesystem tests in temporary directories: no Docker. Ownership is only tested as root.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devshell import hostfs
+from devshell.errors import DevshellError
+from devshell.hostfs import config_problems, identity, may_write, open_dir
+
+DEV = (1000, 1000)
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+@pytest.fixture(autouse=True)
+def _umask() -> Iterator[None]:
+    """mkdir's mode passes through the umask: pin it so the modes below are what was asked."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_uid, st.st_gid
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
+
+
+def real(tmp_path: Path) -> Path:
+    """open_dir takes a symlink-free path; the temporary root may sit behind one (macOS /tmp)."""
+    return Path(os.path.realpath(tmp_path))
+
+
+# --- open_dir -------------------------------------------------------------------------------
+
+
+def test_open_dir_yields_the_directory(tmp_path):
+    base = real(tmp_path)
+    with open_dir(str(base)) as fd:
+        assert os.path.samestat(os.fstat(fd), os.stat(base))
+
+
+def test_open_dir_of_the_root_is_the_root():
+    with open_dir("/") as fd:
+        assert os.path.samestat(os.fstat(fd), os.stat("/"))
+
+
+def test_open_dir_closes_what_it_opened(tmp_path):
+    base = real(tmp_path)
+    with open_dir(str(base / "a" / "b"), create=0o700) as fd:
+        pass
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_open_dir_without_create_refuses_a_missing_dir(tmp_path):
+    base = real(tmp_path)
+    with pytest.raises(DevshellError, match="does not exist"), open_dir(str(base / "nope" / "x")):
+        pass
+    assert not (base / "nope").exists()
+
+
+@pytest.mark.parametrize("at", ["middle", "last"])
+@pytest.mark.parametrize("create", [None, 0o700])
+def test_open_dir_refuses_a_symlinked_component(tmp_path, at, create):
+    base = real(tmp_path)
+    target = base / "target"
+    (target / "x").mkdir(parents=True)
+    (base / "link").symlink_to(target)
+    path = base / "link" / "x" if at == "middle" else base / "link"
+    with pytest.raises(DevshellError, match="is a symlink") as info, open_dir(str(path), create=create):
+        pass
+    assert f"{base}/link " in str(info.value)
+
+
+def test_open_dir_refuses_a_dangling_symlink_rather_than_creating_through_it(tmp_path):
+    base = real(tmp_path)
+    (base / "link").symlink_to(base / "elsewhere")
+    with pytest.raises(DevshellError, match="is a symlink"), open_dir(str(base / "link" / "d"), create=0o700):
+        pass
+    assert not (base / "elsewhere").exists()
+
+
+def test_open_dir_refuses_a_file_component(tmp_path):
+    base = real(tmp_path)
+    (base / "f").write_text("x")
+    path = str(base / "f" / "d")
+    with pytest.raises(DevshellError, match="cannot be opened"), open_dir(path, create=0o700):
+        pass
+
+
+@pytest.mark.parametrize("create", [0o700, 0o750, 0o755])
+def test_open_dir_creates_every_missing_dir_with_the_mode_given(tmp_path, create):
+    base = real(tmp_path)
+    path = base / "a" / "b" / "c"
+    with open_dir(str(path), create=create) as fd:
+        assert os.path.samestat(os.fstat(fd), os.stat(path))
+    for made in (base / "a", base / "a" / "b", path):
+        assert made.is_dir() and not made.is_symlink()
+        assert mode(made) == create
+
+
+def test_open_dir_leaves_an_existing_dirs_mode_alone(tmp_path):
+    base = real(tmp_path)
+    (base / "a").mkdir(mode=0o755)
+    with open_dir(str(base / "a" / "b"), create=0o700):
+        pass
+    assert (mode(base / "a"), mode(base / "a" / "b")) == (0o755, 0o700)
+
+
+def test_open_dir_never_chowns_an_existing_dir(tmp_path):
+    """Not even trying: unprivileged, a chown to another user would fail, and the open works."""
+    base = real(tmp_path)
+    (base / "d").mkdir()
+    before = owner(base / "d")
+    stranger = (os.getuid() + 1, os.getgid() + 1)
+    with open_dir(str(base / "d"), create=0o700, owner=stranger):
+        pass
+    assert owner(base / "d") == before
+
+
+@as_root
+def test_open_dir_gives_only_the_last_created_dir_to_the_owner(tmp_path):
+    base = real(tmp_path)
+    path = base / "a" / "b" / "c"
+    with open_dir(str(path), create=0o700, owner=DEV):
+        pass
+    assert owner(path) == DEV
+    me = (os.getuid(), os.getgid())
+    assert owner(base / "a") == owner(base / "a" / "b") == me
+    assert owner(base) == me
+
+
+@as_root
+def test_open_dir_as_root_never_chowns_an_existing_last_dir(tmp_path):
+    base = real(tmp_path)
+    (base / "a" / "b").mkdir(parents=True)
+    with open_dir(str(base / "a" / "b"), create=0o700, owner=DEV):
+        pass
+    assert owner(base / "a" / "b") == (os.getuid(), os.getgid())
+
+
+@as_root
+def test_open_dir_does_not_chown_a_dir_made_meanwhile_by_someone_else(tmp_path, monkeypatch):
+    base = real(tmp_path)
+    mkdir = os.mkdir
+
+    def racing_mkdir(name, mode=0o777, *, dir_fd=None):
+        mkdir(name, mode, dir_fd=dir_fd)  # someone else's, a moment earlier
+        raise FileExistsError(name)
+
+    monkeypatch.setattr(hostfs.os, "mkdir", racing_mkdir)
+    with open_dir(str(base / "d"), create=0o700, owner=DEV):
+        pass
+    assert owner(base / "d") == (os.getuid(), os.getgid())
+
+
+def test_open_dir_refuses_a_symlink_swapped_in_while_creating(tmp_path, monkeypatch):
+    """mkdir found the name taken, and it is a symlink now: an error, never a detour."""
+    base = real(tmp_path)
+    (base / "elsewhere").mkdir()
+
+    def racing_mkdir(name, mode=0o777, *, dir_fd=None):
+        os.symlink(str(base / "elsewhere"), name, dir_fd=dir_fd)
+        raise FileExistsError(name)
+
+    monkeypatch.setattr(hostfs.os, "mkdir", racing_mkdir)
+    with pytest.raises(DevshellError, match="is a symlink"), open_dir(str(base / "d"), create=0o700):
+        pass
+
+
+# --- identity and may_write -----------------------------------------------------------------
+
+
+def test_identity_is_device_and_inode(tmp_path):
+    base = real(tmp_path)
+    (base / "d").mkdir()
+    st = os.stat(base / "d")
+    with open_dir(str(base / "d")) as fd:
+        assert identity(fd) == f"{st.st_dev}:{st.st_ino}"
+
+
+def test_identity_tells_a_swapped_dir_apart(tmp_path):
+    base = real(tmp_path)
+    (base / "d").mkdir()
+    with open_dir(str(base / "d")) as fd:
+        before = identity(fd)
+    (base / "d").rename(base / "old")
+    (base / "d").mkdir()
+    with open_dir(str(base / "d")) as fd:
+        assert identity(fd) != before
+
+
+def fake_stat(mode: int, uid: int = 10, gid: int = 20) -> os.stat_result:
+    return os.stat_result((stat.S_IFDIR | mode, 0, 0, 2, uid, gid, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("st_mode, uid, gid, ok", [
+    (0o700, 10, 99, True), (0o500, 10, 99, False), (0o600, 10, 99, False), (0o300, 10, 99, True),
+    (0o077, 10, 20, False),  # the owner's bits decide for the owner, even when the group's allow
+    (0o070, 11, 20, True), (0o050, 11, 20, False), (0o707, 11, 20, False),
+    (0o007, 11, 21, True), (0o770, 11, 21, False), (0o005, 11, 21, False),
+])
+def test_may_write_reads_the_bits_that_apply(st_mode, uid, gid, ok):
+    assert may_write(fake_stat(st_mode), uid, gid) is ok
+
+
+def test_may_write_agrees_with_a_real_dir(tmp_path):
+    base = real(tmp_path)
+    (base / "d").mkdir(mode=0o755)
+    st = os.stat(base / "d")
+    assert may_write(st, st.st_uid, st.st_gid)
+    assert not may_write(st, st.st_uid + 1, st.st_gid + 1)
+
+
+# --- config_problems ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ai(tmp_path: Path) -> Path:
+    """A plain AI configuration: settings, a skill, and memory."""
+    ai = real(tmp_path) / "cache" / "ai"
+    (ai / "skills" / "review").mkdir(parents=True)
+    (ai / "memory").mkdir()
+    (ai / "settings.json").write_text("{}")
+    (ai / "skills" / "review" / "SKILL.md").write_text("# review\n")
+    return ai
+
+
+def problems(ai: Path) -> list[str]:
+    return config_problems(str(ai), "memory")
+
+
+def test_a_plain_config_has_no_problems(ai):
+    assert problems(ai) == []
+
+
+def test_a_hard_linked_file_is_a_problem(ai):
+    os.link(ai / "settings.json", ai / "memory" / "settings.json")
+    found = problems(ai)
+    assert len(found) == 1
+    assert f"{ai}/settings.json has 2 hard links" in found[0]
+
+
+def test_a_hard_link_between_two_config_files_is_a_problem_too(ai):
+    os.link(ai / "skills" / "review" / "SKILL.md", ai / "skills" / "copy.md")
+    assert len(problems(ai)) == 2
+
+
+@pytest.mark.parametrize("where, target", [
+    ("settings.json", "memory/settings.json"),
+    ("skills/review/SKILL.md", "../../memory/x"),
+    ("skills/m", "../memory"),
+    ("skills/m2", "./../memory/"),
+])
+def test_a_symlink_into_memory_is_a_problem(ai, where, target):
+    link = ai / where
+    if link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    found = problems(ai)
+    assert len(found) == 1
+    assert f"{ai}/{where} is a symlink to {target}" in found[0]
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/cache/ai/memory/x", "/"])
+def test_an_absolute_symlink_is_a_problem(ai, target):
+    (ai / "skills" / "abs").symlink_to(target)
+    assert len(problems(ai)) == 1
+
+
+@pytest.mark.parametrize("where, target", [("up", ".."), ("out", "../outside"),
+                                           ("skills/out", "../../x"), ("self", "."),
+                                           ("skills/top", "..")])
+def test_a_symlink_leaving_the_config_is_a_problem(ai, where, target):
+    """Out of ai/ (the host cache is writable inside) or to ai/ itself (which holds memory)."""
+    (ai / where).symlink_to(target)
+    assert len(problems(ai)) == 1
+
+
+def test_a_symlink_climbing_back_through_another_link_is_a_problem(ai):
+    """skills/review/l leads to skills; 'l/../memory' is then ai/memory, though read lexically
+    from skills/review it would be skills/review/memory."""
+    (ai / "skills" / "review" / "l").symlink_to("../../skills")
+    (ai / "skills" / "review" / "m").symlink_to("l/../memory")
+    assert os.path.realpath(ai / "skills" / "review" / "m") == str(ai / "memory")
+    found = problems(ai)
+    assert [p.split(" is a symlink")[0] for p in found] == [f"{ai}/skills/review/m"]
+
+
+@pytest.mark.parametrize("where, target", [("skills/review/settings", "../../settings.json"),
+                                           ("skills/alias", "review"),
+                                           ("skills/review/here", "./SKILL.md"),
+                                           ("conf", "skills/review/SKILL.md"),
+                                           ("dangling", "skills/not-yet")])
+def test_a_relative_symlink_staying_inside_is_fine(ai, where, target):
+    (ai / where).symlink_to(target)
+    assert problems(ai) == []
+
+
+def test_memory_itself_is_not_walked(ai):
+    """Memory is writable inside anyway: what is in it is not the configuration's problem."""
+    (ai / "memory" / "abs").symlink_to("/etc/passwd")
+    (ai / "memory" / "up").symlink_to("../../..")
+    (ai / "memory" / "f").write_text("x")
+    os.link(ai / "memory" / "f", ai / "memory" / "g")
+    assert problems(ai) == []
+
+
+def test_only_the_top_memory_is_memory(ai):
+    (ai / "skills" / "memory").mkdir()
+    (ai / "skills" / "memory" / "abs").symlink_to("/etc")
+    assert len(problems(ai)) == 1
+
+
+def test_every_problem_is_reported(ai):
+    (ai / "a").symlink_to("/x")
+    (ai / "skills" / "b").symlink_to("../memory")
+    os.link(ai / "settings.json", ai / "memory" / "s")
+    assert len(problems(ai)) == 3
+
+
+def test_config_problems_refuses_a_symlinked_ai_dir(ai):
+    (ai.parent / "ai2").symlink_to(ai)
+    with pytest.raises(DevshellError, match="is a symlink"):
+        config_problems(str(ai.parent / "ai2"), "memory")
+
+
+def test_config_problems_refuses_more_than_max_entries(ai, monkeypatch):
+    # settings.json, skills, memory, skills/review, skills/review/SKILL.md: 5 entries
+    monkeypatch.setattr(hostfs, "MAX_CONFIG_ENTRIES", 5)
+    assert problems(ai) == []
+    (ai / "one-more").write_text("x")
+    with pytest.raises(DevshellError, match="more than 5 entries"):
+        problems(ai)
+
+
+def test_config_problems_closes_every_fd(ai, monkeypatch):
+    (ai / "skills" / "a" / "b" / "c").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    problems(ai)
+    monkeypatch.setattr(hostfs, "MAX_CONFIG_ENTRIES", 3)
+    with pytest.raises(DevshellError):
+        problems(ai)
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
