@@ -6,15 +6,24 @@ commits `git format-patch` turns into the patches the host reviews. Only malicio
 git would never write (a diff into .git/, a traditional diff smuggled after a git one, an encoded
 mail body) are written by hand. The machine's git configuration never leaks in: HOME is tmp_path,
 global/system config are off, and the cwd is tmp_path, outside any repository.
+
+The attacks of the trust model (a .git planted in the patches dir, the user's own config and
+attributes, a symlink in the work tree, gitlinks, leftovers, huge files, terminal escapes) each
+have a test that the attack fails, next to a control showing that it works without the guard.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import posixpath
+import socket
+import stat
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,13 +33,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import devshell.patches as patches_module
 from devshell.errors import DevshellError
+from devshell.options import default_patches_out, drops_root
 from devshell.patches import (
     APPLIED,
     DEFAULT_PROTECTED,
+    MAX_PATCH_BYTES,
+    Leftover,
     Patch,
     apply,
     check,
+    git_env,
+    leftovers,
     link_escapes,
     main,
     parse,
@@ -1385,7 +1400,9 @@ def test_main_list_marks_refused_patches(agent: Path, host: Path, patches_dir: P
 def test_main_list_json_parses(series: list[str], host: Path, patches_dir: Path,
                                capsys: pytest.CaptureFixture[str]):
     assert main(["list", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["leftovers"], doc["skipped"]) == ([], [])
+    rows = doc["patches"]
     assert [(r["patch"], r["subject"], r["author"], r["problems"]) for r in rows] == [
         (name, subject, AGENT_FROM, []) for name, subject in
         zip(series, ["Add a line to a", "Change b", "Add another line to a"], strict=True)]
@@ -1444,8 +1461,10 @@ def test_main_allow_protected_still_refuses_an_outward_symlink(agent: Path, host
 
 def test_main_check_json_parses(conflicting: list[str], host: Path, patches_dir: Path,
                                 capsys: pytest.CaptureFixture[str]):
-    main(["check", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"])
-    rows = json.loads(capsys.readouterr().out)
+    assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["leftovers"], doc["skipped"]) == ([], [])
+    rows = doc["patches"]
     assert [(r["patch"], r["ok"]) for r in rows] == [
         (conflicting[0], True), (conflicting[1], False), (conflicting[2], False)]
 
@@ -1471,8 +1490,8 @@ def test_main_reports_skipped_files_on_stderr(series: list[str], patches_dir: Pa
 
 def test_apply_never_runs_the_repositorys_hooks(series: list[str], host: Path, patches_dir: Path,
                                                 tmp_path: Path):
-    """A .git the agent planted in a plain patches dir would be its code on the host: devshell's
-    own git calls run no hooks (and no fsmonitor)."""
+    """Even the user's own hooks do not run: devshell's git calls run no hooks (and no
+    fsmonitor), in the user's repository as in the scratch one."""
     ran = tmp_path / "hook-ran"
     for hook in ("applypatch-msg", "pre-applypatch", "post-applypatch", "post-rewrite"):
         path = host / ".git" / "hooks" / hook
@@ -1481,3 +1500,486 @@ def test_apply_never_runs_the_repositorys_hooks(series: list[str], host: Path, p
     apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
     assert len(git(host, "log", "--format=%s").splitlines()) > 1
     assert not ran.exists()
+
+
+# --- the trust model: attacks, and controls that show each one works without the guard -------
+
+
+def evil_script(tmp_path: Path) -> tuple[Path, Path]:
+    """A command that notes each run in a marker file (and passes content through as a filter)."""
+    marker, script = tmp_path / "ran", tmp_path / "evil.sh"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {marker}\ncase "$1" in clean|smudge) exec cat;; esac\n'
+                      'exit 0\n')
+    script.chmod(0o755)
+    return script, marker
+
+
+def plant_config(git_dir: Path, script: Path, merge_only: bool = False) -> None:
+    """What a hostile .git holds: config, attributes and hooks that run script."""
+    with open(git_dir / "config", "a", encoding="utf-8") as f:
+        f.write(f'[merge "evil"]\n\tdriver = {script} merge %A\n')
+        if not merge_only:
+            f.write(f"[core]\n\tfsmonitor = {script}\n\thooksPath = {git_dir}/hooks\n"
+                    f'[filter "evil"]\n\tclean = {script} clean\n\tsmudge = {script} smudge\n')
+    (git_dir / "info").mkdir(exist_ok=True)
+    (git_dir / "info" / "attributes").write_text("* merge=evil\n" if merge_only else
+                                                 "* filter=evil merge=evil\n")
+    (git_dir / "hooks").mkdir(exist_ok=True)
+    for hook in ("applypatch-msg", "pre-applypatch", "post-applypatch", "post-checkout",
+                 "reference-transaction"):
+        (git_dir / "hooks" / hook).write_text(f"#!/bin/sh\nexec {script} {hook}\n")
+        (git_dir / "hooks" / hook).chmod(0o755)
+
+
+def plant_repo(where: Path, script: Path) -> None:
+    """The agent makes the patches dir a repository of its own, with a commit and evil config."""
+    git(where, "init", "-q", "-b", "main")
+    commit(where, "Agent's own", {"README": "hi\n"})
+    plant_config(where / ".git", script)
+
+
+@pytest.mark.parametrize("action", ["list", "check", "apply"])
+def test_a_git_planted_in_the_patches_dir_never_runs_from_its_cwd(
+        action: str, series: list[str], patches_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    script, marker = evil_script(tmp_path)
+    plant_repo(patches_dir, script)
+    monkeypatch.chdir(patches_dir)
+    for argv in (["--patches-dir", "."], ["--patches-dir", ".", "--repo", str(patches_dir)],
+                 ["--patches-dir", str(patches_dir), "--repo", str(patches_dir / "sub")]):
+        with pytest.raises(DevshellError, match="refusing to look for a repository in") as info:
+            main([action, *argv])
+        assert "\n" not in str(info.value) and "--repo DIR" in (info.value.fix or "")
+    assert not marker.exists()
+    # control: the user's plain git there runs the agent's hooks, fsmonitor and filters
+    subprocess.run(["git", "am", "--3way", series[0]], cwd=patches_dir, capture_output=True, check=False)
+    assert marker.exists()
+
+
+def test_a_git_planted_in_the_patches_dir_is_a_leftover_and_never_runs(
+        series: list[str], host: Path, patches_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    script, marker = evil_script(tmp_path)
+    plant_repo(patches_dir, script)
+    monkeypatch.chdir(host)
+    argv = ["--patches-dir", str(patches_dir)]
+    assert main(["list", *argv]) == 0
+    assert main(["check", *argv]) == 1  # every patch is fine; the leftover is not
+    out = capsys.readouterr().out
+    assert f"ok   {series[0]}" in out
+    assert "LEFTOVER .git: a nested .git" in out
+    with pytest.raises(DevshellError, match=r"refusing to apply: the patches dir holds \.git: a nested"):
+        main(["apply", *argv])
+    assert main(["apply", *argv, "--ignore-leftovers"]) == 0
+    assert len(git(host, "log", "--format=%H").splitlines()) == 4
+    assert not marker.exists()
+
+
+def test_a_repository_whose_git_dir_lies_in_the_patches_dir_is_refused(host: Path, patches_dir: Path,
+                                                                        tmp_path: Path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    git(patches_dir, "init", "-q", "--separate-git-dir", str(patches_dir / "gitdir"), str(fake))
+    assert (fake / ".git").read_text().startswith("gitdir: ")
+    with pytest.raises(DevshellError, match=r"refusing repository .*lies in the patches dir"):
+        main(["check", "--patches-dir", str(patches_dir), "--repo", str(fake)])
+
+
+def test_a_repository_in_the_drop_dir_root_is_refused(tmp_path: Path, patches_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    other = Path(drops_root(os.path.expanduser("~"), os.environ)) / "-some-other-checkout"
+    other.mkdir(parents=True)
+    git(other, "init", "-q")
+    for argv in (["--repo", str(other)], ["--repo", str(other / "sub")]):
+        with pytest.raises(DevshellError, match="devshell's drop-dir root"):
+            main(["check", "--patches-dir", str(patches_dir), *argv])
+
+
+def test_the_default_patches_dir_is_the_drop_dir_of_the_cwd(series: list[str], host: Path,
+                                                            patches_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    drop_dir = Path(default_patches_out(os.path.realpath(host), os.path.expanduser("~"), os.environ))
+    drop_dir.parent.mkdir(parents=True)
+    patches_dir.rename(drop_dir)
+    monkeypatch.chdir(host)
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"ok   {name}" for name in series]
+
+
+def test_git_runs_under_devshells_configuration(monkeypatch: pytest.MonkeyPatch):
+    for var, value in (("GIT_CONFIG_PARAMETERS", "'core.hookspath'='/tmp/evil'"), ("GIT_CONFIG_COUNT", "1"),
+                       ("GIT_CONFIG_KEY_0", "core.fsmonitor"), ("GIT_CONFIG_VALUE_0", "/tmp/evil"),
+                       ("GIT_DIR", "/tmp/elsewhere"), ("GIT_EXEC_PATH", "/tmp/evil"),
+                       ("GIT_CONFIG_GLOBAL", "/tmp/evil.config")):
+        monkeypatch.setenv(var, value)
+    env = git_env()
+    assert {k: v for k, v in env.items() if k.startswith("GIT_")} == {
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_ATTR_NOSYSTEM": "1",
+        "GIT_NO_REPLACE_OBJECTS": "1", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def three_way_patch(host: Path, tmp_path: Path, patches_dir: Path) -> list[Patch]:
+    """A patch that only a 3-way merge applies: git's merge machinery (and drivers) run."""
+    lines = [f"line {n}\n" for n in range(1, 11)]
+    commit(host, "A longer file", {"long.txt": "".join(lines)}, who=HOST)
+    agent = clone(tmp_path, host)
+    commit(agent, "Edit line 9", {"long.txt": "".join([*lines[:8], "NINE\n", *lines[9:]])})
+    format_patches(agent, patches_dir)
+    commit(host, "Edit line 7", {"long.txt": "".join([*lines[:6], "SEVEN\n", *lines[7:]])}, who=HOST)
+    settle(host)
+    return read_dir(str(patches_dir))[0]
+
+
+def test_review_runs_none_of_the_repositorys_config_attributes_or_drivers(
+        host: Path, tmp_path: Path, patches_dir: Path):
+    script, marker = evil_script(tmp_path)
+    patches = three_way_patch(host, tmp_path, patches_dir)
+    plant_config(host / ".git", script)
+    assert [v.problems for v in check(patches, str(host), DEFAULT_PROTECTED)] == [[]]
+    assert not marker.exists()
+    # control: git apply --3way in the repository itself runs its merge driver
+    subprocess.run(["git", "-C", str(host), "apply", "--cached", "--3way",
+                    str(patches_dir / patches[0].name)], capture_output=True, check=False)
+    assert "merge" in marker.read_text().split()
+
+
+def test_apply_merges_without_the_repositorys_merge_driver(host: Path, tmp_path: Path,
+                                                           patches_dir: Path):
+    script, marker = evil_script(tmp_path)
+    patches = three_way_patch(host, tmp_path, patches_dir)
+    plant_config(host / ".git", script, merge_only=True)
+    apply(patches, str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert "NINE\n" in (host / "long.txt").read_text()
+    assert not marker.exists()
+
+
+def test_review_ignores_global_config_and_attributes(host: Path, tmp_path: Path, patches_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    script, marker = evil_script(tmp_path)
+    patches = three_way_patch(host, tmp_path, patches_dir)
+    (tmp_path / "attributes").write_text("* merge=evil\n")
+    (tmp_path / "global.config").write_text(f'[core]\n\tattributesFile = {tmp_path / "attributes"}\n'
+                                            f'[merge "evil"]\n\tdriver = {script} merge %A\n')
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "global.config"))
+    assert [v.problems for v in check(patches, str(host), DEFAULT_PROTECTED)] == [[]]
+    assert not marker.exists()
+    subprocess.run(["git", "-C", str(host), "apply", "--cached", "--3way",
+                    str(patches_dir / patches[0].name)], capture_output=True, check=False)
+    assert marker.exists()  # control: the user's own git reads that global config
+
+
+@pytest.fixture
+def tools_patch(agent: Path, patches_dir: Path) -> list[str]:
+    commit(agent, "Add a tool", {"tools/run.sh": "echo hi\n"})
+    return format_patches(agent, patches_dir)
+
+
+def test_apply_never_writes_through_a_symlink_in_the_work_tree(tools_patch: list[str], host: Path,
+                                                                patches_dir: Path, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (host / "tools").symlink_to(outside)  # untracked: git status --untracked-files=no is clean
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, "tools")
+    assert error.message.startswith(f"refusing: tools in {host} is a symlink, in the way of tools/run.sh")
+    assert list(outside.iterdir()) == []
+    # control: plain git am writes through the link, out of the repository
+    git(host, "am", "--3way", str(patches_dir / tools_patch[0]))
+    assert (outside / "run.sh").read_text() == "echo hi\n"
+
+
+@pytest.mark.parametrize(("planted", "where", "what"), [
+    ("tools", "tools", "an untracked file"),
+    ("tools/run.sh", "tools/run.sh", "untracked"),
+])
+def test_apply_refuses_an_untracked_file_in_the_way(planted: str, where: str, what: str,
+                                                    tools_patch: list[str], host: Path,
+                                                    patches_dir: Path):
+    write(host, {planted: "mine\n"})
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED)
+    assert error.message.startswith(f"refusing: {where} in {host} is {what}, in the way of tools/run.sh")
+    assert (host / planted).read_text() == "mine\n"
+
+
+def test_apply_replaces_a_tracked_file_by_a_directory(host: Path, tmp_path: Path, patches_dir: Path):
+    agent = clone(tmp_path, host)
+    git(agent, "rm", "-q", "gone.txt")
+    commit(agent, "A directory where a file was", {"gone.txt/inside.txt": "in\n"})
+    format_patches(agent, patches_dir)
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert (host / "gone.txt" / "inside.txt").read_text() == "in\n"
+
+
+def test_apply_puts_everything_back_when_the_branch_cannot_move(series: list[str], host: Path,
+                                                                patches_dir: Path):
+    lock = host / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text("held by someone else\n")
+    before = state(host)
+    with pytest.raises(DevshellError, match="cannot move refs/heads/main to the new commits"):
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert state(host) == before
+    assert sorted(os.listdir(patches_dir)) == series
+    lock.unlink()  # control: the same series applies once the lock is gone
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert (host / "a.txt").read_text() == "alpha\nsecond\nthird\n"
+
+
+def test_apply_on_a_detached_head_moves_only_head(series: list[str], host: Path, patches_dir: Path):
+    start = git(host, "rev-parse", "HEAD").strip()
+    git(host, "checkout", "-q", "--detach")
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert git(host, "rev-parse", "main").strip() == start
+    assert len(git(host, "log", "--format=%H").splitlines()) == 4
+
+
+def test_apply_takes_the_committer_from_the_users_repository_config(
+        series: list[str], host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("GIT_COMMITTER_NAME")
+    monkeypatch.delenv("GIT_COMMITTER_EMAIL")
+    git(host, "config", "user.name", "Config Person")
+    git(host, "config", "user.email", "config@example.com")
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert git(host, "log", "-3", "--format=%an|%cn|%ce").splitlines() == [
+        "Agent Smith|Config Person|config@example.com"] * 3
+
+
+def test_apply_without_a_committer_identity_changes_nothing(series: list[str], host: Path,
+                                                           patches_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    for var in ("GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    before = state(host)
+    with pytest.raises(DevshellError, match="git knows no committer identity"):
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert state(host) == before
+
+
+@pytest.fixture
+def gitlink_patch(agent: Path, patches_dir: Path) -> list[str]:
+    git(agent, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},vendor/lib")
+    git(agent, "commit", "-q", "-m", "Add a submodule entry")
+    return format_patches(agent, patches_dir)
+
+
+def test_check_and_apply_refuse_a_gitlink_unless_allowed(gitlink_patch: list[str], host: Path,
+                                                         patches_dir: Path):
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["adds gitlink vendor/lib (a submodule commit); --allow-gitlinks accepts it"]
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, gitlink_patch[0], "vendor/lib")
+    assert "--allow-gitlinks" in (error.fix or "")
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    assert main(["check", *argv]) == 1
+    assert main(["check", *argv, "--allow-gitlinks"]) == 0
+    # control: allowed, it is an ordinary patch that git applies
+    assert main(["apply", *argv, "--allow-gitlinks"]) == 0
+    assert git(host, "ls-files", "-s", "vendor/lib").startswith(f"160000 {'1' * 40} ")
+
+
+def test_leftovers_reports_what_is_not_a_patch(series: list[str], patches_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(patches_dir)  # short relative names (a socket path has a length limit)
+    expected: dict[str, tuple[tuple[str, ...], bool]] = {}
+    (patches_dir / "deep" / "er").mkdir(parents=True)
+    git(patches_dir / "deep" / "er", "init", "-q")
+    expected["deep/er/.git"] = (("a nested .git (git run there would use its config, hooks and "
+                                 "attributes)",), True)
+    os.symlink("/etc", "out")
+    expected["out"] = (("symlink -> /etc, leading out of the patches dir",), True)
+    os.symlink("deep/../../x", "up")
+    expected["up"] = (("symlink -> deep/../../x, leading out of the patches dir",), True)
+    os.symlink("deep", "in")
+    expected["in"] = (("symlink -> deep",), False)
+    for name, mode, what in (("tool.sh", 0o755, ("executable",)), ("suid", 0o4755, ("setuid", "executable")),
+                             ("sgid", 0o2644, ("setgid",))):
+        Path(name).write_text("#!/bin/sh\n")
+        os.chmod(name, mode)
+        if os.stat(name).st_mode & 0o7777 == mode:  # setgid sticks only for a member of the group
+            expected[name] = (what, what != ("executable",))
+    os.mkfifo("fifo")
+    expected["fifo"] = (("a FIFO",), True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind("sock")
+    sock.close()
+    expected["sock"] = (("a socket",), True)
+    with_privilege = []
+    try:
+        os.mknod("dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        expected["dev"] = (("a device node",), True)
+        with_privilege.append("dev")
+    except PermissionError:
+        pass
+    Path("capable").write_text("x\n")
+    try:  # VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE permitted
+        os.setxattr("capable", "security.capability", struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0))
+        expected["capable"] = (("file capabilities",), True)
+        assert os.getxattr("capable", "security.capability")  # control: it is really there
+        with_privilege.append("capable")
+    except OSError:
+        pass
+    Path("theirs").write_text("x\n")
+    try:
+        os.chown("theirs", 4242, 4242)
+        expected["theirs"] = (("owned by uid 4242",), True)
+        with_privilege.append("theirs")
+    except PermissionError:
+        pass
+    (patches_dir / APPLIED).mkdir()
+    (patches_dir / APPLIED / series[0]).write_bytes(b"an applied patch\n")
+    Path("notes.txt").write_text("plain files are not reported\n")
+    found = {lo.path: (lo.what, lo.dangerous) for lo in leftovers(str(patches_dir))}
+    assert found == expected
+    # controls: each one is what it claims to be
+    assert subprocess.run(["git", "rev-parse", "--git-dir"], cwd=patches_dir / "deep" / "er",
+                          capture_output=True, text=True, check=True).stdout.strip() == ".git"
+    assert not os.path.realpath("up").startswith(str(patches_dir))
+    assert stat.S_ISFIFO(os.lstat("fifo").st_mode) and stat.S_ISSOCK(os.lstat("sock").st_mode)
+    print("made with privileges:", with_privilege)
+
+
+def test_leftovers_in_list_check_and_apply(series: list[str], host: Path, patches_dir: Path,
+                                           capsys: pytest.CaptureFixture[str]):
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    (patches_dir / "tool.sh").write_text("#!/bin/sh\n")
+    (patches_dir / "tool.sh").chmod(0o755)
+    assert main(["check", *argv]) == 0  # an executable is worth a line, not a failure
+    assert capsys.readouterr().out.splitlines()[-1] == "LEFTOVER tool.sh: executable"
+    os.mkfifo(patches_dir / "fifo")
+    assert main(["check", *argv]) == 1
+    assert "LEFTOVER fifo: a FIFO (dangerous)" in capsys.readouterr().out.splitlines()
+    assert main(["list", *argv, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["leftovers"]
+    assert sorted(found, key=lambda lo: lo["path"]) == [
+        {"path": "fifo", "what": ["a FIFO"], "dangerous": True},
+        {"path": "tool.sh", "what": ["executable"], "dangerous": False}]
+    assert main(["check", *argv, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(lo["path"] for lo in doc["leftovers"]) == ["fifo", "tool.sh"]
+    assert all(p["ok"] for p in doc["patches"])
+    head = git(host, "rev-parse", "HEAD")
+    with pytest.raises(DevshellError, match="refusing to apply: the patches dir holds fifo: a FIFO"):
+        main(["apply", *argv])
+    assert git(host, "rev-parse", "HEAD") == head
+    assert main(["apply", *argv, "--ignore-leftovers"]) == 0
+    assert "LEFTOVER fifo: a FIFO (dangerous)" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(patches_dir / "fifo").st_mode)  # reported, never touched
+
+
+def test_leftovers_walk_is_bounded(patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    deep = patches_dir.joinpath(*["d"] * 40)
+    deep.mkdir(parents=True)
+    os.mkfifo(deep / "fifo")
+    assert len(Path(os.path.relpath(deep, patches_dir)).parts) == 40  # control: it is that deep
+    [cut] = leftovers(str(patches_dir))
+    assert cut == Leftover("/".join(["d"] * 32), ("deeper than 32 levels; not walked further",), True)
+    monkeypatch.setattr(patches_module, "MAX_WALK_ENTRIES", 20)
+    for n in range(30):
+        (patches_dir / f"f{n}").write_text("x\n")
+    cut = leftovers(str(patches_dir))[-1]
+    assert cut.what == ("the walk stopped after 20 entries; the rest is unchecked",) and cut.dangerous
+
+
+def test_read_dir_skips_a_huge_sparse_patch_without_reading_it(series: list[str], patches_dir: Path,
+                                                               tmp_path: Path):
+    huge = patches_dir / "0000-huge.patch"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)  # 1 TiB of holes: a plain read would try to hold all of it
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == series
+    assert skipped == [f"0000-huge.patch: {1 << 40} bytes, over the limit of 8 MiB per patch file"]
+    # control: a plain read takes all a sparse file claims (here just past the limit)
+    control = tmp_path / "control"
+    with open(control, "wb") as f:
+        f.truncate(MAX_PATCH_BYTES + 4096)
+    assert len(control.read_bytes()) == MAX_PATCH_BYTES + 4096
+
+
+def test_read_dir_refuses_a_patch_that_grows_while_it_is_read(series: list[str], patches_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    grown = patches_dir / "0000-grown.patch"
+    with open(grown, "wb") as f:
+        f.truncate(MAX_PATCH_BYTES + 4096)
+    real_fstat = os.fstat
+
+    def small_at_check(fd: int) -> os.stat_result:  # what fstat said before the file grew
+        st = real_fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size > MAX_PATCH_BYTES:
+            return os.stat_result((*tuple(st)[:6], 100, *tuple(st)[7:10]))
+        return st
+
+    monkeypatch.setattr(patches_module.os, "fstat", small_at_check)
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == series
+    assert skipped == ["0000-grown.patch: grew while it was read, past the limit of 8 MiB"]
+
+
+def test_read_dir_bounds_the_total_and_the_count(series: list[str], patches_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    sizes = [(patches_dir / name).stat().st_size for name in series]
+    monkeypatch.setattr(patches_module, "MAX_TOTAL_BYTES", sizes[0] + sizes[1])
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == series[:2]
+    assert skipped == [f"{series[2]}: {sizes[2]} bytes, over the limit of {sizes[0] + sizes[1]} bytes "
+                       "for all patches together"]
+    monkeypatch.setattr(patches_module, "MAX_PATCHES", 2)
+    with pytest.raises(DevshellError, match=r"more than 2 \*\.patch files in"):
+        read_dir(str(patches_dir))
+
+
+def encoded(text: str) -> str:
+    return f"=?UTF-8?b?{base64.b64encode(text.encode()).decode()}?="
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\u202egnp.exe\x9b31m\u2066"
+
+
+@pytest.fixture
+def hostile_names(patches_dir: Path) -> tuple[bytes, Patch]:
+    """A patch whose file name, subject and author carry terminal escapes, bidi overrides and a
+    byte that is not UTF-8."""
+    name = b"0001-\x1b[31m\xff\xe2\x80\xae.patch"
+    data = mail(add_file("new.txt"), subject=f"[PATCH] {encoded('Fix' + ESCAPES)}",
+                author=f"{encoded('Mal' + ESCAPES)} <m@example.com>")
+    with open(os.path.join(os.fsencode(patches_dir), name), "wb") as f:
+        f.write(data)
+    [patch] = read_dir(str(patches_dir))[0]
+    return name, patch
+
+
+def test_list_escapes_control_and_bidi_characters_in_text(hostile_names: tuple[bytes, Patch],
+                                                          host: Path, patches_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]):
+    _, patch = hostile_names
+    assert patch.subject == "Fix" + ESCAPES  # control: the raw fields would drive the terminal
+    assert main(["list", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 0
+    out = capsys.readouterr().out
+    assert not any(ch in out for ch in "\x1b\x07\x9b\u202e\u2066\udcff")
+    assert out.splitlines() == [
+        "0001-\\x1b[31m\\xff\\u202e.patch",
+        "    Fix\\x1b[2J\\x1b]0;owned\\x07\\u202egnp.exe\\x9b31m\\u2066",
+        "    Mal\\x1b[2J\\x1b]0;owned\\x07\\u202egnp.exe\\x9b31m\\u2066 <m@example.com> "
+        "\N{MIDDLE DOT} 1 file changed, 1 insertion(s)(+), 0 deletion(s)(-)"]
+
+
+def test_list_json_keeps_names_exact(hostile_names: tuple[bytes, Patch], patches_dir: Path,
+                                     capsys: pytest.CaptureFixture[str]):
+    name, _ = hostile_names
+    assert main(["list", "--patches-dir", str(patches_dir), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.isascii()
+    [row] = json.loads(out)["patches"]
+    assert os.fsencode(row["patch"]) == name
+    assert row["subject"] == "Fix" + ESCAPES
+
+
+def test_list_on_an_ascii_terminal_prints_escapes_not_a_traceback(hostile_names: tuple[bytes, Patch],
+                                                                  patches_dir: Path, tmp_path: Path):
+    (patches_dir / "0002-junk\u00e9.patch").write_bytes(b"junk\n")
+    done = subprocess.run([sys.executable, "-m", "devshell", "patches", "list", "--patches-dir",
+                           str(patches_dir)], capture_output=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.isascii() and done.stderr.isascii()
+    assert b"\\xb7 1 file changed" in done.stdout
+    assert b"devshell: skipped 0002-junk\\xe9.patch" in done.stderr
