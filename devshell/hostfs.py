@@ -98,6 +98,19 @@ def may_write(st: os.stat_result, uid: int, gid: int) -> bool:
     return st.st_mode & 0o003 == 0o003
 
 
+def strict_problem(st: os.stat_result, uids: tuple[int, int], gids: tuple[int, int]) -> str | None:
+    """Why a host path the agent writes in could be another user's to change: owned by neither
+    the user nor dev, writable by others, or by a group that is neither's (like ssh's
+    StrictModes). Root inside can chown and chmod what it has bound read-write."""
+    if st.st_uid not in uids:
+        return f"belongs to uid {st.st_uid}, neither yours nor dev's"
+    if st.st_mode & 0o002:
+        return "is writable by every user"
+    if st.st_mode & 0o020 and st.st_gid not in gids:
+        return f"is writable by group {st.st_gid}, neither yours nor dev's"
+    return None
+
+
 def config_problems(ai: str, memory_name: str) -> list[str]:
     """Why the AI configuration under ai/ (everything but ai/memory) would not be read-only
     inside although it is bound read-only: a file with another hard link (an earlier

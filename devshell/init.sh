@@ -20,7 +20,8 @@ DEV_GID=${DEVSHELL_DEV_GID:?DEVSHELL_DEV_GID is not set}
 DEV_HOME=${DEVSHELL_DEV_HOME:-/home/dev}
 PATCHES=${DEVSHELL_PATCHES_MOUNT:-/patches}
 CHECKOUT=${DEVSHELL_CHECKOUT_MOUNT:-/checkout}
-# "TARGET=DEV:INO ...": the host directory each mount must be (recorded by the launcher).
+# "ROLE=DEV:INO ...": the host directory each bind must be (recorded by the launcher, with
+# the roles of spec.host_binds: checkout, patches, ai, memory).
 BIND_IDS=${DEVSHELL_BIND_IDS:-}
 GITCONFIG=/etc/gitconfig
 WORKSPACE=${DEVSHELL_WORKSPACE:?DEVSHELL_WORKSPACE is not set}
@@ -121,10 +122,17 @@ links_to() { [ "${ST_LINK[$1]:-}" = "$2" ] && [ -d "$1" -o -f "$1" ]; }
 # and the engine's bind, by an agent process of another devshell; the inode cannot. Checked
 # before init touches anything, and at every entry. Filesystems that present host files
 # through a VM (MAPPED_FS) show other inode numbers: there the check cannot speak.
+bind_target() {  # bind_target ROLE: REPLY=where that bind is mounted
+    case $1 in
+        checkout) REPLY=$CHECKOUT ;; patches) REPLY=$PATCHES ;; ai) REPLY=$CACHE/ai ;;
+        memory) REPLY=$MEMORY ;; *) REPLY=/nonexistent/$1 ;;
+    esac
+}
 verify_binds() {
     local pair target want
     for pair in $BIND_IDS; do
-        target=${pair%%=*} want=${pair#*=}
+        bind_target "${pair%%=*}"
+        target=$REPLY want=${pair#*=}
         mount_fs "$target"
         case $MAPPED_FS in *" $REPLY "*) continue ;; esac
         [ "${ST_ID[$target]:-missing}" = "$want" ] \
@@ -294,11 +302,13 @@ owner_is_mapped() {
 }
 init_workspace() {
     if ! owner_is_mapped && [ "$(owner_of "$WORKSPACE")" != "$DEV_UID:$DEV_GID" ]; then
-        chown -R "$DEV_UID:$DEV_GID" "$WORKSPACE"
+        chown -R "$DEV_UID:$DEV_GID" "$WORKSPACE"  # -R never follows a symlink below the top
     fi
+}
+init_workdirs() {  # as dev
     local d
     for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
-        [ -z "$d" ] || [ -d "$d" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$d"
+        [ -z "$d" ] || [ -d "$d" ] || mkdir -p "$d"
     done
 }
 verify_workspace() {
@@ -320,22 +330,17 @@ memory_link() {  # sets REPLY to ~/.claude/projects/<start dir with / -> ->/memo
     case $1 in patches) dir=$PATCHES ;; workspace) dir=$WORKSPACE ;; home) dir=$DEV_HOME ;; esac
     REPLY=$DEV_HOME/.claude/projects/${dir//\//-}/memory
 }
-link() {  # link TARGET NAME: a dev-owned symlink; a real dir in the way is kept aside, not lost
+link() {  # link TARGET NAME (as dev): a symlink; a real dir in the way is kept aside, not lost
     [ "$(readlink "$2")" = "$1" ] && return
     if [ -e "$2" ] && [ ! -L "$2" ]; then mv "$2" "$2.devshell-bak.$(date +%s)"; fi
-    ln -sfn "$1" "$2" && chown -h "$DEV_UID:$DEV_GID" "$2"
+    ln -sfn "$1" "$2"
 }
+# Everything under dev's home and the workspace's dirs is made by dev itself (init_as_dev):
+# done as root, mkdir/install/ln would follow a symlink dev planted there and change the
+# owner or mode of whatever it points to, a host-bound directory included.
 init_ai() {
     [ -n "$CACHE" ] || return 0
-    local d
-    # The host cache is the user's: a directory made here is dev's, one that exists keeps its
-    # owner (verify says so if dev cannot write it). mkdir -m, never a chown that follows links.
-    for d in "$CACHE/ai/memory/$AI_REPO" "$MEMORY"; do
-        [ -d "$d" ] || { mkdir -m 0755 "$d" && chown -h "$DEV_UID:$DEV_GID" "$d"; }
-    done
-    for d in "$DEV_HOME/.claude" "$DEV_HOME/.claude/projects"; do
-        [ -d "$d" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$d"
-    done
+    [ -d "$DEV_HOME/.claude/projects" ] || mkdir -p "$DEV_HOME/.claude/projects"
     link "$CACHE/ai/skills" "$DEV_HOME/.claude/skills"
     if [ -e "$CACHE/ai/settings.json" ]; then
         link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
@@ -344,7 +349,7 @@ init_ai() {
     for name in patches workspace home; do
         memory_link "$name"
         project=${REPLY%/memory}
-        [ -d "$project" ] || install -d -o "$DEV_UID" -g "$DEV_GID" "$project"
+        [ -d "$project" ] || mkdir -p "$project"
         link "$MEMORY" "$project/memory"
     done
 }
@@ -375,14 +380,19 @@ verify_ai() {
     done
 }
 
-init_all() { init_group; init_user; init_sudoers; init_patches; init_workspace; init_ai; }
+# Root's part, then dev's part as dev: dev's part cannot change anything dev could not.
+init_all() {
+    init_group && init_user && init_sudoers && init_patches && init_workspace || return
+    setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups -- "$0" --as-dev-init
+}
+init_as_dev() { cd / && init_workdirs && init_ai; }
 verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify_workspace; verify_ai; }
 
 binds_verified() {
     FAILURES=0
     local -a targets=()
     local pair
-    for pair in $BIND_IDS; do targets+=("${pair%%=*}"); done
+    for pair in $BIND_IDS; do bind_target "${pair%%=*}"; targets+=("$REPLY"); done
     [ ${#targets[@]} = 0 ] || load_facts "${targets[@]}"
     verify_binds
     return "$FAILURES"
@@ -396,7 +406,7 @@ verify() {
             "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
         for name in patches workspace home; do memory_link "$name"; paths+=("$REPLY"); done
     fi
-    for pair in $BIND_IDS; do paths+=("${pair%%=*}"); done
+    for pair in $BIND_IDS; do bind_target "${pair%%=*}"; paths+=("$REPLY"); done
     load_facts "${paths[@]}"
     verify_binds
     verify_all
@@ -469,6 +479,8 @@ session() {
 main() {
     case "${1:-}" in
         "") init_all ;;
+        --as-dev-init) [ "$(id -u)" = "$DEV_UID" ] || { echo "devshell-init: --as-dev-init is dev's" >&2; return 2; }
+            HOME=$DEV_HOME init_as_dev ;;
         --verify) verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
         --session)

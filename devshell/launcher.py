@@ -7,25 +7,15 @@ container, volume or file; then image -> volume -> container, and report what ha
 from __future__ import annotations
 
 import os
+import stat
 from typing import NamedTuple
 
 from .cells import Cell
 from .engine import Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
-from .hostfs import config_problems, identity, may_write, open_dir
+from .hostfs import config_problems, identity, may_write, open_dir, strict_problem
 from .options import HostFacts, Options, check_binds
-from .spec import (
-    CACHE,
-    CHECKOUT,
-    INIT_PATH,
-    LABEL_CELL,
-    LABEL_HASH,
-    PATCHES,
-    ContainerSpec,
-    container_name,
-    plan,
-    session,
-)
+from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, host_binds, plan, session
 
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
@@ -74,32 +64,62 @@ def check_host_paths(opts: Options) -> Options:
     cache = None if opts.host_cache is None else os.path.realpath(opts.host_cache)
     # The same refusals as parse(), again after symlinks are resolved.
     check_binds(real, patches, cache, home)
+    opts = opts._replace(checkout=real, patches_out=patches, host_cache=cache)
+    trusted = ((os.getuid(), opts.uid), (os.getgid(), opts.gid))
     if os.path.lexists(patches):
-        if not os.path.isdir(patches):
-            raise DevshellError(f"patches dir {patches} is not a directory", "pass --patches-out DIR")
-        if not may_write(os.stat(patches), opts.uid, opts.gid):
+        fix = (f"look at what is in it, then remove {patches}: devshell makes a new one" if default
+               else "omit --patches-out, or pass a directory that does not exist yet")
+        if not os.path.isdir(patches) or os.path.islink(patches):
+            raise DevshellError(f"patches dir {patches} is not a directory", fix)
+        st = os.stat(patches)
+        why = strict_problem(st, *trusted)
+        if why:  # root inside can chown and chmod what it has bound read-write
+            raise DevshellError(f"patches dir {patches} {why}", fix)
+        if not may_write(st, opts.uid, opts.gid):
             raise DevshellError(f"dev ({opts.uid}:{opts.gid}) cannot write the patches dir {patches}, "
                                 "and devshell never changes the owner or mode of a directory it did "
-                                "not create", "omit --patches-out, or pass a directory that does not "
-                                "exist yet")
+                                "not create", fix)
     elif os.geteuid() != 0 and (opts.uid, opts.gid) != (os.getuid(), os.getgid()):
         raise DevshellError(f"only root can give a new patches dir to dev ({opts.uid}:{opts.gid})",
                             "drop --uid/--gid, or create the directory for that user first")
     if cache is not None:
         if os.path.lexists(cache) and not os.path.isdir(cache):
             raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
+        for bind in host_binds(opts)[2:]:
+            _check_cache_entry(bind.source, cache, trusted)
+        settings = os.path.join(cache, "ai", "settings.json")
+        if os.path.lexists(settings):
+            _check_cache_entry(settings, cache, trusted, directory=False)
         ai = os.path.join(cache, "ai")
-        for entry in (ai, os.path.join(ai, "memory")):
-            if os.path.islink(entry) or (os.path.lexists(entry) and not os.path.isdir(entry)):
-                raise DevshellError(f"{entry} is not a plain directory (a symlink is never followed)",
-                                    f"replace {entry} with a directory")
         if opts.ai_config_ro and os.path.isdir(ai):
             problems = config_problems(ai, "memory")
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise DevshellError(f"the read-only AI config would not be: {problems[0]}{more}",
                                     "replace it with a plain copy of its content")
-    return opts._replace(checkout=real, patches_out=patches, host_cache=cache)
+    return opts
+
+
+def _check_cache_entry(path: str, cache: str, trusted: tuple[tuple[int, int], tuple[int, int]],
+                       *, directory: bool = True) -> None:
+    """Every existing directory from the host cache down to path is a plain directory (path
+    itself a plain file if not directory) that only the user and dev can change: the agent
+    writes in there, and a symlink or a mode another user can write would hand the next
+    session's configuration to someone else."""
+    rel = os.path.relpath(path, cache).split(os.sep)
+    for n in range(1, len(rel) + 1):
+        here = os.path.join(cache, *rel[:n])
+        if not os.path.lexists(here):
+            return
+        st = os.lstat(here)
+        plain = stat.S_ISDIR(st.st_mode) if (directory or n < len(rel)) else stat.S_ISREG(st.st_mode)
+        if not plain:
+            kind = "directory" if directory or n < len(rel) else "file"
+            raise DevshellError(f"{here} is not a plain {kind} (a symlink is never followed)",
+                                f"replace {here} with a plain one")
+        why = strict_problem(st, *trusted)
+        if why:
+            raise DevshellError(f"{here} {why}", f"chown/chmod {here} back, or remove it")
 
 
 def _dev_owner(opts: Options) -> tuple[int, int] | None:
@@ -110,40 +130,66 @@ def _dev_owner(opts: Options) -> tuple[int, int] | None:
 
 
 def prepare_host_dirs(opts: Options) -> Options:
-    """Create what devshell owns (the drop dir, the host cache's ai/ dirs) and record the
-    identity of every directory to bind. Walked without following links: a component swapped
-    for a symlink since check_host_paths is an error here, and one swapped after this is
-    caught inside, where init refuses a mount that is not the recorded directory."""
+    """Create what devshell owns (the drop dir, the host cache's ai/ dirs down to this
+    checkout's memory) and record the identity of every directory to bind. Walked without
+    following links: a component swapped for a symlink since check_host_paths is an error
+    here, and one swapped after this is caught when the container has started."""
     owner = _dev_owner(opts)
-    ids = []
-    with open_dir(opts.checkout) as fd:
-        ids.append((CHECKOUT, identity(fd)))
-    with open_dir(opts.patches_out, create=0o700, owner=owner) as fd:
-        ids.append((PATCHES, identity(fd)))
     if opts.host_cache is not None:
-        # dev writes memory, and with --ai-config-rw ai/ and skills: those it gets if devshell
-        # makes them. The host cache itself stays its maker's, searchable so dev gets through.
-        for sub, target, mode, who in (("", CACHE, 0o711, None), ("/ai", f"{CACHE}/ai", 0o700, owner),
-                                       ("/ai/skills", "", 0o700, owner),
-                                       ("/ai/memory", f"{CACHE}/ai/memory", 0o700, owner)):
-            with open_dir(opts.host_cache + sub, create=mode, owner=who) as fd:
-                if target:
-                    ids.append((target, identity(fd)))
-    return opts._replace(bind_ids=tuple(sorted(ids)))
+        # The host cache itself stays its maker's; what devshell makes inside it is dev's,
+        # who must pass through ai/ to memory (and, with --ai-config-rw, write skills).
+        with open_dir(opts.host_cache, create=0o700):
+            pass
+        ai = f"{opts.host_cache}/ai"
+        memory = host_binds(opts)[-1].source
+        for sub in (ai, f"{ai}/skills", *_parents(memory, ai)):
+            with open_dir(sub, create=0o700, owner=owner):
+                pass
+    ids = []
+    for bind in host_binds(opts):
+        with open_dir(bind.source, create=None if bind.role == "checkout" else 0o700, owner=owner) as fd:
+            ids.append((bind.role, identity(fd)))
+    return opts._replace(bind_ids=tuple(ids))
+
+
+def _parents(path: str, top: str) -> list[str]:
+    """The directories strictly between top and path, outermost first."""
+    out = []
+    while (path := os.path.dirname(path)) != top and path.startswith(top + "/"):
+        out.append(path)
+    return out[::-1]
 
 
 def bind_ids(opts: Options) -> tuple[tuple[str, str], ...] | None:
     """The identities prepare_host_dirs would record, by plain stat (the warm path); None when a
     directory is missing, which only the cold path creates."""
-    targets = [(CHECKOUT, opts.checkout), (PATCHES, opts.patches_out)]
-    if opts.host_cache is not None:
-        targets += [(CACHE, opts.host_cache), (f"{CACHE}/ai", f"{opts.host_cache}/ai"),
-                    (f"{CACHE}/ai/memory", f"{opts.host_cache}/ai/memory")]
     try:
-        stats = [(target, os.stat(path)) for target, path in targets]
+        stats = [(bind.role, os.stat(bind.source)) for bind in host_binds(opts)]
     except OSError:
         return None
-    return tuple(sorted((target, f"{st.st_dev}:{st.st_ino}") for target, st in stats))
+    return tuple((role, f"{st.st_dev}:{st.st_ino}") for role, st in stats)
+
+
+def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options) -> None:
+    """After a start, ask the host kernel what the container really binds: the engine binds
+    by path at every start, and init inside can be an agent's once root inside has replaced
+    it. Through /proc/PID/root (a local engine, and a host user allowed to look: root); where
+    that cannot be read, init's own check is what remains."""
+    info = engine.inspect(spec.name)
+    pid = (info or {}).get("State", {}).get("Pid") or 0
+    if not pid:
+        return
+    want = dict(opts.bind_ids)
+    for bind in host_binds(opts):
+        try:
+            st = os.stat(f"/proc/{pid}/root{bind.target}")
+        except OSError:
+            return  # not ours to read (or not this machine's process): the check cannot speak
+        if f"{st.st_dev}:{st.st_ino}" != want.get(bind.role):
+            engine.remove_container(spec.name)
+            raise DevshellError(f"{bind.target} in {spec.name} is not the host directory "
+                                f"{bind.source} that was checked (it changed during the launch); "
+                                "the container was removed", "launch again")
 
 
 def read_script(path: str) -> str:
@@ -176,6 +222,8 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
     try:
         outcome = engine.ensure_container(spec)
+        if outcome.state != "reused" or outcome.why:  # (re)started: bound by path just now
+            check_mounts_from_host(engine, spec, opts)
     except DevshellError:
         if created:  # an error leaves nothing behind that this run made
             engine.remove_volume(spec.volume)

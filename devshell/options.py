@@ -77,8 +77,8 @@ class Options(NamedTuple):
     list: bool = False
     json: bool = False
     cells_dirs: tuple[str, ...] = ()
-    # Read off the host by check_host_paths: (mount target, "st_dev:st_ino") of every bound host
-    # directory. init refuses a mount that is not exactly the directory that was checked.
+    # Read off the host by the launcher: (role, "st_dev:st_ino") of every bound host directory
+    # (spec.host_binds). init refuses a mount that is not exactly the directory checked.
     bind_ids: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -247,6 +247,10 @@ def check_binds(checkout: str, patches: str, cache: str | None, home: str) -> No
              ("the host cache dir", cache, "pass a dedicated directory to --host-cache-dir")]
     given = [(what, path, fix) for what, path, fix in named if path is not None]
     for what, path, fix in given:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            # Paths reach init in the environment and a checkout's name becomes a mount point.
+            raise DevshellError(f"refusing {path!r} as {what}: it holds a control character",
+                                "rename it")
         if path == "/" or inside(home, path):
             raise DevshellError(f"refusing {path} as {what}: the container could reach all of "
                                 f"{'it' if path == '/' else 'your home'}", fix)

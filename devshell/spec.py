@@ -43,13 +43,52 @@ class Mount(NamedTuple):
         fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
         if self.read_only:
             fields.append("readonly")
+        if self.kind == "bind":
+            fields.append("bind-nonrecursive")
         buf = io.StringIO()  # --mount is CSV: quote a source holding ',', '"' or a line break
         csv.writer(buf, lineterminator="\r\n").writerow(fields)
         return buf.getvalue().removesuffix("\r\n")
 
     def sdk(self) -> dict[str, Any]:
-        return {"Type": self.kind, "Source": self.source, "Target": self.target,
-                "ReadOnly": self.read_only}
+        mount = {"Type": self.kind, "Source": self.source, "Target": self.target,
+                 "ReadOnly": self.read_only}
+        if self.kind == "bind":
+            # A bind is one host directory, never what is mounted below it on the host: the
+            # engine makes only the top of a recursive bind read-only (Docker 20.10), so a
+            # mount under the checkout would stay writable inside.
+            mount["BindOptions"] = {"NonRecursive": True}
+        return mount
+
+
+class Bind(NamedTuple):
+    """A host directory a devshell binds, and the role init checks its identity under."""
+
+    role: str
+    source: str
+    target: str
+    read_only: bool
+
+
+def host_binds(opts: Options) -> list[Bind]:
+    """Every host directory the container gets: the drop dir, the checkout (read-only) and,
+    with a host cache, its ai/ and this checkout's memory dir. Not the host cache itself: what
+    is bound read-write, root inside can chown and chmod, so only what the agent must write
+    is. Each path down to memory is a mount point inside, so nothing inside can rename or
+    replace one (a swapped dir would be bound by path at the next launch), and memory is a
+    mount of its own in both modes, so no hard link can join a memory file to the
+    configuration (link(2) does not cross mounts)."""
+    binds = [Bind("patches", opts.patches_out, PATCHES, False),
+             Bind("checkout", opts.checkout, CHECKOUT, True)]
+    if opts.host_cache is not None:
+        memory = memory_dir(opts.checkout)
+        binds += [Bind("ai", f"{opts.host_cache}/ai", f"{CACHE}/ai", opts.ai_config_ro),
+                  Bind("memory", f"{opts.host_cache}/ai/{memory}", f"{CACHE}/ai/{memory}", False)]
+    return binds
+
+
+def memory_dir(checkout: str) -> str:
+    """This checkout's memory, relative to the cache's ai/: memory/<basename>/<encoded path>."""
+    return f"memory/{ai_repo(checkout)}/{ai_key(checkout)}"
 
 
 class ContainerSpec(NamedTuple):
@@ -188,8 +227,8 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
          labels: dict[str, str] | None = None, init: str | None = None) -> ContainerSpec:
     """The container for these options and this cell. Pure: no Docker, no filesystem."""
     name = container_name(cell.name, opts.instance)
-    mounts = [Mount("volume", name, cell.workspace), Mount("bind", opts.patches_out, PATCHES),
-              Mount("bind", opts.checkout, CHECKOUT, read_only=True)]
+    mounts = [Mount("volume", name, cell.workspace),
+              *(Mount("bind", b.source, b.target, b.read_only) for b in host_binds(opts))]
     env = {
         "HOME": DEV_HOME,
         "DEVSHELL_CELL": cell.name,
@@ -208,15 +247,8 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
     if opts.host_cache is not None:
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
         env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
-        # Every directory on the way to memory is a mount point inside, so nothing inside can
-        # rename or replace one (a swapped ai/memory would be bound by path at the next launch),
-        # and memory is a mount of its own in both modes, so no hard link can ever join a
-        # memory file to the configuration (link(2) does not cross mounts).
-        mounts += [Mount("bind", opts.host_cache, CACHE),
-                   Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=opts.ai_config_ro),
-                   Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")]
     if opts.bind_ids:
-        env["DEVSHELL_BIND_IDS"] = " ".join(f"{target}={ident}" for target, ident in opts.bind_ids)
+        env["DEVSHELL_BIND_IDS"] = " ".join(f"{role}={ident}" for role, ident in opts.bind_ids)
     files = [(INIT_PATH, init if init is not None else init_script())]
     if cell.setup:
         files.append((SETUP_PATH, cell.setup))

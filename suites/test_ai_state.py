@@ -111,3 +111,15 @@ def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache)
     shell = devshell_factory(host_cache=seeded_cache)
     assert shell.run("true").exit_code == 0
     assert owners() == before
+
+
+@pytest.mark.parametrize("user", ["dev", "root via sudo"])
+def test_only_this_checkouts_memory_is_writable(devshell_factory, seeded_cache, user):
+    other = seeded_cache / "ai" / "memory" / "other" / "-srv-other"
+    other.mkdir(parents=True, exist_ok=True)
+    shell = devshell_factory(host_cache=seeded_cache)
+    sudo = "sudo -n " if user != "dev" else ""
+    result = shell.run(f"{sudo}touch /cache/ai/memory/other/-srv-other/planted")
+    assert result.exit_code != 0, f"another project's memory was writable as {user}"
+    assert not (other / "planted").exists()
+    assert shell.run(f"{sudo}touch {memory_dir(shell)}/mine").exit_code == 0

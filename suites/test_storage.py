@@ -4,7 +4,7 @@
 import os
 
 from devshell.seccomp import CAP_DROP
-from devshell.spec import CACHE, CHECKOUT, PATCHES
+from devshell.spec import CACHE, CHECKOUT, PATCHES, memory_dir
 
 
 def mounts_of(shell):
@@ -13,17 +13,26 @@ def mounts_of(shell):
             for m in info["Mounts"]}
 
 
-def test_mounts_are_exactly_the_volume_patches_checkout_and_cache(devshell):
+def test_mounts_are_exactly_the_volume_patches_checkout_and_ai_state(devshell):
     opts, spec = devshell.opts, devshell.spec
+    memory = memory_dir(opts.checkout)
     assert mounts_of(devshell) == {
         ("volume", spec.volume, spec.workspace, True),
         ("bind", opts.patches_out, PATCHES, True),
         ("bind", opts.checkout, CHECKOUT, False),  # the user's checkout, read-only
-        ("bind", opts.host_cache, CACHE, True),
-        # --ai-config-ro (the default): the agent's configuration read-only, its memory writable
+        # --ai-config-ro (the default): the agent's configuration read-only, this checkout's
+        # memory writable; the host cache itself is not bound
         ("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", False),
-        ("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", True),
+        ("bind", f"{opts.host_cache}/ai/{memory}", f"{CACHE}/ai/{memory}", True),
     }
+
+
+def test_every_bind_is_non_recursive(devshell):
+    """A mount below a host directory never shows inside (nor stays writable under a
+    read-only bind): the engine makes only the top of a recursive bind read-only."""
+    mounts = devshell.engine.inspect(devshell.name)["HostConfig"]["Mounts"]
+    binds = [m for m in mounts if m["Type"] == "bind"]
+    assert binds and all(m.get("BindOptions", {}).get("NonRecursive") for m in binds)
 
 
 def test_without_host_cache_nothing_is_bound_at_cache(devshell_factory):

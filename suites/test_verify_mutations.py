@@ -35,7 +35,6 @@ MUTATIONS = {
     "memory link for the workspace removed": (
         "memory-link:workspace", "rm $H/.claude/projects/$(echo $WS | tr / -)/memory"),
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
-    "memory dir removed": ("memory-dir", "rm -rf $MEM"),
 }
 
 # Host directories init never repairs: it does not change the owner or mode of a host directory
@@ -43,7 +42,6 @@ MUTATIONS = {
 HOST_MUTATIONS = {
     "patches not writable by dev": ("patches-writable", "chown root:root /patches && chmod 0700 /patches"),
     "memory not writable by dev": ("memory-dir", "chown root:root $MEM && chmod 0755 $MEM"),
-    "cache not searchable by dev": ("memory-dir", "chown root:root /cache && chmod 0700 /cache"),
 }
 
 @pytest.fixture
