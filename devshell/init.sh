@@ -125,7 +125,7 @@ links_to() { [ "${ST_LINK[$1]:-}" = "$2" ] && [ -d "$1" -o -f "$1" ]; }
 bind_target() {  # bind_target ROLE: REPLY=where that bind is mounted
     case $1 in
         checkout) REPLY=$CHECKOUT ;; patches) REPLY=$PATCHES ;; ai) REPLY=$CACHE/ai ;;
-        memory) REPLY=$MEMORY ;; *) REPLY=/nonexistent/$1 ;;
+        memories) REPLY=$CACHE/ai/memory ;; memory) REPLY=$MEMORY ;; *) REPLY=/nonexistent/$1 ;;
     esac
 }
 verify_binds() {

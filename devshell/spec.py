@@ -36,6 +36,11 @@ class Mount(NamedTuple):
     target: str
     read_only: bool = False
 
+    @property
+    def non_recursive(self) -> bool:
+        """Every bind is: what is mounted below its source on the host stays out (see sdk)."""
+        return self.kind == "bind"
+
     def cli(self) -> str:
         import csv
         import io
@@ -43,7 +48,7 @@ class Mount(NamedTuple):
         fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
         if self.read_only:
             fields.append("readonly")
-        if self.kind == "bind":
+        if self.non_recursive:
             fields.append("bind-nonrecursive")
         buf = io.StringIO()  # --mount is CSV: quote a source holding ',', '"' or a line break
         csv.writer(buf, lineterminator="\r\n").writerow(fields)
@@ -52,7 +57,7 @@ class Mount(NamedTuple):
     def sdk(self) -> dict[str, Any]:
         mount = {"Type": self.kind, "Source": self.source, "Target": self.target,
                  "ReadOnly": self.read_only}
-        if self.kind == "bind":
+        if self.non_recursive:
             # A bind is one host directory, never what is mounted below it on the host: the
             # engine makes only the top of a recursive bind read-only (Docker 20.10), so a
             # mount under the checkout would stay writable inside.
@@ -81,7 +86,10 @@ def host_binds(opts: Options) -> list[Bind]:
              Bind("checkout", opts.checkout, CHECKOUT, True)]
     if opts.host_cache is not None:
         memory = memory_dir(opts.checkout)
+        # memories (every project's, read-only) is a mount of its own even where ai/ is
+        # writable (--ai-config-rw), so it cannot be renamed or replaced from inside either.
         binds += [Bind("ai", f"{opts.host_cache}/ai", f"{CACHE}/ai", opts.ai_config_ro),
+                  Bind("memories", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", True),
                   Bind("memory", f"{opts.host_cache}/ai/{memory}", f"{CACHE}/ai/{memory}", False)]
     return binds
 
@@ -114,7 +122,9 @@ class ContainerSpec(NamedTuple):
         return {
             "image": self.image,
             "platform": self.platform,
-            "mounts": sorted([m.kind, m.source, m.target, m.read_only] for m in self.mounts),
+            # All that the engine is told of a mount: a container bound otherwise is recreated.
+            "mounts": sorted([m.kind, m.source, m.target, m.read_only, m.non_recursive]
+                             for m in self.mounts),
             "env": dict(self.env),
             "files": {p: hashlib.sha256(c.encode()).hexdigest()[:16] for p, c in self.files},
             "command": list(self.command),
@@ -201,8 +211,10 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def ai_repo(host_path: str) -> str:
-    """Basename of the host patches dir, for Windows and POSIX paths alike."""
-    parts = [p for p in host_path.replace("\\", "/").split("/") if p]
+    """Basename of the host checkout, for Windows and POSIX paths alike: one path component,
+    never '.' or '..' (a POSIX name such as 'x\\..' ends in one), since it names a directory
+    below the host cache's memory/."""
+    parts = [p for p in host_path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     return parts[-1] if parts else "-"
 
 

@@ -23,6 +23,7 @@ def test_mounts_are_exactly_the_volume_patches_checkout_and_ai_state(devshell):
         # --ai-config-ro (the default): the agent's configuration read-only, this checkout's
         # memory writable; the host cache itself is not bound
         ("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", False),
+        ("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", False),
         ("bind", f"{opts.host_cache}/ai/{memory}", f"{CACHE}/ai/{memory}", True),
     }
 
