@@ -14,7 +14,7 @@ import pytest
 
 from devshell import hostfs
 from devshell.errors import DevshellError
-from devshell.hostfs import config_problems, identity, may_write, open_dir
+from devshell.hostfs import config_problems, identity, may_write, open_dir, strict_problem
 
 DEV = (1000, 1000)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -222,6 +222,68 @@ def test_may_write_agrees_with_a_real_dir(tmp_path):
     st = os.stat(base / "d")
     assert may_write(st, st.st_uid, st.st_gid)
     assert not may_write(st, st.st_uid + 1, st.st_gid + 1)
+
+
+# --- strict_problem ----------------------------------------------------------------------------
+
+# (the user's, dev's): uid 10 and gid 20 are the user's, 1000 dev's.
+UIDS, GIDS = (10, 1000), (20, 1000)
+
+
+@pytest.mark.parametrize("st_mode, uid, gid", [
+    (0o700, 10, 20), (0o755, 1000, 1000), (0o700, 10, 99),  # group 99 cannot write: fine
+    (0o750, 10, 99), (0o770, 10, 20), (0o770, 1000, 1000), (0o775, 10, 1000),  # g+w, allowed gid
+    (0o1700, 10, 20), (0o000, 1000, 99),
+])
+def test_strict_problem_accepts_what_only_the_user_and_dev_can_change(st_mode, uid, gid):
+    assert strict_problem(fake_stat(st_mode, uid, gid), UIDS, GIDS) is None
+
+
+@pytest.mark.parametrize("uid", [0, 11, 999, 65534])
+def test_strict_problem_refuses_an_owner_that_is_neither_the_user_nor_dev(uid):
+    why = strict_problem(fake_stat(0o700, uid, 20), UIDS, GIDS)
+    assert why is not None and f"uid {uid}" in why
+
+
+@pytest.mark.parametrize("st_mode", [0o702, 0o777, 0o1777, 0o002])
+@pytest.mark.parametrize("uid", UIDS)
+def test_strict_problem_refuses_what_every_user_can_write(st_mode, uid):
+    why = strict_problem(fake_stat(st_mode, uid, 20), UIDS, GIDS)
+    assert why is not None and "every user" in why
+
+
+@pytest.mark.parametrize("gid", [0, 99, 100])
+def test_strict_problem_refuses_a_foreign_group_that_can_write(gid):
+    why = strict_problem(fake_stat(0o770, 10, gid), UIDS, GIDS)
+    assert why is not None and f"group {gid}" in why
+    assert strict_problem(fake_stat(0o750, 10, gid), UIDS, GIDS) is None  # readable only: fine
+
+
+def test_strict_problem_reads_a_file_like_a_directory():
+    file = os.stat_result((stat.S_IFREG | 0o666, 0, 0, 1, 10, 20, 0, 0, 0, 0))
+    assert "every user" in (strict_problem(file, UIDS, GIDS) or "")
+    assert strict_problem(os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 10, 20, 0, 0, 0, 0)),
+                          UIDS, GIDS) is None
+
+
+def test_strict_problem_agrees_with_a_real_dir(tmp_path):
+    base = real(tmp_path)
+    (base / "d").mkdir(mode=0o700)
+    mine = ((os.getuid(), os.getuid()), (os.getgid(), os.getgid()))
+    assert strict_problem(os.stat(base / "d"), *mine) is None
+    os.chmod(base / "d", 0o777)
+    assert "every user" in (strict_problem(os.stat(base / "d"), *mine) or "")
+    os.chmod(base / "d", 0o700)
+    other = ((os.getuid() + 1, os.getuid() + 2), mine[1])
+    assert "neither yours nor dev's" in (strict_problem(os.stat(base / "d"), *other) or "")
+
+
+@as_root
+def test_strict_problem_sees_a_chown_to_another_user(tmp_path):
+    base = real(tmp_path)
+    (base / "d").mkdir(mode=0o700)
+    os.chown(base / "d", 4242, 4242)
+    assert "uid 4242" in (strict_problem(os.stat(base / "d"), (0, 1000), (0, 1000)) or "")
 
 
 # --- config_problems ------------------------------------------------------------------------

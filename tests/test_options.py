@@ -273,6 +273,44 @@ def test_check_binds_refuses_root_home_and_overlaps(checkout, patches, cache):
         check_binds(checkout, patches, cache, HOME)
 
 
+@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x01", "\x1b", "\x1f", "\x7f"])
+@pytest.mark.parametrize("flag, what", [("--checkout", "as the checkout"),
+                                        ("--patches-out", "as the patches dir"),
+                                        ("--host-cache-dir", "as the host cache dir")])
+def test_a_control_character_in_a_bound_dir_is_refused(flag, what, char):
+    """A bound dir's path reaches init in the environment, and the checkout's name becomes a
+    mount point below /cache/ai/memory: no line break, escape or DEL in either."""
+    error = refused([flag, f"/srv/a{char}b", *elsewhere(flag)])
+    assert what in str(error) and "control character" in str(error)
+
+
+@pytest.mark.parametrize("char", [" ", "~", "\x80", "\u00a0", "é", ",", '"'])
+def test_printable_and_non_ascii_characters_in_a_bound_dir_are_kept(char):
+    opts = parse(["--checkout", f"/s/a{char}", "--patches-out", f"/o/a{char}",
+                  "--host-cache-dir", f"/c/a{char}"], HOST)
+    assert (opts.checkout, opts.patches_out, opts.host_cache) == (
+        f"/s/a{char}", f"/o/a{char}", f"/c/a{char}")
+
+
+def test_a_control_character_in_the_cwd_or_the_state_dir_is_refused_too():
+    """The defaults are checked like given paths: the checkout is cwd, the drop dir below the
+    state dir."""
+    assert "as the checkout" in str(refused([], HOST._replace(cwd="/srv/a\nb")))
+    assert "as the patches dir" in str(refused([], HOST._replace(state="/st\x1b/devshell")))
+
+
+@pytest.mark.parametrize("action", ["--rm", "--verify", "--list"])
+def test_actions_that_bind_nothing_accept_a_control_character(action):
+    opts = parse([action, "--patches-out", "/o\n"], HOST)
+    assert opts.patches_out == "/o\n"
+
+
+def test_check_binds_refuses_a_control_character_in_each_path():
+    for args in [("/s\n", "/d", None), ("/s", "/d\x7f", None), ("/s", "/d", "/c\t")]:
+        with pytest.raises(DevshellError, match="control character"):
+            check_binds(*args, HOME)
+
+
 # --- state and drop dirs --------------------------------------------------------------------
 
 

@@ -26,7 +26,19 @@ from hypothesis import strategies as st
 from devshell import cells, seccomp
 from devshell.errors import DevshellError
 from devshell.options import HostFacts, Options, parse, to_argv
-from devshell.spec import CACHE, CHECKOUT, PATCHES, ContainerSpec, Mount, ai_key, ai_repo, plan, session
+from devshell.spec import (
+    CACHE,
+    CHECKOUT,
+    PATCHES,
+    ContainerSpec,
+    Mount,
+    ai_key,
+    ai_repo,
+    host_binds,
+    memory_dir,
+    plan,
+    session,
+)
 
 INIT = "#!/bin/sh\n"
 ARM_CELL = cells.parse({"platform": "linux/arm64", "image": {"ref": "example/arm:1"},
@@ -48,12 +60,11 @@ CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DE
             "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_WORKSPACE",
             "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO",
             "DEVSHELL_AI_REPO_ENCODED"}
-# Where a host directory goes inside; every other mount is the workspace volume.
-HOST_ROOTS = (PATCHES, CHECKOUT, CACHE)
 MAX_ID = 2**31 - 2
 
-# Path characters: spaces, unicode, CSV and JSON specials, Windows-ish ':' and '\', line breaks.
-CHARS = "abzXZ09 ._-~é中🙂,\"\\:=/\n"
+# Path characters: spaces, unicode, CSV and JSON specials, Windows-ish ':' and '\', C0 controls
+# and DEL (refused in a bound dir), and U+0080 (a C1 control, which is kept).
+CHARS = "abzXZ09 ._-~é中🙂,\"\\:=/\n\t\x7f\x80"
 HOMES = ("/home/alice", "/Users/v é", "/root", "/home/bob/")
 CWDS = {home: (home, "/", f"{home.rstrip('/')}/proj", f"{home.rstrip('/')}/a b/ü,x\"q",
                "/srv/w 中/x", f"{home.rstrip('/')}/~x/.y/z", "//srv//w")
@@ -174,6 +185,10 @@ def within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
+def has_control(path: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+
+
 def expected_cache(inv: Invocation) -> str | None:
     if inv.cache_dir is not None:
         return resolve(inv.cache_dir, inv.host)
@@ -204,6 +219,10 @@ def refusal(inv: Invocation) -> str | None:
     home = resolve(inv.host.home, inv.host)
     cache = expected_cache(inv)
     binds = [expected_checkout(inv), expected_patches(inv), *([cache] if cache is not None else [])]
+    if any(has_control(path) for path in binds):
+        # A bound dir's path reaches init in the environment, and the checkout's names the
+        # memory mount point.
+        return "a bound dir holds a control character"
     if any(path == "/" or within(home, path) for path in binds):
         return "a bound dir is / or holds home"
     if any(within(a, b) or within(b, a) for a, b in itertools.combinations(binds, 2)):
@@ -224,14 +243,28 @@ valid_invocations = invocations().filter(is_valid)
 
 
 def opened(argv: list[str], host: HostFacts, *, ids: bool = False) -> tuple[Options, ContainerSpec]:
-    """parse -> plan; ids stands in for the identities prepare_host_dirs reads off the host."""
+    """parse -> plan; ids stands in for the identities prepare_host_dirs reads off the host
+    (one per host_binds entry, by role, in its order)."""
     opts = parse(argv, host)
     if ids:
-        targets = [CHECKOUT, PATCHES, *([CACHE, f"{CACHE}/ai", f"{CACHE}/ai/memory"]
-                                         if opts.host_cache is not None else [])]
-        opts = opts._replace(bind_ids=tuple(sorted((t, f"{n + 40}:{n * 7 + 2}")
-                                                   for n, t in enumerate(targets))))
+        opts = opts._replace(bind_ids=tuple((b.role, f"{n + 40}:{n * 7 + 2}")
+                                            for n, b in enumerate(host_binds(opts))))
     return opts, plan(opts, CELLS[opts.cell], init=INIT)
+
+
+def expected_memory(opts: Options) -> str:
+    """This checkout's memory dir below the host cache, as init finds it inside:
+    $CACHE/ai/memory/$DEVSHELL_AI_REPO/$DEVSHELL_AI_REPO_ENCODED."""
+    return f"/ai/memory/{ai_repo(opts.checkout)}/{ai_key(opts.checkout)}"
+
+
+def init_bind_target(role: str, env: dict[str, str]) -> str:
+    """init.sh's bind_target: where a recorded role must be mounted."""
+    cache = env.get("DEVSHELL_CACHE_MOUNT", "")
+    return {"checkout": env["DEVSHELL_CHECKOUT_MOUNT"], "patches": env["DEVSHELL_PATCHES_MOUNT"],
+            "ai": f"{cache}/ai", "memories": f"{cache}/ai/memory",
+            "memory": (f"{cache}/ai/memory/{env['DEVSHELL_AI_REPO']}/"
+                       f"{env['DEVSHELL_AI_REPO_ENCODED']}")}.get(role, f"/nonexistent/{role}")
 
 
 def flag_values(argv: list[str], flag: str) -> list[str]:
@@ -239,10 +272,17 @@ def flag_values(argv: list[str], flag: str) -> list[str]:
 
 
 def mount_from_cli(value: str) -> dict[str, Any]:
+    """A --mount value read back into the Engine API's shape; a field it does not know fails."""
     fields = next(csv.reader([value]))
     kv = dict(f.partition("=")[::2] for f in fields if "=" in f)
-    return {"Type": kv["type"], "Source": kv["source"], "Target": kv["target"],
-            "ReadOnly": "readonly" in fields}
+    flags = [f for f in fields if "=" not in f]
+    assert set(kv) == {"type", "source", "target"}, fields
+    assert set(flags) <= {"readonly", "bind-nonrecursive"} and len(set(flags)) == len(flags), fields
+    mount: dict[str, Any] = {"Type": kv["type"], "Source": kv["source"], "Target": kv["target"],
+                             "ReadOnly": "readonly" in flags}
+    if "bind-nonrecursive" in flags:
+        mount["BindOptions"] = {"NonRecursive": True}
+    return mount
 
 
 def spellings(path: str) -> set[str]:
@@ -281,6 +321,10 @@ POISONS: dict[str, Callable[[HostFacts], list[tuple[str, ...]]]] = {
     "checkout in patches": lambda host: [("--checkout", "/p x/d"), ("--patches-out", "/p x")],
     "cache in checkout": lambda host: [("--checkout", "/p x"), ("--host-cache-dir", "/p x/c")],
     "checkout holds cache": lambda host: [("--checkout", "/p"), ("--host-cache-dir", "/p/.c")],
+    "checkout with a line break": lambda host: [("--checkout", "/p\nx")],
+    "patches with a tab": lambda host: [("--patches-out=/o/\t",)],
+    "cache with DEL": lambda host: [("--host-cache-dir", "/c\x7f")],
+    "cache with ESC": lambda host: [("--host-cache-dir", "/c/\x1b[0m")],
     # No --patches-out: the default drop dir, which this checkout holds.
     "checkout holds its drop dir": lambda host: [("--checkout", host.state or "~/.local/state")],
 }
@@ -371,6 +415,7 @@ def test_parsed_binds_never_overlap_nor_reach_root_or_home(inv):
     binds = [opts.checkout, opts.patches_out, *([opts.host_cache] if opts.host_cache else [])]
     for path in binds:
         assert path != "/" and not within(home, path)
+        assert not has_control(path), path
     for a, b in itertools.combinations(binds, 2):
         assert not within(a, b) and not within(b, a), (a, b)
 
@@ -380,26 +425,56 @@ def test_parsed_binds_never_overlap_nor_reach_root_or_home(inv):
 
 @given(valid_invocations, st.booleans())
 def test_mounts_are_only_volume_patches_checkout_and_cache(inv, ids):
-    """Exactly: the volume; /patches and /cache writable; /checkout read-only; /cache/ai (read-only
-    unless --ai-config-rw) and /cache/ai/memory (writable) over the same parts of the host cache.
-    Nothing else, and no target twice."""
+    """Exactly: the volume; /patches writable; /checkout read-only; with a host cache,
+    /cache/ai (read-only unless --ai-config-rw), /cache/ai/memory (read-only) and this
+    checkout's memory below it (writable), each over the same part of the host cache. Nothing
+    else, and no target twice."""
     opts, spec = opened(inv.argv, inv.host, ids=ids)
     cell = CELLS[opts.cell]
     expected = {Mount("volume", spec.volume, cell.workspace), Mount("bind", opts.patches_out, PATCHES),
                 Mount("bind", opts.checkout, CHECKOUT, read_only=True)}
     if opts.host_cache is not None:
-        expected |= {Mount("bind", opts.host_cache, CACHE),
-                     Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=opts.ai_config_ro),
-                     Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")}
+        memory = expected_memory(opts)
+        expected |= {Mount("bind", f"{opts.host_cache}/ai", f"{CACHE}/ai", read_only=opts.ai_config_ro),
+                     Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", read_only=True),
+                     Mount("bind", opts.host_cache + memory, CACHE + memory)}
     assert set(spec.mounts) == expected
     assert len({m.target for m in spec.mounts}) == len(spec.mounts)
-    # The general rule: a bind below a root is the same part of that root's host directory.
-    roots = {m.target: m.source for m in spec.mounts if m.target in HOST_ROOTS}
+    # The general rule: a bind below /cache is the same part of the host cache.
     for m in spec.mounts:
-        if m.kind == "bind" and m.target not in HOST_ROOTS:
-            inside = next(r for r in HOST_ROOTS if m.target.startswith(r + "/"))
-            assert inside == CACHE
-            assert m.source == roots[inside] + m.target[len(inside):]
+        if m.kind == "bind" and m.target not in (PATCHES, CHECKOUT):
+            assert m.target.startswith(CACHE + "/") and opts.host_cache is not None
+            assert m.source == opts.host_cache + m.target[len(CACHE):]
+
+
+@given(valid_invocations, st.booleans())
+def test_plan_binds_exactly_host_binds(inv, ids):
+    """host_binds is the one list of host dirs: what the launcher checks, creates and records
+    is, in order, what plan binds; the workspace volume is the only other mount."""
+    opts, spec = opened(inv.argv, inv.host, ids=ids)
+    binds = host_binds(opts)
+    assert [m for m in spec.mounts if m.kind == "bind"] == [
+        Mount("bind", b.source, b.target, b.read_only) for b in binds]
+    assert [m.kind for m in spec.mounts if m.kind != "bind"] == ["volume"]
+    assert [b.role for b in binds] == ["patches", "checkout",
+                                       *(["ai", "memories", "memory"] if opts.host_cache is not None
+                                         else [])]
+
+
+@given(valid_invocations)
+def test_the_host_cache_itself_is_never_bound(inv):
+    """What is bound read-write, root inside can chown and chmod: never the host cache, only ai/
+    and below it. Nothing is mounted at /cache itself."""
+    opts, spec = opened(inv.argv, inv.host)
+    assert CACHE not in {m.target for m in spec.mounts}
+    if opts.host_cache is None:
+        return
+    for m in spec.mounts:
+        if m.target.startswith(CACHE + "/"):
+            assert within(m.target, f"{CACHE}/ai")
+            assert within(m.source, f"{opts.host_cache}/ai")
+    if enters(inv):  # --rm and --verify check no paths: the checkout may be the cache there
+        assert opts.host_cache not in {m.source for m in spec.mounts}
 
 
 @given(valid_invocations, st.booleans())
@@ -420,14 +495,32 @@ def test_checkout_is_always_read_only(inv, ids):
 
 @given(valid_invocations)
 def test_ai_memory_is_its_own_writable_mount_whenever_a_host_cache_is_bound(inv):
-    """In both modes: link(2) does not cross mounts, so no hard link joins memory and config."""
+    """In both modes: link(2) does not cross mounts, so no hard link joins memory and config.
+    The memory leaf is writable, strictly inside /cache/ai, exactly this checkout's dir (two
+    plain names below memory/, no '.' or '..' to lead it elsewhere), and where init looks; the
+    rest of memory/ is a read-only mount of its own. Nothing else below /cache is writable."""
     opts, spec = opened(inv.argv, inv.host)
     env, mounts = dict(spec.env), {m.target: m for m in spec.mounts}
-    memory = mounts.get(f"{CACHE}/ai/memory")
+    below = [m for m in spec.mounts if m.target.startswith(f"{CACHE}/ai/memory/")]
     if opts.host_cache is None:
-        assert memory is None and f"{CACHE}/ai" not in mounts and "DEVSHELL_AI_CONFIG" not in env
+        assert not below and f"{CACHE}/ai" not in mounts and "DEVSHELL_AI_CONFIG" not in env
+        assert f"{CACHE}/ai/memory" not in mounts
         return
-    assert memory == Mount("bind", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory")
+    assert len(below) == 1
+    memory = below[0]
+    assert mounts[f"{CACHE}/ai/memory"] == Mount("bind", f"{opts.host_cache}/ai/memory",
+                                                 f"{CACHE}/ai/memory", read_only=True)
+    writable = [m for m in spec.mounts if m.target.startswith(CACHE + "/") and not m.read_only]
+    assert writable in ([memory], [mounts[f"{CACHE}/ai"], memory])
+    assert (len(writable) == 2) == ("--ai-config-rw" in inv.argv)
+    assert memory == Mount("bind", opts.host_cache + expected_memory(opts), CACHE + expected_memory(opts))
+    assert not memory.read_only
+    assert memory.target.startswith(f"{CACHE}/ai/") and memory.target != f"{CACHE}/ai"
+    assert posixpath.normpath(memory.target) == memory.target
+    parts = memory.target.split("/")
+    assert parts[:4] == ["", "cache", "ai", "memory"] and len(parts) == 6
+    assert not {"", ".", ".."} & set(parts[4:])
+    assert memory.target == init_bind_target("memory", env)
     assert mounts[f"{CACHE}/ai"].read_only == opts.ai_config_ro == ("--ai-config-rw" not in inv.argv)
     assert env["DEVSHELL_AI_CONFIG"] == ("ro" if opts.ai_config_ro else "rw")
 
@@ -435,12 +528,15 @@ def test_ai_memory_is_its_own_writable_mount_whenever_a_host_cache_is_bound(inv)
 @given(valid_invocations)
 def test_patches_dir_never_overlaps_the_checkout_or_the_cache(inv):
     assume(enters(inv))
-    _, spec = opened(inv.argv, inv.host)
-    sources = {m.target: m.source for m in spec.mounts if m.target in HOST_ROOTS}
-    for other in (CHECKOUT, CACHE):
-        if other in sources:
-            assert not within(sources[PATCHES], sources[other])
-            assert not within(sources[other], sources[PATCHES])
+    opts, spec = opened(inv.argv, inv.host)
+    patches = [m.source for m in spec.mounts if m.target == PATCHES]
+    assert patches == [opts.patches_out]
+    for m in spec.mounts:
+        if m.kind == "bind" and m.target != PATCHES:
+            assert not within(m.source, opts.patches_out) and not within(opts.patches_out, m.source)
+    if opts.host_cache is not None:
+        assert not within(opts.patches_out, opts.host_cache)
+        assert not within(opts.host_cache, opts.patches_out)
 
 
 @given(valid_invocations)
@@ -465,30 +561,37 @@ def test_containment_is_always_set(inv):
 
 @given(valid_invocations)
 def test_bind_ids_name_exactly_the_bound_host_dirs_and_change_nothing_else(inv):
+    """Recorded by role; init's map from role to mount target reaches every bind exactly once."""
     _, spec = opened(inv.argv, inv.host)
     iopts, ispec = opened(inv.argv, inv.host, ids=True)
+    env = dict(ispec.env)
     assert "DEVSHELL_BIND_IDS" not in dict(spec.env)
-    recorded = dict(item.split("=", 1) for item in dict(ispec.env)["DEVSHELL_BIND_IDS"].split(" "))
-    assert set(recorded) == {m.target for m in ispec.mounts if m.kind == "bind"}
-    assert recorded == dict(iopts.bind_ids)
+    pairs = [item.split("=", 1) for item in env["DEVSHELL_BIND_IDS"].split(" ")]
+    assert [tuple(p) for p in pairs] == list(iopts.bind_ids)
+    targets = [init_bind_target(role, env) for role, _ in pairs]
+    assert sorted(targets) == sorted(m.target for m in ispec.mounts if m.kind == "bind")
     assert ispec.mounts == spec.mounts
     assert {k: v for k, v in ispec.env if k != "DEVSHELL_BIND_IDS"} == dict(spec.env)
 
 
 @given(valid_invocations)
-def test_cache_mount_iff_host_cache_asked(inv):
+def test_cache_mounts_iff_host_cache_asked(inv):
     _, spec = opened(inv.argv, inv.host)
     asked = inv.cache_switch or inv.cache_dir is not None
-    assert (CACHE in {m.target for m in spec.mounts}) == asked
+    targets = {m.target for m in spec.mounts}
+    assert any(t.startswith(CACHE + "/") for t in targets) == asked
+    assert CACHE not in targets
 
 
 @given(valid_invocations)
 def test_no_other_host_path_reaches_the_container(inv):
     """Only the checkout, the patches dir and the host cache may cross: not home, cwd, script or
-    cells dirs (unless they are, or lie inside, one of those three)."""
+    cells dirs (unless they are, or lie inside, one of those three). The checkout's memory dir
+    is named after the checkout (memory/<basename>/<path as one name>): that crosses too."""
     opts, spec = opened(inv.argv, inv.host)
     host = inv.host
-    allowed = sorted((s for p in (opts.checkout, opts.patches_out, opts.host_cache) if p
+    allowed = sorted((s for p in (opts.checkout, opts.patches_out, opts.host_cache,
+                                  opts.host_cache and memory_dir(opts.checkout)) if p
                       for s in spellings(p)), key=len, reverse=True)
     cwd = resolve(host.cwd, host)
     roots = [resolve(host.home, host)] + ([cwd] if cwd != "/" else [])
@@ -527,10 +630,13 @@ def test_env_contract_is_complete_and_agrees_with_mounts(inv):
     assert (workspace.kind, workspace.source) == ("volume", spec.volume)
     for key in ("DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE"):
         assert env[key].startswith(env["DEVSHELL_WORKSPACE"] + "/")
-    assert ("DEVSHELL_CACHE_MOUNT" in env) == (CACHE in mounts)
-    if CACHE in mounts:
-        assert mounts[env["DEVSHELL_CACHE_MOUNT"]].source == opts.host_cache
-    assert ("DEVSHELL_AI_CONFIG" in env) == (CACHE in mounts)
+    cached = f"{CACHE}/ai" in mounts
+    assert ("DEVSHELL_CACHE_MOUNT" in env) == cached == (opts.host_cache is not None)
+    if cached:
+        assert env["DEVSHELL_CACHE_MOUNT"] == CACHE
+        assert mounts[f"{env['DEVSHELL_CACHE_MOUNT']}/ai"].source == f"{opts.host_cache}/ai"
+        assert init_bind_target("memory", env) in mounts
+    assert ("DEVSHELL_AI_CONFIG" in env) == cached
     assert env["DEVSHELL_AI_REPO"] == ai_repo(checkout.source)
     assert env["DEVSHELL_AI_REPO_ENCODED"] == ai_key(checkout.source)
     assert env["DEVSHELL_CELL"] == spec.cell == opts.cell
@@ -541,6 +647,11 @@ def test_run_argv_and_sdk_kwargs_agree(inv):
     _, spec = opened(inv.argv, inv.host)
     argv, sdk = spec.run_argv(), spec.sdk_kwargs()
     assert [mount_from_cli(v) for v in flag_values(argv, "--mount")] == sdk["mounts"]
+    # Every bind is non-recursive, in both renderings and in what the engine is sent.
+    for rendered in (sdk["mounts"], spec.api_create()[1]["HostConfig"]["Mounts"]):
+        kinds = [(m["Type"], m.get("BindOptions")) for m in rendered]
+        assert kinds == [(m.kind, {"NonRecursive": True} if m.kind == "bind" else None)
+                         for m in spec.mounts]
     assert dict(v.partition("=")[::2] for v in flag_values(argv, "--env")) == sdk["environment"]
     assert dict(v.partition("=")[::2] for v in flag_values(argv, "--label")) == sdk["labels"]
     assert flag_values(argv, "--name") == [sdk["name"]]
@@ -600,6 +711,8 @@ def test_ai_key_never_contains_path_separators(path):
 
 @given(st.text())
 def test_ai_repo_is_one_nonempty_component(path):
+    """One name below memory/, never one that leads elsewhere."""
     repo = ai_repo(path)
     assert repo
+    assert repo not in (".", "..")
     assert not set(repo) & {"/", "\\"}

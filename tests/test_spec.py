@@ -21,6 +21,7 @@ from devshell.spec import (
     LABEL_IDENTITY,
     PATCHES,
     SETUP_PATH,
+    Bind,
     ContainerSpec,
     ExecSpec,
     Mount,
@@ -28,12 +29,16 @@ from devshell.spec import (
     ai_repo,
     container_name,
     differences,
+    host_binds,
+    memory_dir,
     plan,
     session,
 )
 
 HOST = HostFacts(cwd="/home/alice/proj", home="/home/alice", uid=501, gid=20)
 DROP = "/home/alice/.local/state/devshell/patches/-home-alice-proj.2af6b4a7"  # key + sha256(path)[:8]
+# The checkout's memory below the host cache's ai/: memory/<basename>/<path as one name>.
+MEMORY = "memory/proj/-home-alice-proj"
 INIT = "#!/bin/sh\n: test init\n"
 CELL = cells.parse(
     {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/w/cellx",
@@ -48,6 +53,21 @@ CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DE
 
 def spec_for(*argv: str, **kw: Any) -> ContainerSpec:
     return plan(parse(argv, HOST), CELL, init=INIT, **kw)
+
+
+def read_mount(value: str) -> dict[str, Any]:
+    """A --mount value read back as the docker CLI does, into the Engine API's shape. Strict:
+    a field it does not know is an error, not something silently dropped."""
+    fields = next(csv.reader([value]))
+    kv = dict(f.partition("=")[::2] for f in fields if "=" in f)
+    assert set(kv) == {"type", "source", "target"}, fields
+    flags = [f for f in fields if "=" not in f]
+    assert set(flags) <= {"readonly", "bind-nonrecursive"} and len(set(flags)) == len(flags), fields
+    mount: dict[str, Any] = {"Type": kv["type"], "Source": kv["source"], "Target": kv["target"],
+                             "ReadOnly": "readonly" in flags}
+    if "bind-nonrecursive" in flags:
+        mount["BindOptions"] = {"NonRecursive": True}
+    return mount
 
 
 def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, Any]:
@@ -73,10 +93,7 @@ def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, A
             key, _, v = value.partition("=")
             out["labels" if flag == "--label" else "environment"][key] = v
         elif flag == "--mount":
-            fields = next(csv.reader([value]))
-            kv = dict(f.partition("=")[::2] for f in fields if "=" in f)
-            out["mounts"].append({"Type": kv["type"], "Source": kv["source"],
-                                  "Target": kv["target"], "ReadOnly": "readonly" in fields})
+            out["mounts"].append(read_mount(value))
         elif flag == "--cap-drop":
             out["cap_drop"].append(value)
         elif flag == "--security-opt":
@@ -104,26 +121,107 @@ def test_checkout_and_patches_flags_pick_the_sources():
     assert Mount("bind", "/out", PATCHES) in spec.mounts
 
 
-def test_host_cache_binds_ai_read_only_and_its_memory_writable():
+def test_host_cache_binds_ai_read_only_and_this_checkouts_memory_writable():
     assert set(spec_for("--host-cache-dir", "/c").mounts) == {
         Mount("volume", "devshell-cellx", "/w/cellx"),
         Mount("bind", DROP, PATCHES),
         Mount("bind", "/home/alice/proj", CHECKOUT, read_only=True),
-        Mount("bind", "/c", CACHE),
         Mount("bind", "/c/ai", f"{CACHE}/ai", read_only=True),
-        Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory"),
+        Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory", read_only=True),
+        Mount("bind", f"/c/ai/{MEMORY}", f"{CACHE}/ai/{MEMORY}"),
     }
     assert dict(spec_for("--host-cache-dir", "/c").env)["DEVSHELL_AI_CONFIG"] == "ro"
 
 
 def test_ai_config_rw_makes_ai_writable_and_keeps_memory_its_own_mount():
-    """Memory is a mount of its own in both modes: no hard link joins it to the config."""
+    """Memory is a mount of its own in both modes: no hard link joins it to the config. All
+    projects' memory/ stays a read-only mount even under a writable ai/, so nothing inside
+    can rename or replace it."""
     opts = parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST)
     spec = plan(opts, CELL, init=INIT)
     assert Mount("bind", "/c/ai", f"{CACHE}/ai") in spec.mounts
-    assert Mount("bind", "/c/ai/memory", f"{CACHE}/ai/memory") in spec.mounts
-    assert [m.target for m in spec.mounts if m.read_only] == [CHECKOUT]
+    assert Mount("bind", f"/c/ai/{MEMORY}", f"{CACHE}/ai/{MEMORY}") in spec.mounts
+    assert [m.target for m in spec.mounts if m.read_only] == [CHECKOUT, f"{CACHE}/ai/memory"]
     assert dict(spec.env)["DEVSHELL_AI_CONFIG"] == "rw"
+
+
+@pytest.mark.parametrize("argv", [("--host-cache-dir", "/c"), ("--host-cache",),
+                                  ("--host-cache-dir", "/c", "--ai-config-rw")])
+def test_the_host_cache_itself_is_never_bound(argv):
+    """What is bound read-write, root inside can chown and chmod: the host cache stays its
+    maker's, and only ai/ (and this checkout's memory) below it cross."""
+    opts = parse(argv, HOST)
+    spec = plan(opts, CELL, init=INIT)
+    assert opts.host_cache is not None
+    assert CACHE not in {m.target for m in spec.mounts}
+    assert opts.host_cache not in {m.source for m in spec.mounts}
+    below = [m for m in spec.mounts if m.target.startswith(CACHE + "/")]
+    assert [m.source for m in below] == [f"{opts.host_cache}/ai", f"{opts.host_cache}/ai/memory",
+                                         f"{opts.host_cache}/ai/{MEMORY}"]
+
+
+def test_memory_bind_is_exactly_this_checkouts_memory_dir():
+    """The one writable memory is this checkout's: every other project's is read-only."""
+    one = plan(parse(["--host-cache-dir", "/c"], HOST), CELL, init=INIT)
+    two = plan(parse(["--host-cache-dir", "/c", "--checkout", "/srv/other"], HOST), CELL, init=INIT)
+    memory = [m for m in one.mounts if m.target.startswith(f"{CACHE}/ai/memory")]
+    assert memory == [Mount("bind", "/c/ai/memory", "/cache/ai/memory", read_only=True),
+                      Mount("bind", "/c/ai/memory/proj/-home-alice-proj",
+                            "/cache/ai/memory/proj/-home-alice-proj")]
+    assert [m.target for m in two.mounts if m.target.startswith(f"{CACHE}/ai/memory/")] == [
+        "/cache/ai/memory/other/-srv-other"]
+    for spec in (one, two):
+        writable = [m.target for m in spec.mounts if m.target.startswith(CACHE) and not m.read_only]
+        assert len(writable) == 1 and writable[0].startswith(f"{CACHE}/ai/memory/")
+
+
+def test_memory_target_is_where_init_looks_for_it():
+    """init reads its memory dir as $CACHE/ai/memory/$DEVSHELL_AI_REPO/$DEVSHELL_AI_REPO_ENCODED."""
+    spec = spec_for("--host-cache-dir", "/c", "--checkout", "/srv/a b,ü")
+    env = dict(spec.env)
+    target = (f"{env['DEVSHELL_CACHE_MOUNT']}/ai/memory/{env['DEVSHELL_AI_REPO']}/"
+              f"{env['DEVSHELL_AI_REPO_ENCODED']}")
+    assert Mount("bind", f"/c{target[len(CACHE):]}", target) in spec.mounts
+
+
+@pytest.mark.parametrize("checkout, memory", [
+    ("/home/alice/proj", "memory/proj/-home-alice-proj"),
+    ("/srv/a b/ü", "memory/ü/-srv-a b-ü"),
+    ("/srv/x:y", "memory/x:y/-srv-x-y"),
+    ("/srv/w\\x", "memory/x/-srv-w-x"),
+    # A POSIX name may end in '\..': the basename is never '.' or '..', which would lead the
+    # memory bind out of memory/ (to ai/<key>, inside the read-only config).
+    ("/srv/x\\..", "memory/x/-srv-x-.."),
+    ("/srv/x\\.", "memory/x/-srv-x-."),
+    ("/srv/..\\", "memory/srv/-srv-..-"),
+])
+def test_memory_dir_is_two_plain_components_below_memory(checkout, memory):
+    assert memory_dir(checkout) == memory
+    parts = memory.split("/")
+    assert len(parts) == 3 and not {".", "..", ""} & set(parts[1:])
+
+
+def test_host_binds_are_the_drop_dir_the_checkout_and_with_a_cache_ai_and_memory():
+    assert host_binds(parse([], HOST)) == [Bind("patches", DROP, PATCHES, False),
+                                           Bind("checkout", "/home/alice/proj", CHECKOUT, True)]
+    assert host_binds(parse(["--host-cache-dir", "/c"], HOST))[2:] == [
+        Bind("ai", "/c/ai", f"{CACHE}/ai", True),
+        Bind("memories", "/c/ai/memory", f"{CACHE}/ai/memory", True),
+        Bind("memory", f"/c/ai/{MEMORY}", f"{CACHE}/ai/{MEMORY}", False)]
+    assert host_binds(parse(["--host-cache-dir", "/c", "--ai-config-rw"], HOST))[2] == Bind(
+        "ai", "/c/ai", f"{CACHE}/ai", False)
+
+
+@pytest.mark.parametrize("argv", [(), ("--host-cache",), ("--host-cache", "--ai-config-rw"),
+                                  ("--checkout", "/s/x", "--patches-out", "/o")])
+def test_plan_binds_exactly_host_binds(argv):
+    """host_binds is the one list: the launcher checks, creates and records the identity of
+    exactly what plan binds (and the volume is the only other mount)."""
+    opts = parse(argv, HOST)
+    spec = plan(opts, CELL, init=INIT)
+    assert [m for m in spec.mounts if m.kind == "bind"] == [
+        Mount("bind", b.source, b.target, b.read_only) for b in host_binds(opts)]
+    assert [m.kind for m in spec.mounts] == ["volume"] + ["bind"] * len(host_binds(opts))
 
 
 def test_without_cache_only_the_checkout_is_read_only():
@@ -138,18 +236,22 @@ def test_nothing_is_bound_inside_patches_or_the_checkout():
 
 
 def test_bind_ids_travel_in_the_env_only_when_recorded():
+    """By role, in host_binds order: init maps each role to its mount target."""
     assert "DEVSHELL_BIND_IDS" not in dict(spec_for().env)
-    opts = parse([], HOST)._replace(bind_ids=((CHECKOUT, "1:2"), (PATCHES, "1:3")))
+    opts = parse(["--host-cache-dir", "/c"], HOST)._replace(
+        bind_ids=(("patches", "1:3"), ("checkout", "1:2"), ("ai", "7:8"), ("memories", "7:5"),
+                  ("memory", "7:9")))
     spec = plan(opts, CELL, init=INIT)
-    assert dict(spec.env)["DEVSHELL_BIND_IDS"] == "/checkout=1:2 /patches=1:3"
-    assert spec.mounts == spec_for().mounts
+    assert dict(spec.env)["DEVSHELL_BIND_IDS"] == (
+        "patches=1:3 checkout=1:2 ai=7:8 memories=7:5 memory=7:9")
+    assert spec.mounts == spec_for("--host-cache-dir", "/c").mounts
 
 
 def test_bind_ids_change_the_hash():
     """A container bound to other directories (same paths, other inodes) is not reused."""
     opts = parse([], HOST)
-    one = plan(opts._replace(bind_ids=((PATCHES, "1:3"),)), CELL, init=INIT)
-    two = plan(opts._replace(bind_ids=((PATCHES, "1:4"),)), CELL, init=INIT)
+    one = plan(opts._replace(bind_ids=(("patches", "1:3"),)), CELL, init=INIT)
+    two = plan(opts._replace(bind_ids=(("patches", "1:4"),)), CELL, init=INIT)
     assert one.hash() != two.hash()
     assert differences(one.identity(), two.identity()) == ["env (DEVSHELL_BIND_IDS)"]
 
@@ -318,7 +420,7 @@ def test_ai_config_mode_changes_the_hash_and_names_the_ai_mount():
 def test_differences_names_an_added_cache_mount():
     old, new = spec_for().identity(), spec_for("--host-cache").identity()
     assert differences(old, new) == ["env (DEVSHELL_AI_CONFIG, DEVSHELL_CACHE_MOUNT)",
-                                     "mounts (/cache, /cache/ai, /cache/ai/memory)"]
+                                     f"mounts (/cache/ai, /cache/ai/memory, /cache/ai/{MEMORY})"]
 
 
 # --- docker run argv and SDK kwargs ---------------------------------------------------------
@@ -407,17 +509,55 @@ def test_caller_labels_cannot_override_devshell_labels():
 @pytest.mark.parametrize("source", ["/a,b", '/a"b', "/a b", "/ü"])
 def test_mount_cli_survives_csv_special_characters(source):
     fields = next(csv.reader([Mount("bind", source, PATCHES).cli()]))
-    assert fields == ["type=bind", f"source={source}", f"target={PATCHES}"]
+    assert fields == ["type=bind", f"source={source}", f"target={PATCHES}", "bind-nonrecursive"]
 
 
 def test_read_only_mount_says_readonly():
-    assert Mount("bind", "/a", "/b", read_only=True).cli().endswith(",readonly")
+    fields = next(csv.reader([Mount("bind", "/a", "/b", read_only=True).cli()]))
+    assert fields == ["type=bind", "source=/a", "target=/b", "readonly", "bind-nonrecursive"]
+    assert "readonly" not in Mount("bind", "/a", "/b").cli()
 
 
 @pytest.mark.parametrize("source", ["/a\nb", "/a\rb"])
 def test_mount_cli_survives_line_breaks(source):
     fields = next(csv.reader([Mount("bind", source, PATCHES).cli()]))
-    assert fields == ["type=bind", f"source={source}", f"target={PATCHES}"]
+    assert fields == ["type=bind", f"source={source}", f"target={PATCHES}", "bind-nonrecursive"]
+
+
+def test_a_volume_has_no_bind_options():
+    volume = Mount("volume", "v", "/w")
+    assert volume.cli() == "type=volume,source=v,target=/w"
+    assert volume.sdk() == {"Type": "volume", "Source": "v", "Target": "/w", "ReadOnly": False}
+
+
+@pytest.mark.parametrize("argv", [(), ("--host-cache",), ("--host-cache", "--ai-config-rw")])
+def test_every_bind_is_non_recursive_in_every_rendering(argv):
+    """A mount below a bound host dir (say, under the checkout) never comes along: the engine
+    would make only the top of a recursive bind read-only."""
+    spec = spec_for(*argv)
+    binds = [m for m in spec.mounts if m.kind == "bind"]
+    assert len(binds) == (5 if argv else 2)
+    for m in binds:
+        assert m.sdk()["BindOptions"] == {"NonRecursive": True}
+        assert "bind-nonrecursive" in next(csv.reader([m.cli()]))
+    for rendered in (spec.sdk_kwargs()["mounts"], spec.api_create()[1]["HostConfig"]["Mounts"]):
+        assert [m["BindOptions"] for m in rendered if m["Type"] == "bind"] == [
+            {"NonRecursive": True}] * len(binds)
+    argv_mounts = [read_mount(v) for i, v in enumerate(spec.run_argv()[1:])
+                   if spec.run_argv()[i] == "--mount"]
+    assert [m.get("BindOptions") for m in argv_mounts if m["Type"] == "bind"] == [
+        {"NonRecursive": True}] * len(binds)
+
+
+def test_identity_records_that_binds_are_non_recursive():
+    """A container whose binds the engine made otherwise (recursive, by an older devshell) is
+    not reused: what the engine is told of a mount is in the identity."""
+    spec = spec_for()
+    entries = {m[2]: m for m in spec.identity()["mounts"]}
+    assert entries[CHECKOUT] == ["bind", "/home/alice/proj", CHECKOUT, True, True]
+    assert entries["/w/cellx"][-1] is False
+    old = {**spec.identity(), "mounts": sorted(m[:4] for m in spec.identity()["mounts"])}
+    assert differences(old, spec.identity()) == ["mounts (/checkout, /patches, /w/cellx)"]
 
 
 # --- session --------------------------------------------------------------------------------
@@ -491,3 +631,5 @@ def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     for key in ("Init", "CapDrop", "SecurityOpt"):
         assert body["HostConfig"][key] == config["HostConfig"][key], key
     assert body["HostConfig"]["Mounts"] == [dict(m) for m in config["HostConfig"]["Mounts"]]
+    binds = [m for m in body["HostConfig"]["Mounts"] if m["Type"] == "bind"]
+    assert binds and all(m["BindOptions"] == {"NonRecursive": True} for m in binds)
