@@ -478,7 +478,7 @@ session() {
 
 main() {
     case "${1:-}" in
-        "") init_all ;;
+        "") binds_verified >&2 || return 86; init_all ;;  # never init over a wrong mount
         --as-dev-init) [ "$(id -u)" = "$DEV_UID" ] || { echo "devshell-init: --as-dev-init is dev's" >&2; return 2; }
             HOME=$DEV_HOME init_as_dev ;;
         --verify) verify ;;

@@ -85,12 +85,13 @@ def check_host_paths(opts: Options) -> Options:
     if cache is not None:
         if os.path.lexists(cache) and not os.path.isdir(cache):
             raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
-        for bind in host_binds(opts)[2:]:
-            _check_cache_entry(bind.source, cache, trusted)
-        settings = os.path.join(cache, "ai", "settings.json")
+        ai = os.path.join(cache, "ai")
+        for path in (os.path.join(ai, "skills"), *(b.source for b in host_binds(opts) if b.source != ai)):
+            if path.startswith(cache + "/"):
+                _check_cache_entry(path, cache, trusted)
+        settings = os.path.join(ai, "settings.json")
         if os.path.lexists(settings):
             _check_cache_entry(settings, cache, trusted, directory=False)
-        ai = os.path.join(cache, "ai")
         if opts.ai_config_ro and os.path.isdir(ai):
             problems = config_problems(ai, "memory")
             if problems:
@@ -141,7 +142,7 @@ def prepare_host_dirs(opts: Options) -> Options:
         with open_dir(opts.host_cache, create=0o700):
             pass
         ai = f"{opts.host_cache}/ai"
-        memory = host_binds(opts)[-1].source
+        memory = next(b.source for b in host_binds(opts) if b.role == "memory")
         for sub in (ai, f"{ai}/skills", *_parents(memory, ai)):
             with open_dir(sub, create=0o700, owner=owner):
                 pass
