@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from . import cells
 from .engine import Engine
-from .errors import DevshellError
+from .errors import DevshellError, for_terminal
 from .launcher import check_host_paths, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
 from .spec import INIT_PATH, container_name
@@ -21,15 +21,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except DevshellError as e:
-        print(f"devshell: error: {e}", file=sys.stderr)
+        print(f"devshell: error: {for_terminal(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a last net: the host or engine refused something we did not foresee
         if not isinstance(e, OSError) and not type(e).__module__.startswith("docker"):
             raise
-        print(f"devshell: error: {e}; fix: check the path, permissions and the Docker daemon",
-              file=sys.stderr)
+        print(f"devshell: error: {for_terminal(str(e))}; fix: check the path, permissions and the "
+              "Docker daemon", file=sys.stderr)
         return 2
 
 

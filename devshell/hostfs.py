@@ -20,6 +20,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The AI configuration is walked at every launch that binds it read-only; past this many
 # entries it is not a configuration any more, and the walk must stay bounded.
 MAX_CONFIG_ENTRIES = 10_000
+MAX_CONFIG_DEPTH = 32
 
 
 @contextmanager
@@ -116,40 +117,43 @@ def config_problems(ai: str, memory_name: str) -> list[str]:
     inside although it is bound read-only: a file with another hard link (an earlier
     --ai-config-rw session could have linked it into memory, which stays writable) or a
     symlink that leads out of the configuration (into memory, or to an absolute path the agent
-    can write inside). Walked without following links, and bounded."""
+    can write inside). Walked without following links, depth first with one open directory
+    per level, and bounded in entries and depth (an earlier session may have written it)."""
     problems: list[str] = []
     seen = 0
+
+    def walk(fd: int, rel: str, depth: int) -> None:
+        nonlocal seen
+        if depth > MAX_CONFIG_DEPTH:
+            raise DevshellError(f"{ai}/{rel} is nested deeper than {MAX_CONFIG_DEPTH} directories",
+                                "keep only skills and settings.json in it")
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > MAX_CONFIG_ENTRIES:
+                    raise DevshellError(f"{ai} holds more than {MAX_CONFIG_ENTRIES} entries",
+                                        "keep only skills and settings.json in it")
+                name = f"{rel}{entry.name}"
+                if name == memory_name:
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        walk(child, f"{name}/", depth + 1)
+                    finally:
+                        os.close(child)
+                elif stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(entry.name, dir_fd=fd)
+                    if not _stays_in_config(rel, target, memory_name):
+                        problems.append(f"{ai}/{name} is a symlink to {target[:200]}, outside the "
+                                        "read-only configuration")
+                elif st.st_nlink > 1:
+                    problems.append(f"{ai}/{name} has {st.st_nlink} hard links; one may be "
+                                    "writable (an earlier --ai-config-rw session)")
+
     with open_dir(ai) as top:
-        stack: list[tuple[int, str]] = [(os.dup(top), "")]
-        try:
-            while stack:
-                fd, rel = stack.pop()
-                try:
-                    with os.scandir(fd) as entries:
-                        for entry in entries:
-                            seen += 1
-                            if seen > MAX_CONFIG_ENTRIES:
-                                raise DevshellError(f"{ai} holds more than {MAX_CONFIG_ENTRIES} entries",
-                                                    "keep only skills and settings.json in it")
-                            name = f"{rel}{entry.name}"
-                            if name == memory_name:
-                                continue
-                            st = entry.stat(follow_symlinks=False)
-                            if stat.S_ISDIR(st.st_mode):
-                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), f"{name}/"))
-                            elif stat.S_ISLNK(st.st_mode):
-                                target = os.readlink(entry.name, dir_fd=fd)
-                                if not _stays_in_config(rel, target, memory_name):
-                                    problems.append(f"{ai}/{name} is a symlink to {target}, outside the "
-                                                    "read-only configuration")
-                            elif st.st_nlink > 1:
-                                problems.append(f"{ai}/{name} has {st.st_nlink} hard links; one may be "
-                                                "writable (an earlier --ai-config-rw session)")
-                finally:
-                    os.close(fd)
-        finally:
-            for fd, _ in stack:
-                os.close(fd)
+        walk(top, "", 0)
     return problems
 
 

@@ -134,6 +134,9 @@ verify_binds() {
         bind_target "${pair%%=*}"
         target=$REPLY want=${pair#*=}
         mount_fs "$target"
+        # A mount point where the spec put it, not one reached through a symlink that root
+        # inside put in its way (mountinfo never follows links).
+        [ -n "$REPLY" ] || { fail bind-identity "$target is not a mount point"; continue; }
         case $MAPPED_FS in *" $REPLY "*) continue ;; esac
         [ "${ST_ID[$target]:-missing}" = "$want" ] \
             || fail bind-identity "$target is ${ST_ID[$target]:-missing}, not the host directory $want that was checked"
@@ -146,7 +149,9 @@ mount_fs() {  # mount_fs DIR: REPLY=the filesystem type of the mount at DIR (emp
     [ -n "${MOUNTINFO+x}" ] || { lines_of /proc/self/mountinfo; MOUNTINFO=("${LINES[@]+"${LINES[@]}"}"); }
     for line in "${MOUNTINFO[@]+"${MOUNTINFO[@]}"}"; do  # 5th field: mount point; fstype after " - "
         point=${line#* * * * }
-        [ "${point%% *}" = "$1" ] || continue
+        point=${point%% *}
+        point=${point//\\040/ } point=${point//\\134/\\}  # mountinfo escapes ' ' and '\'
+        [ "$point" = "$1" ] || continue
         REPLY=${line#* - }
         REPLY=${REPLY%% *}
     done

@@ -15,7 +15,17 @@ from .engine import Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, may_write, open_dir, strict_problem
 from .options import HostFacts, Options, check_binds
-from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, host_binds, plan, session
+from .spec import (
+    INIT_PATH,
+    LABEL_CELL,
+    LABEL_HASH,
+    PATCHES,
+    ContainerSpec,
+    container_name,
+    host_binds,
+    plan,
+    session,
+)
 
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
@@ -181,16 +191,38 @@ def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options) -
     if not pid:
         return
     want = dict(opts.bind_ids)
+    try:
+        with open(f"/proc/{pid}/mountinfo", "rb") as f:
+            points = {_unescape_mountinfo(line.split(b" ")[4]) for line in f.read(1 << 20).splitlines()}
+    except (OSError, IndexError):
+        return  # not ours to read (or not this machine's process): the check cannot speak
+    if PATCHES not in points:
+        return  # not this container's mounts (an engine in a VM: the pid is the VM's)
     for bind in host_binds(opts):
-        try:
-            st = os.stat(f"/proc/{pid}/root{bind.target}")
-        except OSError:
-            return  # not ours to read (or not this machine's process): the check cannot speak
-        if f"{st.st_dev}:{st.st_ino}" != want.get(bind.role):
-            engine.remove_container(spec.name)
-            raise DevshellError(f"{bind.target} in {spec.name} is not the host directory "
-                                f"{bind.source} that was checked (it changed during the launch); "
-                                "the container was removed", "launch again")
+        # The mount point itself, not one reached through a symlink root inside put in its way
+        # (a moved /cache): mountinfo never follows links. Checked first: through such a
+        # symlink, /proc/PID/root/<target> would not even stay inside the container.
+        if bind.target not in points:
+            why = "is not mounted where the spec put it (something inside moved it)"
+        else:
+            try:
+                st = os.stat(f"/proc/{pid}/root{bind.target}")
+            except OSError:
+                return  # the mounts are readable, the directories are not ours to look at
+            if f"{st.st_dev}:{st.st_ino}" == want.get(bind.role):
+                continue
+            why = f"is not the host directory {bind.source} that was checked (it changed meanwhile)"
+        engine.remove_container(spec.name)
+        raise DevshellError(f"{bind.target} in {spec.name} {why}; the container was removed, its "
+                            "volume kept", "launch again: a new container is made")
+
+
+def _unescape_mountinfo(field: bytes) -> str:
+    """mountinfo writes ' ', tab, newline and '\\' in paths as octal escapes."""
+    import re
+
+    raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def read_script(path: str) -> str:

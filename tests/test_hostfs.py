@@ -417,3 +417,45 @@ def test_config_problems_closes_every_fd(ai, monkeypatch):
         problems(ai)
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_config_problems_refuses_a_tree_nested_too_deep(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostfs, "MAX_CONFIG_DEPTH", 3)
+    ai = tmp_path / "ai"
+    (ai / "a" / "b" / "c" / "d" / "e").mkdir(parents=True)
+    with pytest.raises(DevshellError, match="nested deeper than 3"):
+        config_problems(str(ai), "memory")
+
+
+def test_config_problems_keeps_one_directory_open_per_level(tmp_path: Path) -> None:
+    """A wide tree an earlier session left must not exhaust the launcher's file descriptors."""
+    import resource
+
+    ai = tmp_path / "ai"
+    for n in range(300):
+        (ai / "skills" / "wide" / f"d{n}").mkdir(parents=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        assert config_problems(str(ai), "memory") == []
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_config_problem_reaches_the_terminal_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names in the host cache are the agent's: an error naming one must not drive the terminal."""
+    from devshell import cli
+
+    ai = tmp_path / "cache" / "ai"
+    (ai / "skills").mkdir(parents=True)
+    os.symlink("/etc", ai / "skills" / "evil\x1b]0;PWNED\x07\x1b[2J\u202e")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    code = cli.main(["--checkout", str(checkout), "--host-cache-dir", str(tmp_path / "cache"),
+                     "--script", "/dev/null"])
+    err = capsys.readouterr().err
+    assert code == 2 and "symlink" in err
+    assert "\x1b" not in err and "\u202e" not in err and "\\x1b]0;PWNED" in err

@@ -177,3 +177,42 @@ def test_the_engine_does_mount_the_swapped_directory(swapped, kind):
     st = os.stat(other)
     assert docker("exec", shell.name, "stat", "-c", "%d:%i", "/patches").stdout.strip() == \
         f"{st.st_dev}:{st.st_ino}"
+
+
+# --- mount points moved from inside ---------------------------------------------------------
+
+MOVE_CACHE = "sudo -n sh -c 'mkdir -p /patches/sub && mv /cache /cache.real && ln -s /patches/sub /cache'"
+
+
+@pytest.fixture
+def moved(devshell_factory, devshell_cli, tmp_path):
+    """A devshell in which root moved /cache (a plain directory holding the ai/ mounts) aside
+    for a symlink into the drop dir, then stopped: at the next start the engine, which binds
+    by path, mounts ai/ and memory below the symlink's target instead."""
+    shell = devshell_factory()
+    assert shell.run(MOVE_CACHE).exit_code == 0
+    docker("stop", "-t", "1", shell.name)
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\necho entered\n")
+    return shell, script
+
+
+@pytest.mark.attack(CLASS, "move /cache aside so the next start mounts the AI state elsewhere")
+def test_a_moved_mount_point_is_refused_at_the_next_launch(moved, devshell_cli):
+    shell, script = moved
+    done = devshell_cli(shell, "--script", str(script))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "entered" not in done.stdout
+    assert "is not mounted where the spec put it" in done.stderr, done.stderr
+    assert shell.engine.inspect(shell.name) is None  # removed: a new one is made next time
+
+
+@pytest.mark.control(CLASS, "move /cache aside so the next start mounts the AI state elsewhere")
+def test_the_engine_does_mount_the_ai_state_below_the_symlink(moved):
+    """Without the launcher's check (a bare docker start), the ai/ mounts land below the
+    symlink's target, in the drop dir: only the check refused the launch."""
+    shell, _ = moved
+    docker("start", shell.name)
+    mounts = docker("exec", shell.name, "cat", "/proc/self/mountinfo").stdout
+    points = {line.split(" ")[4] for line in mounts.splitlines()}
+    assert "/patches/sub/ai" in points and "/cache/ai" not in points
