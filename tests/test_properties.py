@@ -7,7 +7,6 @@ design; every other invocation must parse.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from test_spec import read_mount  # the strict --mount reader, one copy for both
 
 from devshell import cells, seccomp
 from devshell.errors import DevshellError
@@ -269,20 +269,6 @@ def init_bind_target(role: str, env: dict[str, str]) -> str:
 
 def flag_values(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, token in enumerate(argv[:-1]) if token == flag]
-
-
-def mount_from_cli(value: str) -> dict[str, Any]:
-    """A --mount value read back into the Engine API's shape; a field it does not know fails."""
-    fields = next(csv.reader([value]))
-    kv = dict(f.partition("=")[::2] for f in fields if "=" in f)
-    flags = [f for f in fields if "=" not in f]
-    assert set(kv) == {"type", "source", "target"}, fields
-    assert set(flags) <= {"readonly", "bind-nonrecursive"} and len(set(flags)) == len(flags), fields
-    mount: dict[str, Any] = {"Type": kv["type"], "Source": kv["source"], "Target": kv["target"],
-                             "ReadOnly": "readonly" in flags}
-    if "bind-nonrecursive" in flags:
-        mount["BindOptions"] = {"NonRecursive": True}
-    return mount
 
 
 def spellings(path: str) -> set[str]:
@@ -646,7 +632,7 @@ def test_env_contract_is_complete_and_agrees_with_mounts(inv):
 def test_run_argv_and_sdk_kwargs_agree(inv):
     _, spec = opened(inv.argv, inv.host)
     argv, sdk = spec.run_argv(), spec.sdk_kwargs()
-    assert [mount_from_cli(v) for v in flag_values(argv, "--mount")] == sdk["mounts"]
+    assert [read_mount(v) for v in flag_values(argv, "--mount")] == sdk["mounts"]
     # Every bind is non-recursive, in both renderings and in what the engine is sent.
     for rendered in (sdk["mounts"], spec.api_create()[1]["HostConfig"]["Mounts"]):
         kinds = [(m["Type"], m.get("BindOptions")) for m in rendered]
