@@ -10,23 +10,32 @@ all of it is hostile input. The host side:
 - gives every git it runs a configuration it controls: no system or global config, no inherited
   GIT_* variable, hooks and fsmonitor off, no per-user or system attributes file;
 - reads only regular files named ``*.patch`` at the top of the patches dir, through O_NOFOLLOW,
-  within size limits (MAX_PATCH_BYTES each, MAX_PATCHES files, MAX_TOTAL_BYTES together); git
-  only ever sees private copies of those bytes;
+  within limits (MAX_PATCH_BYTES each, MAX_PATCHES files, MAX_TOTAL_BYTES and MAX_MAILS
+  together); git only ever sees private copies of those bytes. A ``*.patch`` it skips makes
+  ``check`` fail and ``apply`` refuse: the series is then not the one the agent left;
+- parses each file once, with git's own mail parser (``git mailsplit -b``, then ``git mailinfo``
+  per mail, as git am does), and everything after works on that one reading;
 - reviews in a private scratch repository (a temp dir; it borrows the user's objects read-only
   through objects/info/alternates), so neither the user's repository config nor its attributes,
   filters or merge drivers run on agent input. The policy is judged on what git makes of the
-  patches, not on our reading of their text: each mail is applied as ``git am --3way`` would, on
-  top of the ones before, and the tree it produces is checked. A patch that touches a protected
-  path or ``.git``, leaves a new or changed symlink that resolves out of the repository or into
-  ``.git`` (through other symlinks too), or adds a gitlink (unless allowed), is refused, naming
-  the patch and the path;
-- applies all or nothing, and only what was reviewed: ``git am --3way`` runs in the scratch
-  repository and must make the reviewed tree; then the work tree is checked (no symlink and no
-  untracked file on a changed path), the new objects are copied into the user's repository, and
-  its work tree and branch are fast-forwarded. Patches move to ``applied/`` only after success;
-  nothing is ever deleted;
+  patches, not on our reading of their text: each mail's diff is applied (``git apply --cached
+  --3way``) on top of the ones before, the tree it produces is checked, and the mail's commit is
+  made of exactly that tree (``git commit-tree``, with the author, date and message mailinfo
+  read). A patch that touches a protected path (matched without regard to case) or ``.git``,
+  leaves a new or changed symlink that resolves out of the repository or into ``.git`` (through
+  other symlinks too), or adds a gitlink (unless allowed), is refused, naming the patch and path;
+- applies all or nothing, and only what was reviewed: the commits review made, one per mail,
+  each carrying the tree that was judged (no git am runs: it would read the files again, its
+  own way). Then the work tree is checked (no symlink and no untracked file on a changed path,
+  every directory to change writable), the patches dir is checked (it must be yours or dev's and
+  writable by you, so that the patches can move to ``applied/``), the new objects are copied
+  into the user's repository, and its work tree and branch are fast-forwarded; a work-tree
+  update that fails partway is rolled back. Patches move to ``applied/`` only after success;
+  nothing is ever deleted (a patch that cannot be moved then stays, and the output says so);
 - reports what else the agent left there (nested .git, symlinks, special, setuid/setgid,
-  capable, executable or foreign-owned files); apply refuses while dangerous ones are there;
+  capable, executable or foreign-owned files, a patches dir that is not yours or dev's), judged
+  without following any link, in bounded time and output; apply refuses while dangerous ones
+  are there;
 - escapes control and bidi characters (and bytes that are not UTF-8) in all it prints as text.
 """
 
@@ -48,12 +57,18 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from .errors import DevshellError
+from .hostfs import strict_problem
 from .options import default_patches_out, drops_root, inside
 
 # .devcontainer.json is the other place the dev container spec reads; its initializeCommand
-# runs on the host.
+# runs on the host. .husky/ holds the git hooks husky installs (core.hooksPath=.husky): they run
+# on the user's next commit. .lfsconfig is read by git-lfs in every clone: it can send LFS
+# transfers (and the credentials they carry) to another server. (.vscode/tasks.json is left to
+# --protect: a task runs when the user runs it, or asks first in a trusted workspace.)
+# Globs match without regard to case: case-insensitive file systems and checkouts on them
+# treat .GitAttributes as .gitattributes.
 DEFAULT_PROTECTED = (".github/workflows/**", ".gitmodules", ".gitattributes", ".devcontainer/**",
-                     ".devcontainer.json")
+                     ".devcontainer.json", ".husky/**", ".lfsconfig")
 APPLIED = "applied"
 SYMLINK = "120000"
 GITLINK = "160000"
@@ -64,10 +79,15 @@ MAX_LINK_DEPTH = 40
 MAX_PATCH_BYTES = 8 << 20
 MAX_PATCHES = 1000
 MAX_TOTAL_BYTES = 64 << 20
-MAX_MAILS = 1000  # per patch file: each mail costs two git processes
+MAX_MAILS = 1000  # all patch files together: each mail costs a handful of git processes
 MAX_DIR_ENTRIES = 100_000  # the top of the patches dir, scanned for *.patch
 MAX_WALK_ENTRIES = 10_000  # the walk for leftovers
 MAX_WALK_DEPTH = 32
+MAX_LEFTOVERS = 200  # reported one by one; the rest are counted
+MAX_LINK_STEPS = 200_000  # path components the walk judges in link targets, all links together
+SHOW_CHARS = 200  # of a link target or a leftover's path, in a line for the terminal
+# check makes the commits apply would make, with a committer of its own (they are thrown away).
+REVIEW_IDENT = {"GIT_COMMITTER_NAME": "devshell review", "GIT_COMMITTER_EMAIL": "review@devshell.invalid"}
 
 # Every git devshell runs: no hooks, no fsmonitor (both run commands), no per-user attributes
 # file (it may name filters), and no gc or maintenance started behind our back.
@@ -77,11 +97,22 @@ HARDENED = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
 
 @dataclass(frozen=True)
 class Commit:
-    """One mail of a patch file as `git am` reads it (git mailsplit + git mailinfo)."""
+    """One mail of a patch file as git mailsplit + git mailinfo read it: what list shows, the
+    diff review applies, and what the commit made of it carries (raw, as mailinfo wrote it)."""
 
     subject: str
     author: str
     diff: bytes
+    name: bytes = b""
+    email: bytes = b""
+    date: bytes = b""
+    message: bytes = b""  # subject and body, as git am makes the commit message of them
+
+    def author_env(self) -> dict[str, str]:
+        env = {"GIT_AUTHOR_NAME": _decode(self.name), "GIT_AUTHOR_EMAIL": _decode(self.email)}
+        if self.date:
+            env["GIT_AUTHOR_DATE"] = _decode(self.date)
+        return env
 
 
 @dataclass(frozen=True)
@@ -126,7 +157,8 @@ class Leftover:
     dangerous: bool
 
     def line(self) -> str:
-        return f"LEFTOVER {self.path}: {', '.join(self.what)}" + (" (dangerous)" if self.dangerous else "")
+        return (f"LEFTOVER {_cut(self.path)}: {', '.join(self.what)}"
+                + (" (dangerous)" if self.dangerous else ""))
 
     def as_json(self) -> dict[str, object]:
         return {"path": self.path, "what": list(self.what), "dangerous": self.dangerous}
@@ -323,7 +355,7 @@ def read_dir(patches_dir: str) -> tuple[list[Patch], list[str]]:
     """The *.patch files at the top of patches_dir, in name order, and what was skipped (why)."""
     top = _open_dir(patches_dir)
     try:
-        patches, skipped, budget = [], [], MAX_TOTAL_BYTES
+        patches, skipped, budget, mails = [], [], MAX_TOTAL_BYTES, MAX_MAILS
         for name in _patch_names(top, patches_dir):
             data = _read_patch(top, name, budget)
             if isinstance(data, str):
@@ -331,9 +363,11 @@ def read_dir(patches_dir: str) -> tuple[list[Patch], list[str]]:
                 continue
             budget -= len(data)
             try:
-                patches.append(parse(name, data))
+                patches.append(parse(name, data, mails))
             except ValueError as e:
                 skipped.append(f"{name}: {e}")
+                continue
+            mails -= len(patches[-1].commits)
         return patches, skipped
     finally:
         os.close(top)
@@ -399,22 +433,25 @@ def _read_at_most(fd: int, limit: int) -> bytes | None:
     return None
 
 
-def parse(name: str, data: bytes) -> Patch:
-    """A patch file as `git am` will read it: split into mails and each mail into author,
-    subject and diff by git itself (with devshell's config, as in the scratch repository where
-    git am runs), never by us."""
+def parse(name: str, data: bytes, max_mails: int = MAX_MAILS) -> Patch:
+    """A patch file as git reads a mailbox: split into mails and each mail into author, date,
+    subject, message and diff by git itself (with devshell's config), never by us. This reading
+    is the only one: review applies these diffs and commits them with these fields."""
     with _nowhere() as d:
-        commits = split(data, d)
-        files = insertions = deletions = 0
-        for commit in commits:
-            f, i, dl = _numstat(commit.diff, d)
-            files, insertions, deletions = files + f, insertions + i, deletions + dl
+        commits = split(data, d, max_mails)
+        files, insertions, deletions = _numstat(b"".join(c.diff for c in commits), d)
     return Patch(name, data, commits, files, insertions, deletions)
 
 
-def split(data: bytes, d: str) -> tuple[Commit, ...]:
-    """The mails of data (at most MAX_MAILS), in the private dir d. Every file git writes here
+def split(data: bytes, d: str, max_mails: int = MAX_MAILS) -> tuple[Commit, ...]:
+    """The mails of data (at most max_mails), in the private dir d. Every file git writes here
     comes from data, so it is no bigger than data."""
+    # mailsplit starts a mail only at a line that begins with 'From ' (and with -b, a file that
+    # does not begin with one is one mail): that count bounds its work before it runs.
+    starts = data.lstrip().startswith(b"From ") + data.count(b"\nFrom ")
+    if starts > max_mails:
+        raise ValueError(f"may hold {starts} mails, over the limit of {MAX_MAILS} mails "
+                         "for all patches together")
     mbox, mails = os.path.join(d, "mbox"), os.path.join(d, "mails")
     os.mkdir(mails)
     with open(mbox, "wb") as f:
@@ -423,8 +460,8 @@ def split(data: bytes, d: str) -> tuple[Commit, ...]:
     if _loose(d, "mailsplit", "-b", f"-o{mails}", "--", mbox).returncode:
         raise ValueError("not a mailbox git am can read")
     names = sorted(os.listdir(mails))
-    if len(names) > MAX_MAILS:
-        raise ValueError(f"more than {MAX_MAILS} mails in it")
+    if len(names) > max_mails:
+        raise ValueError(f"{len(names)} mails, over the limit of {MAX_MAILS} mails for all patches together")
     commits = []
     for mail in names:
         msg, diff = os.path.join(d, "msg"), os.path.join(d, "diff")
@@ -432,23 +469,62 @@ def split(data: bytes, d: str) -> tuple[Commit, ...]:
             info = _loose(d, "mailinfo", msg, diff, stdin=f.read())
         if info.returncode:
             raise ValueError("a mail git mailinfo cannot read")
-        fields = dict(line.partition(": ")[::2] for line in
-                      _decode(info.stdout).splitlines() if ": " in line)
         with open(diff, "rb") as f:
             body = f.read()
-        author = f"{fields.get('Author', '')} <{fields.get('Email', '')}>"
-        if not fields.get("Subject") or not fields.get("Email"):
-            raise ValueError("not a git format-patch mail (no From: or Subject: header)")
-        if not body.strip():
-            raise ValueError("carries no diff (git am would stop on it)")
-        commits.append(Commit(fields["Subject"], author, body))
+        with open(msg, "rb") as f:
+            log = f.read()
+        commits.append(_commit(info.stdout, log, body))
     if not commits:
         raise ValueError("no mail in it")
     return tuple(commits)
 
 
+def _commit(info: bytes, log: bytes, diff: bytes) -> Commit:
+    """One mail from what git mailinfo wrote: its info lines (read as git am reads them), the
+    message body and the diff."""
+    fields: dict[bytes, bytes] = {}
+    subject: list[bytes] = []
+    for line in info.split(b"\n"):
+        key, sep, value = line.partition(b": ")
+        if not sep:
+            continue
+        if key == b"Subject":
+            subject.append(value)  # git am joins several with a newline, and the rest by appending
+        elif key in (b"Author", b"Email", b"Date"):
+            fields[key] = fields.get(key, b"") + value
+    if not subject or not subject[0] or not fields.get(b"Email"):
+        raise ValueError("not a git format-patch mail (no From: or Subject: header)")
+    if not diff.strip():
+        raise ValueError("carries no diff (git am would stop on it)")
+    name, email, date = fields.get(b"Author", b""), fields[b"Email"], fields.get(b"Date", b"")
+    if any(b"\0" in v or b"\n" in v for v in (name, email, date)):
+        raise ValueError("a mail git mailinfo cannot read")
+    text = b"\n".join(subject)
+    return Commit(_decode(text), f"{_decode(name)} <{_decode(email)}>", diff, name, email, date,
+                  stripspace(text + b"\n\n" + log))
+
+
+def stripspace(text: bytes) -> bytes:
+    """git stripspace without comment stripping, as git am cleans a commit message: trailing
+    whitespace of each line removed, runs of empty lines made one, none at either end, and a
+    newline after the last line."""
+    out: list[bytes] = []
+    empties = 0
+    for line in text.split(b"\n"):
+        line = line.rstrip(b" \t\r")  # git's isspace: these and the newline split off
+        if line:
+            if empties and out:
+                out.append(b"")
+            empties = 0
+            out.append(line)
+        else:
+            empties += 1
+    return b"".join(line + b"\n" for line in out)
+
+
 def _numstat(diff: bytes, d: str) -> tuple[int, int, int]:
-    """git's own count: files changed (a rename is one), lines added and removed."""
+    """git's own count, of all mails of a file at once: files changed (a rename is one), lines
+    added and removed."""
     done = _loose(d, "apply", "--numstat", "-z", "-", stdin=diff)
     if done.returncode or not done.stdout:
         raise ValueError("carries no diff git can read")
@@ -472,17 +548,42 @@ class _Cut(Exception):
 
 def leftovers(patches_dir: str) -> list[Leftover]:
     """What the agent left in the patches dir that deserves a look, walked through directory fds
-    opened with O_NOFOLLOW (no link is ever followed, no file opened), at most MAX_WALK_ENTRIES
-    entries and MAX_WALK_DEPTH levels deep. Plain files and directories are not reported."""
+    opened with O_NOFOLLOW (no link is ever followed or resolved, no file opened), at most
+    MAX_WALK_ENTRIES entries and MAX_WALK_DEPTH levels deep; at most MAX_LEFTOVERS are listed,
+    the rest counted. Plain files and directories are not reported; the patches dir itself is,
+    when it is not yours or dev's (drop_problem)."""
     top = _open_dir(patches_dir)
-    walk = _Walk({os.getuid(), os.fstat(top).st_uid}, os.path.realpath(patches_dir))
     try:
-        walk.dir(top, "", 1)
-    except _Cut:
-        pass
+        st = os.fstat(top)
+        owners, problem = drop_trust(st)
+        walk = _Walk(owners, os.path.realpath(patches_dir))
+        if problem:
+            walk.add(Leftover(".", (f"the patches dir itself {problem}",), True))
+        with suppress(_Cut):
+            walk.dir(top, "", 1)
     finally:
         os.close(top)
+    if walk.untold:
+        walk.found.append(Leftover(".", (f"{walk.untold} more leftover(s) not listed, "
+                                         f"{walk.untold_bad} of them dangerous",), walk.untold_bad > 0))
     return walk.found
+
+
+def drop_trust(st: os.stat_result) -> tuple[set[int], str | None]:
+    """Whose files in the patches dir (st: its stat) are expected, and what is wrong with the dir
+    itself, if anything. Yours are; and dev's, who devshell gave the dir to: when you are root,
+    that is the dir's owner if it is not root and no group or other user can write the dir
+    (devshell makes it 0700). Anyone else's dir (root inside can chown and chmod it) is a
+    problem: its owner could change what the walk and apply see."""
+    me, group = os.getuid(), os.getgid()
+    if me == 0 and st.st_uid != 0 and not st.st_mode & 0o022:
+        return {me, st.st_uid}, None  # dev's, as devshell made it
+    if st.st_uid == me:
+        return {me}, strict_problem(st, (me, me), (group, group))
+    if me == 0:
+        return {me}, (f"belongs to uid {st.st_uid} and is writable by "
+                      f"{'every user' if st.st_mode & 0o002 else f'group {st.st_gid}'}")
+    return {me}, f"belongs to uid {st.st_uid}, not to you"
 
 
 class _Walk:
@@ -490,6 +591,15 @@ class _Walk:
         self.owners, self.real_top = owners, real_top
         self.found: list[Leftover] = []
         self.seen = 0
+        self.untold = self.untold_bad = 0  # leftovers past MAX_LEFTOVERS: counted, not listed
+        self.steps = MAX_LINK_STEPS  # what is left of the budget for link targets
+
+    def add(self, leftover: Leftover) -> None:
+        if len(self.found) < MAX_LEFTOVERS:
+            self.found.append(leftover)
+        else:
+            self.untold += 1
+            self.untold_bad += leftover.dangerous
 
     def dir(self, fd: int, rel: str, depth: int) -> None:
         with os.scandir(fd) as entries:
@@ -504,12 +614,12 @@ class _Walk:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # gone meanwhile
-                what, dangerous = self.judge(fd, entry.name, path, st)
+                what, dangerous = self.judge(fd, entry.name, path, depth - 1, st)
                 if stat.S_ISDIR(st.st_mode) and not _is_git(entry.name):
                     more = self.descend(fd, entry.name, path, depth)
                     what, dangerous = what + more, dangerous or bool(more)
                 if what:
-                    self.found.append(Leftover(path, tuple(what), dangerous))
+                    self.add(Leftover(path, tuple(what), dangerous))
 
     def descend(self, fd: int, name: str, path: str, depth: int) -> list[str]:
         """Walk into a directory; what is wrong with it if that is not possible (unchecked)."""
@@ -526,7 +636,8 @@ class _Walk:
             os.close(sub)
         return []
 
-    def judge(self, fd: int, name: str, path: str, st: os.stat_result) -> tuple[list[str], bool]:
+    def judge(self, fd: int, name: str, path: str, level: int,
+              st: os.stat_result) -> tuple[list[str], bool]:
         what: list[str] = []
         bad = False
         mode = st.st_mode
@@ -534,11 +645,13 @@ class _Walk:
             what.append("a nested .git (git run there would use its config, hooks and attributes)")
             bad = True
         if stat.S_ISLNK(mode):
-            target = _decode(os.fsencode(os.readlink(name, dir_fd=fd)))
-            # realpath only reads links (lstat, readlink), it opens nothing.
-            out = not inside(os.path.realpath(os.path.join(self.real_top, path)), self.real_top)
-            what.append(f"symlink -> {target}" + (", leading out of the patches dir" if out else ""))
-            bad = bad or out
+            try:
+                target = _decode(os.fsencode(os.readlink(name, dir_fd=fd)))
+            except OSError as e:
+                target = f"(unreadable: {e.strerror})"
+            out = self.leads_out(level, target)
+            what.append(f"symlink -> {_cut(target)}" + (f", {out}" if out else ""))
+            bad = bad or bool(out)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             what.append("a device node")
             bad = True
@@ -562,6 +675,40 @@ class _Walk:
             what.append(f"owned by uid {st.st_uid}")
             bad = True
         return what, bad
+
+    def leads_out(self, level: int, target: str) -> str | None:
+        """Whether a link `level` directories below the top, with this target, may lead out of
+        the patches dir; judged on the text alone, never by resolving anything (a chain of
+        thousands of links costs no more than each link's own target).
+
+        The walk reached the link's directory without following a link, so '..' that lead the
+        target climb real directories. A name in the target may itself be a link; where that
+        one leads is judged at that link (the walk sees every link in the dir), so a target of
+        names alone stays in. But '..' after a name climbs from wherever that name leads: such
+        a target is not judged, it is reported."""
+        if target.startswith("/"):
+            return "leading out of the patches dir"
+        parts = [p for p in target.split("/") if p not in ("", ".")]
+        lead = 0
+        while lead < len(parts) and parts[lead] == "..":
+            lead += 1
+        if lead > level:
+            return "leading out of the patches dir"
+        if ".." not in parts[lead:]:
+            return None
+        self.steps -= len(parts)
+        if self.steps >= 0:  # the text alone climbs out: say so
+            depth = level
+            for p in parts:
+                depth += -1 if p == ".." else 1
+                if depth < 0:
+                    return "leading out of the patches dir"
+        return "which may lead out of the patches dir ('..' after a name that may be a link)"
+
+
+def _cut(text: str) -> str:
+    """text, cut to SHOW_CHARS for a line on the terminal (the agent chooses its length)."""
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}... ({len(text)} chars)"
 
 
 def _capabilities(fd: int, name: str, path: str) -> str | None:
@@ -592,8 +739,10 @@ def path_problems(path: str, protected: Sequence[str]) -> list[str]:
 
 
 def _protected(path: str, glob: str) -> bool:
-    """fnmatch, where '*' also crosses '/'; a glob without '/' matches a name at any depth
-    (.gitattributes and .gitmodules act in every directory)."""
+    """fnmatch, where '*' also crosses '/', without regard to case (a checkout on a
+    case-insensitive file system reads .GitAttributes as .gitattributes); a glob without '/'
+    matches a name at any depth (.gitattributes and .gitmodules act in every directory)."""
+    path, glob = path.lower(), glob.lower()
     if "/" not in glob:
         return fnmatch.fnmatchcase(posixpath.basename(path), glob)
     return fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(path, glob.removesuffix("/**"))
@@ -661,11 +810,11 @@ def link_escapes(link: str, links: dict[str, str]) -> str | None:
 
 
 def _protected_dirs(protected: Sequence[str]) -> set[str]:
-    """The literal directories of the protected globs (.github, .github/workflows, …): a symlink
-    there would put a protected path's contents under another name."""
+    """The literal directories of the protected globs (.github, .github/workflows, …), in lower
+    case: a symlink there would put a protected path's contents under another name."""
     out = set()
     for glob in protected:
-        parts = glob.split("/")[:-1]
+        parts = glob.lower().split("/")[:-1]
         for n in range(1, len(parts) + 1):
             if any(c in "".join(parts[:n]) for c in "*?["):
                 break
@@ -701,16 +850,22 @@ def tree_problems(repo: str | Repo, old: str, new: str, protected: Sequence[str]
     repository or into .git in new but did not in old (a new or changed link, or an unchanged
     one that a changed directory now sends elsewhere)."""
     r = _as_repo(repo)
+    return _tree_problems(r, old, new, protected, allow_gitlinks, _links(r, old))[0]
+
+
+def _tree_problems(r: Repo, old: str, new: str, protected: Sequence[str], allow_gitlinks: bool,
+                   before: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """tree_problems, given the symlinks of old; and the symlinks of new (the next mail's old)."""
     changes = _changes(r, old, new)
     changed = [c.path for c in changes]
     out = [why for path in changed for why in path_problems(path, protected)]
     if not allow_gitlinks:
         out += [f"adds gitlink {c.path} (a submodule commit); --allow-gitlinks accepts it"
                 for c in changes if c.new_mode == GITLINK]
-    before, after = _links(r, old), _links(r, new)
+    after = _links(r, new)
     guarded = _protected_dirs(protected)
     out += [f"puts symlink {link} where protected directory {link}/ belongs"
-            for link in sorted(set(changed) & after.keys() & guarded)]
+            for link in sorted(set(changed) & after.keys()) if link.lower() in guarded]
     was, now = LinkResolver(before), LinkResolver(after)
     for link in sorted(after):
         why = now.escapes(link)
@@ -720,7 +875,7 @@ def tree_problems(repo: str | Repo, old: str, new: str, protected: Sequence[str]
             out.append(f"creates symlink {link} -> {after[link]}, which leads {why}")
         elif not was.escapes(link):
             out.append(f"makes symlink {link} -> {after[link]} lead {why}")
-    return out
+    return out, after
 
 
 def _links(repo: Repo, tree: str) -> dict[str, str]:
@@ -754,44 +909,71 @@ def _head(user: Repo) -> str:
     return _decode(done.stdout).strip()
 
 
+@dataclass
+class Review:
+    """What review made of a series: a verdict per patch, and per mail (as far as the series
+    applies) the tree it makes and the commit of that tree. tree and commit are the last ones,
+    or None when a patch does not apply (or cannot be committed)."""
+
+    verdicts: list[Verdict]
+    trees: list[str] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)
+    tree: str | None = None
+    commit: str | None = None
+
+
 def review(patches: Sequence[Patch], repo: str | Repo, protected: Sequence[str],
-           allow_gitlinks: bool = False) -> tuple[list[Verdict], str | None]:
-    """Apply each mail of each patch, in order, on top of the ones before it, as `git am --3way`
-    would, in a scratch repository on top of the user's HEAD (the user's repository does not
-    change and none of its config runs), and judge the tree each one makes. Returns the
-    verdicts and the final tree (None when a patch does not apply)."""
+           allow_gitlinks: bool = False) -> Review:
+    """Apply each mail of each patch, in order, on top of the ones before it, in a scratch
+    repository on top of the user's HEAD (the user's repository does not change and none of its
+    config runs), judge the tree each one makes, and make the commit apply would make of it."""
     user = _as_repo(repo)
     head = _head(user)
     with scratch(user) as s:
-        return _review(patches, s, head, protected, allow_gitlinks)
+        return _review(patches, s, head, protected, allow_gitlinks, REVIEW_IDENT)
 
 
 def _review(patches: Sequence[Patch], s: Scratch, head: str, protected: Sequence[str],
-            allow_gitlinks: bool) -> tuple[list[Verdict], str | None]:
-    verdicts = [Verdict(p.name) for p in patches]
+            allow_gitlinks: bool, ident: dict[str, str]) -> Review:
+    out = Review([Verdict(p.name) for p in patches])
     s.out("read-tree", head)
-    tree = s.line("rev-parse", f"{head}^{{tree}}")
+    tree, parent = s.line("rev-parse", f"{head}^{{tree}}"), head
+    links = _links(s, tree)
     diff_file = os.path.join(s.tmp, "diff")
-    for n, (verdict, patch) in enumerate(zip(verdicts, patches, strict=True)):
-        for commit in patch.commits:  # split by git at read time, with the same config as here
+    for n, (verdict, patch) in enumerate(zip(out.verdicts, patches, strict=True)):
+        for commit in patch.commits:  # as git read them in parse(), with the same config as here
             with open(diff_file, "wb") as f:
                 f.write(commit.diff)
             done = s.run("apply", "--cached", "--3way", diff_file)
             if done.returncode:
-                verdict.problems.append(f"does not apply: {_first_line(_decode(done.stderr))}")
-                for later in verdicts[n + 1:]:
-                    later.problems.append(f"not checked: it builds on {verdict.patch}, which does not apply")
-                return verdicts, None
+                return _stop(out, n, f"does not apply: {_first_line(_decode(done.stderr))}")
             new = s.line("write-tree")
-            verdict.problems += tree_problems(s, tree, new, protected, allow_gitlinks)
-            tree = new
-    return verdicts, tree
+            problems, links = _tree_problems(s, tree, new, protected, allow_gitlinks, links)
+            verdict.problems += problems
+            # The commit git am would make of this mail, of exactly the tree judged here.
+            made = s.run("commit-tree", new, "-p", parent, env={**ident, **commit.author_env()},
+                         stdin=commit.message)
+            if made.returncode:
+                return _stop(out, n, f"cannot be committed: {_first_line(_decode(made.stderr))}")
+            tree, parent = new, _decode(made.stdout).strip()
+            out.trees.append(tree)
+            out.commits.append(parent)
+    out.tree, out.commit = tree, parent
+    return out
+
+
+def _stop(out: Review, n: int, why: str) -> Review:
+    """Patch n fails: the ones after it build on it and are not checked."""
+    out.verdicts[n].problems.append(why)
+    for later in out.verdicts[n + 1:]:
+        later.problems.append(f"not checked: it builds on {out.verdicts[n].patch}, which does not apply")
+    return out
 
 
 def check(patches: Sequence[Patch], repo: str | Repo, protected: Sequence[str],
           allow_gitlinks: bool = False) -> list[Verdict]:
     """Whether each patch is well-formed, allowed, and applies in order to HEAD."""
-    return review(patches, repo, protected, allow_gitlinks)[0]
+    return review(patches, repo, protected, allow_gitlinks).verdicts
 
 
 # --- apply -----------------------------------------------------------------------------------
@@ -799,7 +981,7 @@ def check(patches: Sequence[Patch], repo: str | Repo, protected: Sequence[str],
 def committer(user: Repo) -> dict[str, str]:
     """The user's committer identity as the user's own git sees it (GIT_COMMITTER_NAME/EMAIL,
     else user.name/user.email of their normal configuration, else git's fallbacks), for the
-    commits git am makes in the scratch repository, which reads no user config."""
+    commits made in the scratch repository, which reads no user config."""
     try:
         done = subprocess.run(["git", f"--git-dir={user.git_dir}", "var", "GIT_COMMITTER_IDENT"],
                               cwd=user.top, capture_output=True, stdin=subprocess.DEVNULL)
@@ -814,69 +996,70 @@ def committer(user: Repo) -> dict[str, str]:
     return {"GIT_COMMITTER_NAME": m[1], "GIT_COMMITTER_EMAIL": m[2]}
 
 
+@dataclass(frozen=True)
+class Applied:
+    """Where each applied patch went (under applied/), and why any stayed where it was."""
+
+    moved: list[str]
+    not_moved: list[str] = field(default_factory=list)
+
+
 def apply(patches: Sequence[Patch], repo: str | Repo, patches_dir: str, protected: Sequence[str],
-          allow_gitlinks: bool = False) -> list[str]:
-    """git am --3way, all or nothing, of exactly what review() accepted, then move the patches
-    to applied/. Returns their new names. A refused or failing series changes nothing."""
+          allow_gitlinks: bool = False) -> Applied:
+    """The commits review makes of the series, all or nothing, then the patches to applied/.
+    A refused or failing series changes nothing; once the branch has moved, nothing fails: a
+    patch that cannot be moved stays, and Applied.not_moved says why."""
     user = _as_repo(repo, patches_dir)
     if any(os.path.exists(os.path.join(user.git_dir, d)) for d in ("rebase-apply", "rebase-merge")):
         raise DevshellError(f"{_show(user.top)} has an am or rebase in progress", "finish or abort it first")
+    # A file that was only touched or chowned is clean, but read-tree would find it not up to
+    # date; status alone refreshes nothing on disk (--no-optional-locks).
+    user.run("update-index", "-q", "--refresh")
     if user.out("--no-optional-locks", "status", "--porcelain", "--untracked-files=no").strip():
         raise DevshellError(f"{_show(user.top)} has uncommitted changes", "commit or stash them first")
     head = _head(user)
     done = user.run("symbolic-ref", "-q", "HEAD")
     branch = _decode(done.stdout).strip() if done.returncode == 0 else None
     ident = committer(user)
+    names = [p.name for p in patches]
     with scratch(user) as s:
-        verdicts, reviewed = _review(patches, s, head, protected, allow_gitlinks)
-        bad = [f"{v.patch}: {why}" for v in verdicts for why in v.problems]
-        if bad or reviewed is None:
+        reviewed = _review(patches, s, head, protected, allow_gitlinks, ident)
+        bad = [f"{v.patch}: {why}" for v in reviewed.verdicts for why in v.problems]
+        if bad or reviewed.commit is None:
             more = f" (+{len(bad) - 1} more; see devshell patches check)" if len(bad) > 1 else ""
             fix = ("rebase the work inside the devshell and format the patches again"
-                   if reviewed is None else
+                   if reviewed.commit is None else
                    "review the patch; --allow-protected accepts protected paths (never .git or an "
                    "outward symlink), --allow-gitlinks accepts gitlinks")
             raise DevshellError(f"refusing {_show(bad[0])}{more}", fix)
-        new = _am(s, patches, head, reviewed, ident)
+        new = reviewed.commit
         changes = _changes(s, head, new)
         _check_work_tree(user, changes)
-        # Only objects move into the user's repository: plumbing, no transport, no hooks.
-        pack = s.out("pack-objects", "--revs", "--stdout", "-q", stdin=f"{new}\n^{head}\n".encode())
-        user.out("unpack-objects", "-q", stdin=pack)
-    _fast_forward(user, branch, head, new, ident, len(patches))
-    return [_archive(patches_dir, p.name) for p in patches]
-
-
-def _am(s: Scratch, patches: Sequence[Patch], head: str, reviewed: str, ident: dict[str, str]) -> str:
-    """git am --3way in the scratch repository, on a checkout of head; the commit it makes,
-    which must carry the reviewed tree."""
-    s.out("update-ref", "refs/heads/devshell", head)
-    s.out("read-tree", "-u", "--reset", head)
-    files = []
-    for n, patch in enumerate(patches):  # private copies of the bytes read and reviewed
-        files.append(os.path.join(s.tmp, f"{n:04d}.patch"))
-        with open(files[-1], "wb") as f:
-            f.write(patch.data)
-    # am runs only on a series review accepted: no symlink it adds leads out of the tree, and git
-    # itself refuses to write beyond a tracked symlink, so it stays in the scratch work tree.
-    done = s.run("am", "--3way", "--quiet", *files, env=ident)
-    if done.returncode:
-        raise DevshellError(f"git am failed, nothing applied: "
-                            f"{_show(_first_line(_decode(done.stdout + done.stderr)))}",
-                            "rebase the work inside the devshell and format the patches again")
-    if s.line("rev-parse", "HEAD^{tree}") != reviewed:
-        raise DevshellError("git am made a different tree than the one reviewed; nothing applied",
-                            "apply the patches by hand after reading them")
-    return s.line("rev-parse", "HEAD")
+        made = _ready_to_archive(patches_dir, names)
+        try:
+            # Only objects move into the user's repository: plumbing, no transport, no hooks.
+            pack = s.out("pack-objects", "--revs", "--stdout", "-q", stdin=f"{new}\n^{head}\n".encode())
+            user.out("unpack-objects", "-q", stdin=pack)
+            _fast_forward(user, branch, head, new, ident, len(patches), changes)
+        except DevshellError:
+            if made:  # the empty applied/ made for this apply goes with it
+                with suppress(OSError):
+                    os.rmdir(os.path.join(patches_dir, APPLIED))
+            raise
+    return _archive(patches_dir, names)
 
 
 def _check_work_tree(user: Repo, changes: Sequence[Change]) -> None:
     """Refuse when the work tree holds something git would write through or over: a symlink or
     an untracked file as a leading component of a changed path, or anything where a path is
-    added. lstat only: nothing is followed. (git apply follows an untracked symlinked directory.)"""
+    added; or when a directory git must write in to change a path is not writable by you (git
+    would stop halfway). lstat only: nothing is followed. (git apply follows an untracked
+    symlinked directory.)"""
     gone = {c.path for c in changes if c.new_mode == ABSENT}
+    writable: dict[str, bool] = {}
     for c in changes:
         parts = c.path.split("/")
+        where = ""  # the deepest directory on the way that exists: git writes there
         for n in range(1, len(parts)):
             lead = "/".join(parts[:n])
             try:
@@ -886,6 +1069,7 @@ def _check_work_tree(user: Repo, changes: Sequence[Change]) -> None:
             except OSError as e:
                 raise _in_the_way(user, lead, c.path, f"unreadable ({e.strerror})") from None
             if stat.S_ISDIR(st.st_mode):
+                where = lead
                 continue
             if lead in gone:
                 break  # a tracked file or link the series removes; git puts a directory there
@@ -894,6 +1078,14 @@ def _check_work_tree(user: Repo, changes: Sequence[Change]) -> None:
         else:
             if c.old_mode == ABSENT and os.path.lexists(os.path.join(user.top, c.path)):
                 raise _in_the_way(user, c.path, c.path, "untracked")
+        if where not in writable:
+            writable[where] = os.access(os.path.join(user.top, where), os.W_OK | os.X_OK,
+                                        effective_ids=os.access in os.supports_effective_ids)
+        if not writable[where]:
+            shown = _show(where or ".")
+            raise DevshellError(f"refusing: you cannot write {shown} in {_show(user.top)}, where "
+                                f"{_show(c.path)} changes; nothing applied",
+                                f"make {shown} writable (chmod u+w) and apply again")
 
 
 def _in_the_way(user: Repo, where: str, path: str, what: str) -> DevshellError:
@@ -902,14 +1094,22 @@ def _in_the_way(user: Repo, where: str, path: str, what: str) -> DevshellError:
 
 
 def _fast_forward(user: Repo, branch: str | None, head: str, new: str, ident: dict[str, str],
-                  count: int) -> None:
+                  count: int, changes: Sequence[Change]) -> None:
     """Work tree and index from head to new (two-tree read-tree: it checks every path before it
     writes one and refuses to overwrite untracked files), then the branch, only if it still
-    points at head; when that fails the work tree and index go back."""
+    points at head; when either fails, the work tree and index go back."""
+    made = _dirs_to_make(user, changes)
     done = user.run("read-tree", "-m", "-u", head, new)
     if done.returncode:
-        raise DevshellError(f"git read-tree refused to update the work tree, nothing applied: "
-                            f"{_show(_first_line(_decode(done.stderr)))}", "check the work tree")
+        why = _show(_first_line(_decode(done.stderr)))
+        left = _restore(user, head, changes, made)
+        if left:
+            more = f" (+{len(left) - 1} more)" if len(left) > 1 else ""
+            raise DevshellError(f"git read-tree failed partway ({why}): HEAD did not move, but "
+                                f"{_show(left[0])}{more} in {_show(user.top)} could not be put back",
+                                "git status shows what differs; git checkout HEAD -- PATH puts it back")
+        raise DevshellError(f"git read-tree failed ({why}); the work tree is as it was, nothing applied",
+                            "check the work tree")
     ref = ["HEAD", "--no-deref"] if branch is None else [branch]
     done = user.run("update-ref", "-m", f"devshell patches apply: {count} patch file(s)",
                     *ref[1:], ref[0], new, head, env=ident)
@@ -919,34 +1119,184 @@ def _fast_forward(user: Repo, branch: str | None, head: str, new: str, ident: di
                             f"{_show(_first_line(_decode(done.stderr)))}", "check the repository")
 
 
-def _archive(patches_dir: str, name: str) -> str:
-    """Move name into applied/, never over an existing file, and through directory fds opened
-    with O_NOFOLLOW: an applied/ that the container made a symlink leads nowhere."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    top = os.open(patches_dir, os.O_RDONLY | os.O_DIRECTORY)
+def _dirs_to_make(user: Repo, changes: Sequence[Change]) -> list[str]:
+    """The directories git creates to write the paths of changes (none is there now, or a file
+    is, which the series removes), deepest first."""
+    out: set[str] = set()
+    for c in changes:
+        if c.new_mode == ABSENT:
+            continue
+        parts = c.path.split("/")
+        for n in range(1, len(parts)):
+            lead = "/".join(parts[:n])
+            if lead in out or not os.path.isdir(os.path.join(user.top, lead)) \
+                    or os.path.islink(os.path.join(user.top, lead)):
+                out.add(lead)
+    return sorted(out, key=lambda d: (-d.count("/"), d))
+
+
+def _restore(user: Repo, head: str, changes: Sequence[Change], made: Sequence[str]) -> list[str]:
+    """After a read-tree that stopped partway: remove what it added (paths that were not there,
+    checked before), then every tracked path back as head has it (the index is still head's:
+    read-tree writes it only on success). The paths that still differ."""
+    added = [c.path for c in changes if c.old_mode == ABSENT]
+    for path in added:
+        full = os.path.join(user.top, path)
+        with suppress(OSError):
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                os.rmdir(full)  # an empty gitlink directory
+            else:
+                os.unlink(full)
+    for d in made:
+        with suppress(OSError):
+            os.rmdir(os.path.join(user.top, d))
+    user.run("read-tree", "--reset", "-u", head)
+    done = user.run("diff-files", "--name-only", "-z")
+    left = [_decode(p) for p in done.stdout.split(b"\0") if p]
+    return left + [p for p in added if os.path.lexists(os.path.join(user.top, p))]
+
+
+def _ready_to_archive(patches_dir: str, names: Sequence[str]) -> bool:
+    """Before the repository changes: the patches can move to applied/ afterwards. The patches
+    dir is yours or dev's (drop_trust) and you can write it; applied/ is a directory there (made
+    now if need be; a symlink is never followed) that you can write; each patch is still a
+    regular file. Whether applied/ was made now."""
+    fix = "see devshell patches check; put the patches dir right and apply again"
+    top = _open_dir(patches_dir)
+    made = False
     try:
-        with suppress(FileExistsError):
+        _, problem = drop_trust(os.fstat(top))
+        if problem:
+            raise DevshellError(f"refusing to apply: the patches dir {_show(patches_dir)} {problem}; "
+                                "nothing applied", fix)
+        if not _may_write(top):
+            raise DevshellError(f"refusing to apply: you cannot write the patches dir {_show(patches_dir)}, "
+                                f"so the patches could not move to {APPLIED}/; nothing applied", fix)
+        made = True
+        try:
             os.mkdir(APPLIED, dir_fd=top)
+        except FileExistsError:
+            made = False
         try:
-            applied = os.open(APPLIED, flags, dir_fd=top)
+            applied = os.open(APPLIED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=top)
         except OSError:
-            raise DevshellError(f"{_show(patches_dir)}/{APPLIED} is not a directory (a symlink is never "
-                                "followed); the patches were applied but not moved",
-                                f"remove {_show(patches_dir)}/{APPLIED} and move them by hand") from None
+            raise DevshellError(f"refusing to apply: {_show(patches_dir)}/{APPLIED} is not a directory "
+                                "(a symlink is never followed); nothing applied",
+                                f"remove {_show(patches_dir)}/{APPLIED} and apply again") from None
         try:
-            for n in range(1000):
-                target = name if n == 0 else f"{name}.{n}"
+            if not _may_write(applied):
+                raise DevshellError(f"refusing to apply: you cannot write {_show(patches_dir)}/{APPLIED}; "
+                                    "nothing applied", fix)
+        finally:
+            os.close(applied)
+        for name in names:
+            try:
+                regular = stat.S_ISREG(os.stat(name, dir_fd=top, follow_symlinks=False).st_mode)
+            except OSError:
+                regular = False
+            if not regular:
+                raise DevshellError(f"refusing to apply: {_show(name)} is no longer the file that was "
+                                    "read; nothing applied", "look at the patches dir and apply again")
+    except DevshellError:
+        if made:
+            with suppress(OSError):
+                os.rmdir(APPLIED, dir_fd=top)
+        raise
+    finally:
+        os.close(top)
+    return made
+
+
+def _may_write(fd: int) -> bool:
+    """Whether you may create and remove entries in the directory fd."""
+    return os.access(".", os.W_OK | os.X_OK, dir_fd=fd,
+                     effective_ids=os.access in os.supports_effective_ids)
+
+
+def _archive(patches_dir: str, names: Sequence[str]) -> Applied:
+    """Move each patch into applied/, never over an existing file, through directory fds opened
+    with O_NOFOLLOW. The repository has changed already, so nothing raises here: what cannot
+    be moved stays, with the reason."""
+    moved: list[str] = []
+    not_moved: list[str] = []
+    try:
+        top = _open_dir(patches_dir)
+    except DevshellError as e:
+        return Applied([], [f"{_show(n)}: {e.message}" for n in names])
+    try:
+        try:
+            applied = os.open(APPLIED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=top)
+        except OSError as e:
+            return Applied([], [f"{_show(n)}: {APPLIED}/ cannot be opened ({e.strerror})" for n in names])
+        try:
+            for name in names:
                 try:
-                    os.link(name, target, src_dir_fd=top, dst_dir_fd=applied, follow_symlinks=False)
-                except FileExistsError:
-                    continue
-                os.unlink(name, dir_fd=top)
-                return f"{APPLIED}/{target}"
-            raise DevshellError(f"too many copies of {_show(name)} in {APPLIED}/", "tidy it up")
+                    moved.append(f"{APPLIED}/{_move(top, applied, name)}")
+                except OSError as e:
+                    not_moved.append(f"{_show(name)}: {e.strerror or e}")
         finally:
             os.close(applied)
     finally:
         os.close(top)
+    return Applied(moved, not_moved)
+
+
+def _move(top: int, applied: int, name: str) -> str:
+    """name into applied/ under a free name: a hard link, else (the kernel refuses to link a
+    file you do not own, fs.protected_hardlinks) a copy, written and synced; then the original
+    goes. Its new name."""
+    copy = False
+    for n in range(1000):
+        target = name if n == 0 else f"{name}.{n}"
+        try:
+            if copy:
+                _copy(top, applied, name, target)
+            else:
+                os.link(name, target, src_dir_fd=top, dst_dir_fd=applied, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if copy or e.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK,
+                                       errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            copy = True
+            try:
+                _copy(top, applied, name, target)
+            except FileExistsError:
+                continue
+        os.unlink(name, dir_fd=top)
+        return target
+    raise OSError(errno.EEXIST, f"too many copies of it in {APPLIED}/")
+
+
+def _copy(top: int, applied: int, name: str, target: str) -> None:
+    """A copy of the regular file name (at most MAX_PATCH_BYTES, never through a link) as the
+    new file target, on disk before this returns."""
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file")
+        data = _read_at_most(src, MAX_PATCH_BYTES)
+        if data is None:
+            raise OSError(errno.EFBIG, f"grew past {_mib(MAX_PATCH_BYTES)}")
+    finally:
+        os.close(src)
+    dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                  dir_fd=applied)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dst, view):]
+        os.fsync(dst)
+    except BaseException:
+        os.close(dst)
+        with suppress(OSError):
+            os.unlink(target, dir_fd=applied)
+        raise
+    os.close(dst)
+    os.fsync(applied)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -1032,7 +1382,13 @@ def main(argv: Sequence[str]) -> int:
                     _say(f"     {why}")
             for lo in found:
                 _say(lo.line())
-        return 0 if all(v.ok for v in verdicts) and not dangerous else 1
+        return 0 if all(v.ok for v in verdicts) and not dangerous and not skipped else 1
+    # A skipped *.patch leaves a series that is not the one the agent wrote: a gap in it would
+    # apply what was meant to come with the missing part (or after it).
+    if skipped:
+        more = f" (+{len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise DevshellError(f"refusing to apply: skipped {_show(skipped[0])}{more}",
+                            "look at the patches dir; remove or fix what was skipped, then apply again")
     # Leftovers are never applied, moved or run; but a container that left a setuid file, a
     # device or a planted .git misbehaved, and its patches deserve the same doubt: stop and make
     # the user look, unless they did already.
@@ -1045,9 +1401,16 @@ def main(argv: Sequence[str]) -> int:
                             "--ignore-leftovers")
     for lo in found:
         _say(lo.line(), err=True)
-    moved = apply(patches, repo, patches_dir, protected, ns.allow_gitlinks)
+    done = apply(patches, repo, patches_dir, protected, ns.allow_gitlinks)
     if ns.json:
-        print(json.dumps({"applied": [p.name for p in patches], "moved_to": moved}))
+        print(json.dumps({"applied": [p.name for p in patches], "moved_to": done.moved,
+                          "not_moved": done.not_moved}))
+    elif done.not_moved:
+        # The branch has moved: that is no failure, but the patches dir is not as it should be.
+        more = f" (+{len(done.not_moved) - 1} more)" if len(done.not_moved) > 1 else ""
+        _say(f"applied {len(patches)} patch(es) to {repo.top}; {len(done.not_moved)} patch(es) "
+             f"not moved to {APPLIED}/: {done.not_moved[0]}{more}")
+        _say(f"devshell: move them out of {patches_dir} by hand before the next apply", err=True)
     else:
         _say(f"applied {len(patches)} patch(es) to {repo.top}; moved to {APPLIED}/")
     return 0

@@ -15,10 +15,12 @@ have a test that the attack fails, next to a control showing that it works witho
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
 import posixpath
+import shutil
 import socket
 import stat
 import struct
@@ -604,9 +606,39 @@ def test_path_problems_allows_ordinary_and_lookalike_paths(path: str):
     (".devcontainer/devcontainer.json", ".devcontainer/**"),
     (".devcontainer/python/devcontainer.json", ".devcontainer/**"),
     (".devcontainer", ".devcontainer/**"),
+    (".husky/pre-commit", ".husky/**"),
+    (".husky/_/husky.sh", ".husky/**"),
+    (".lfsconfig", ".lfsconfig"),
+    # without regard to case: a case-insensitive checkout reads these as the protected ones
+    (".DEVCONTAINER/devcontainer.json", ".devcontainer/**"),
+    (".GitAttributes", ".gitattributes"),
+    ("docs/.GITATTRIBUTES", ".gitattributes"),
+    (".GITMODULES", ".gitmodules"),
+    (".GitHub/Workflows/ci.yml", ".github/workflows/**"),
+    (".Devcontainer.JSON", ".devcontainer.json"),
+    (".Husky/pre-push", ".husky/**"),
+    (".LfsConfig", ".lfsconfig"),
 ])
 def test_path_problems_refuses_default_protected_paths(path: str, glob: str):
     assert path_problems(path, DEFAULT_PROTECTED) == [f"touches protected path {path} (matches {glob})"]
+
+
+def test_protected_globs_match_without_regard_to_case_where_fnmatchcase_does_not():
+    """Control: a case-sensitive match (the guard absent) lets the case variants through."""
+    import fnmatch
+    assert not fnmatch.fnmatchcase(".GitAttributes", ".gitattributes")
+    assert not fnmatch.fnmatchcase(".DEVCONTAINER/devcontainer.json", ".devcontainer/**")
+    assert path_problems("Extra/Key.PEM", [*DEFAULT_PROTECTED, "extra/*.pem"]) == [
+        "touches protected path Extra/Key.PEM (matches extra/*.pem)"]
+
+
+def test_tree_problems_refuses_a_symlink_at_a_protected_dir_in_another_case(agent: Path):
+    start = git(agent, "rev-parse", "HEAD^{tree}").strip()
+    symlink(agent, ".GitHub", "docs")
+    commit(agent, "A link where .github belongs")
+    assert tree_problems(str(agent), start, git(agent, "rev-parse", "HEAD^{tree}").strip(),
+                         DEFAULT_PROTECTED) == [
+        "puts symlink .GitHub where protected directory .GitHub/ belongs"]
 
 
 def test_path_problems_refuses_extra_globs():
@@ -794,16 +826,17 @@ def test_check_passes_a_series_where_patch_2_builds_on_patch_1(agent: Path, host
 
 def test_review_returns_the_tree_the_series_makes(series: list[str], agent: Path, host: Path,
                                                  patches_dir: Path):
-    verdicts, tree = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
-    assert all(v.ok for v in verdicts)
-    assert tree == git(agent, "rev-parse", "HEAD^{tree}").strip()
+    done = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert all(v.ok for v in done.verdicts)
+    assert done.tree == git(agent, "rev-parse", "HEAD^{tree}").strip()
+    assert done.trees == git(agent, "log", "--reverse", "--format=%T", "origin/main..HEAD").split()
 
 
 def test_review_returns_no_tree_when_a_patch_does_not_apply(conflicting: list[str], host: Path,
                                                             patches_dir: Path):
-    verdicts, tree = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
-    assert tree is None
-    assert [v.ok for v in verdicts] == [True, False, False]
+    done = review(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert done.tree is None and done.commit is None
+    assert [v.ok for v in done.verdicts] == [True, False, False]
 
 
 def test_review_applies_a_patch_3_way_like_git_am(host: Path, tmp_path: Path, patches_dir: Path):
@@ -819,11 +852,11 @@ def test_review_applies_a_patch_3_way_like_git_am(host: Path, tmp_path: Path, pa
     plain = subprocess.run(["git", "-C", str(host), "apply", "--check", str(patches_dir / patches[0].name)],
                            capture_output=True, text=True, check=False)
     assert "patch does not apply" in plain.stderr  # the hunk's context changed: only 3-way applies it
-    verdicts, tree = review(patches, str(host), DEFAULT_PROTECTED)
-    assert [v.problems for v in verdicts] == [[]]
+    done = review(patches, str(host), DEFAULT_PROTECTED)
+    assert [v.problems for v in done.verdicts] == [[]]
     apply(patches, str(host), str(patches_dir), DEFAULT_PROTECTED)
     assert (host / "long.txt").read_text() == "".join([*lines[:6], "SEVEN\n", lines[7], "NINE\n", *lines[9:]])
-    assert git(host, "rev-parse", "HEAD^{tree}").strip() == tree
+    assert git(host, "rev-parse", "HEAD^{tree}").strip() == done.tree
 
 
 def test_check_reports_a_patch_that_does_not_apply_with_the_reason(conflicting: list[str],
@@ -1017,6 +1050,101 @@ def test_a_body_from_line_splits_the_mail_as_git_am_would_and_is_skipped(patches
     patches, skipped = read_dir(str(patches_dir))
     assert patches == []
     assert len(skipped) == 1 and "carries no diff" in skipped[0]
+
+
+# One reading of the patches: git am guesses each file's format on its own (a first line
+# 'Content-Transfer-Encoding: ...', an empty second and a third 'From:' is StGit to it, which it
+# copies raw), while the review decodes the mail. A quoted-printable soft line break ('Xjunk=')
+# then glues a diff header to junk for the review only, so the binary patch behind it is no diff
+# to the review but a real one to git am: an intermediate commit adds a workflow, the next one
+# removes it, and the final tree is what was reviewed.
+def stgit_lookalike(host: Path, tmp_path: Path, patches_dir: Path) -> list[str]:
+    gen = clone(tmp_path, host, "gen")
+    (gen / ".git" / "info" / "attributes").write_text("*.yml binary\n")  # a GIT binary patch
+    commit(gen, "Workflow", {".github/workflows/x.yml": "on: push\njobs: {x: {steps: [{run: evil}]}}\n"})
+    add = git(gen, "diff", "--binary", "HEAD~1", "HEAD")
+    git(gen, "rm", "-q", "-r", ".github")
+    commit(gen, "No workflow")
+    remove = git(gen, "diff", "--binary", "HEAD~1", "HEAD")
+    assert "GIT binary patch" in add and "GIT binary patch" in remove
+    names = []
+    for n, (path, old, hidden) in enumerate((("a.txt", "alpha", add), ("b.txt", "beta", remove)), 1):
+        plain = f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-{old}\n+{old} 2\n"
+        names.append(drop(patches_dir, ("Content-Transfer-Encoding: quoted-printable\n\n"
+                                        f"From: Agent <agent@example.com>\nSubject: tweak {path}\n\n"
+                                        f"harmless change\n---\n{plain}Xjunk=\n{hidden}").encode(),
+                          f"000{n}-tweak.patch"))
+    return names
+
+
+def test_apply_commits_exactly_the_tree_review_judged_for_every_mail(host: Path, tmp_path: Path,
+                                                                     patches_dir: Path):
+    names = stgit_lookalike(host, tmp_path, patches_dir)
+    start = git(host, "rev-parse", "HEAD").strip()
+    patches = read_dir(str(patches_dir))[0]
+    reviewed = review(patches, str(host), DEFAULT_PROTECTED)
+    if not all(v.ok for v in reviewed.verdicts):  # refusing the series is as good
+        refused_by_apply(host, patches_dir, DEFAULT_PROTECTED)
+        return
+    apply(patches, str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert git(host, "log", "--reverse", "--format=%T", f"{start}..HEAD").split() == reviewed.trees
+    assert git(host, "log", "--format=%H", "--all", "--", ".github") == ""
+    assert git(host, "log", "--reverse", "--format=%s|%an", f"{start}..HEAD").splitlines() == [
+        "tweak a.txt|Agent", "tweak b.txt|Agent"]
+    assert sorted(os.listdir(patches_dir / APPLIED)) == names
+
+
+def test_plain_git_am_commits_the_workflow_hidden_from_the_review(host: Path, tmp_path: Path,
+                                                                   patches_dir: Path):
+    """The guard absent: git am of the same files commits a workflow that the final tree, the
+    only one an apply that runs git am could compare, does not show."""
+    names = stgit_lookalike(host, tmp_path, patches_dir)
+    victim = clone(tmp_path, host, "victim")
+    start = git(victim, "rev-parse", "HEAD").strip()
+    git(victim, "am", "-q", "--3way", *[str(patches_dir / n) for n in names])
+    assert ".github/workflows/x.yml" in git(victim, "ls-tree", "-r", "--name-only", "HEAD~1").split()
+    assert not (victim / ".github").exists()  # gone again in the final tree
+    assert git(victim, "log", "--format=%H", f"{start}..HEAD", "--", ".github").split()
+
+
+def test_apply_makes_the_commits_git_am_makes(agent: Path, host: Path, tmp_path: Path,
+                                              patches_dir: Path):
+    """Same author, date, message and tree as git am, from mails with a folded subject, a body
+    with trailing blanks and runs of empty lines, non-ASCII names, a time zone, a rename."""
+    env = {"GIT_AUTHOR_DATE": "2021-02-03T04:05:06+0530"}
+    write(agent, {"a.txt": "alpha\nsecond\n"})
+    message = ("A rather long subject line that format-patch will fold over two header lines, "
+               "surely\n\n\nBody  \n\n\n\nwith  trailing blanks\t\n\n")
+    msg_file = tmp_path / "msg"
+    msg_file.write_text(message)
+    git(agent, "commit", "-qa", "-F", str(msg_file),
+        env={**env, "GIT_AUTHOR_NAME": "Zoë Ångström", "GIT_AUTHOR_EMAIL": "zoe@example.com"})
+    git(agent, "mv", "b.txt", "beta.txt")
+    commit(agent, "[tag] Rename b\n\nSigned-off-by: A <a@example.com>")
+    format_patches(agent, patches_dir)
+    victim = clone(tmp_path, host, "victim")
+    git(victim, "am", "-q", *[str(patches_dir / n) for n in sorted(os.listdir(patches_dir))])
+    start = git(host, "rev-parse", "HEAD").strip()
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    fmt = "--format=%an|%ae|%ad|%T|%B%x00"
+    assert git(host, "log", fmt, "--date=raw", f"{start}..HEAD") == \
+        git(victim, "log", fmt, "--date=raw", f"{start}..HEAD")
+    assert "Zoë Ångström|zoe@example.com|1612305306 +0530|" in git(host, "log", fmt, "--date=raw", "-2")
+
+
+@given(st.binary(max_size=200))
+def test_stripspace_cleans_a_message_as_git_does(text: bytes):
+    expected = subprocess.run(["git", "stripspace"], input=text, capture_output=True, check=True).stdout
+    assert patches_module.stripspace(text) == expected
+
+
+def test_check_reports_a_mail_git_cannot_commit_and_apply_changes_nothing(host: Path,
+                                                                          patches_dir: Path):
+    drop(patches_dir, mail(add_file("new.txt")).replace(b"Date: Mon, 1 Jan 2024 00:00:00 +0000",
+                                                        b"Date: 99999999999999999999 +0000"))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert len(verdict.problems) == 1 and verdict.problems[0].startswith("cannot be committed: ")
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, "0001-hand.patch: cannot be committed")
 
 
 # --- symlinks, end to end --------------------------------------------------------------------
@@ -1230,8 +1358,8 @@ def test_apply_moves_patches_to_applied_and_deletes_nothing(series: list[str], h
                                                             patches_dir: Path):
     (patches_dir / "notes.txt").write_text("keep me\n")
     before = dir_listing(patches_dir)
-    moved = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-    assert moved == [f"{APPLIED}/{name}" for name in series]
+    done = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert done.moved == [f"{APPLIED}/{name}" for name in series] and done.not_moved == []
     after = dir_listing(patches_dir)
     assert len(after) == len(before) == 4
     assert after == {("notes.txt" if name == "notes.txt" else f"{APPLIED}/{name}"): digest
@@ -1243,8 +1371,8 @@ def test_apply_keeps_both_files_on_a_name_collision_in_applied(series: list[str]
     (patches_dir / APPLIED).mkdir()
     (patches_dir / APPLIED / series[0]).write_bytes(b"an older patch of the same name\n")
     original = (patches_dir / series[0]).read_bytes()
-    moved = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
-    assert moved[0] == f"{APPLIED}/{series[0]}.1"
+    done = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert done.moved[0] == f"{APPLIED}/{series[0]}.1"
     assert (patches_dir / APPLIED / series[0]).read_bytes() == b"an older patch of the same name\n"
     assert (patches_dir / APPLIED / f"{series[0]}.1").read_bytes() == original
 
@@ -1348,10 +1476,249 @@ def test_apply_writes_nothing_through_a_symlinked_applied_dir(series: list[str],
     outside = tmp_path / "outside"
     outside.mkdir()
     (patches_dir / APPLIED).symlink_to(outside)
-    with pytest.raises(DevshellError, match="is not a directory"):
-        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, f"{APPLIED} is not a directory")
+    assert error.message.endswith("nothing applied")  # found before the repository changed
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in patches_dir.iterdir() if p.name.endswith(".patch")) == series
+
+
+# The patches dir is the agent's: root inside can chown and chmod it and what is in it.
+
+def test_apply_refuses_a_patches_dir_that_is_not_yours_before_changing_anything(
+        series: list[str], host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Root inside chowned the drop dir (here: you are someone else than its owner): its owner
+    could change it under the walk and the move, and you may not be able to write it. Refused
+    with one line, nothing changed (not: applied, then [Errno 13] on applied/)."""
+    owner = os.stat(patches_dir).st_uid
+    monkeypatch.setattr(patches_module.os, "getuid", lambda: owner + 4242)
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED,
+                             f"the patches dir {patches_dir} belongs to uid {owner}, not to you")
+    assert error.message.endswith("nothing applied") and "\n" not in error.message
+    assert not (patches_dir / APPLIED).exists()
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    assert main(["check", *argv]) == 1  # reported as a dangerous leftover
+    with pytest.raises(DevshellError, match=r"refusing to apply: the patches dir holds \.: the patches dir"):
+        main(["apply", *argv])
+    monkeypatch.undo()  # control: yours, the same series applies
+    assert main(["apply", *argv]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_leftovers_trust_only_you_and_dev_not_whoever_owns_the_patches_dir(
+        series: list[str], patches_dir: Path):
+    (patches_dir / "theirs").write_text("x\n")
+    os.chown(patches_dir / "theirs", 4242, 4242)
+    os.chown(patches_dir, 4242, 4242)
+    patches_dir.chmod(0o700)
+    # dev's dir as devshell makes it (not root's, 0700): dev's files are expected
+    assert [lo for lo in leftovers(str(patches_dir)) if lo.path in (".", "theirs")] == []
+    patches_dir.chmod(0o777)  # control: trusting whoever owns the dir would still trust uid 4242
+    assert os.stat(patches_dir).st_uid == os.stat(patches_dir / "theirs").st_uid == 4242
+    found = {lo.path: lo for lo in leftovers(str(patches_dir))}
+    assert found["."] == Leftover(".", ("the patches dir itself belongs to uid 4242 and is writable "
+                                        "by every user",), True)
+    assert found["theirs"] == Leftover("theirs", ("owned by uid 4242",), True)
+    os.chown(patches_dir, 0, 0)
+    patches_dir.chmod(0o755)  # root's own dir: dev unknown, so dev's files are reported
+    assert {lo.path for lo in leftovers(str(patches_dir))} == {"theirs"}
+
+
+def test_apply_refuses_when_the_patches_dir_cannot_be_written(series: list[str], host: Path,
+                                                              patches_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(patches_module, "_may_write", lambda fd: False)
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED,
+                             f"you cannot write the patches dir {patches_dir}")
+    assert error.message.endswith("nothing applied")
+
+
+def test_apply_archives_by_copy_when_the_kernel_refuses_the_hard_link(
+        series: list[str], host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """fs.protected_hardlinks: you may not link a file you do not own (root inside made it)."""
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    before = dir_listing(patches_dir)
+    monkeypatch.setattr(patches_module.os, "link", refused)
+    with pytest.raises(PermissionError):  # control: the link really is refused
+        os.link(patches_dir / series[0], patches_dir / "x")
+    done = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert done == patches_module.Applied([f"{APPLIED}/{name}" for name in series], [])
+    assert dir_listing(patches_dir) == {f"{APPLIED}/{name}": digest for name, digest in before.items()}
+
+
+def test_apply_that_moved_the_branch_never_says_failed_when_a_patch_cannot_be_moved(
+        series: list[str], host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]):
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(patches_module.os, "link", refused)
+    monkeypatch.setattr(patches_module, "_copy", refused)
+    start = git(host, "rev-parse", "HEAD").strip()
+    assert main(["apply", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 0
+    out = capsys.readouterr()
+    assert out.out == (f"applied 3 patch(es) to {host}; 3 patch(es) not moved to {APPLIED}/: "
+                       f"{series[0]}: Operation not permitted (+2 more)\n")
+    assert "move them out of" in out.err and "failed" not in out.out + out.err
+    assert len(git(host, "log", "--format=%H", f"{start}..HEAD").split()) == 3
+    assert sorted(p.name for p in patches_dir.iterdir() if p.name.endswith(".patch")) == series
+
+
+# --- the user's work tree ----------------------------------------------------------------------
+
+
+def test_apply_refuses_a_directory_you_cannot_write_before_touching_anything(
+        series: list[str], agent: Path, host: Path, patches_dir: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    commit(agent, "Change old.py", {"src/old.py": "print('new')\n"})
+    format_patches(agent, patches_dir)
+    real_access = os.access
+    src = str(host / "src")
+
+    def no_write_in_src(path: object, mode: int, **kwargs: object) -> bool:
+        if os.fspath(path) in (src, src + "/") and mode & os.W_OK:  # as src/ 0555 to a non-root user
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(patches_module.os, "access", no_write_in_src)
+    error = refused_by_apply(host, patches_dir, DEFAULT_PROTECTED,
+                             f"you cannot write src in {host}, where src/old.py changes")
+    assert error.message.endswith("nothing applied")
+
+
+def run_as_another_user(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """argv as uid 65534 when root (for whom every directory is writable), else as you."""
+    user = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "HOME": str(cwd)}, **user)
+
+
+def test_plain_read_tree_stops_halfway_in_a_directory_it_cannot_write():
+    """The guard absent: git read-tree -m -u writes a.txt, then cannot write in src/ (0555 to
+    a user who is not root) and fails, the work tree half changed."""
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        repo = Path(d) / "repo"
+        git(Path(d), "init", "-q", "-b", "main", str(repo))
+        commit(repo, "Initial", {"a.txt": "alpha\n", "src/old.py": "old\n"}, who=HOST)
+        commit(repo, "Both", {"a.txt": "ALPHA\n", "src/old.py": "new\n"}, who=HOST)
+        git(repo, "reset", "-q", "--hard", "HEAD~1")
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "65534:65534", str(repo)], check=True)
+        (repo / "src").chmod(0o555)
+        safe = ["git", "-c", "safe.directory=*"]
+        run_as_another_user([*safe, "update-index", "-q", "--refresh"], repo)
+        done = run_as_another_user([*safe, "read-tree", "-m", "-u", "HEAD", "main@{1}"], repo)
+        (repo / "src").chmod(0o755)
+        assert done.returncode != 0, done.stderr
+        assert (repo / "a.txt").read_text() == "ALPHA\n"  # changed, while src/old.py was not
+        assert (repo / "src" / "old.py").read_text() == "old\n"
+
+
+def test_apply_puts_the_work_tree_back_when_read_tree_fails_halfway(
+        agent: Path, host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """As above, through apply: read-tree writes some paths, then fails. Everything goes back
+    (and the message says so); HEAD never moved."""
+    commit(agent, "Change, add and remove", {"a.txt": "A\n", "new/dir/file.txt": "new\n"})
+    git(agent, "rm", "-q", "gone.txt")
+    commit(agent, "Remove gone")
+    format_patches(agent, patches_dir)
+    before, real_run = state(host), patches_module.Repo.run
+    reset_fails = False
+
+    def halfway(self: patches_module.Repo, *args: str,
+                **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        if args[:3] == ("read-tree", "-m", "-u") and self.top == str(host):
+            write(host, {"a.txt": "A\n", "new/dir/file.txt": "new\n"})
+            (host / "gone.txt").unlink()
+            return subprocess.CompletedProcess(args, 128, b"", b"error: unable to create file "
+                                               b"src/x: Permission denied\n")
+        if args[:2] == ("read-tree", "--reset") and reset_fails:
+            return subprocess.CompletedProcess(args, 128, b"", b"error: no\n")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(patches_module.Repo, "run", halfway)
+    files_before = dir_listing(patches_dir)
+    with pytest.raises(DevshellError) as info:
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert info.value.message == ("git read-tree failed (error: unable to create file src/x: "
+                                  "Permission denied); the work tree is as it was, nothing applied")
+    assert state(host) == before  # the index file has new stat data: its entries are the same
+    assert not (host / "new").exists()
+    assert dir_listing(patches_dir) == files_before and not (patches_dir / APPLIED).exists()
+    # control: when the work tree cannot be put back, apply says which path, not "nothing applied"
+    reset_fails = True
+    with pytest.raises(DevshellError) as info:
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert info.value.message.startswith("git read-tree failed partway (error: unable to create "
+                                         "file src/x: Permission denied): HEAD did not move, but ")
+    assert "nothing applied" not in info.value.message
+    assert git(host, "rev-parse", "HEAD") == before["HEAD"]
+
+
+def test_apply_takes_a_file_that_was_only_touched_as_clean(series: list[str], host: Path,
+                                                           patches_dir: Path, tmp_path: Path):
+    """A touched (or chowned) tracked file is clean, but its index entry's stat data is old:
+    read-tree finds it 'not uptodate' unless the index is refreshed first."""
+    os.utime(host / "a.txt")
+    copy = tmp_path / "copy"  # control: the same in a copy, without the refresh
+    shutil.copytree(host, copy, symlinks=True)
+    os.utime(copy / "a.txt")
+    blob = subprocess.run(["git", "-C", str(copy), "hash-object", "-w", "--stdin"], input="x\n",
+                          capture_output=True, text=True, check=True).stdout.strip()
+    entries = git(copy, "ls-tree", "HEAD").replace(git(copy, "rev-parse", "HEAD:a.txt").strip(), blob)
+    tree = subprocess.run(["git", "-C", str(copy), "mktree"], input=entries, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    done = subprocess.run(["git", "-C", str(copy), "read-tree", "-m", "-u", "HEAD", tree],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "not uptodate" in done.stderr
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert (host / "a.txt").read_text() == "alpha\nsecond\nthird\n"
+
+
+# --- what was skipped, and how much work a patches dir can ask for -----------------------------
+
+
+def test_a_skipped_patch_fails_check_and_refuses_apply(series: list[str], host: Path,
+                                                       patches_dir: Path):
+    """A *.patch that cannot be read leaves a series that is not the agent's: apply refuses."""
+    os.mkfifo(patches_dir / "0002a-in-between.patch")
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    assert main(["check", *argv]) == 1
+    before = state(host)
+    with pytest.raises(DevshellError, match="refusing to apply: skipped 0002a-in-between.patch: "
+                                            r"not a regular file"):
+        main(["apply", *argv, "--ignore-leftovers"])
+    assert state(host) == before
+    (patches_dir / "0002a-in-between.patch").unlink()  # control: without it, the series applies
+    assert main(["check", *argv]) == 0
+    assert main(["apply", *argv]) == 0
+
+
+def test_read_dir_bounds_the_mails_of_all_files_together(series: list[str], patches_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    calls: list[str] = []
+    real_loose = patches_module._loose
+
+    def counting(d: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(args[0])
+        return real_loose(d, *args, **kwargs)
+
+    monkeypatch.setattr(patches_module, "_loose", counting)
+    monkeypatch.setattr(patches_module, "MAX_MAILS", 2)
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == series[:2]
+    assert skipped == [f"{series[2]}: may hold 1 mails, over the limit of 2 mails for all patches together"]
+    assert calls.count("apply") == 2  # one numstat per file, not per mail
+    # a file that may hold more mails than are left is not even split
+    calls.clear()
+    monkeypatch.setattr(patches_module, "MAX_MAILS", 1000)
+    (patches_dir / "0000-many.patch").write_bytes(mail(add_file("x.txt")) * 1001)
+    patches, skipped = read_dir(str(patches_dir))
+    assert skipped == ["0000-many.patch: may hold 1001 mails, over the limit of 1000 mails for all "
+                       "patches together"]
+    assert calls.count("mailsplit") == 3 and [p.name for p in patches] == series
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -1473,7 +1840,7 @@ def test_main_apply_json_parses(series: list[str], host: Path, patches_dir: Path
                                 capsys: pytest.CaptureFixture[str]):
     assert main(["apply", "--patches-dir", str(patches_dir), "--repo", str(host), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "applied": series, "moved_to": [f"{APPLIED}/{name}" for name in series]}
+        "applied": series, "moved_to": [f"{APPLIED}/{name}" for name in series], "not_moved": []}
 
 
 def test_main_apply_without_patches_raises_devshell_error(host: Path, patches_dir: Path):
@@ -1878,6 +2245,70 @@ def test_leftovers_walk_is_bounded(patches_dir: Path, monkeypatch: pytest.Monkey
         (patches_dir / f"f{n}").write_text("x\n")
     cut = leftovers(str(patches_dir))[-1]
     assert cut.what == ("the walk stopped after 20 entries; the rest is unchecked",) and cut.dangerous
+
+
+def test_leftovers_judge_a_long_chain_of_links_without_resolving_it(
+        series: list[str], host: Path, patches_dir: Path, capsys: pytest.CaptureFixture[str]):
+    """3000 links, each to the next, the last one out: no realpath (it recursed per link), no
+    resolving at all; the one that leads out is named, the output stays short."""
+    n = 3000
+    for i in range(n - 1):
+        os.symlink(f"l{i + 1}", patches_dir / f"l{i}")
+    os.symlink("/etc", patches_dir / f"l{n - 1}")
+    with pytest.raises(OSError):  # control: the kernel gives up on the chain after 40 links
+        os.stat(patches_dir / "l0")
+    if sys.version_info < (3, 13):  # control: where os.path.realpath follows links recursively
+        with pytest.raises(RecursionError):
+            os.path.realpath(patches_dir / "l0")
+    found = leftovers(str(patches_dir))
+    assert len(found) == patches_module.MAX_LEFTOVERS + 1
+    summary = found[-1]
+    assert summary.path == "." and summary.what[0].startswith(f"{n - patches_module.MAX_LEFTOVERS} more")
+    bad = [lo for lo in found[:-1] if lo.dangerous]
+    assert bad in ([], [Leftover(f"l{n - 1}", ("symlink -> /etc, leading out of the patches dir",), True)])
+    assert summary.dangerous == (not bad)
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    assert main(["check", *argv]) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 3 + patches_module.MAX_LEFTOVERS + 1
+
+
+def test_leftovers_take_bounded_time_and_output_for_many_long_targets(
+        series: list[str], host: Path, patches_dir: Path, capsys: pytest.CaptureFixture[str]):
+    """9000 links whose targets have 2040 components each: judged in seconds, printed in
+    kilobytes (it took 46 s and printed 36 MB)."""
+    names_only = "a/" * 2039 + "b"
+    climbing = "a/.." + "/a" * 2038
+    assert len(names_only.split("/")) == len(climbing.split("/")) == 2040
+    for i in range(9000):
+        os.symlink(climbing if i % 2 else names_only, patches_dir / f"l{i}")
+    assert os.readlink(patches_dir / "l0") == names_only  # control: all of it is there to print
+    start = time.monotonic()
+    assert main(["check", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 1
+    assert time.monotonic() - start < 20
+    out = capsys.readouterr().out
+    assert len(out) < 100_000
+    assert all(len(line) < 2 * patches_module.SHOW_CHARS + 200 for line in out.splitlines())
+    assert f"... ({len(names_only)} chars)" in out
+    assert "which may lead out of the patches dir ('..' after a name that may be a link) (dangerous)" in out
+
+
+@pytest.mark.parametrize(("target", "out"), [
+    ("x", None), ("d/x", None), ("./d/./x", None), ("../x", "leading out of the patches dir"),
+    ("/etc", "leading out of the patches dir"), ("d/../../x", "leading out of the patches dir"),
+    ("d/../x", "which may lead out of the patches dir ('..' after a name that may be a link)"),
+])
+def test_leftovers_judge_a_link_at_the_top_by_its_text(target: str, out: str | None, patches_dir: Path):
+    os.symlink(target, patches_dir / "l")
+    [found] = leftovers(str(patches_dir))
+    assert found == Leftover("l", (f"symlink -> {target}" + (f", {out}" if out else ""),), out is not None)
+
+
+def test_leftovers_let_leading_dotdot_climb_only_real_directories(patches_dir: Path):
+    (patches_dir / "d" / "e").mkdir(parents=True)
+    os.symlink("../../x", patches_dir / "d" / "e" / "up2")
+    os.symlink("../../../x", patches_dir / "d" / "e" / "up3")
+    found = {lo.path: lo.dangerous for lo in leftovers(str(patches_dir))}
+    assert found == {"d/e/up2": False, "d/e/up3": True}
 
 
 def test_read_dir_skips_a_huge_sparse_patch_without_reading_it(series: list[str], patches_dir: Path,

@@ -106,6 +106,102 @@ def test_allow_gitlinks_accepts_the_gitlink(drop, devshell_patches):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# --- 3: one reading of the patches -------------------------------------------------------------
+
+# git am guesses a file's format on its own: line 1 'Content-Transfer-Encoding: ...', line 2
+# empty, line 3 'From:' is StGit to it, copied raw; a mail reader decodes the quoted-printable
+# body, where the soft line break 'Xjunk=' glues the binary patch's header to junk. So the review
+# sees only the harmless diff, git am also a workflow in the first commit (gone in the second:
+# the final tree is the reviewed one).
+STGIT_LOOKALIKE = r"""
+set -e
+rm -rf /tmp/s && git clone -q /checkout /tmp/s && cd /tmp/s
+git config user.name Agent && git config user.email agent@devshell.invalid
+echo '*.yml binary' > .git/info/attributes
+mkdir -p .github/workflows && printf 'on: push\njobs: {x: {steps: [{run: evil}]}}\n' > .github/workflows/x.yml
+git add -A && git commit -qm w && git diff --binary HEAD~1 HEAD > /tmp/add.diff
+git rm -q -r .github && git commit -qm d && git diff --binary HEAD~1 HEAD > /tmp/rm.diff
+mail() {
+  { printf 'Content-Transfer-Encoding: quoted-printable\n\nFrom: Agent <agent@devshell.invalid>\n'
+    printf 'Subject: tweak %s\n\nharmless change\n---\n' "$2"
+    printf 'diff --git a/%s b/%s\n--- a/%s\n+++ b/%s\n@@ -1 +1 @@\n-%s\n+%s 2\n' "$2" "$2" "$2" "$2" "$3" "$3"
+    printf 'Xjunk=\n'; cat "$4"; } > "/patches/$1"
+}
+mail 0001-tweak.patch README hello /tmp/add.diff
+mail 0002-tweak.patch src/main.c 'int main(void) { return 0; }' /tmp/rm.diff
+"""
+ONE_READING = "a series whose intermediate commit hides a workflow from the review"
+
+
+@pytest.mark.attack(GITLINKS, ONE_READING)
+def test_apply_commits_only_what_the_review_read(drop, tmp_path, devshell_patches, host_git):
+    agent, checkout, d = drop
+    assert agent.run(STGIT_LOOKALIKE).exit_code == 0
+    mine = tmp_path / "mine"  # a clone: the module's checkout stays as the other tests expect
+    host_git(tmp_path, "clone", "-q", checkout, mine)
+    start = host_git(mine, "rev-parse", "HEAD").stdout.strip()
+    done = devshell_patches("apply", "--patches-dir", d, "--repo", mine, cwd=mine)
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out, out
+    if done.returncode == 0:  # applied: then with no workflow in any commit
+        assert host_git(mine, "rev-list", "--count", f"{start}..HEAD").stdout.strip() == "2", out
+    else:
+        assert host_git(mine, "rev-parse", "HEAD").stdout.strip() == start, out
+    assert host_git(mine, "log", "--all", "--format=%H", "--", ".github").stdout == "", out
+
+
+@pytest.mark.control(GITLINKS, ONE_READING)
+def test_plain_git_am_commits_the_hidden_workflow(drop, tmp_path, host_git):
+    agent, checkout, d = drop
+    assert agent.run(STGIT_LOOKALIKE).exit_code == 0
+    clone = tmp_path / "clone"
+    host_git(tmp_path, "clone", "-q", checkout, clone)
+    host_git(clone, "am", "-q", "--3way", *sorted(os.path.join(d, p) for p in os.listdir(d)))
+    assert ".github/workflows/x.yml" in host_git(clone, "ls-tree", "-r", "--name-only", "HEAD~1").stdout
+    assert not (clone / ".github").exists()
+
+
+# --- 3: the drop dir itself ------------------------------------------------------------------------
+
+OPEN_DROP = "a drop dir that root inside made writable by every user"
+
+
+@pytest.fixture
+def open_drop(drop):
+    agent, checkout, d = drop
+    assert agent.run(f"{AGENT_PATCH}\nsudo -n chmod 0777 /patches").exit_code == 0
+    yield agent, checkout, d
+    os.chmod(d, 0o700)  # as devshell made it, for the tests after this one
+
+
+@pytest.mark.attack(GITLINKS, OPEN_DROP)
+def test_apply_refuses_a_drop_dir_anyone_can_write(open_drop, devshell_patches, host_tree):
+    _, checkout, d = open_drop
+    before, listing = host_tree(checkout), sorted(os.listdir(d))
+    done = patches(devshell_patches, checkout, d, "apply", "--ignore-leftovers")
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("LEFTOVER ")]
+    assert len(errors) == 1 and "writable by every user; nothing applied" in errors[0], done.stderr
+    assert host_tree(checkout) == before and sorted(os.listdir(d)) == listing
+
+
+@pytest.mark.control(GITLINKS, OPEN_DROP)
+def test_another_host_user_can_write_the_open_drop_dir(open_drop):
+    """The guard absent: any user of the host can now swap what the next apply moves."""
+    _, _, d = open_drop
+    planted = os.path.join(d, "planted")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # past pytest's 0700 parents, as a neighbour's
+    try:                                           # process in a shared parent would get there
+        done = subprocess.run(["touch", f"/proc/self/fd/{fd}/planted"], user=65534, group=65534,
+                              extra_groups=[], pass_fds=[fd], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert os.stat(planted).st_uid == 65534
+    finally:
+        os.close(fd)
+        if os.path.lexists(planted):
+            os.unlink(planted)
+
+
 # --- 3: leftovers --------------------------------------------------------------------------------
 
 # name -> (made by the agent inside, made on the host afterwards, path reported, dangerous).
