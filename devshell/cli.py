@@ -21,15 +21,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except DevshellError as e:
-        print(f"devshell: error: {for_terminal(str(e))}", file=sys.stderr)
+        print(f"devshell: error: {for_terminal(str(e), backslash=False)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a last net: the host or engine refused something we did not foresee
         if not isinstance(e, OSError) and not type(e).__module__.startswith("docker"):
             raise
-        print(f"devshell: error: {for_terminal(str(e))}; fix: check the path, permissions and the "
-              "Docker daemon", file=sys.stderr)
+        print(f"devshell: error: {for_terminal(str(e), backslash=False)}; "
+              "fix: check the path, permissions and the Docker daemon", file=sys.stderr)
         return 2
 
 

@@ -27,14 +27,17 @@ _BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C,
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
 
 
-def for_terminal(text: str) -> str:
+def for_terminal(text: str, *, backslash: bool = True) -> str:
     """text safe for a terminal: C0, DEL and C1 controls (so every ANSI escape), bidi overrides
     and line separators become escapes, and so do bytes that were not UTF-8 (surrogateescape).
-    Messages name host paths the agent chose (a skill's name, a link's target)."""
+    Messages name host paths the agent chose (a skill's name, a link's target). backslash=False
+    leaves '\\' as it is, so text escaped once already is not escaped again."""
     out = []
     for ch in text:
         o = ord(ch)
-        if ch in _NAMED:
+        if ch == "\\" and not backslash:
+            out.append(ch)
+        elif ch in _NAMED:
             out.append(_NAMED[ch])
         elif 0xDC80 <= o <= 0xDCFF:
             out.append(f"\\x{o - 0xDC00:02x}")

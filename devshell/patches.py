@@ -56,7 +56,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from .errors import DevshellError
+from .errors import DevshellError, for_terminal
 from .hostfs import strict_problem
 from .options import default_patches_out, drops_root, inside
 
@@ -185,12 +185,12 @@ def _run(argv: Sequence[str], cwd: str, env: dict[str, str] | None = None,
         return subprocess.run(["git", *HARDENED, *argv], cwd=cwd, env=git_env(env), input=stdin,
                               capture_output=True)
     except OSError as e:
-        raise DevshellError(f"cannot run git in {_show(cwd)} ({e.strerror})",
+        raise DevshellError(f"cannot run git in {cwd} ({e.strerror})",
                             "install git, or check the path") from None
 
 
 def _failed(args: Sequence[str], done: subprocess.CompletedProcess[bytes]) -> DevshellError:
-    return DevshellError(f"git {' '.join(args[:2])} failed: {_show(_first_line(_decode(done.stderr)))}",
+    return DevshellError(f"git {' '.join(args[:2])} failed: {_first_line(_decode(done.stderr))}",
                          "check the repository")
 
 
@@ -240,23 +240,23 @@ def open_repo(start: str, patches_dir: str | None = None) -> Repo:
     for fence, what in fences:
         # Checked before git runs: git's own discovery would already read a planted .git's config.
         if inside(real, fence):
-            raise DevshellError(f"refusing to look for a repository in {_show(real)}: it lies in "
-                                f"{what} {_show(fence)}, which the agent writes",
+            raise DevshellError(f"refusing to look for a repository in {real}: it lies in "
+                                f"{what} {fence}, which the agent writes",
                                 "run devshell patches in your own checkout, or pass --repo DIR")
     if not os.path.isdir(real):
-        raise DevshellError(f"{_show(start)} is not a directory", "pass --repo DIR")
+        raise DevshellError(f"{start} is not a directory", "pass --repo DIR")
     done = _run(["rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
                  "--git-common-dir"], real)
     lines = _decode(done.stdout).splitlines()
     if done.returncode or len(lines) != 3:
-        raise NoRepo(f"{_show(start)} is not in a git work tree "
-                     f"({_show(_first_line(_decode(done.stderr)))})", "pass --repo DIR")
+        raise NoRepo(f"{start} is not in a git work tree "
+                     f"({_first_line(_decode(done.stderr))})", "pass --repo DIR")
     top, git_dir, common = (os.path.realpath(p) for p in lines)
     for path in (top, git_dir, common):
         for fence, what in fences:
             if inside(path, fence):
-                raise DevshellError(f"refusing repository {_show(top)}: {_show(path)} lies in {what} "
-                                    f"{_show(fence)}, which the agent writes",
+                raise DevshellError(f"refusing repository {top}: {path} lies in {what} "
+                                    f"{fence}, which the agent writes",
                                     "pass --repo DIR with your own checkout")
     return Repo(top, git_dir)
 
@@ -311,27 +311,8 @@ def _decode(raw: bytes) -> str:
 
 # --- output ----------------------------------------------------------------------------------
 
-_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x2028, 0x2029}
-_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
-
-
-def _show(text: str) -> str:
-    """text safe for a terminal: C0, DEL and C1 controls (so every ANSI escape), bidi overrides
-    and line separators become escapes, and so do bytes that were not UTF-8 (surrogateescape)."""
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if ch in _NAMED:
-            out.append(_NAMED[ch])
-        elif 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif o < 0x20 or 0x7F <= o <= 0x9F:
-            out.append(f"\\x{o:02x}")
-        elif o in _BIDI or 0xD800 <= o <= 0xDFFF:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+# Errors are escaped where the CLI prints them; everything else printed as text goes through this.
+_show = for_terminal
 
 
 def _say(line: str, err: bool = False) -> None:
@@ -347,7 +328,7 @@ def _open_dir(patches_dir: str) -> int:
     try:
         return os.open(patches_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise DevshellError(f"cannot read patches dir {_show(patches_dir)} ({e.strerror})",
+        raise DevshellError(f"cannot read patches dir {patches_dir} ({e.strerror})",
                             "pass --patches-dir DIR") from None
 
 
@@ -378,13 +359,13 @@ def _patch_names(top: int, patches_dir: str) -> list[str]:
     with os.scandir(top) as entries:
         for n, entry in enumerate(entries):
             if n >= MAX_DIR_ENTRIES:
-                raise DevshellError(f"{_show(patches_dir)} holds more than {MAX_DIR_ENTRIES} entries",
+                raise DevshellError(f"{patches_dir} holds more than {MAX_DIR_ENTRIES} entries",
                                     "clear out the patches dir")
             if entry.name.endswith(".patch"):
                 names.append(entry.name)
             if len(names) > MAX_PATCHES:
                 # A subset of a series would not be the series: refuse rather than pick some.
-                raise DevshellError(f"more than {MAX_PATCHES} *.patch files in {_show(patches_dir)}",
+                raise DevshellError(f"more than {MAX_PATCHES} *.patch files in {patches_dir}",
                                     "move some away and apply the series in parts")
     return sorted(names)
 
@@ -905,7 +886,7 @@ def _blobs(repo: Repo, shas: list[str]) -> list[str]:
 def _head(user: Repo) -> str:
     done = user.run("rev-parse", "--verify", "-q", "HEAD^{commit}")
     if done.returncode:
-        raise DevshellError(f"{_show(user.top)} has no commit yet", "commit something first")
+        raise DevshellError(f"{user.top} has no commit yet", "commit something first")
     return _decode(done.stdout).strip()
 
 
