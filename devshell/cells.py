@@ -23,8 +23,11 @@ CELLS_PATH_ENV = "DEVSHELL_CELLS_PATH"
 RESERVED_NAMES = frozenset({"patches", "doctor", "list", "help", "version", "cells", "shell"})
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 PLATFORMS = ("linux/amd64", "linux/arm64")
-# Mount points the launcher owns; a workspace may not sit on or under them.
-RESERVED_MOUNTS = ("/patches", "/checkout", "/cache")
+# Mount points the launcher owns (spec.py binds them); a workspace may not sit on or under them.
+PATCHES = "/patches"
+CHECKOUT = "/checkout"
+CACHE = "/cache"
+RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
 
 _SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
 SCHEMA: dict[str, Any] = {

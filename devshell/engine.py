@@ -50,6 +50,11 @@ class Outcome(NamedTuple):
     state: str
     why: str = ""
 
+    @property
+    def started(self) -> bool:
+        """The engine (re)started the container: it bound its host paths just now."""
+        return self != Outcome("reused")
+
     def __str__(self) -> str:
         return f"{self.state} ({self.why})" if self.why else self.state
 

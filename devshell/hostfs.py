@@ -41,9 +41,7 @@ def open_dir(path: str, *, create: int | None = None,
                     raise DevshellError(f"{here} does not exist", f"create {path}") from None
                 child = _make(fd, part, here, create, owner if n == len(parts) - 1 else None)
             except OSError as e:
-                what = ("is a symlink (never followed here)" if _is_link(fd, part)
-                        else f"cannot be opened ({e.strerror})")
-                raise DevshellError(f"{here} {what}", f"make {here} a plain directory") from None
+                raise _unopenable(fd, part, here, e) from None
             os.close(fd)
             fd = child
         yield fd
@@ -64,9 +62,7 @@ def _make(parent: int, name: str, here: str, mode: int, owner: tuple[int, int] |
         # Swapped for a symlink (or a file) since: an error like any other component's.
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
     except OSError as e:
-        what = ("is a symlink (never followed here)" if _is_link(parent, name)
-                else f"cannot be opened ({e.strerror})")
-        raise DevshellError(f"{here} {what}", f"make {here} a plain directory") from None
+        raise _unopenable(parent, name, here, e) from None
     if made and owner is not None:
         try:
             os.fchown(fd, *owner)
@@ -74,6 +70,13 @@ def _make(parent: int, name: str, here: str, mode: int, owner: tuple[int, int] |
             os.close(fd)
             raise
     return fd
+
+
+def _unopenable(parent: int, name: str, here: str, e: OSError) -> DevshellError:
+    """The error for a component that would not open as a directory: say so when it is a link."""
+    what = ("is a symlink (never followed here)" if _is_link(parent, name)
+            else f"cannot be opened ({e.strerror})")
+    return DevshellError(f"{here} {what}", f"make {here} a plain directory")
 
 
 def _is_link(parent: int, name: str) -> bool:
@@ -85,7 +88,10 @@ def _is_link(parent: int, name: str) -> bool:
 
 def identity(fd: int) -> str:
     """What the mount inside must be: the same device and inode (a path can be swapped)."""
-    st = os.fstat(fd)
+    return identity_of(os.fstat(fd))
+
+
+def identity_of(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 

@@ -24,6 +24,8 @@ CHECKOUT=${DEVSHELL_CHECKOUT_MOUNT:-/checkout}
 # the roles of spec.host_binds: checkout, patches, ai, memory).
 BIND_IDS=${DEVSHELL_BIND_IDS:-}
 GITCONFIG=/etc/gitconfig
+# Where a session may start (Claude keys memory by its start directory): each gets a link.
+START_DIRS="patches checkout workspace home"
 WORKSPACE=${DEVSHELL_WORKSPACE:?DEVSHELL_WORKSPACE is not set}
 CACHE=${DEVSHELL_CACHE_MOUNT:-}
 AI_REPO=${DEVSHELL_AI_REPO:-}
@@ -282,14 +284,17 @@ verify_sudoers() {
 # dir when it created it, and the checkout is the user's. git inside may clone the checkout,
 # which belongs to another uid (the host user's).
 checkout_trusted() {
-    local line trusted=0
+    local line top=no git_dir=no
     lines_of "$GITCONFIG" 2>/dev/null
     for line in "${LINES[@]+"${LINES[@]}"}"; do
-        case $line in $'\t'"directory = $CHECKOUT" | $'\t'"directory = $CHECKOUT/.git") trusted=$((trusted + 1)) ;; esac
+        case $line in
+            $'\t'"directory = $CHECKOUT") top=yes ;;
+            $'\t'"directory = $CHECKOUT/.git") git_dir=yes ;;
+        esac
     done
-    [ "$trusted" -ge 2 ]
+    [ "$top:$git_dir" = yes:yes ]
 }
-init_patches() {
+init_checkout_trust() {
     checkout_trusted && return
     printf '[safe]\n\tdirectory = %s\n\tdirectory = %s\n' "$CHECKOUT" "$CHECKOUT/.git" >>"$GITCONFIG"
 }
@@ -332,7 +337,9 @@ verify_workspace() {
 # start in to the one memory dir of this host repository.
 memory_link() {  # sets REPLY to ~/.claude/projects/<start dir with / -> ->/memory (no fork)
     local dir
-    case $1 in patches) dir=$PATCHES ;; workspace) dir=$WORKSPACE ;; home) dir=$DEV_HOME ;; esac
+    case $1 in
+        patches) dir=$PATCHES ;; checkout) dir=$CHECKOUT ;; workspace) dir=$WORKSPACE ;; home) dir=$DEV_HOME ;;
+    esac
     REPLY=$DEV_HOME/.claude/projects/${dir//\//-}/memory
 }
 link() {  # link TARGET NAME (as dev): a symlink; a real dir in the way is kept aside, not lost
@@ -351,7 +358,7 @@ init_ai() {
         link "$CACHE/ai/settings.json" "$DEV_HOME/.claude/settings.json"
     fi
     local name project
-    for name in patches workspace home; do
+    for name in $START_DIRS; do
         memory_link "$name"
         project=${REPLY%/memory}
         [ -d "$project" ] || mkdir -p "$project"
@@ -379,7 +386,7 @@ verify_ai() {
             || fail settings-link "~/.claude/settings.json does not resolve to $CACHE/ai/settings.json"
     fi
     local name
-    for name in patches workspace home; do
+    for name in $START_DIRS; do
         memory_link "$name"
         links_to "$REPLY" "$MEMORY" || fail "memory-link:$name" "$REPLY does not resolve to $MEMORY"
     done
@@ -387,7 +394,7 @@ verify_ai() {
 
 # Root's part, then dev's part as dev: dev's part cannot change anything dev could not.
 init_all() {
-    init_group && init_user && init_sudoers && init_patches && init_workspace || return
+    init_group && init_user && init_sudoers && init_checkout_trust && init_workspace || return
     setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups -- "$0" --as-dev-init
 }
 init_as_dev() { cd / && init_workdirs && init_ai; }
@@ -409,7 +416,7 @@ verify() {
     if [ -n "$CACHE" ]; then
         paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json" "$CACHE" "$CACHE/ai"
             "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
-        for name in patches workspace home; do memory_link "$name"; paths+=("$REPLY"); done
+        for name in $START_DIRS; do memory_link "$name"; paths+=("$REPLY"); done
     fi
     for pair in $BIND_IDS; do bind_target "${pair%%=*}"; paths+=("$REPLY"); done
     load_facts "${paths[@]}"

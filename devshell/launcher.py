@@ -10,22 +10,12 @@ import os
 import stat
 from typing import NamedTuple
 
-from .cells import Cell
+from .cells import PATCHES, Cell
 from .engine import Engine, ExecResult, Outcome, Progress, stderr_progress
 from .errors import DevshellError, VerifyFailed
-from .hostfs import config_problems, identity, may_write, open_dir, strict_problem
+from .hostfs import config_problems, identity, identity_of, may_write, open_dir, strict_problem
 from .options import HostFacts, Options, check_binds
-from .spec import (
-    INIT_PATH,
-    LABEL_CELL,
-    LABEL_HASH,
-    PATCHES,
-    ContainerSpec,
-    container_name,
-    host_binds,
-    plan,
-    session,
-)
+from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, host_binds, plan, session
 
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
@@ -68,9 +58,14 @@ def check_host_paths(opts: Options) -> Options:
     real = os.path.realpath(checkout)
     host = HostFacts.current()
     # The default drop dir is keyed by the checkout's real path, so every spelling of one
-    # checkout shares one drop dir.
-    default = opts.patches_out == host.drop_dir(checkout)
-    patches = host.drop_dir(real) if default else os.path.realpath(opts.patches_out)
+    # checkout shares one drop dir; its parent is resolved like every other path (a home or
+    # state dir may well be a symlink), its own name never is.
+    default = not opts.patches_out or opts.patches_out == host.drop_dir(checkout)
+    if default:
+        drop = host.drop_dir(real)
+        patches = os.path.join(os.path.realpath(os.path.dirname(drop)), os.path.basename(drop))
+    else:
+        patches = os.path.realpath(opts.patches_out)
     cache = None if opts.host_cache is None else os.path.realpath(opts.host_cache)
     # The same refusals as parse(), again after symlinks are resolved.
     check_binds(real, patches, cache, home)
@@ -89,12 +84,16 @@ def check_host_paths(opts: Options) -> Options:
             raise DevshellError(f"dev ({opts.uid}:{opts.gid}) cannot write the patches dir {patches}, "
                                 "and devshell never changes the owner or mode of a directory it did "
                                 "not create", fix)
-    elif os.geteuid() != 0 and (opts.uid, opts.gid) != (os.getuid(), os.getgid()):
+    elif _needs_root_to_give(opts):
         raise DevshellError(f"only root can give a new patches dir to dev ({opts.uid}:{opts.gid})",
                             "drop --uid/--gid, or create the directory for that user first")
     if cache is not None:
         if os.path.lexists(cache) and not os.path.isdir(cache):
             raise DevshellError(f"host cache {cache} is not a directory", "pass --host-cache-dir DIR")
+        missing = [b.source for b in host_binds(opts)[2:] if not os.path.lexists(b.source)]
+        if missing and _needs_root_to_give(opts):
+            raise DevshellError(f"only root can give the new {missing[0]} to dev ({opts.uid}:{opts.gid})",
+                                "drop --uid/--gid, or create it for that user first")
         ai = os.path.join(cache, "ai")
         for path in (os.path.join(ai, "skills"), *(b.source for b in host_binds(opts) if b.source != ai)):
             if path.startswith(cache + "/"):
@@ -131,6 +130,11 @@ def _check_cache_entry(path: str, cache: str, trusted: tuple[tuple[int, int], tu
         why = strict_problem(st, *trusted)
         if why:
             raise DevshellError(f"{here} {why}", f"chown/chmod {here} back, or remove it")
+
+
+def _needs_root_to_give(opts: Options) -> bool:
+    """dev is not the host user, and only root could give it a directory devshell makes."""
+    return os.geteuid() != 0 and (opts.uid, opts.gid) != (os.getuid(), os.getgid())
 
 
 def _dev_owner(opts: Options) -> tuple[int, int] | None:
@@ -178,7 +182,7 @@ def bind_ids(opts: Options) -> tuple[tuple[str, str], ...] | None:
         stats = [(bind.role, os.stat(bind.source)) for bind in host_binds(opts)]
     except OSError:
         return None
-    return tuple((role, f"{st.st_dev}:{st.st_ino}") for role, st in stats)
+    return tuple((role, identity_of(st)) for role, st in stats)
 
 
 def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options) -> None:
@@ -209,7 +213,7 @@ def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options) -
                 st = os.stat(f"/proc/{pid}/root{bind.target}")
             except OSError:
                 return  # the mounts are readable, the directories are not ours to look at
-            if f"{st.st_dev}:{st.st_ino}" == want.get(bind.role):
+            if identity_of(st) == want.get(bind.role):
                 continue
             why = f"is not the host directory {bind.source} that was checked (it changed meanwhile)"
         engine.remove_container(spec.name)
@@ -255,7 +259,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
     try:
         outcome = engine.ensure_container(spec)
-        if outcome.state != "reused" or outcome.why:  # (re)started: bound by path just now
+        if outcome.started:  # the engine binds by path at every start
             check_mounts_from_host(engine, spec, opts)
     except DevshellError:
         if created:  # an error leaves nothing behind that this run made

@@ -249,7 +249,7 @@ def check_binds(checkout: str, patches: str, cache: str | None, home: str) -> No
     for what, path, fix in given:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
             # Paths reach init in the environment and a checkout's name becomes a mount point.
-            raise DevshellError(f"refusing {path!r} as {what}: it holds a control character",
+            raise DevshellError(f"refusing {path} as {what}: it holds a control character",
                                 "rename it")
         if path == "/" or inside(home, path):
             raise DevshellError(f"refusing {path} as {what}: the container could reach all of "

@@ -24,6 +24,7 @@ know on an architecture are skipped by it, so one list serves x86_64, x86, x32, 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 
 # Dropped alongside the profile. MKNOD: no device nodes even if a mknod mode slipped through.
@@ -245,6 +246,7 @@ def _rules() -> list[Rule]:
     return rules
 
 
+@functools.cache
 def profile() -> str:
     """The seccomp profile as JSON text; the same text on every call (it is part of a container's spec)."""
     document = {

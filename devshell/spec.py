@@ -11,14 +11,11 @@ import json
 import os
 from typing import Any, Literal, NamedTuple
 
-from .cells import Cell
+from .cells import CACHE, CHECKOUT, PATCHES, Cell
 from .options import Options
 from .seccomp import CAP_DROP
 from .seccomp import profile as seccomp_profile
 
-PATCHES = "/patches"
-CHECKOUT = "/checkout"
-CACHE = "/cache"
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"

@@ -1,5 +1,5 @@
 """With a host cache, AI state (skills, settings, per-project memory) lives on the host at
-/cache/ai and is linked into ~/.claude for the three directories a session may start in."""
+/cache/ai and is linked into ~/.claude for the four directories a session may start in."""
 
 import os
 
@@ -18,7 +18,7 @@ def test_skills_link_resolves_to_the_cache(devshell):
     assert result.stdout.strip() == "/cache/ai/skills"
 
 
-@pytest.mark.parametrize("start", ["/patches", "workspace", "/home/dev"])
+@pytest.mark.parametrize("start", ["/patches", "/checkout", "workspace", "/home/dev"])
 def test_memory_link_resolves_for_each_start_directory(devshell, start):
     start = devshell.spec.workspace if start == "workspace" else start
     key = start.replace("/", "-")
@@ -32,7 +32,7 @@ def host_memory(shell, name):
             f"{env['DEVSHELL_AI_REPO_ENCODED']}/{name}")
 
 
-@pytest.mark.parametrize("start", ["/patches", "workspace", "/home/dev"])
+@pytest.mark.parametrize("start", ["/patches", "/checkout", "workspace", "/home/dev"])
 def test_memory_written_from_each_start_directory_lands_in_the_host_cache(devshell, start):
     start = devshell.spec.workspace if start == "workspace" else start
     name = f"note{start.replace('/', '-')}.md"

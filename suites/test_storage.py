@@ -108,3 +108,19 @@ def test_a_symlink_in_the_host_cache_ai_dirs_is_refused(devshell_cli, devshell_i
                           str(cache), "--instance", devshell_instance())
     assert result.returncode == 2, result.stderr
     assert "symlink is never followed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_symlinked_home_still_gets_its_default_drop_dir(devshell_cli, devshell_instance, tmp_path):
+    """Homes and state dirs are often symlinks (/home -> var/home): the drop dir's parents are
+    resolved like every other path; only what devshell walks below them must be plain."""
+    (tmp_path / "real-home").mkdir()
+    (tmp_path / "home").symlink_to(tmp_path / "real-home")
+    (tmp_path / "checkout").mkdir()
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\ntouch /patches/made\n")
+    result = devshell_cli(None, "--checkout", str(tmp_path / "checkout"), "--instance", devshell_instance(),
+                          "--script", str(script), env={"HOME": str(tmp_path / "home"),
+                                                        "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    drops = tmp_path / "real-home" / ".local" / "state" / "devshell" / "patches"
+    assert [p.name for p in drops.glob("*/made")] == ["made"]

@@ -32,6 +32,7 @@ MUTATIONS = {
     "skills link missing": ("skills-link", "rm $H/.claude/skills"),
     "settings link missing while settings.json exists": ("settings-link", "rm $H/.claude/settings.json"),
     "memory link for /patches removed": ("memory-link:patches", "rm $H/.claude/projects/-patches/memory"),
+    "memory link for /checkout removed": ("memory-link:checkout", "rm $H/.claude/projects/-checkout/memory"),
     "memory link for the workspace removed": (
         "memory-link:workspace", "rm $H/.claude/projects/$(echo $WS | tr / -)/memory"),
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),

@@ -459,3 +459,24 @@ def test_a_config_problem_reaches_the_terminal_escaped(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert code == 2 and "symlink" in err
     assert "\x1b" not in err and "\u202e" not in err and "\\x1b]0;PWNED" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting up the drop dir for another uid needs chown")
+def test_a_non_root_user_cannot_have_new_cache_dirs_made_for_another_dev_uid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without root, what devshell makes is the user's: with --uid of someone else, dev could not
+    write it, so the launch is refused before anything is made (not after, with a broken verify)."""
+    from devshell.launcher import check_host_paths
+    from devshell.options import Options
+
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "drop").mkdir()
+    os.chown(tmp_path / "drop", 4321, 4321)
+    monkeypatch.setattr(os, "geteuid", lambda: 1234)
+    monkeypatch.setattr(os, "getuid", lambda: 1234)
+    monkeypatch.setattr(os, "getgid", lambda: 1234)
+    opts = Options(checkout=str(tmp_path / "checkout"), patches_out=str(tmp_path / "drop"),
+                   host_cache=str(tmp_path / "cache"), uid=4321, gid=4321)
+    with pytest.raises(DevshellError, match="only root can give the new"):
+        check_host_paths(opts)
+    assert not (tmp_path / "cache").exists()
