@@ -20,7 +20,8 @@ DEFAULT_CELL = "bookworm"
 CELLS_PATH_ENV = "DEVSHELL_CELLS_PATH"
 # Words the CLI keeps for subcommands: a cell may never be called one of these, so
 # `devshell WORD` is never ambiguous.
-RESERVED_NAMES = frozenset({"patches", "doctor", "list", "help", "version", "cells", "shell"})
+RESERVED_NAMES = frozenset({"patches", "status", "down", "doctor", "cache", "net", "list", "help", "version",
+                            "cells", "shell"})
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Mount points the launcher owns (spec.py binds them); a workspace may not sit on or under them.

@@ -19,6 +19,7 @@ from .errors import DevshellError
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
 # Drop dirs live below here, one per checkout: devshell creates them, so it may give them to dev.
 DROPS = "patches"
+MAX_INSTANCE = 40  # devshell-CELL-INSTANCE stays a comfortable container and volume name
 # Host uid/gid 0 must never become dev's: map to the first ordinary id instead.
 ROOT_FALLBACK_ID = 1000
 
@@ -88,7 +89,9 @@ class _Formatter(argparse.HelpFormatter):
     terminal width: a 6 ms import on every entry. Ask the environment, like shutil would."""
 
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=int(os.environ.get("COLUMNS", "0") or 0) or 100)
+        columns = os.environ.get("COLUMNS", "")
+        # COLUMNS is the terminal's to set, and may hold anything: never a reason to fail.
+        super().__init__(prog, width=int(columns) if columns.isdigit() and int(columns) > 20 else 100)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -188,8 +191,8 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         check_binds(checkout, patches, host_cache, absolute(host.home, host))
 
     if ns.instance is not None and not _safe_name(ns.instance):
-        raise DevshellError(f"--instance {ns.instance!r}: expected letters, digits, '.', '_' or '-'",
-                            "pick a simple name")
+        raise DevshellError(f"--instance {ns.instance!r}: expected 1 to {MAX_INSTANCE} letters, digits, "
+                            "'.', '_' or '-'", "pick a short, simple name")
 
     return Options(
         cell=ns.cell or DEFAULT_CELL,
@@ -271,7 +274,7 @@ def absolute(path: str, host: HostFacts) -> str:
 
 
 def _safe_name(s: str) -> bool:
-    return bool(s) and len(s) <= 40 and all(c.isascii() and (c.isalnum() or c in "._-") for c in s)
+    return bool(s) and len(s) <= MAX_INSTANCE and all(c.isascii() and (c.isalnum() or c in "._-") for c in s)
 
 
 

@@ -10,6 +10,7 @@ from devshell.cells import DEFAULT_CELL
 from devshell.errors import DevshellError
 from devshell.options import (
     DEFAULT_HOST_CACHE,
+    MAX_INSTANCE,
     ROOT_FALLBACK_ID,
     HostFacts,
     Options,
@@ -17,6 +18,7 @@ from devshell.options import (
     default_patches_out,
     drops_root,
     parse,
+    parser,
     state_dir,
     to_argv,
 )
@@ -505,3 +507,24 @@ def test_drop_dir_is_normalized_like_every_other_path():
     host = HOST._replace(state="//home/alice/x/../proj//.st/devshell")
     assert host.drop_dir(CWD) == f"{CWD}/.st/devshell/patches/{DROP_NAME}"
     assert "overlaps the checkout" in str(refused([], host))
+
+
+@pytest.mark.parametrize("columns", ["abc", "-3", "", "0", "1e3", "99999999999999999999"])
+def test_any_columns_value_builds_the_parser(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    """COLUMNS is the terminal's to set: a value that is not a width never fails a command."""
+    monkeypatch.setenv("COLUMNS", columns)
+    assert parse(["--list"], HOST).list
+    assert "usage: devshell" in parser().format_help()
+
+
+def test_an_over_long_instance_says_the_limit() -> None:
+    with pytest.raises(DevshellError, match=f"1 to {MAX_INSTANCE} letters"):
+        parse(["--instance", "x" * (MAX_INSTANCE + 1)], HOST)
+    assert parse(["--instance", "x" * MAX_INSTANCE], HOST).instance == "x" * MAX_INSTANCE
+
+
+@pytest.mark.parametrize("word", ["status", "down", "doctor", "cache", "net"])
+def test_lifecycle_words_are_reserved_for_subcommands(word: str) -> None:
+    from devshell.cells import RESERVED_NAMES
+
+    assert word in RESERVED_NAMES
