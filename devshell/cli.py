@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import cells
-from .engine import Engine
+from .engine import Engine, require_docker_cli
 from .errors import DevshellError, for_terminal
 from .launcher import check_host_paths, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
@@ -56,6 +56,7 @@ def run(argv: Sequence[str]) -> int:
         return verify(Engine.connect(), container_name(cell.name, opts.instance))
     opts = check_host_paths(opts)
     script = read_script(opts.script) if opts.script else None
+    require_docker_cli()
     engine = Engine.connect()
     shell = open_devshell(opts, cell, engine)
     spec = shell.spec

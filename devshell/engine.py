@@ -424,6 +424,16 @@ class Engine:
         return code if code >= 0 else 128 - code
 
 
+def require_docker_cli() -> None:
+    """Sessions are handed to the docker CLI: find it before anything is created or replaced,
+    not after. A plain PATH scan (shutil costs the warm path an import)."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if d and os.access(os.path.join(d, "docker"), os.X_OK):
+            return
+    raise DevshellError("the docker CLI is not on PATH (devshell hands every session to it)",
+                        "install docker's client, or add its directory to PATH")
+
+
 class EngineError(DevshellError):
     """The engine answered with an error status; reason is its own words."""
 

@@ -96,3 +96,18 @@ def test_bad_checkout_or_patches_dir_is_refused(devshell_cli, engine_state, tmp_
     if stat_before is not None:
         after = os.stat(path)
         assert (after.st_uid, after.st_mode) == (stat_before.st_uid, stat_before.st_mode)
+
+
+def test_a_missing_docker_cli_is_found_before_anything_changes(devshell_factory, devshell_cli, engine_state,
+                                                               tmp_path):
+    """Sessions are handed to the docker CLI: without it, a launch that would recreate the
+    container (another patches dir) must fail first, leaving the container as it was."""
+    shell = devshell_factory()
+    before = engine_state(shell.name)
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    result = devshell_cli(shell, "--script", str(script), patches_out=str(tmp_path / "other"),
+                          env={"PATH": str(tmp_path / "no-docker-here")})
+    assert_one_line_error(result, "docker CLI is not on PATH")
+    assert engine_state(shell.name) == before
+    assert not (tmp_path / "other").exists()
