@@ -254,6 +254,9 @@ def check_binds(checkout: str, patches: str, cache: str | None, home: str) -> No
             # Paths reach init in the environment and a checkout's name becomes a mount point.
             raise DevshellError(f"refusing {path} as {what}: it holds a control character",
                                 "rename it")
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in path):
+            # The engine's API is JSON: a name that is not UTF-8 cannot reach it intact.
+            raise DevshellError(f"refusing {path} as {what}: its name is not valid UTF-8", "rename it")
         if path == "/" or inside(home, path):
             raise DevshellError(f"refusing {path} as {what}: the container could reach all of "
                                 f"{'it' if path == '/' else 'your home'}", fix)

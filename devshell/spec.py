@@ -218,9 +218,19 @@ def ai_repo(host_path: str) -> str:
 _AI_KEY = {ord("/"): "-", ord("\\"): "-", ord(":"): "-"}
 
 
+MAX_KEY_BYTES = 200  # a file name may hold 255 bytes; room for a suffix such as ".<digest>"
+
+
 def ai_key(host_path: str) -> str:
-    """The host path as one path component: '/', '\\' and ':' become '-' (Claude's encoding)."""
-    return host_path.translate(_AI_KEY)
+    """The host path as one path component: '/', '\\' and ':' become '-' (Claude's encoding).
+    A path too long for one file name keeps its first MAX_KEY_BYTES bytes and a digest of
+    the whole, so a deep checkout still gets a drop dir and a memory dir of its own."""
+    key = host_path.translate(_AI_KEY)
+    raw = key.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    return f"{raw[:MAX_KEY_BYTES - 9].decode('utf-8', 'ignore')}.{digest}"
 
 
 def init_script() -> str:

@@ -528,3 +528,18 @@ def test_lifecycle_words_are_reserved_for_subcommands(word: str) -> None:
     from devshell.cells import RESERVED_NAMES
 
     assert word in RESERVED_NAMES
+
+
+def test_a_deep_checkout_still_gets_a_drop_dir_name_a_filesystem_takes() -> None:
+    deep = "/srv/" + "/".join(["d" * 100] * 4)
+    other = deep[:-1] + "e"
+    for checkout in (deep, other):
+        name = posixpath.basename(HOST.drop_dir(checkout))
+        assert len(name.encode()) <= 255
+    assert HOST.drop_dir(deep) != HOST.drop_dir(other)
+
+
+def test_a_path_that_is_not_utf8_is_refused() -> None:
+    bad = "/srv/bad\udcffname"
+    with pytest.raises(DevshellError, match="not valid UTF-8"):
+        parse(["--checkout", bad], HOST)

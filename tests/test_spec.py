@@ -633,3 +633,12 @@ def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     assert body["HostConfig"]["Mounts"] == [dict(m) for m in config["HostConfig"]["Mounts"]]
     binds = [m for m in body["HostConfig"]["Mounts"] if m["Type"] == "bind"]
     assert binds and all(m["BindOptions"] == {"NonRecursive": True} for m in binds)
+
+
+def test_a_deep_checkouts_memory_dir_is_made_of_names_a_filesystem_takes() -> None:
+    from devshell.spec import memory_dir
+
+    deep = "/srv/" + "/".join(["d" * 100] * 4)
+    parts = memory_dir(deep).split("/")
+    assert all(len(p.encode()) <= 255 for p in parts)
+    assert memory_dir(deep) != memory_dir(deep[:-1] + "e")
