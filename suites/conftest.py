@@ -3,14 +3,18 @@
 pytest_plugins = ["pytester"]
 
 MUTATIONS: list[tuple[str, str, bool, bool]] = []
+ATTEMPTS: list[tuple[str, str, str, bool | None]] = []  # (kind, class, attempt, passed or skipped)
 
 
 def pytest_runtest_logreport(report):
+    # Here rather than in the suites' own hooks: under xdist this runs where the summary is written.
     if report.when == "call":
         MUTATIONS.extend(tuple(v) for k, v in report.user_properties if k == "mutation")
+    ATTEMPTS.extend((kind, *value) for kind, value in report.user_properties if kind in ("attack", "control"))
 
 
 def pytest_terminal_summary(terminalreporter):
+    attack_table(terminalreporter)
     if not MUTATIONS:
         return
     tr = terminalreporter
@@ -22,3 +26,28 @@ def pytest_terminal_summary(terminalreporter):
                       f"{'yes' if repaired else 'NO'}")
     tr.write_line(f"caught {sum(r[2] for r in MUTATIONS)}/{len(MUTATIONS)}, "
                   f"repaired {sum(r[3] for r in MUTATIONS)}/{len(MUTATIONS)}")
+
+
+def attack_table(terminalreporter):
+    if not ATTEMPTS:
+        return
+    tr = terminalreporter
+    tr.section("attack table")
+    words = {"attack": {True: "blocked", False: "NOT BLOCKED", None: "skipped"},
+             "control": {True: "control works: yes", False: "control works: NO", None: "control skipped"}}
+    # One line per attempt: its attack result and, where a control has the same name, the control's.
+    rows: dict[tuple[str, str], dict[str, list[bool | None]]] = {}
+    for kind, cls, attempt, result in ATTEMPTS:
+        rows.setdefault((cls, attempt), {}).setdefault(kind, []).append(result)
+    width = max(len(f"{cls}  {attempt}") for cls, attempt in rows)
+    for (cls, attempt), kinds in sorted(rows.items()):
+        parts = []
+        for kind in ("attack", "control"):
+            if kind in kinds:
+                known = [r for r in kinds[kind] if r is not None]
+                parts.append(words[kind][all(known) if known else None])
+        tr.write_line(f"{f'{cls}  {attempt}'.ljust(width)}  {' · '.join(parts)}")
+    for kind, good, bad in (("attack", "blocked", "NOT BLOCKED"), ("control", "work", "do NOT work")):
+        results = [r[3] for r in ATTEMPTS if r[0] == kind]
+        tr.write_line(f"{kind}s: {sum(r is True for r in results)}/{len(results)} {good}, "
+                      f"{sum(r is False for r in results)} {bad}, {sum(r is None for r in results)} skipped")

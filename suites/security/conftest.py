@@ -9,7 +9,8 @@ WORKS there, so no attack test passes because the attempt was broken to begin wi
 Mark a test `@pytest.mark.attack(CLASS, ATTEMPT)` or `@pytest.mark.control(CLASS, ATTEMPT)`;
 parametrized tests add their ids to ATTEMPT. The outcome is recorded as a user property
 ("attack", (class, attempt, blocked)) or ("control", (class, attempt, works)), and the
-"attack table" at the end of the run lists every attempt and the totals.
+"attack table" at the end of the run lists every attempt and the totals (suites/conftest.py
+prints it: that conftest is loaded where the summary is written, an xdist controller too).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import subprocess
 import pytest
 
 from devshell.spec import host_binds
-
-ATTEMPTS: list[tuple[str, str, str, bool | None]] = []  # (kind, class, attempt, passed or skipped)
 
 
 def pytest_configure(config):
@@ -50,36 +49,6 @@ def pytest_runtest_makereport(item, call):
             cls, attempt = _attempt(item, mark)
             result = None if report.skipped else report.passed
             report.user_properties.append((kind, (cls, attempt, result)))
-
-
-def pytest_runtest_logreport(report):
-    # Here rather than in makereport: under xdist this runs where the summary is written.
-    ATTEMPTS.extend((kind, *value) for kind, value in report.user_properties if kind in ("attack", "control"))
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not ATTEMPTS:
-        return
-    tr = terminalreporter
-    tr.section("attack table")
-    words = {"attack": {True: "blocked", False: "NOT BLOCKED", None: "skipped"},
-             "control": {True: "control works: yes", False: "control works: NO", None: "control skipped"}}
-    # One line per attempt: its attack result and, where a control has the same name, the control's.
-    rows: dict[tuple[str, str], dict[str, list[bool | None]]] = {}
-    for kind, cls, attempt, result in ATTEMPTS:
-        rows.setdefault((cls, attempt), {}).setdefault(kind, []).append(result)
-    width = max(len(f"{cls}  {attempt}") for cls, attempt in rows)
-    for (cls, attempt), kinds in sorted(rows.items()):
-        parts = []
-        for kind in ("attack", "control"):
-            if kind in kinds:
-                known = [r for r in kinds[kind] if r is not None]
-                parts.append(words[kind][all(known) if known else None])
-        tr.write_line(f"{f'{cls}  {attempt}'.ljust(width)}  {' · '.join(parts)}")
-    for kind, good, bad in (("attack", "blocked", "NOT BLOCKED"), ("control", "work", "do NOT work")):
-        results = [r[3] for r in ATTEMPTS if r[0] == kind]
-        tr.write_line(f"{kind}s: {sum(r is True for r in results)}/{len(results)} {good}, "
-                      f"{sum(r is False for r in results)} {bad}, {sum(r is None for r in results)} skipped")
 
 
 # --- helpers shared by the modules (fixtures, so that no module imports another) -------------
