@@ -15,33 +15,45 @@ all of it is hostile input. The host side:
   ``check`` fail and ``apply`` refuse: the series is then not the one the agent left;
 - parses each file once, with git's own mail parser (``git mailsplit -b``, then ``git mailinfo``
   per mail, as git am does), and everything after works on that one reading;
+- bounds what git makes of a diff before any git apply reads it: a binary hunk (``literal N``, or
+  ``delta N`` with the result size its header names) that git would inflate past MAX_BLOB_BYTES,
+  or binary hunks past MAX_SERIES_BLOB_BYTES together, and a hunk whose size cannot be read,
+  make the file skipped; review checks the blobs each tree adds against the same limits;
 - reviews in a private scratch repository (a temp dir; it borrows the user's objects read-only
   through objects/info/alternates), so neither the user's repository config nor its attributes,
   filters or merge drivers run on agent input. The policy is judged on what git makes of the
   patches, not on our reading of their text: each mail's diff is applied (``git apply --cached
   --3way``) on top of the ones before, the tree it produces is checked, and the mail's commit is
   made of exactly that tree (``git commit-tree``, with the author, date and message mailinfo
-  read). A patch that touches a protected path (matched without regard to case) or ``.git``,
-  leaves a new or changed symlink that resolves out of the repository or into ``.git`` (through
-  other symlinks too), or adds a gitlink (unless allowed), is refused, naming the patch and path;
+  read). A patch that touches a protected path (matched without regard to case, by case folding)
+  or ``.git``, leaves a new or changed symlink that resolves out of the repository or into
+  ``.git`` (through other symlinks too, with names matched exactly and case-folded, as a
+  case-sensitive and a case-insensitive file system would), or to a target no file system takes
+  (over MAX_LINK_TARGET bytes, which is never read, or with a NUL byte), or adds a gitlink (unless
+  allowed), is refused, naming the patch and path;
 - applies all or nothing, and only what was reviewed: the commits review made, one per mail,
   each carrying the tree that was judged (no git am runs: it would read the files again, its
   own way). Then the work tree is checked (no symlink and no untracked file on a changed path,
   every directory to change writable), the patches dir is checked (it must be yours or dev's and
   writable by you, so that the patches can move to ``applied/``), the new objects are copied
   into the user's repository, and its work tree and branch are fast-forwarded; a work-tree
-  update that fails partway is rolled back. Patches move to ``applied/`` only after success;
+  update that fails partway is rolled back (and if that fails too, the output names what stayed).
+  Patches move to ``applied/`` only after success, and only the files that were read (same
+  inode, same bytes; a file swapped or rewritten since stays, "changed since it was read");
   nothing is ever deleted (a patch that cannot be moved then stays, and the output says so);
 - reports what else the agent left there (nested .git, symlinks, special, setuid/setgid,
   capable, executable or foreign-owned files, a patches dir that is not yours or dev's), judged
   without following any link, in bounded time and output; apply refuses while dangerous ones
   are there;
-- escapes control and bidi characters (and bytes that are not UTF-8) in all it prints as text.
+- escapes control and bidi characters (and bytes that are not UTF-8) in all it prints as text, and
+  cuts link targets to SHOW_CHARS.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import errno
 import fnmatch
 import json
@@ -52,7 +64,9 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import unicodedata
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -86,6 +100,13 @@ MAX_WALK_DEPTH = 32
 MAX_LEFTOVERS = 200  # reported one by one; the rest are counted
 MAX_LINK_STEPS = 200_000  # path components the walk judges in link targets, all links together
 SHOW_CHARS = 200  # of a link target or a leftover's path, in a line for the terminal
+# What git may make of a patch is bounded too: a binary hunk ('GIT binary patch', 'literal N' or
+# 'delta N') is a few bytes of zlib that git inflates to N bytes (a delta then makes a blob of the
+# size its header names). Judged on the hunk headers before any git apply reads the diff, and on
+# the blobs each reviewed tree holds before a commit reaches your repository.
+MAX_BLOB_BYTES = 64 << 20  # any one blob (or binary hunk) a patch makes
+MAX_SERIES_BLOB_BYTES = 256 << 20  # all binary hunks of all patches together; all new blobs too
+MAX_LINK_TARGET = 4096  # bytes of a symlink target: longer ones no file system accepts
 # check makes the commits apply would make, with a committer of its own (they are thrown away).
 REVIEW_IDENT = {"GIT_COMMITTER_NAME": "devshell review", "GIT_COMMITTER_EMAIL": "review@devshell.invalid"}
 
@@ -123,6 +144,8 @@ class Patch:
     files: int
     insertions: int
     deletions: int
+    blob_bytes: int = 0  # what git inflates its binary hunks to, all together
+    ident: tuple[int, int] | None = None  # st_dev, st_ino of the file read (read_dir)
 
     @property
     def subject(self) -> str:
@@ -336,19 +359,22 @@ def read_dir(patches_dir: str) -> tuple[list[Patch], list[str]]:
     """The *.patch files at the top of patches_dir, in name order, and what was skipped (why)."""
     top = _open_dir(patches_dir)
     try:
-        patches, skipped, budget, mails = [], [], MAX_TOTAL_BYTES, MAX_MAILS
+        patches, skipped, budget, mails, blobs = [], [], MAX_TOTAL_BYTES, MAX_MAILS, MAX_SERIES_BLOB_BYTES
         for name in _patch_names(top, patches_dir):
-            data = _read_patch(top, name, budget)
-            if isinstance(data, str):
-                skipped.append(f"{name}: {data}")
+            read = _read_patch(top, name, budget)
+            if isinstance(read, str):
+                skipped.append(f"{name}: {read}")
                 continue
+            data, ident = read
             budget -= len(data)
             try:
-                patches.append(parse(name, data, mails))
+                patch = parse(name, data, mails, blobs)
             except ValueError as e:
                 skipped.append(f"{name}: {e}")
                 continue
-            mails -= len(patches[-1].commits)
+            patches.append(dataclasses.replace(patch, ident=ident))
+            mails -= len(patch.commits)
+            blobs -= patch.blob_bytes
         return patches, skipped
     finally:
         os.close(top)
@@ -370,9 +396,10 @@ def _patch_names(top: int, patches_dir: str) -> list[str]:
     return sorted(names)
 
 
-def _read_patch(top: int, name: str, budget: int) -> bytes | str:
-    """The bytes of one regular file, or why not. lstat first: opening a device node can have
-    effects, and a FIFO would block; O_NOFOLLOW and fstat then close the race with a swap."""
+def _read_patch(top: int, name: str, budget: int) -> tuple[bytes, tuple[int, int]] | str:
+    """The bytes of one regular file and its (st_dev, st_ino), or why not. lstat first: opening
+    a device node can have effects, and a FIFO would block; O_NOFOLLOW and fstat then close the
+    race with a swap."""
     not_regular = "not a regular file (a symlink is never followed)"
     try:
         if not stat.S_ISREG(os.stat(name, dir_fd=top, follow_symlinks=False).st_mode):
@@ -392,7 +419,7 @@ def _read_patch(top: int, name: str, budget: int) -> bytes | str:
         data = _read_at_most(fd, limit)
         if data is None:
             return f"grew while it was read, past the limit of {_mib(limit)}"
-        return data
+        return data, (st.st_dev, st.st_ino)
     finally:
         os.close(fd)
 
@@ -414,14 +441,108 @@ def _read_at_most(fd: int, limit: int) -> bytes | None:
     return None
 
 
-def parse(name: str, data: bytes, max_mails: int = MAX_MAILS) -> Patch:
+def parse(name: str, data: bytes, max_mails: int = MAX_MAILS, max_blob_bytes: int | None = None) -> Patch:
     """A patch file as git reads a mailbox: split into mails and each mail into author, date,
     subject, message and diff by git itself (with devshell's config), never by us. This reading
-    is the only one: review applies these diffs and commits them with these fields."""
+    is the only one: review applies these diffs and commits them with these fields. Refused
+    before any git apply reads a diff: a binary hunk git would inflate past MAX_BLOB_BYTES, or
+    binary hunks past max_blob_bytes together (what is left of MAX_SERIES_BLOB_BYTES)."""
     with _nowhere() as d:
         commits = split(data, d, max_mails)
-        files, insertions, deletions = _numstat(b"".join(c.diff for c in commits), d)
-    return Patch(name, data, commits, files, insertions, deletions)
+        diff = b"".join(c.diff for c in commits)
+        blob_bytes = _binary_budget(diff, commits, MAX_SERIES_BLOB_BYTES if max_blob_bytes is None
+                                    else max_blob_bytes)
+        files, insertions, deletions = _numstat(diff, d)
+    return Patch(name, data, commits, files, insertions, deletions, blob_bytes)
+
+
+def _binary_budget(diff: bytes, commits: Sequence[Commit], budget: int) -> int:
+    """What git inflates the binary hunks of a file to, all together (each mail's diff alone, as
+    review applies it, and all of them at once, as _numstat reads them); ValueError past a limit."""
+    each = [binary_sizes(diff), *(binary_sizes(c.diff) for c in commits)]
+    for size in (size for sizes in each for size in sizes):
+        if size > MAX_BLOB_BYTES:
+            raise ValueError(f"a binary hunk git would inflate to {size} bytes, over the limit "
+                             f"of {_mib(MAX_BLOB_BYTES)} per blob")
+    total = max(sum(each[0]), sum(sum(sizes) for sizes in each[1:]))
+    if total > budget:
+        raise ValueError(f"binary hunks git would inflate to {total} bytes, over the limit of "
+                         f"{_mib(MAX_SERIES_BLOB_BYTES)} for all patches together")
+    return total
+
+
+# A binary hunk as git apply reads one (apply.c, parse_binary_hunk): the method and a size that
+# strtoul reads (leading white space and a sign allowed), then lines of a length character
+# ('A'-'Z': 1-26 bytes, 'a'-'z': 27-52) and base85, up to an empty line.
+_HUNK = re.compile(rb"(literal|delta) [ \t\n\v\f\r]*([-+]?)([0-9]*)")
+
+
+def binary_sizes(diff: bytes) -> list[int]:
+    """What git would allocate for each binary hunk of diff, forward and reverse: for
+    'literal N', N; for 'delta N', N and the result size the delta's header names. Found as git
+    finds them (a line 'GIT binary patch', then a hunk, then maybe another), wherever such a line
+    is; ValueError for a hunk whose size cannot be read."""
+    lines = diff.split(b"\n")
+    out: list[int] = []
+    i = 0
+    while i < len(lines):
+        if lines[i] != b"GIT binary patch":
+            i += 1
+            continue
+        i += 1
+        for _ in range(2):  # the forward hunk, then the reverse one if there is one
+            m = _HUNK.match(lines[i]) if i < len(lines) else None
+            if not m:
+                break
+            end = i + 1
+            while end < len(lines) and lines[end]:
+                end += 1
+            size = int(m[3] or b"0")
+            if m[2] == b"-" and size:
+                raise ValueError("a binary hunk of negative size")
+            if m[1] == b"delta":
+                size = max(size, _delta_result(lines[i + 1:end]))
+            out.append(size)
+            i = end + 1
+    return out
+
+
+def _delta_result(lines: Sequence[bytes]) -> int:
+    """The result size a delta hunk's header names (after the source size): base85 decoded
+    and inflated only as far as the two varints go."""
+    undecodable = ValueError("a binary delta hunk git cannot read")
+    data = bytearray()
+    for line in lines:
+        if len(line) < 6 or (len(line) - 1) % 5:
+            raise undecodable
+        c = line[0]
+        if 0x41 <= c <= 0x5A:
+            want = c - 0x41 + 1
+        elif 0x61 <= c <= 0x7A:
+            want = c - 0x61 + 27
+        else:
+            raise undecodable
+        room = (len(line) - 1) // 5 * 4
+        if not room - 4 < want <= room:
+            raise undecodable
+        try:
+            data += base64.b85decode(line[1:])[:want]
+        except ValueError:
+            raise undecodable from None
+    try:
+        head = zlib.decompressobj().decompress(bytes(data), 32)
+    except zlib.error:
+        raise undecodable from None
+    sizes, value, shift = [], 0, 0
+    for byte in head:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            sizes.append(value)
+            if len(sizes) == 2:
+                return sizes[1]
+            value = shift = 0
+    raise undecodable
 
 
 def split(data: bytes, d: str, max_mails: int = MAX_MAILS) -> tuple[Commit, ...]:
@@ -723,27 +844,83 @@ def _protected(path: str, glob: str) -> bool:
     """fnmatch, where '*' also crosses '/', without regard to case (a checkout on a
     case-insensitive file system reads .GitAttributes as .gitattributes); a glob without '/'
     matches a name at any depth (.gitattributes and .gitmodules act in every directory)."""
-    path, glob = path.lower(), glob.lower()
+    path, glob = path.casefold(), glob.casefold()
     if "/" not in glob:
         return fnmatch.fnmatchcase(posixpath.basename(path), glob)
     return fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(path, glob.removesuffix("/**"))
 
 
 def _is_git(part: str) -> bool:
-    return part.lower().rstrip(". ") == ".git"
+    return part.casefold().rstrip(". ") == ".git"
+
+
+def _fold(name: str) -> str:
+    """name as a case-insensitive file system may see it: canonical caseless (case folded and
+    normalized), so that every name such a file system takes for another folds onto it."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _unusable(target: str) -> str | None:
+    """Why no file system takes this symlink target (a NUL ends it for the kernel: git's
+    checkout makes '..\\0x' a link to '..'), or None."""
+    if isinstance(target, _Unread) or len(target) > MAX_LINK_TARGET:
+        return f"nowhere a file system accepts (a target over {MAX_LINK_TARGET} bytes)"
+    if "\0" in target:
+        return "nowhere a file system accepts (a target with a NUL byte, which ends it early)"
+    return None
+
+
+class _Unread(str):
+    """Stands for the target of a symlink blob over MAX_LINK_TARGET bytes, which is not read."""
 
 
 class LinkResolver:
     """Resolves symlinks inside one tree (path -> target), as the kernel would, each link once:
-    a chain of links that refer to each other several times costs linear, not exponential, time."""
+    a chain of links that refer to each other several times costs linear, not exponential, time.
+    It resolves twice, and a link must stay inside both times: with names matched exactly (a
+    case-sensitive file system), and with names folded (a case-insensitive one, where any
+    component that folds onto a symlink is that symlink, and where entries of the tree that
+    fold onto the same name make a link on the way unknowable). `names`: every other path of the
+    tree (optional), to find those clashes."""
 
-    def __init__(self, links: dict[str, str]) -> None:
-        self.links = links
-        self.done: dict[str, list[str] | str] = {}
-        self.active: set[str] = set()
+    def __init__(self, links: dict[str, str], names: Iterable[str] = ()) -> None:
+        self.exact = _Resolution(links)
+        self.folded = _Resolution(links, names, folded=True)
 
     def escapes(self, link: str) -> str | None:
         """None if the link at path `link` stays in the repository and out of any .git."""
+        return self.exact.escapes(link) or self.folded.escapes(link)
+
+
+class _Resolution:
+    """One way of resolving: with exact names, or with folded ones (index: folded path -> the
+    links that fold onto it; clash, made when first needed: the folded paths among those that
+    name more than one entry of the tree)."""
+
+    def __init__(self, links: dict[str, str], names: Iterable[str] = (), folded: bool = False) -> None:
+        self.links, self.names = links, names
+        self.index: dict[str, list[str]] | None = None
+        if folded:
+            self.index = {}
+            for link in links:
+                self.index.setdefault(_fold(link), []).append(link)
+        self.clash: set[str] | None = None
+        self.done: dict[str, list[str] | str] = {}
+        self.active: set[str] = set()
+
+    def _clashes(self, index: dict[str, list[str]]) -> set[str]:
+        if self.clash is None:
+            others: set[str] = set()
+            for path in self.names:
+                parts = path.split("/")
+                others.update(_fold("/".join(parts[:n])) for n in range(1, len(parts) + 1))
+            for link in self.links:
+                parts = link.split("/")
+                others.update(_fold("/".join(parts[:n])) for n in range(1, len(parts)))
+            self.clash = (others & index.keys()) | {k for k, found in index.items() if len(found) > 1}
+        return self.clash
+
+    def escapes(self, link: str) -> str | None:
         result = self._resolve(link)
         return result if isinstance(result, str) else None
 
@@ -754,48 +931,72 @@ class LinkResolver:
             return "a symlink loop"
         self.active.add(link)
         try:
-            result = self._walk(link.split("/")[:-1], self.links[link])
+            target = self.links[link]
+            result = _unusable(target) or self._walk(link.split("/")[:-1], target)
         finally:
             self.active.discard(link)
         self.done[link] = result
         return result
 
+    def _link(self, here: str) -> str | None:
+        """The symlink the path `here` names, if any; a clash raises _Clash."""
+        if self.index is None:
+            return here if here in self.links else None
+        found = self.index.get(_fold(here))
+        if not found:
+            return None
+        if _fold(here) in self._clashes(self.index):
+            raise _Clash(here)
+        return found[0]
+
     def _walk(self, base: list[str], target: str) -> list[str] | str:
         if target.startswith("/"):
-            return f"an absolute path ({target})"
+            return f"an absolute path ({_cut(target)})"
         parts = list(base)
-        for comp in target.split("/"):
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if not parts:
-                    return "outside the repository"
-                parts.pop()
-                continue
-            parts.append(comp)
-            if _is_git(comp):
-                return "into .git"
-            here = "/".join(parts)
-            if here in self.links:
-                resolved = self._resolve(here)
-                if isinstance(resolved, str):
-                    return resolved
-                parts = list(resolved)
+        try:
+            for n in range(1, len(base) + 1):
+                if self.index is not None and self._link("/".join(base[:n])):
+                    # the link's own directory is a symlink on a case-insensitive file system
+                    raise _Clash("/".join(base[:n]))
+            for comp in target.split("/"):
+                if comp in ("", "."):
+                    continue
+                if comp == "..":
+                    if not parts:
+                        return "outside the repository"
+                    parts.pop()
+                    continue
+                parts.append(comp)
+                if _is_git(comp):
+                    return "into .git"
+                link = self._link("/".join(parts))
+                if link is not None:
+                    resolved = self._resolve(link)
+                    if isinstance(resolved, str):
+                        return resolved
+                    parts = list(resolved)
+        except _Clash as e:
+            return (f"nowhere known on a case-insensitive file system (through {_cut(e.args[0])}, "
+                    "where entries that differ only in case meet)")
         return parts
 
 
-def link_escapes(link: str, links: dict[str, str]) -> str | None:
-    """Where the symlink at path `link` leads, in a tree whose symlinks are `links`: None if it
-    stays in the repository and out of .git, else why not."""
-    return LinkResolver(links).escapes(link)
+class _Clash(Exception):
+    pass
+
+
+def link_escapes(link: str, links: dict[str, str], names: Iterable[str] = ()) -> str | None:
+    """Where the symlink at path `link` leads, in a tree whose symlinks are `links` (and other
+    paths `names`): None if it stays in the repository and out of .git, else why not."""
+    return LinkResolver(links, names).escapes(link)
 
 
 def _protected_dirs(protected: Sequence[str]) -> set[str]:
     """The literal directories of the protected globs (.github, .github/workflows, …), in lower
-    case: a symlink there would put a protected path's contents under another name."""
+    case (folded): a symlink there would put a protected path's contents under another name."""
     out = set()
     for glob in protected:
-        parts = glob.lower().split("/")[:-1]
+        parts = glob.casefold().split("/")[:-1]
         for n in range(1, len(parts) + 1):
             if any(c in "".join(parts[:n]) for c in "*?["):
                 break
@@ -810,6 +1011,16 @@ class Change:
     old_mode: str
     new_mode: str
     path: str
+    new_id: str = ""  # the object the path holds in the new tree
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """What the symlink policy reads of a tree: its symlinks (path -> target) and its other
+    paths (for the clashes of a case-insensitive file system)."""
+
+    links: dict[str, str]
+    names: tuple[str, ...]
 
 
 def _changes(repo: Repo, old: str, new: str) -> list[Change]:
@@ -819,7 +1030,7 @@ def _changes(repo: Repo, old: str, new: str) -> list[Change]:
     for meta, path in zip(fields[0::2], fields[1::2], strict=False):  # a trailing "" is left over
         if meta.startswith(b":"):
             modes = meta[1:].split()
-            out.append(Change(modes[0].decode(), modes[1].decode(), _decode(path)))
+            out.append(Change(modes[0].decode(), modes[1].decode(), _decode(path), modes[3].decode()))
     return out
 
 
@@ -835,42 +1046,77 @@ def tree_problems(repo: str | Repo, old: str, new: str, protected: Sequence[str]
 
 
 def _tree_problems(r: Repo, old: str, new: str, protected: Sequence[str], allow_gitlinks: bool,
-                   before: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """tree_problems, given the symlinks of old; and the symlinks of new (the next mail's old)."""
+                   before: _Tree) -> tuple[list[str], _Tree, int]:
+    """tree_problems, given the symlinks of old; the symlinks of new (the next mail's old);
+    and the bytes of the blobs new adds or changes."""
     changes = _changes(r, old, new)
     changed = [c.path for c in changes]
     out = [why for path in changed for why in path_problems(path, protected)]
     if not allow_gitlinks:
         out += [f"adds gitlink {c.path} (a submodule commit); --allow-gitlinks accepts it"
                 for c in changes if c.new_mode == GITLINK]
-    after = _links(r, new)
+    sizes = _sizes(r, [c.new_id for c in changes if c.new_mode not in (ABSENT, GITLINK)])
+    out += [f"makes {c.path} a blob of {size} bytes, over the limit of {_mib(MAX_BLOB_BYTES)} per blob"
+            for c, size in zip([c for c in changes if c.new_mode not in (ABSENT, GITLINK)], sizes,
+                               strict=True) if size > MAX_BLOB_BYTES]
+    tree = _links(r, new)
+    after = tree.links
     guarded = _protected_dirs(protected)
     out += [f"puts symlink {link} where protected directory {link}/ belongs"
-            for link in sorted(set(changed) & after.keys()) if link.lower() in guarded]
-    was, now = LinkResolver(before), LinkResolver(after)
+            for link in sorted(set(changed) & after.keys()) if link.casefold() in guarded]
+    was, now = LinkResolver(before.links, before.names), LinkResolver(after, tree.names)
     for link in sorted(after):
         why = now.escapes(link)
         if not why:
             continue
-        if link in changed or link not in before:
-            out.append(f"creates symlink {link} -> {after[link]}, which leads {why}")
+        if link in changed or link not in before.links:
+            out.append(f"creates symlink {link} -> {_cut(after[link])}, which leads {why}")
         elif not was.escapes(link):
-            out.append(f"makes symlink {link} -> {after[link]} lead {why}")
-    return out, after
+            out.append(f"makes symlink {link} -> {_cut(after[link])} lead {why}")
+    return out, tree, sum(sizes)
 
 
-def _links(repo: Repo, tree: str) -> dict[str, str]:
-    """Every symlink in tree: path -> target."""
+def _links(repo: Repo, tree: str) -> _Tree:
+    """Every symlink in tree (path -> target; a target over MAX_LINK_TARGET bytes is not read)
+    and every other path."""
     shas: dict[str, str] = {}
+    names: list[str] = []
     for entry in repo.out("ls-tree", "-r", "-z", "--full-tree", tree).split(b"\0"):
         meta, _, name = entry.partition(b"\t")
         if meta.startswith(SYMLINK.encode()):
             shas[_decode(name)] = meta.split()[2].decode()
-    return dict(zip(shas, _blobs(repo, list(shas.values())), strict=True))
+        elif meta:
+            names.append(_decode(name))
+    return _Tree(dict(zip(shas, _blobs(repo, list(shas.values())), strict=True)), tuple(names))
+
+
+def _sizes(repo: Repo, shas: list[str]) -> list[int]:
+    """The sizes of objects, in order, from one git cat-file --batch-check (nothing is read)."""
+    if not shas:
+        return []
+    lines = repo.out("cat-file", "--batch-check", stdin="".join(f"{s}\n" for s in shas).encode())
+    out = []
+    for line in lines.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or not fields[2].isdigit():
+            raise DevshellError(f"git cat-file cannot find {_decode(line)}", "check the repository")
+        out.append(int(fields[2]))
+    if len(out) != len(shas):
+        raise DevshellError("git cat-file --batch-check answered for other objects", "check the repository")
+    return out
 
 
 def _blobs(repo: Repo, shas: list[str]) -> list[str]:
-    """Contents of blobs (symlink targets), in order, from one git cat-file --batch."""
+    """Contents of blobs (symlink targets), in order, from one git cat-file --batch; a blob
+    over MAX_LINK_TARGET bytes is not read (an _Unread stands for it)."""
+    sizes = _sizes(repo, shas)
+    small = [sha for sha, size in zip(shas, sizes, strict=True) if size <= MAX_LINK_TARGET]
+    read = iter(_read_blobs(repo, small))
+    return [next(read) if size <= MAX_LINK_TARGET else _Unread(f"({size} bytes, not read)")
+            for size in sizes]
+
+
+def _read_blobs(repo: Repo, shas: list[str]) -> list[str]:
     if not shas:
         return []
     raw = repo.out("cat-file", "--batch", stdin="".join(f"{s}\n" for s in shas).encode())
@@ -920,6 +1166,7 @@ def _review(patches: Sequence[Patch], s: Scratch, head: str, protected: Sequence
     s.out("read-tree", head)
     tree, parent = s.line("rev-parse", f"{head}^{{tree}}"), head
     links = _links(s, tree)
+    blob_bytes = 0  # the blobs the series adds or changes, all together
     diff_file = os.path.join(s.tmp, "diff")
     for n, (verdict, patch) in enumerate(zip(out.verdicts, patches, strict=True)):
         for commit in patch.commits:  # as git read them in parse(), with the same config as here
@@ -929,8 +1176,13 @@ def _review(patches: Sequence[Patch], s: Scratch, head: str, protected: Sequence
             if done.returncode:
                 return _stop(out, n, f"does not apply: {_first_line(_decode(done.stderr))}")
             new = s.line("write-tree")
-            problems, links = _tree_problems(s, tree, new, protected, allow_gitlinks, links)
+            problems, links, added = _tree_problems(s, tree, new, protected, allow_gitlinks, links)
             verdict.problems += problems
+            blob_bytes += added
+            if blob_bytes > MAX_SERIES_BLOB_BYTES >= blob_bytes - added:
+                verdict.problems.append(f"brings the blobs the series adds or changes to {blob_bytes} "
+                                        f"bytes, over the limit of {_mib(MAX_SERIES_BLOB_BYTES)} "
+                                        "for all patches together")
             # The commit git am would make of this mail, of exactly the tree judged here.
             made = s.run("commit-tree", new, "-p", parent, env={**ident, **commit.author_env()},
                          stdin=commit.message)
@@ -1002,7 +1254,6 @@ def apply(patches: Sequence[Patch], repo: str | Repo, patches_dir: str, protecte
     done = user.run("symbolic-ref", "-q", "HEAD")
     branch = _decode(done.stdout).strip() if done.returncode == 0 else None
     ident = committer(user)
-    names = [p.name for p in patches]
     with scratch(user) as s:
         reviewed = _review(patches, s, head, protected, allow_gitlinks, ident)
         bad = [f"{v.patch}: {why}" for v in reviewed.verdicts for why in v.problems]
@@ -1016,7 +1267,7 @@ def apply(patches: Sequence[Patch], repo: str | Repo, patches_dir: str, protecte
         new = reviewed.commit
         changes = _changes(s, head, new)
         _check_work_tree(user, changes)
-        made = _ready_to_archive(patches_dir, names)
+        made = _ready_to_archive(patches_dir, patches)
         try:
             # Only objects move into the user's repository: plumbing, no transport, no hooks.
             pack = s.out("pack-objects", "--revs", "--stdout", "-q", stdin=f"{new}\n^{head}\n".encode())
@@ -1027,7 +1278,7 @@ def apply(patches: Sequence[Patch], repo: str | Repo, patches_dir: str, protecte
                 with suppress(OSError):
                     os.rmdir(os.path.join(patches_dir, APPLIED))
             raise
-    return _archive(patches_dir, names)
+    return _archive(patches_dir, patches)
 
 
 def _check_work_tree(user: Repo, changes: Sequence[Change]) -> None:
@@ -1095,9 +1346,22 @@ def _fast_forward(user: Repo, branch: str | None, head: str, new: str, ident: di
     done = user.run("update-ref", "-m", f"devshell patches apply: {count} patch file(s)",
                     *ref[1:], ref[0], new, head, env=ident)
     if done.returncode:
-        user.run("read-tree", "-m", "-u", new, head)
-        raise DevshellError(f"cannot move {ref[0]} to the new commits, nothing applied: "
-                            f"{_show(_first_line(_decode(done.stderr)))}", "check the repository")
+        why = _show(_first_line(_decode(done.stderr)))
+        back = user.run("read-tree", "-m", "-u", new, head)
+        if back.returncode:
+            # Not put back: say what still differs from HEAD (the index and work tree of new).
+            differ = user.run("diff-index", "--name-only", "-z", head)
+            paths = [_decode(p) for p in differ.stdout.split(b"\0") if p] if not differ.returncode else []
+            what = (f"{_show(paths[0])}" + (f" (+{len(paths) - 1} more)" if len(paths) > 1 else "")
+                    if paths else "the index and work tree")
+            raise DevshellError(f"cannot move {ref[0]} to the new commits ({why}), and putting the work "
+                                f"tree back failed too ({_show(_first_line(_decode(back.stderr)))}): "
+                                f"{ref[0]} did not move, but {what} in {_show(user.top)} still "
+                                "hold the new commits' version",
+                                "git status shows what differs; git reset --hard HEAD puts it all back "
+                                "(it discards those changes)")
+        raise DevshellError(f"cannot move {ref[0]} to the new commits, nothing applied: {why}",
+                            "check the repository")
 
 
 def _dirs_to_make(user: Repo, changes: Sequence[Change]) -> list[str]:
@@ -1137,11 +1401,11 @@ def _restore(user: Repo, head: str, changes: Sequence[Change], made: Sequence[st
     return left + [p for p in added if os.path.lexists(os.path.join(user.top, p))]
 
 
-def _ready_to_archive(patches_dir: str, names: Sequence[str]) -> bool:
+def _ready_to_archive(patches_dir: str, patches: Sequence[Patch]) -> bool:
     """Before the repository changes: the patches can move to applied/ afterwards. The patches
     dir is yours or dev's (drop_trust) and you can write it; applied/ is a directory there (made
-    now if need be; a symlink is never followed) that you can write; each patch is still a
-    regular file. Whether applied/ was made now."""
+    now if need be; a symlink is never followed) that you can write; each patch is still the
+    regular file that was read (same inode). Whether applied/ was made now."""
     fix = "see devshell patches check; put the patches dir right and apply again"
     top = _open_dir(patches_dir)
     made = False
@@ -1171,13 +1435,9 @@ def _ready_to_archive(patches_dir: str, names: Sequence[str]) -> bool:
                                     "nothing applied", fix)
         finally:
             os.close(applied)
-        for name in names:
-            try:
-                regular = stat.S_ISREG(os.stat(name, dir_fd=top, follow_symlinks=False).st_mode)
-            except OSError:
-                regular = False
-            if not regular:
-                raise DevshellError(f"refusing to apply: {_show(name)} is no longer the file that was "
+        for patch in patches:
+            if not _same_file(top, patch.name, patch.ident):
+                raise DevshellError(f"refusing to apply: {_show(patch.name)} is no longer the file that was "
                                     "read; nothing applied", "look at the patches dir and apply again")
     except DevshellError:
         if made:
@@ -1195,10 +1455,31 @@ def _may_write(fd: int) -> bool:
                      effective_ids=os.access in os.supports_effective_ids)
 
 
-def _archive(patches_dir: str, names: Sequence[str]) -> Applied:
+def _same_file(top: int, name: str, ident: tuple[int, int] | None) -> bool:
+    """Whether name in the directory top is (still) the regular file ident (st_dev, st_ino)
+    names, never following a link."""
+    try:
+        st = os.stat(name, dir_fd=top, follow_symlinks=False)
+    except OSError:
+        return False
+    return ident is not None and stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == ident
+
+
+class _Changed(OSError):
+    """The patch file is not the one that was read (swapped or rewritten since)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ESTALE, CHANGED)
+
+
+CHANGED = "changed since it was read"
+
+
+def _archive(patches_dir: str, patches: Sequence[Patch]) -> Applied:
     """Move each patch into applied/, never over an existing file, through directory fds opened
-    with O_NOFOLLOW. The repository has changed already, so nothing raises here: what cannot
-    be moved stays, with the reason."""
+    with O_NOFOLLOW; only the file that was read (same inode, same bytes) moves. The repository
+    has changed already, so nothing raises here: what cannot be moved stays, with the reason."""
+    names = [p.name for p in patches]
     moved: list[str] = []
     not_moved: list[str] = []
     try:
@@ -1212,11 +1493,11 @@ def _archive(patches_dir: str, names: Sequence[str]) -> Applied:
         except OSError as e:
             return Applied([], [f"{_show(n)}: {APPLIED}/ cannot be opened ({e.strerror})" for n in names])
         try:
-            for name in names:
+            for patch in patches:
                 try:
-                    moved.append(f"{APPLIED}/{_move(top, applied, name)}")
+                    moved.append(f"{APPLIED}/{_move(top, applied, patch)}")
                 except OSError as e:
-                    not_moved.append(f"{_show(name)}: {e.strerror or e}")
+                    not_moved.append(f"{_show(patch.name)}: {e.strerror or e}")
         finally:
             os.close(applied)
     finally:
@@ -1224,44 +1505,69 @@ def _archive(patches_dir: str, names: Sequence[str]) -> Applied:
     return Applied(moved, not_moved)
 
 
-def _move(top: int, applied: int, name: str) -> str:
-    """name into applied/ under a free name: a hard link, else (the kernel refuses to link a
-    file you do not own, fs.protected_hardlinks) a copy, written and synced; then the original
-    goes. Its new name."""
+def _move(top: int, applied: int, patch: Patch) -> str:
+    """The patch file into applied/ under a free name: a hard link, else (the kernel refuses to
+    link a file you do not own, fs.protected_hardlinks) a copy, written and synced; then the
+    original goes. Only the file that was read moves: the same inode, holding the same bytes
+    (checked before, and on the new link after: a swap in between shows there). Its new name."""
+    name = patch.name
+    if not _same_file(top, name, patch.ident) or _content(top, name) != patch.data:
+        raise _Changed
     copy = False
     for n in range(1000):
         target = name if n == 0 else f"{name}.{n}"
         try:
             if copy:
-                _copy(top, applied, name, target)
+                _copy(top, applied, patch, target)
             else:
                 os.link(name, target, src_dir_fd=top, dst_dir_fd=applied, follow_symlinks=False)
+                if not _same_file(applied, target, patch.ident) or _content(applied, target) != patch.data:
+                    with suppress(OSError):
+                        os.unlink(target, dir_fd=applied)  # the link just made, of another file
+                    raise _Changed
         except FileExistsError:
             continue
+        except _Changed:
+            raise
         except OSError as e:
             if copy or e.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK,
                                        errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
             copy = True
             try:
-                _copy(top, applied, name, target)
+                _copy(top, applied, patch, target)
             except FileExistsError:
                 continue
-        os.unlink(name, dir_fd=top)
+        if _same_file(top, name, patch.ident):  # a file swapped in meanwhile stays
+            os.unlink(name, dir_fd=top)
         return target
     raise OSError(errno.EEXIST, f"too many copies of it in {APPLIED}/")
 
 
-def _copy(top: int, applied: int, name: str, target: str) -> None:
-    """A copy of the regular file name (at most MAX_PATCH_BYTES, never through a link) as the
-    new file target, on disk before this returns."""
-    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+def _content(top: int, name: str) -> bytes | None:
+    """The bytes of the regular file name (at most MAX_PATCH_BYTES, never through a link), or
+    None."""
     try:
-        if not stat.S_ISREG(os.fstat(src).st_mode):
-            raise OSError(errno.EINVAL, "no longer a regular file")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+    except OSError:
+        return None
+    try:
+        return _read_at_most(fd, MAX_PATCH_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def _copy(top: int, applied: int, patch: Patch, target: str) -> None:
+    """A copy of the patch file (the regular file that was read, never through a link, holding
+    the bytes that were read) as the new file target, on disk before this returns."""
+    src = os.open(patch.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != patch.ident:
+            raise _Changed
         data = _read_at_most(src, MAX_PATCH_BYTES)
-        if data is None:
-            raise OSError(errno.EFBIG, f"grew past {_mib(MAX_PATCH_BYTES)}")
+        if data != patch.data:
+            raise _Changed
     finally:
         os.close(src)
     dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
@@ -1346,7 +1652,7 @@ def main(argv: Sequence[str]) -> int:
         for lo in found:
             _say(lo.line())
         return 0
-    if not patches and (ns.action == "apply" or not found):
+    if not patches and not skipped and (ns.action == "apply" or not found):
         raise DevshellError(f"no patches in {_show(patches_dir)}",
                             "inside the devshell: git format-patch -o /patches <base>")
     assert repo is not None

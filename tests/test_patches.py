@@ -2414,3 +2414,425 @@ def test_list_on_an_ascii_terminal_prints_escapes_not_a_traceback(hostile_names:
     assert done.stdout.isascii() and done.stderr.isascii()
     assert b"\\xb7 1 file changed" in done.stdout
     assert b"devshell: skipped 0002-junk\\xe9.patch" in done.stderr
+
+
+# --- what git makes of a patch: decompression bombs ----------------------------------------------
+
+
+def b85_lines(data: bytes) -> bytes:
+    """data as git writes a binary hunk: lines of a length character and base85 (git's alphabet
+    is Python's b85)."""
+    out = []
+    for i in range(0, len(data), 52):
+        chunk = data[i:i + 52]
+        n = len(chunk)
+        out.append(bytes([ord("A") + n - 1 if n <= 26 else ord("a") + n - 27])
+                   + base64.b85encode(chunk, pad=True))
+    return b"\n".join(out) + b"\n"
+
+
+def zeros_deflated(n: int) -> bytes:
+    """zlib of n zero bytes, made in pieces (never n bytes at once in this process)."""
+    z = __import__("zlib").compressobj(9)
+    out = [z.compress(bytes(min(1 << 20, n - i))) for i in range(0, n, 1 << 20)]
+    return b"".join(out) + z.flush()
+
+
+def literal_bomb(path: str, n: int) -> bytes:
+    """The reviewer's bomb: a new file whose binary hunk inflates to n zero bytes."""
+    sha = hashlib.sha1(b"blob %d\0" % n)
+    for i in range(0, n, 1 << 20):
+        sha.update(bytes(min(1 << 20, n - i)))
+    return (f"diff --git a/{path} b/{path}\nnew file mode 100644\n"
+            f"index 0000000000000000000000000000000000000000..{sha.hexdigest()}\n"
+            f"GIT binary patch\nliteral {n}\n").encode() + b85_lines(zeros_deflated(n)) \
+        + b"\nliteral 0\nHcmV?d00001\n\n"
+
+
+def bomb_mail(diff: bytes) -> bytes:
+    return mail("").replace(b"---\n-- \n", b"---\n" + diff + b"-- \n")
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def delta_bomb(path: str, source: bytes, copies: int) -> tuple[bytes, int]:
+    """A binary delta on the file `source` whose result is `copies` copies of its first 64 KiB:
+    one byte (0x80: copy 0x10000 bytes from offset 0) per 64 KiB. The hunk, and the result size."""
+    size = copies << 16
+    delta = varint(len(source)) + varint(size) + b"\x80" * copies
+    sha = hashlib.sha1(b"blob %d\0" % size)
+    for _ in range(copies):
+        sha.update(source[:1 << 16])
+    old = hashlib.sha1(b"blob %d\0" % len(source) + source).hexdigest()
+    hunk = (f"diff --git a/{path} b/{path}\nindex {old}..{sha.hexdigest()} 100644\n"
+            f"GIT binary patch\ndelta {len(delta)}\n").encode() \
+        + b85_lines(__import__("zlib").compress(delta, 9)) + b"\n"
+    return hunk, size
+
+
+def git_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every git command devshell runs from now on (its arguments after the hardening)."""
+    seen: list[list[str]] = []
+    real = patches_module.subprocess.run
+
+    def spy(argv: list[str], *args: object, **kwargs: object) -> object:
+        seen.append([a for a in argv if not a.startswith(("core.", "gc.", "maintenance.", "-c"))])
+        return real(argv, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(patches_module.subprocess, "run", spy)
+    return seen
+
+
+def child_peak_kib(argv: list[str], cwd: Path, stdin: bytes) -> int:
+    """The peak RSS of a command, measured in a fresh process of its own."""
+    probe = ("import resource, subprocess, sys\n"
+             "subprocess.run(sys.argv[1:], stdin=sys.stdin, stdout=subprocess.DEVNULL, "
+             "stderr=subprocess.DEVNULL)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=cwd, input=stdin,
+                          capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def test_a_literal_bomb_is_refused_by_list_check_and_apply_before_git_reads_it(
+        host: Path, patches_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]):
+    n = patches_module.MAX_BLOB_BYTES + 1
+    data = bomb_mail(literal_bomb("big.bin", n))
+    assert len(data) < n // 500  # a few hundred KiB that git inflates to 64 MiB
+    drop(patches_dir, data, "0001-bomb.patch")
+    runs = git_runs(monkeypatch)
+    before = state(host)
+    argv = ["--patches-dir", str(patches_dir), "--repo", str(host)]
+    assert main(["list", *argv]) == 0
+    assert main(["check", *argv]) == 1
+    with pytest.raises(DevshellError, match="refusing to apply: skipped 0001-bomb.patch: a binary "
+                                            f"hunk git would inflate to {n} bytes, over the limit "
+                                            "of 64 MiB per blob"):
+        main(["apply", *argv])
+    err = capsys.readouterr().err
+    assert f"skipped 0001-bomb.patch: a binary hunk git would inflate to {n} bytes" in err
+    assert runs and not [argv for argv in runs if "apply" in argv]  # mailinfo read it; no apply did
+    assert state(host) == before and not (host / "big.bin").exists()
+
+
+def test_control_plain_git_apply_inflates_the_literal_bomb(tmp_path: Path):
+    n = 50 << 20
+    diff = literal_bomb("big.bin", n)
+    where = tmp_path / "plain"
+    where.mkdir()
+    assert child_peak_kib(["git", "apply", "--numstat", "-"], where, diff) > n >> 10
+    subprocess.run(["git", "apply", "-"], cwd=where, input=diff, check=True, capture_output=True)
+    assert (where / "big.bin").stat().st_size == n
+    # devshell would pass this one (it is under the limit), and counts it as git does
+    assert patches_module.binary_sizes(diff) == [n, 0]
+
+
+def test_a_delta_bomb_is_refused_by_the_result_size_in_its_header(
+        host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    source = os.urandom(1 << 16)
+    commit(host, "A binary file", {"blob.bin": source}, who=HOST)
+    settle(host)
+    hunk, size = delta_bomb("blob.bin", source, 1 << 15)  # 2 GiB from a few hundred bytes
+    assert size == 2 << 30 and len(hunk) < 1000
+    drop(patches_dir, bomb_mail(hunk))
+    runs = git_runs(monkeypatch)
+    patches, skipped = read_dir(str(patches_dir))
+    assert patches == [] and skipped == [f"0001-hand.patch: a binary hunk git would inflate to {size} "
+                                         "bytes, over the limit of 64 MiB per blob"]
+    assert not [argv for argv in runs if "apply" in argv]
+
+
+def test_control_git_applies_a_delta_to_its_header_size(host: Path, tmp_path: Path):
+    source = os.urandom(1 << 16)
+    commit(host, "A binary file", {"blob.bin": source}, who=HOST)
+    hunk, size = delta_bomb("blob.bin", source, 800)  # 50 MiB
+    assert patches_module.binary_sizes(hunk) == [size]
+    where = clone(tmp_path, host)
+    subprocess.run(["git", "apply", "-"], cwd=where, input=hunk, check=True, capture_output=True)
+    assert (where / "blob.bin").stat().st_size == size
+
+
+def test_binary_sizes_reads_what_git_format_patch_writes(agent: Path):
+    old = os.urandom(200_000)
+    commit(agent, "Add", {"f.bin": old})
+    new = old[:100_000] + b"changed" + old[100_000:]
+    commit(agent, "Change", {"f.bin": new})
+    patch = last_patch(agent, "--binary")
+    assert b"\ndelta " in patch.data  # git chose deltas, forward and reverse
+    assert patches_module.binary_sizes(patch.data) == [len(new), len(old)]
+    assert patch.blob_bytes == len(new) + len(old)
+
+
+@pytest.mark.parametrize(("hunk", "why"), [
+    (b"delta 10\nzgarbage\n\n", "a binary delta hunk git cannot read"),
+    (b"delta 10\nA" + base64.b85encode(b"x\0\0\0") + b"\n\n", "a binary delta hunk git cannot read"),
+    (b"delta 3\n" + b85_lines(__import__("zlib").compress(b"\x80\x80\x80")) + b"\n",
+     "a binary delta hunk git cannot read"),  # the header ends before the result size
+    (b"literal -5\nA00000\n\n", "a binary hunk of negative size"),
+])
+def test_an_unreadable_binary_hunk_is_refused(hunk: bytes, why: str):
+    with pytest.raises(ValueError, match=why):
+        patches_module.binary_sizes(b"diff --git a/x b/x\nGIT binary patch\n" + hunk)
+
+
+def test_binary_sizes_reads_sizes_as_strtoul_does():
+    head = b"diff --git a/x b/x\nGIT binary patch\n"
+    assert patches_module.binary_sizes(head + b"literal  \t+70000000junk\nA00000\n\n") == [70_000_000]
+    assert patches_module.binary_sizes(head + b"literal 1\nA00000\n\nliteral 9\nA00000\n\n") == [1, 9]
+    assert patches_module.binary_sizes(b"literal 99999999999\n") == []  # not after the marker
+
+
+def test_read_dir_bounds_the_binary_hunks_of_all_patches_together(
+        agent: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    for n in range(3):
+        commit(agent, f"Blob {n}", {f"b{n}.bin": os.urandom(1000)})
+    names = format_patches(agent, patches_dir, "--binary")
+    patches, skipped = read_dir(str(patches_dir))  # control: under the default limit
+    assert [p.blob_bytes for p in patches] == [1000, 1000, 1000] and skipped == []
+    monkeypatch.setattr(patches_module, "MAX_SERIES_BLOB_BYTES", 2500)
+    patches, skipped = read_dir(str(patches_dir))
+    assert [p.name for p in patches] == names[:2]
+    assert skipped == [f"{names[2]}: binary hunks git would inflate to 1000 bytes, over the limit "
+                       "of 2500 bytes for all patches together"]
+
+
+def test_review_refuses_a_tree_with_a_blob_over_the_limit(agent: Path, host: Path, patches_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Belt and braces: the blobs each reviewed tree adds, text patches too, before any commit
+    reaches the user's repository."""
+    commit(agent, "Small", {"small.txt": "s\n" * 10})
+    commit(agent, "Big", {"big.txt": "b\n" * 100})
+    commit(agent, "Big too", {"big2.txt": "c\n" * 100})
+    names = format_patches(agent, patches_dir)
+    assert all(v.ok for v in check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED))
+    monkeypatch.setattr(patches_module, "MAX_BLOB_BYTES", 150)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert [v.problems for v in verdicts] == [
+        [], ["makes big.txt a blob of 200 bytes, over the limit of 150 bytes per blob"],
+        ["makes big2.txt a blob of 200 bytes, over the limit of 150 bytes per blob"]]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, names[1], "150 bytes per blob")
+    monkeypatch.setattr(patches_module, "MAX_BLOB_BYTES", 1000)
+    monkeypatch.setattr(patches_module, "MAX_SERIES_BLOB_BYTES", 300)
+    verdicts = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert [v.problems for v in verdicts] == [[], [], [
+        "brings the blobs the series adds or changes to 420 bytes, over the limit of 300 bytes "
+        "for all patches together"]]
+
+
+# --- symlink targets no file system accepts ---------------------------------------------------
+
+
+def link_blob_patch(host: Path, tmp_path: Path, target: bytes, name: str = "linker") -> bytes:
+    """A patch adding symlink x whose blob is target (any bytes, any length), as format-patch
+    --binary writes it."""
+    repo = clone(tmp_path, host, name)
+    sha = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=target,
+                         capture_output=True, check=True).stdout.decode().strip()
+    git(repo, "update-index", "--add", "--cacheinfo", f"120000,{sha},x")
+    git(repo, "commit", "-q", "-m", "Add x", env={"GIT_AUTHOR_NAME": AGENT[0], "GIT_AUTHOR_EMAIL": AGENT[1]})
+    return git_bytes(repo, "format-patch", "--binary", "--stdout", "-1")
+
+
+def test_check_refuses_a_symlink_whose_nul_cuts_its_target_to_dotdot(host: Path, tmp_path: Path,
+                                                                     patches_dir: Path):
+    data = link_blob_patch(host, tmp_path, b"..\0/inside")
+    drop(patches_dir, data)
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink x -> ..\0/inside, which leads nowhere a file system "
+                                "accepts (a target with a NUL byte, which ends it early)"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, "NUL byte")
+    # control: git's checkout makes the link the kernel reads up to the NUL, out of the repository
+    where = clone(tmp_path, host, "plain")
+    subprocess.run(["git", "am", "-q"], cwd=where, input=data, check=True, capture_output=True)
+    assert os.readlink(where / "x") == ".."
+
+
+def test_check_refuses_a_huge_symlink_target_without_reading_or_printing_it(
+        host: Path, tmp_path: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    target = b"a/" * 40_000  # 80 KB: no file system takes it
+    drop(patches_dir, link_blob_patch(host, tmp_path, target))
+    patches = read_dir(str(patches_dir))[0]
+    read: list[bytes] = []
+    real = patches_module._read_blobs
+
+    def spy(repo: patches_module.Repo, shas: list[str]) -> list[str]:
+        out = real(repo, shas)
+        read.extend(t.encode("utf-8", "surrogateescape") for t in out)
+        return out
+
+    monkeypatch.setattr(patches_module, "_read_blobs", spy)
+    [verdict] = check(patches, str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink x -> (80000 bytes, not read), which leads nowhere a "
+                                "file system accepts (a target over 4096 bytes)"]
+    assert target not in read
+    # control: a target the limit lets through is read, and is cut when printed
+    long_out = "../" * 1000 + "x"
+    assert patches_module.link_escapes("x", {"x": long_out}) == "outside the repository"
+    drop(patches_dir, link_blob_patch(host, tmp_path, long_out.encode(), "linker2"))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == [f"creates symlink x -> {long_out[:200]}... (3001 chars), which leads "
+                                "outside the repository"]
+    assert long_out.encode() in read
+
+
+# --- case-insensitive file systems --------------------------------------------------------------
+
+
+def test_link_escapes_follows_a_link_named_in_another_case():
+    """On a case-insensitive file system d/UP is the link d/up: d/x -> UP/.. is d/up/.., outside."""
+    assert link_escapes("d/x", {"d/up": "..", "d/x": "UP/.."}) == "outside the repository"
+    assert link_escapes("d/x", {"d/up": "..", "d/x": "ÜP/../../x".replace("Ü", "U")}) is not None
+    assert link_escapes("x", {"Straße": "..", "x": "STRASSE/y"}) == "outside the repository"
+    assert link_escapes("x", {"e\u0301": "..", "x": "\u00c9/y"}) == "outside the repository"  # NFD/NFC
+    # control: the same target in the link's own case escapes on any file system
+    assert link_escapes("d/x", {"d/up": "..", "d/x": "up/.."}) == "outside the repository"
+    # and a name that folds onto no link is a directory
+    assert link_escapes("d/x", {"d/up": "..", "d/x": "down/.."}) is None
+
+
+def test_link_escapes_still_treats_a_differently_cased_name_as_a_directory_where_case_counts():
+    """Folding alone would take the directory up/ for the link UP (-> a/b) and let
+    up/../../evil pass; on a case-sensitive file system it leads out."""
+    assert link_escapes("x", {"UP": "a/b", "x": "up/../../evil"}, ["up/f", "a/b/f"]) \
+        == "outside the repository"
+
+
+def test_link_escapes_refuses_a_way_through_names_that_clash_on_a_case_insensitive_fs():
+    """d is a link and D/ a directory: which one a case-insensitive checkout makes is not known."""
+    links = {"d": "a/b/c", "x": "d/../../evil"}
+    assert link_escapes("x", links, ["D/f", "a/b/c/f"]).startswith(
+        "nowhere known on a case-insensitive file system (through d,")
+    assert link_escapes("x", links, ["a/b/c/f"]) is None  # control: without D/, d/.. is a/b
+    assert link_escapes("x", {"d": "a", "D": "b", "x": "d/f"}).startswith("nowhere known")
+
+
+def test_check_and_apply_refuse_the_reviewers_case_folded_link(host: Path, patches_dir: Path):
+    drop(patches_dir, mail(add_symlink("d/up", ".."), add_symlink("d/x", "UP/..")))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink d/x -> UP/.., which leads outside the repository"]
+    refused_by_apply(host, patches_dir, DEFAULT_PROTECTED, "d/x -> UP/..")
+    (patches_dir / "0001-hand.patch").unlink()
+    drop(patches_dir, mail(add_symlink("d/UP", "."), add_symlink("d/x", "up/../../x")))
+    [verdict] = check(read_dir(str(patches_dir))[0], str(host), DEFAULT_PROTECTED)
+    assert verdict.problems == ["creates symlink d/x -> up/../../x, which leads outside the repository"]
+
+
+@pytest.mark.parametrize("path", [".gitmodule\u017f", ".GITATTRIBUTE\u017f", "\u017fub/.gitmodule\u017f"])
+def test_protected_paths_match_by_case_folding_not_just_lower_case(path: str):
+    """\u017f (long s) folds to s, as a case-insensitive file system may take it; lower() keeps it."""
+    assert path.lower().removeprefix("\u017fub/") not in (".gitmodules", ".gitattributes")  # control
+    assert path_problems(path, DEFAULT_PROTECTED) != []
+
+
+def test_is_git_folds_case():
+    assert path_problems("sub/.GIT/config", []) == ["touches sub/.GIT/config (inside .git)"]
+    assert patches_module._is_git(".gİt") is False  # İ folds to i + a combining dot, not to i
+
+
+# --- applied/ holds the bytes that were applied ---------------------------------------------------
+
+
+@pytest.mark.parametrize("swap", ["symlink", "other file", "rewritten"])
+def test_apply_moves_only_the_file_it_read_to_applied(swap: str, series: list[str], host: Path,
+                                                      patches_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]):
+    secret = tmp_path / "secret"
+    secret.write_text("not a patch\n")
+    real = patches_module._fast_forward
+    first = patches_dir / series[0]
+
+    def then_swap(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        if swap == "symlink":
+            first.unlink()
+            first.symlink_to(secret)
+        elif swap == "other file":
+            (patches_dir / "other").write_bytes(first.read_bytes())  # same bytes, not the file read
+            os.replace(patches_dir / "other", first)
+        else:
+            with open(first, "r+b") as f:
+                f.write(b"X")
+
+    monkeypatch.setattr(patches_module, "_fast_forward", then_swap)
+    start = git(host, "rev-parse", "HEAD").strip()
+    assert main(["apply", "--patches-dir", str(patches_dir), "--repo", str(host)]) == 0
+    out = capsys.readouterr()
+    assert out.out == (f"applied 3 patch(es) to {host}; 1 patch(es) not moved to {APPLIED}/: "
+                       f"{series[0]}: changed since it was read\n")
+    assert "failed" not in out.out + out.err
+    assert len(git(host, "log", "--format=%H", f"{start}..HEAD").split()) == 3
+    assert sorted(os.listdir(patches_dir / APPLIED)) == series[1:]
+    assert os.path.lexists(first)  # left where it is, never deleted
+
+
+def test_apply_catches_a_swap_between_its_check_and_the_link(series: list[str], host: Path,
+                                                             patches_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    secret = tmp_path / "secret"
+    secret.write_text("not a patch\n")
+    real_link = os.link
+    first = patches_dir / series[0]
+
+    def swap_then_link(src: str, dst: str, **kwargs: object) -> None:
+        if src == series[0] and not first.is_symlink():
+            first.unlink()
+            first.symlink_to(secret)
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(patches_module.os, "link", swap_then_link)
+    done = apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert done.not_moved == [f"{series[0]}: changed since it was read"]
+    assert sorted(os.listdir(patches_dir / APPLIED)) == series[1:]  # the link made was taken back
+    # control: linking without the check puts the swapped-in symlink into applied/
+    real_link(series[0], "control", src_dir_fd=os.open(patches_dir, os.O_RDONLY),
+              dst_dir_fd=os.open(patches_dir / APPLIED, os.O_RDONLY), follow_symlinks=False)
+    assert (patches_dir / APPLIED / "control").is_symlink()
+
+
+def test_apply_refuses_before_changing_anything_when_a_patch_was_swapped_after_reading(
+        series: list[str], host: Path, patches_dir: Path):
+    patches = read_dir(str(patches_dir))[0]
+    first = patches_dir / series[0]
+    data = first.read_bytes()
+    (patches_dir / "copy").write_bytes(data)
+    os.replace(patches_dir / "copy", first)  # the same bytes, another file: not the one read
+    before = state(host)
+    with pytest.raises(DevshellError, match=f"{series[0]} is no longer the file that was read"):
+        apply(patches, str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert state(host) == before
+    apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)  # control
+
+
+# --- a rollback that fails says so --------------------------------------------------------------
+
+
+def test_apply_says_what_stayed_when_the_rollback_after_update_ref_fails(
+        series: list[str], host: Path, patches_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    real_run = patches_module.Repo.run
+
+    def failing(self: patches_module.Repo, *args: str,
+                **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        if self.top == str(host) and args[0] == "update-ref":
+            return subprocess.CompletedProcess(args, 128, b"", b"fatal: ref locked\n")
+        if self.top == str(host) and args[:3] == ("read-tree", "-m", "-u") and args[4] != args[3] \
+                and git(host, "rev-parse", "HEAD").strip() == args[4]:
+            return subprocess.CompletedProcess(args, 128, b"", b"error: cannot write a.txt\n")
+        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(patches_module.Repo, "run", failing)
+    with pytest.raises(DevshellError) as info:
+        apply(read_dir(str(patches_dir))[0], str(host), str(patches_dir), DEFAULT_PROTECTED)
+    assert info.value.message == (
+        "cannot move refs/heads/main to the new commits (fatal: ref locked), and putting the work "
+        "tree back failed too (error: cannot write a.txt): refs/heads/main did not move, but a.txt "
+        f"(+1 more) in {host} still hold the new commits' version")
+    assert "nothing applied" not in info.value.message

@@ -346,3 +346,69 @@ def test_plain_git_mailinfo_hands_the_raw_escapes_on(hostile_patch, host_git):
                               capture_output=True, cwd=checkout, check=True)
     subject = done.stdout.decode()
     assert "\x1b[2J" in subject and "\u202e" in subject, repr(subject)
+
+
+# A decompression bomb: a binary hunk ('GIT binary patch', 'literal N') is N bytes to git, a few
+# hundred KiB in the file. (git apply allocates N while it parses the diff, and read-tree would
+# write the N-byte file into the work tree.)
+BOMB_BYTES = 400_000_000
+BOMB_AS = 256 << 20  # address space for devshell (and every git it runs)
+
+
+def bomb_patch(n):
+    import base64
+    import hashlib
+    import zlib
+
+    z = zlib.compressobj(9)
+    deflated = b"".join(z.compress(bytes(min(1 << 20, n - i))) for i in range(0, n, 1 << 20)) + z.flush()
+    lines = []
+    for i in range(0, len(deflated), 52):
+        chunk = deflated[i:i + 52]
+        lines.append(bytes([ord("A") + len(chunk) - 1 if len(chunk) <= 26 else ord("a") + len(chunk) - 27])
+                     + base64.b85encode(chunk, pad=True))
+    sha = hashlib.sha1(b"blob %d\0" % n)
+    for i in range(0, n, 1 << 20):
+        sha.update(bytes(min(1 << 20, n - i)))
+    return (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            b"From: Agent <agent@devshell.invalid>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n"
+            b"Subject: [PATCH] Add data\n\n---\ndiff --git a/big.bin b/big.bin\nnew file mode 100644\n"
+            b"index 0000000000000000000000000000000000000000..%s\nGIT binary patch\nliteral %d\n"
+            % (sha.hexdigest().encode(), n) + b"\n".join(lines)
+            + b"\n\nliteral 0\nHcmV?d00001\n\n-- \n2.47.3\n\n")
+
+
+@pytest.fixture(scope="module")
+def bomb():
+    return bomb_patch(BOMB_BYTES)
+
+
+@pytest.mark.attack(READS, "a 0.5 MB patch whose binary hunk git inflates to 400 MB")
+@pytest.mark.parametrize("action", ["list", "check", "apply"])
+def test_a_decompression_bomb_is_refused_before_git_inflates_it(drop, bomb, action, devshell_patches,
+                                                                 host_tree):
+    agent, checkout, d = drop
+    assert agent.run("true").exit_code == 0  # an empty drop dir
+    with open(os.path.join(d, "0001-bomb.patch"), "wb") as f:
+        f.write(bomb)
+    before = host_tree(checkout)
+    done = devshell_patches(action, "--patches-dir", d, cwd=checkout,
+                            prefix=("prlimit", f"--as={BOMB_AS}", "--"))
+    out = done.stdout + done.stderr
+    assert done.returncode == {"list": 0, "check": 1, "apply": 2}[action], out
+    assert "MemoryError" not in out and "Traceback" not in out and "out of memory" not in out, out
+    assert "0001-bomb.patch: a binary hunk git would inflate to 400000000 bytes, over the limit of " \
+           "64 MiB per blob" in out, out
+    assert host_tree(checkout) == before
+    assert not os.path.exists(os.path.join(checkout, "big.bin"))
+
+
+@pytest.mark.control(READS, "a 0.5 MB patch whose binary hunk git inflates to 400 MB")
+def test_plain_git_apply_runs_out_of_memory_on_the_bomb(bomb, tmp_path):
+    diff = bomb.split(b"\n---\n", 1)[1]
+    done = subprocess.run(["prlimit", f"--as={BOMB_AS}", "--", "git", "apply", "--numstat", "-"],
+                          input=diff, capture_output=True, cwd=tmp_path, timeout=120)
+    assert done.returncode != 0 and b"out of memory" in done.stderr.lower(), done.stderr
+    done = subprocess.run(["git", "apply", "-"], input=diff, capture_output=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "big.bin").stat().st_size == BOMB_BYTES
