@@ -142,8 +142,18 @@ def test_no_attempt_leaves_a_privileged_file_on_the_host(world, attempt, place, 
 
 
 @pytest.mark.attack(CLASS, "all attempts, then walk the host drop dir and memory dir")
-def test_the_host_drop_dir_and_memory_hold_nothing_privileged_after_all_attempts(world):
-    shell, places = world
+def test_the_host_drop_dir_and_memory_hold_nothing_privileged_after_all_attempts(devshell_factory,
+                                                                                  host_cache_dir,
+                                                                                  memory_mount, as_user):
+    """Every attempt, everywhere, as dev and as root, in one devshell of its own (xdist spreads
+    the single attempts over workers, so this test cannot rely on them), then the host walk."""
+    shell = devshell_factory(host_cache=host_cache_dir())
+    places = {"patches": ("/patches", shell.opts.patches_out), "memory": memory_mount(shell)}
+    script = "".join(
+        probe(command.replace("@F@", f"{places[place][0]}/{slug(attempt)}-{user}"), None,
+              wrap=lambda c, user=user: as_user(c, user))
+        for attempt, (command, _, _) in ATTEMPTS.items() for place in PLACES for user in ("dev", "root"))
+    shell.run(script)
     assert os.listdir(places["patches"][1]), "the attempts left nothing at all: were they run?"
     assert privileged(places["patches"][1]) == []
     assert privileged(os.path.join(shell.opts.host_cache, "ai")) == []  # memory and the rest of ai/
