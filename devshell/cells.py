@@ -189,7 +189,10 @@ def available(path: Iterable[str]) -> list[Cell]:
     return list(seen.values())
 
 
-_SCHEMA_ID = hashlib.sha256(json.dumps(SCHEMA, sort_keys=True).encode()).hexdigest()[:12]
+# Raise when the checks beyond the schema (parse_yaml, build) change: a remembered cell was
+# validated by the rules of its day, and must meet today's.
+CHECKS_VERSION = 2
+_SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load(path: str) -> Cell:
@@ -219,10 +222,27 @@ def load(path: str) -> Cell:
 
 
 def parse_yaml(raw: bytes, path: str) -> Any:
+    """YAML as a cell means it: a key given twice is an error (PyYAML keeps the last one
+    silently), and every key is text (an `env` of `{1: a}` is no variable name)."""
     import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str):
+                    raise DevshellError(f"{path}: line {line}: key {key!r} is not text",
+                                        "quote it, or fix the cell file")
+                if key in seen:
+                    raise DevshellError(f"{path}: line {line}: key {key!r} is given twice",
+                                        "keep one of them")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""

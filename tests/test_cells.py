@@ -359,3 +359,17 @@ def test_ref_wins_over_recipe_for_the_image():
     cell = cells.parse(data, source="x", stem="x")
     assert cell.image == "r:1"
     assert cell.built_tag is not None
+
+
+def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("platform: linux/amd64\nimage: {ref: x}\nworkspace: /home/runner/w\nworkspace: /etc\n")
+    with pytest.raises(DevshellError, match=r"line 4: key 'workspace' is given twice"):
+        cells.load(str(path))
+
+
+def test_a_key_that_is_not_text_is_an_error_not_a_traceback(tmp_path):
+    path = tmp_path / "numkey.yaml"
+    path.write_text("platform: linux/amd64\nimage: {ref: x}\nworkspace: /home/runner/w\nenv: {1: a}\n")
+    with pytest.raises(DevshellError, match=r"line 4: key 1 is not text"):
+        cells.load(str(path))
