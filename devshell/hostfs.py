@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 from .errors import DevshellError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory reached by name, never through a symlink (the agent may have planted one).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The AI configuration is walked at every launch that binds it read-only; past this many
 # entries it is not a configuration any more, and the walk must stay bounded.
 MAX_CONFIG_ENTRIES = 10_000
@@ -30,12 +31,12 @@ def open_dir(path: str, *, create: int | None = None,
     any link. With create=MODE, missing components are made with that mode; with owner, the
     last one is given to owner if devshell made it (never what already existed)."""
     parts = [p for p in path.split("/") if p]
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_FLAGS)
     try:
         for n, part in enumerate(parts):
             here = "/" + "/".join(parts[:n + 1])
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if create is None:
                     raise DevshellError(f"{here} does not exist", f"create {path}") from None
@@ -60,7 +61,7 @@ def _make(parent: int, name: str, here: str, mode: int, owner: tuple[int, int] |
                             "check its parent's permissions") from None
     try:
         # Swapped for a symlink (or a file) since: an error like any other component's.
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
     except OSError as e:
         raise _unopenable(parent, name, here, e) from None
     if made and owner is not None:
@@ -144,7 +145,7 @@ def config_problems(ai: str, memory_name: str) -> list[str]:
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
                     try:
                         walk(child, f"{name}/", depth + 1)
                     finally:

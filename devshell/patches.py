@@ -71,7 +71,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from .errors import DevshellError, for_terminal
-from .hostfs import strict_problem
+from .hostfs import DIR_FLAGS, strict_problem
 from .options import default_patches_out, drops_root, inside
 
 # .devcontainer.json is the other place the dev container spec reads; its initializeCommand
@@ -396,6 +396,10 @@ def _patch_names(top: int, patches_dir: str) -> list[str]:
     return sorted(names)
 
 
+# A file the agent wrote, opened by name: never through a link, never blocking on a FIFO.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def _read_patch(top: int, name: str, budget: int) -> tuple[bytes, tuple[int, int]] | str:
     """The bytes of one regular file and its (st_dev, st_ino), or why not. lstat first: opening
     a device node can have effects, and a FIFO would block; O_NOFOLLOW and fstat then close the
@@ -404,7 +408,7 @@ def _read_patch(top: int, name: str, budget: int) -> tuple[bytes, tuple[int, int
     try:
         if not stat.S_ISREG(os.stat(name, dir_fd=top, follow_symlinks=False).st_mode):
             return not_regular
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+        fd = os.open(name, _FILE_FLAGS, dir_fd=top)
     except OSError as e:
         return not_regular if e.errno == errno.ELOOP else f"cannot open it ({e.strerror})"
     try:
@@ -728,8 +732,7 @@ class _Walk:
         if depth >= MAX_WALK_DEPTH:
             return [f"deeper than {MAX_WALK_DEPTH} levels; not walked further"]
         try:
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
-                          | os.O_CLOEXEC, dir_fd=fd)
+            sub = os.open(name, DIR_FLAGS | os.O_NONBLOCK, dir_fd=fd)
         except OSError as e:
             return [f"cannot be walked ({e.strerror}); unchecked"]
         try:
@@ -1423,7 +1426,7 @@ def _ready_to_archive(patches_dir: str, patches: Sequence[Patch]) -> bool:
         except FileExistsError:
             made = False
         try:
-            applied = os.open(APPLIED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            applied = os.open(APPLIED, DIR_FLAGS,
                               dir_fd=top)
         except OSError:
             raise DevshellError(f"refusing to apply: {_show(patches_dir)}/{APPLIED} is not a directory "
@@ -1488,7 +1491,7 @@ def _archive(patches_dir: str, patches: Sequence[Patch]) -> Applied:
         return Applied([], [f"{_show(n)}: {e.message}" for n in names])
     try:
         try:
-            applied = os.open(APPLIED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            applied = os.open(APPLIED, DIR_FLAGS,
                               dir_fd=top)
         except OSError as e:
             return Applied([], [f"{_show(n)}: {APPLIED}/ cannot be opened ({e.strerror})" for n in names])
@@ -1545,22 +1548,16 @@ def _move(top: int, applied: int, patch: Patch) -> str:
 
 
 def _content(top: int, name: str) -> bytes | None:
-    """The bytes of the regular file name (at most MAX_PATCH_BYTES, never through a link), or
-    None."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
-    except OSError:
-        return None
-    try:
-        return _read_at_most(fd, MAX_PATCH_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    finally:
-        os.close(fd)
+    """The bytes of the regular file name, read as every patch is (never through a link, within
+    the size limit), or None."""
+    read = _read_patch(top, name, MAX_TOTAL_BYTES)
+    return read[0] if isinstance(read, tuple) else None
 
 
 def _copy(top: int, applied: int, patch: Patch, target: str) -> None:
     """A copy of the patch file (the regular file that was read, never through a link, holding
     the bytes that were read) as the new file target, on disk before this returns."""
-    src = os.open(patch.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=top)
+    src = os.open(patch.name, _FILE_FLAGS, dir_fd=top)
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != patch.ident:
