@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
+from .labels import MANAGED
 from .spec import LABEL_CELL, LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 Progress = Callable[[str], None]
-MANAGED = "devshell.managed"
 _DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
                            "I: Base", "E:", "W: Failure")
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}

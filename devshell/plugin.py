@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from . import cells
+from . import cells, labels
 from .cells import Cell
 from .engine import Engine
 from .errors import DevshellError
@@ -28,8 +28,8 @@ from .options import Options, to_argv
 # themselves by label instead, and so must any testcontainers use alongside them.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-LABEL_RUN = "devshell.test-run"
-LABEL_PID = "devshell.test-pid"
+LABEL_RUN = labels.TEST_RUN
+LABEL_PID = labels.TEST_PID
 TEST_UID = TEST_GID = 1000
 
 

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, Literal, NamedTuple
 
+from . import labels
 from .cells import CACHE, CHECKOUT, PATCHES, Cell
 from .options import Options
 from .seccomp import CAP_DROP
@@ -19,9 +20,9 @@ from .seccomp import profile as seccomp_profile
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"
-LABEL_CELL = "devshell.cell"
-LABEL_HASH = "devshell.spec-hash"
-LABEL_IDENTITY = "devshell.spec"
+LABEL_CELL = labels.CELL
+LABEL_HASH = labels.SPEC_HASH
+LABEL_IDENTITY = labels.SPEC
 # Idle under the engine's tiny init (--init), which reaps the session's orphans and passes
 # SIGTERM on, so `docker stop` does not wait out its 10 s grace period.
 IDLE_COMMAND = ("sleep", "infinity")

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+from devshell import labels
 from devshell.plugin import LABEL_PID, LABEL_RUN
 
 DOWNSTREAM_TEST = '''
@@ -65,7 +66,7 @@ def test_killed_runs_leftovers_are_swept_at_the_next_session(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
 
-    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", "devshell.managed": "1"}
+    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", labels.MANAGED: "1"}
     devshell_engine.client.volumes.create("devshell-orphan-tdeadbeef-1", labels=labels)
     devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels,
                                              name="devshell-orphan-tdeadbeef-1")

@@ -1,0 +1,21 @@
+"""Every label devshell puts on an engine object, in one place.
+
+`doctor`, the lifecycle commands and the test sweeps find devshell's objects by these names, so
+a label defined anywhere else would be an object nobody can find again.
+"""
+
+from __future__ import annotations
+
+# On every container and volume devshell creates: the mark that it is ours to reuse, verify,
+# replace or remove. An object with devshell's name but without it is foreign and left alone.
+MANAGED = "devshell.managed"
+# The cell a container or volume belongs to: an action under another cell's name is refused.
+CELL = "devshell.cell"
+# The spec's hash (re-entry compares it) and the identity it was hashed from (for `differences`).
+SPEC_HASH = "devshell.spec-hash"
+SPEC = "devshell.spec"
+# The pytest plugin's run id and the host:pid that owns the run (a dead owner's objects are swept).
+TEST_RUN = "devshell.test-run"
+TEST_PID = "devshell.test-pid"
+
+ALL = (MANAGED, CELL, SPEC_HASH, SPEC, TEST_RUN, TEST_PID)
