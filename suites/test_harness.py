@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from devshell import labels
+from devshell.labels import MANAGED
 from devshell.plugin import LABEL_PID, LABEL_RUN
 
 DOWNSTREAM_TEST = '''
@@ -66,7 +66,7 @@ def test_killed_runs_leftovers_are_swept_at_the_next_session(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
 
-    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", labels.MANAGED: "1"}
+    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
     devshell_engine.client.volumes.create("devshell-orphan-tdeadbeef-1", labels=labels)
     devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels,
                                              name="devshell-orphan-tdeadbeef-1")
@@ -91,7 +91,7 @@ def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine
     (cells / "mycell.yaml").write_text(
         "platform: linux/amd64\n"
         "image: {recipe: {debootstrap: {suite: bookworm, include: [git, sudo, passwd, ca-certificates]}}}\n"
-        "workspace: /work/mycell\n")
+        "workspace: /workspaces/mycell\n")
     result = pytester.run(sys.executable, "-m", "devshell.contract", "--cell=mycell",
                           f"--cells-dir={cells}", "-k", "mounts_are_exactly or verify_passes")
     result.assert_outcomes(passed=2)
