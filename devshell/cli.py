@@ -53,7 +53,7 @@ def run(argv: Sequence[str]) -> int:
             f"{name} {'removed' if removed else 'was not there'}; volume {name} kept")
         return 0
     if opts.verify:
-        return verify(Engine.connect(), container_name(cell.name, opts.instance))
+        return verify(Engine.connect(), cell.name, container_name(cell.name, opts.instance))
     opts = check_host_paths(opts)
     script = read_script(opts.script) if opts.script else None
     require_docker_cli()
@@ -78,8 +78,8 @@ def say(opts: Options, data: dict[str, object], text: str) -> None:
     print(json.dumps(data) if opts.json else f"devshell: {text}", file=sys.stderr)
 
 
-def verify(engine: Engine, name: str) -> int:
-    info = engine.inspect_own(name)
+def verify(engine: Engine, cell: str, name: str) -> int:
+    info = engine.inspect_own(name, cell)
     if info is None:
         raise DevshellError(f"no container {name} to verify", "open the devshell first")
     if not info["State"]["Running"]:

@@ -12,6 +12,7 @@ captured exec, listing) and, like every other heavy module here, is imported on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     import docker
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+STOP_GRACE = 5.0  # seconds the docker CLI has to end after a signal stopped its session inside
+PING_TIMEOUT = 10.0  # seconds an engine may take to answer /_ping
+CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 
 Progress = Callable[[str], None]
 _DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
@@ -75,7 +79,9 @@ class Engine:
     @classmethod
     def connect(cls) -> Engine:
         engine = cls()
-        engine._request("GET", "/_ping")
+        # A short bound here: an engine that accepts and never answers is said in seconds,
+        # and every later call has its own (longer) bound.
+        engine._request("GET", "/_ping", timeout=PING_TIMEOUT)
         return engine
 
     @property
@@ -100,7 +106,8 @@ class Engine:
         return self.host.removeprefix("unix://") if self.host.startswith("unix://") else None
 
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 content_type: str = "application/json") -> tuple[int, bytes]:
+                 content_type: str = "application/json",
+                 timeout: float = CALL_TIMEOUT) -> tuple[int, bytes]:
         """One Engine API call. Over a local socket: HTTP/1.0 by hand, where the engine answers
         once, plainly (never chunked), and closes, so reading to EOF is the whole answer.
         Elsewhere (tcp, ssh, TLS) the SDK's session carries the same request."""
@@ -123,11 +130,15 @@ class Engine:
         chunks = []
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(120)
+                s.settimeout(timeout)
                 s.connect(sock_path)
                 s.sendall(f"{method} {path} HTTP/1.0\r\n{head}\r\n".encode() + (body or b""))
                 while chunk := s.recv(1 << 16):
                     chunks.append(chunk)
+        except TimeoutError:
+            what = f"{method} {path.split('?')[0]}"
+            raise DevshellError(f"the Docker engine at {self.host} did not answer {what} "
+                                f"within {timeout:.0f} s", "check the daemon (docker info)") from None
         except OSError as e:
             raise self._unreachable(e) from None
         answer, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
@@ -285,9 +296,8 @@ class Engine:
         """Create the volume if missing; True if it was created. Never adopts another cell's."""
         found = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
         if found is not None:
-            owner = (found.get("Labels") or {}).get(LABEL_CELL)
-            if owner not in (None, labels.get(LABEL_CELL)):
-                raise DevshellError(f"volume {name} belongs to cell {owner}", "pass another --instance")
+            # Never adopted: init would chown another cell's (or somebody's own) files to dev.
+            _check_owner("volume", name, found.get("Labels"), labels[LABEL_CELL])
             return False
         self._call("POST", "/volumes/create", {"Name": name, "Labels": {**labels, MANAGED: "1"}})
         return True
@@ -305,41 +315,68 @@ class Engine:
         found: dict[str, Any] | None = self._call("GET", f"/containers/{_q(name)}/json", missing=(404,))
         return found
 
-    def inspect_own(self, name: str) -> dict[str, Any] | None:
-        """inspect(), refusing a container of that name that devshell did not create: it is
-        never reused, verified, replaced or removed."""
+    def inspect_own(self, name: str, cell: str) -> dict[str, Any] | None:
+        """inspect(), refusing a container of that name that devshell did not create, or that
+        another cell owns (cell 'a' with --instance 'b-c' and cell 'a-b' with 'c' share a name):
+        such a container is never reused, verified, replaced or removed."""
         info = self.inspect(name)
-        if info is not None and MANAGED not in (info["Config"].get("Labels") or {}):
-            raise DevshellError(f"a container named {name} exists that devshell did not create",
-                                "leave it be: rename or remove it yourself, or pass --instance")
+        if info is not None:
+            _check_owner("container", name, info["Config"].get("Labels"), cell)
         return info
 
     def ensure_container(self, spec: ContainerSpec) -> Outcome:
         """A running container for spec: reuse one with the same hash, else (re)create it."""
-        info = self.inspect_own(spec.name)
+        info = self.inspect_own(spec.name, spec.cell)
         why = ""
         if info is not None:
             labels = info["Config"].get("Labels") or {}
-            if labels.get(LABEL_CELL, spec.cell) != spec.cell:  # cell 'a' + --instance 'b-c' vs 'a-b'
-                raise DevshellError(f"{spec.name} belongs to cell {labels[LABEL_CELL]}, not {spec.cell}",
-                                    "pass another --instance")
-            if labels.get(LABEL_HASH) == spec.hash():
-                if info["State"]["Running"]:
+            state = info["State"]
+            if state["Status"] in ("created", "dead"):
+                # Never started: a launch died between create and start (copy-in included),
+                # so init may be missing. Nothing ran in it, so nothing in it is lost.
+                why = "half-made by an interrupted launch" if state["Status"] == "created" else "dead"
+            elif labels.get(LABEL_HASH) == spec.hash():
+                if state.get("Paused"):
+                    self._call("POST", f"/containers/{_q(spec.name)}/unpause", ok=(204, 304))
+                    return Outcome("reused", "unpaused")
+                if state["Running"]:
                     return Outcome("reused")
                 self.start(spec.name)
                 return Outcome("reused", "started")
-            old = json.loads(labels.get(LABEL_IDENTITY, "{}"))
-            why = "changed: " + ", ".join(differences(old, spec.identity()) or ["spec"])
+            else:
+                old = json.loads(labels.get(LABEL_IDENTITY, "{}"))
+                why = "changed: " + ", ".join(differences(old, spec.identity()) or ["spec"])
             self.remove_container(spec.name)
-        self._create(spec)
+        if not self._create(spec):
+            return self._made_meanwhile(spec)
         return Outcome("recreated", why) if info is not None else Outcome("fresh")
 
-    def _create(self, spec: ContainerSpec) -> None:
+    def _made_meanwhile(self, spec: ContainerSpec) -> Outcome:
+        """The name was taken between inspect and create: another launch (another user's, whose
+        lock is not ours) is making this devshell. Wait for it to start the container, bounded."""
+        import time
+
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while time.monotonic() < deadline:
+            info = self.inspect_own(spec.name, spec.cell)
+            if info is not None and info["State"]["Status"] != "created":
+                if (info["Config"].get("Labels") or {}).get(LABEL_HASH) != spec.hash():
+                    raise DevshellError(f"another launch made {spec.name} with other flags meanwhile",
+                                        "launch again (it is replaced), or pass another --instance")
+                return self.ensure_container(spec)
+            time.sleep(0.2)
+        raise DevshellError(f"another launch has been making {spec.name} for {CALL_TIMEOUT:.0f} s",
+                            f"look for a stuck devshell process, then docker rm -f {spec.name}")
+
+    def _create(self, spec: ContainerSpec) -> bool:
+        """Create, copy init in, start. False: the name was taken meanwhile (nothing done)."""
         query, config = spec.api_create()
         config["Labels"] = {**config["Labels"], MANAGED: "1"}
         try:
             created = self._call("POST", f"/containers/create?{_query(query)}", config)
         except EngineError as e:
+            if e.status == 409:
+                return False
             if e.status == 404:
                 raise DevshellError(f"image {spec.image} is not present",
                                     "docker load it, or pass --image IMAGE") from None
@@ -354,6 +391,7 @@ class Engine:
             self.remove_container(cid)
             raise DevshellError(f"cannot start container {spec.name} ({e.reason})",
                                 f"check that {spec.image} runs on {spec.platform}") from None
+        return True
 
     def start(self, name: str) -> None:
         self._call("POST", f"/containers/{_q(name)}/start", ok=(204, 304))
@@ -408,20 +446,80 @@ class Engine:
         return ExecResult(done.returncode, done.stdout, done.stderr)
 
     def session(self, ex: ExecSpec) -> int:
-        """Hand the terminal to a `docker exec`: the CLI does TTY, stdin and signals right.
+        """Hand the terminal to a `docker exec`: the CLI does TTY and stdin right, but a signal
+        that ends it leaves what it started running inside. So a signal that ends the session
+        (SIGTERM, SIGHUP; SIGINT unless a terminal inside owns ^C) also stops the session's
+        processes inside, and the exit status says which signal it was (128 + its number).
         posix_spawn, not subprocess: the warm path should not pay for importing it."""
         import signal
 
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the shell inside
+        ending = [signal.SIGTERM, signal.SIGHUP] + ([] if ex.tty else [signal.SIGINT])
+        caught: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if not caught:
+                caught.append(signum)
+                self._stop_session(ex, signal.Signals(signum).name.removeprefix("SIG"))
+                raise _SessionEnding  # out of waitpid, which Python would otherwise resume
+
+        old = {sig: signal.signal(sig, on_signal) for sig in ending}
+        if ex.tty:  # ^C belongs to the shell inside
+            old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        pid = 0
         try:
-            pid = os.posix_spawnp("docker", ex.cli(), os.environ, setsigdef=[signal.SIGINT])
-            _, status = os.waitpid(pid, 0)
+            # Held back while spawning, so that a handler knows whether there is a child to wait for.
+            signal.pthread_sigmask(signal.SIG_BLOCK, ending)
+            try:
+                pid = os.posix_spawnp("docker", ex.cli(), os.environ, setsigdef=[signal.SIGINT],
+                                      setsigmask=[])
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
+            status = self._wait_session(pid)
+        except _SessionEnding:
+            status = self._wait_session(pid, grace=STOP_GRACE) if pid else 0
+            # Once more now that the CLI is gone: a signal that came before the exec had
+            # started inside found nothing to stop the first time.
+            self._stop_session(ex, "KILL")
         except FileNotFoundError:
             raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
         finally:
-            signal.signal(signal.SIGINT, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if caught:
+            return 128 + caught[0]
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code
+
+    @staticmethod
+    def _wait_session(pid: int, grace: float | None = None) -> int:
+        """The docker CLI's wait status. After a signal (grace given), it has that long to see
+        the session end inside, then it is ended too: a signal never leaves devshell hanging."""
+        import signal
+        import time
+
+        if grace is None:
+            return os.waitpid(pid, 0)[1]
+        deadline = time.monotonic() + grace
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                return os.waitpid(pid, 0)[1]
+            time.sleep(0.05)
+
+    def _stop_session(self, ex: ExecSpec, signal_name: str) -> None:
+        """Start `init --stop` inside, detached: it signals every process of the session."""
+        if not ex.session_id:
+            return
+        try:
+            created = self._call("POST", f"/containers/{_q(ex.container)}/exec",
+                                 {"Cmd": ex.stop_argv(signal_name), "User": "0"})
+            self._call("POST", f"/exec/{created['Id']}/start", {"Detach": True})
+        except DevshellError as e:  # the container is gone or stopped: so is the session
+            print(f"devshell: could not stop the session inside {ex.container}: {e.message}",
+                  file=sys.stderr)
 
 
 def require_docker_cli() -> None:
@@ -432,6 +530,22 @@ def require_docker_cli() -> None:
             return
     raise DevshellError("the docker CLI is not on PATH (devshell hands every session to it)",
                         "install docker's client, or add its directory to PATH")
+
+
+def _check_owner(kind: str, name: str, labels: dict[str, str] | None, cell: str) -> None:
+    """An object with devshell's name is ours to act on only if devshell made it for this cell."""
+    labels = labels or {}
+    if MANAGED not in labels:
+        raise DevshellError(f"a {kind} named {name} exists that devshell did not create",
+                            f"leave it be: rename or remove the {kind} yourself, or pass --instance")
+    owner = labels.get(LABEL_CELL)
+    if owner != cell:
+        raise DevshellError(f"{kind} {name} belongs to cell {owner}, not {cell}",
+                            "pass another --instance, or act on it as that cell")
+
+
+class _SessionEnding(Exception):
+    """Raised by the session's signal handler to leave an unbounded wait."""
 
 
 class EngineError(DevshellError):
@@ -493,15 +607,31 @@ def _stream(cmd: list[str], progress: Progress, keep: Callable[[str], bool]) -> 
                             "check the network to the Debian mirror and the cell's recipe")
 
 
+LOCK_TIMEOUT = 600.0  # seconds: longer than any build or launch that is still making progress
+
+
 @contextmanager
 def _lock(name: str) -> Iterator[None]:
-    """A per-machine lock, so parallel runs (xdist workers, two terminals) build once."""
-    from filelock import FileLock
+    """A per-user lock (flock: a killed holder lets go with its last descriptor), so parallel
+    runs (xdist workers, two terminals) build an image once and make a devshell once."""
+    from filelock import FileLock, Timeout
 
     d = os.path.join(cache_dir(), "locks")
     os.makedirs(d, exist_ok=True)
-    with FileLock(os.path.join(d, f"{name}.lock")):
-        yield
+    path = os.path.join(d, f"{name}.lock")
+    try:
+        with FileLock(path, timeout=LOCK_TIMEOUT):
+            yield
+    except Timeout:
+        raise DevshellError(f"another devshell process has held {path} for {LOCK_TIMEOUT:.0f} s",
+                            "let it finish, or stop the devshell process that is stuck") from None
+
+
+def launch_lock(name: str) -> contextlib.AbstractContextManager[None]:
+    """Held while one launch makes (or replaces) devshell `name`'s volume and container: four
+    first launches at once end on one container, not on a 409 and a volume removed under
+    another launch's feet."""
+    return _lock(f"launch-{name}")
 
 
 def _reason(e: BaseException) -> str:

@@ -8,6 +8,8 @@
 #                               when HASH was converged before and verify still passes), verify,
 #                               then the shell or script as dev. Exit 86: init or verify failed.
 #   devshell-init --status      print why the last session failed, exit 1 if it did
+#   devshell-init --idle        the container's own process (PATH from here, not the cell's env)
+#   devshell-init --stop ID SIG send SIG to every process of session ID, KILL what is left after 2 s
 #
 # Each promise has an init_* step and, right below it, the verify_* check of that step's result.
 # Element names in FAIL lines are stable: suites and users grep them.
@@ -456,36 +458,94 @@ enter() {
     exec ${run[@]+"${run[@]}"} "$file"
 }
 
+# converged HASH: init ran for HASH and its promises still hold (the warm path: no fork).
+converged() {
+    local hash=$1 done=
+    { read -r done <"$STATE/spec-hash"; } 2>/dev/null
+    [ "$done" = "$hash" ] && verify >/dev/null
+}
+
 session() {
-    local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5 report
-    local converged=
-    [ -d "$STATE" ] || mkdir -p "$STATE"
-    { read -r converged <"$STATE/spec-hash"; } 2>/dev/null
-    if [ "$converged" != "$hash" ] || ! verify >/dev/null; then
-        rm -f "$STATE/spec-hash"
-        if ! report=$(binds_verified); then  # before init acts on any mount
-            printf '%s\n' "$report" > "$STATE/failure"
-            printf 'devshell-init: a mount is not the directory the launcher checked:\n%s\n' "$report" >&2
+    local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5
+    [ -d "$STATE/sessions" ] || mkdir -p "$STATE/sessions"
+    # This exec's pid leads its session: recorded so that `--stop` finds what it starts.
+    case ${DEVSHELL_SESSION:-} in
+        '' | *[!0-9a-f]*) ;;
+        *) echo $$ >"$STATE/sessions/$DEVSHELL_SESSION" ;;
+    esac
+    if ! converged "$hash"; then
+        # One converging entry at a time: concurrent first entries would run useradd and
+        # friends at once. The lock goes with this process (a killed entry cannot leave it
+        # held), and is let go before the session starts, which would otherwise inherit it.
+        exec 9>>"$STATE/lock"
+        if ! flock -w 120 9; then
+            echo "devshell-init: another entry has been converging for 120 s" >&2
             exit 86
         fi
-        init_all >"$STATE/init.log" 2>&1
-        if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
-            if ! "$SETUP" >>"$STATE/init.log" 2>&1; then
-                echo "setup script failed; see $STATE/init.log" > "$STATE/failure"
-                echo "devshell-init: cell setup script failed (log: $STATE/init.log)" >&2
-                exit 86
-            fi
-            echo "$hash" > "$STATE/setup-hash"
-        fi
-        if ! report=$(verify); then
-            printf '%s\n' "$report" > "$STATE/failure"
-            printf 'devshell-init: verify failed after init:\n%s\n' "$report" >&2
-            exit 86
-        fi
-        echo "$hash" > "$STATE/spec-hash"
+        converged "$hash" || converge "$hash"
+        exec 9>&-
     fi
     [ ! -e "$STATE/failure" ] || rm -f "$STATE/failure"
     enter "$as_root" "$has_script" "$script" "$script_id"
+}
+
+converge() {
+    local hash=$1 report
+    rm -f "$STATE/spec-hash"
+    if ! report=$(binds_verified); then  # before init acts on any mount
+        printf '%s\n' "$report" > "$STATE/failure"
+        printf 'devshell-init: a mount is not the directory the launcher checked:\n%s\n' "$report" >&2
+        exit 86
+    fi
+    init_all >"$STATE/init.log" 2>&1
+    if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
+        if ! "$SETUP" >>"$STATE/init.log" 2>&1; then
+            echo "setup script failed; see $STATE/init.log" > "$STATE/failure"
+            echo "devshell-init: cell setup script failed (log: $STATE/init.log)" >&2
+            exit 86
+        fi
+        echo "$hash" > "$STATE/setup-hash"
+    fi
+    if ! report=$(verify); then
+        printf '%s\n' "$report" > "$STATE/failure"
+        printf 'devshell-init: verify failed after init:\n%s\n' "$report" >&2
+        exit 86
+    fi
+    echo "$hash" > "$STATE/spec-hash"
+}
+
+# stop_session ID SIG: the host's launcher was interrupted; what it started must not run on.
+# Each `docker exec` is a session leader (runc calls setsid), and the entry recorded its pid
+# under ID: its session's members, and their descendants (a daemon that left the session keeps
+# its parent chain until that parent dies), get SIG, then KILL if they are still there after 2 s.
+# /proc/PID/stat, not environ: root inside lacks CAP_SYS_PTRACE, so dev's environ is not readable.
+stop_session() {
+    local id=$1 sig=$2 leader= stat pid rest ppid pgid sid n added=yes
+    { read -r leader <"$STATE/sessions/$id"; } 2>/dev/null
+    rm -f "$STATE/sessions/$id"
+    case $leader in '' | *[!0-9]*) return 0 ;; esac
+    local -A member=([$leader]=1) parent=()
+    for stat in /proc/[0-9]*/stat; do
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        pid=${rest%% *} rest=${rest##*) }  # the name may hold spaces and ')': cut at the last
+        read -r _ ppid pgid sid _ <<<"$rest"
+        parent[$pid]=$ppid
+        [ "$sid" != "$leader" ] && [ "$pgid" != "$leader" ] || member[$pid]=1
+    done
+    while [ $added = yes ]; do  # descendants, to a fixed point
+        added=no
+        for pid in "${!parent[@]}"; do
+            [ -z "${member[$pid]:-}" ] && [ -n "${member[${parent[$pid]}]:-}" ] && { member[$pid]=1; added=yes; }
+        done
+    done
+    kill -s "$sig" "${!member[@]}" 2>/dev/null
+    for n in 1 2 3 4 5 6 7 8 9 10; do
+        for pid in "${!member[@]}"; do [ -d "/proc/$pid" ] && break; pid=; done
+        [ -n "$pid" ] || return 0
+        sleep 0.2
+    done
+    kill -s KILL "${!member[@]}" 2>/dev/null
+    return 0
 }
 
 main() {
@@ -495,6 +555,12 @@ main() {
             HOME=$DEV_HOME init_as_dev ;;
         --verify) verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
+        --idle) exec sleep infinity ;;
+        --stop)
+            case ${2:-}:${3:-} in
+                *[!0-9a-f:A-Z]* | :* | *:) echo "devshell-init: --stop needs a hex session id and a signal name" >&2; return 2 ;;
+            esac
+            stop_session "$2" "$3" ;;
         --session)
             local hash=${2:?--session needs the spec hash} as_root=no has_script=no script= script_id=
             shift 2

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .cells import PATCHES, Cell
-from .engine import Engine, ExecResult, Outcome, Progress, stderr_progress
+from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, strict_problem
 from .options import HostFacts, Options, check_binds
@@ -185,12 +185,30 @@ def bind_ids(opts: Options) -> tuple[tuple[str, str], ...] | None:
     return tuple((role, identity_of(st)) for role, st in stats)
 
 
-def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options) -> None:
+def check_alive(engine: Engine, spec: ContainerSpec, outcome: Outcome) -> dict[str, Any]:
+    """A container that died as it started (an image without what idling needs, a cell env
+    the image cannot run with) would fail every entry with the engine's words. Say it once;
+    one made just now goes again (nothing ran in it), an older one is kept for its files."""
+    info = engine.inspect(spec.name)
+    if info is not None and info["State"]["Running"]:
+        return info
+    code = (info or {}).get("State", {}).get("ExitCode", "?")
+    fresh = outcome.state != "reused"
+    if fresh:
+        engine.remove_container(spec.name)
+    raise DevshellError(f"{spec.name} stopped as it started (exit {code})"
+                        + ("; it was removed, its volume kept" if fresh else ""),
+                        f"check the cell's env and image (docker logs {spec.name} shows its output)"
+                        if not fresh else "check the cell's env and image, then launch again")
+
+
+def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options,
+                           info: dict[str, Any] | None = None) -> None:
     """After a start, ask the host kernel what the container really binds: the engine binds
     by path at every start, and init inside can be an agent's once root inside has replaced
     it. Through /proc/PID/root (a local engine, and a host user allowed to look: root); where
     that cannot be read, init's own check is what remains."""
-    info = engine.inspect(spec.name)
+    info = info or engine.inspect(spec.name)
     pid = (info or {}).get("State", {}).get("Pid") or 0
     if not pid:
         return
@@ -250,27 +268,40 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     if ids is not None:
         spec = plan(opts._replace(bind_ids=ids), cell, labels=labels)
         info = engine.inspect(spec.name)
-        if (info is not None and info["State"]["Running"]
+        if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
                 and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()):
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine)
     image = engine.ensure_image(cell, opts.image, progress)
     opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
     spec = plan(opts, cell, image=image, labels=labels)
-    created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
-    try:
-        outcome = engine.ensure_container(spec)
-        if outcome.started:  # the engine binds by path at every start
-            check_mounts_from_host(engine, spec, opts)
-    except DevshellError:
-        if created:  # an error leaves nothing behind that this run made
-            engine.remove_volume(spec.volume)
-        raise
+    with launch_lock(spec.name):
+        created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
+        try:
+            outcome = engine.ensure_container(spec)
+            if outcome.started:  # the engine binds by path at every start
+                info = check_alive(engine, spec, outcome)
+                check_mounts_from_host(engine, spec, opts, info)
+        except DevshellError:
+            if created:  # an error leaves nothing behind that this run made
+                engine.remove_volume(spec.volume)
+            raise
     return Devshell(spec, opts, outcome, created, engine)
 
 
 def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
     """Run init/verify and then the shell or script, in one exec. Returns its exit code."""
-    code = shell.engine.session(session(shell.spec, shell.opts, script=script, tty=tty))
+    code = shell.engine.session(session(shell.spec, shell.opts, script=script, tty=tty,
+                                        session_id=os.urandom(8).hex()))
+    if code not in (0, VERIFY_FAILED):
+        # A container stopped, paused or removed under the session: the docker CLI says so in
+        # its own words with a program's exit code (1, 126, 137). Say it plainly, and that the
+        # next launch recovers. (One inspect, on failures only.)
+        info = shell.engine.inspect(shell.name)
+        state = ("removed" if info is None else "paused" if info["State"]["Paused"]
+                 else "running" if info["State"]["Running"] else "stopped")
+        if state != "running":
+            raise DevshellError(f"{shell.name} was {state} during the session (it ended with exit {code})",
+                                "launch again: devshell starts or re-creates it; the volume is kept")
     if code == VERIFY_FAILED:
         status = shell.exec([INIT_PATH, "--status"])
         if status.exit_code:
@@ -285,5 +316,5 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
 def remove(engine: Engine, cell: Cell, instance: str | None) -> bool:
     """--rm: the container goes; the volume (sources, build, ccache) and host cache stay."""
     name = container_name(cell.name, instance)
-    engine.inspect_own(name)
+    engine.inspect_own(name, cell.name)  # never another cell's, nor one devshell did not make
     return engine.remove_container(name)

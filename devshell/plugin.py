@@ -136,10 +136,10 @@ def instance_prefix(run: str) -> str:
 
 def _sweep_orphans(engine: Engine) -> None:
     here = os.uname().nodename
-    for labels in engine.labelled(LABEL_RUN):
-        host, _, pid = labels.get(LABEL_PID, "").partition(":")
+    for found in engine.labelled(LABEL_RUN):
+        host, _, pid = found.get(LABEL_PID, "").partition(":")
         if host == here and pid.isdigit() and not _alive(int(pid)):
-            _remove_run(engine, labels[LABEL_RUN])
+            _remove_run(engine, found[LABEL_RUN])
 
 
 def _alive(pid: int) -> bool:

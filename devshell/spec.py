@@ -24,8 +24,12 @@ LABEL_CELL = labels.CELL
 LABEL_HASH = labels.SPEC_HASH
 LABEL_IDENTITY = labels.SPEC
 # Idle under the engine's tiny init (--init), which reaps the session's orphans and passes
-# SIGTERM on, so `docker stop` does not wait out its 10 s grace period.
-IDLE_COMMAND = ("sleep", "infinity")
+# SIGTERM on, so `docker stop` does not wait out its 10 s grace period. Through init, by its
+# absolute path, because the engine looks a bare command up in the container's PATH, which a
+# cell's env may have broken: the container would die at every start.
+IDLE_COMMAND = (INIT_PATH, "--idle")
+# The env var that tags every process of one session, so a signal on the host can stop them all.
+SESSION_ENV = "DEVSHELL_SESSION"
 
 
 class Mount(NamedTuple):
@@ -294,14 +298,23 @@ class ExecSpec(NamedTuple):
     argv: tuple[str, ...]
     workdir: str
     tty: bool = False
+    # Tags the session's processes inside (SESSION_ENV) so `init --stop` can find them all.
+    session_id: str = ""
 
     def cli(self) -> list[str]:
         flags = ["--interactive"] + (["--tty"] if self.tty else [])
+        if self.session_id:
+            flags += ["--env", f"{SESSION_ENV}={self.session_id}"]
         return ["docker", "exec", *flags, "--user", "0", "--workdir", self.workdir,
                 self.container, *self.argv]
 
+    def stop_argv(self, signal_name: str) -> list[str]:
+        """What stops this session's processes inside: signal_name, then KILL after a grace."""
+        return [INIT_PATH, "--stop", self.session_id, signal_name]
 
-def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool) -> ExecSpec:
+
+def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool,
+            session_id: str = "") -> ExecSpec:
     """Enter: init (skipped when the recorded hash matches and verify passes), verify, then
     drop to dev (or stay root with --as-root) and run the script or a login shell."""
     argv = [INIT_PATH, "--session", spec.hash()]
@@ -310,4 +323,5 @@ def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool
     if script is not None:
         digest = hashlib.sha256(script.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         argv += ["--script", script, "--script-id", digest]
-    return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None)
+    return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None,
+                    session_id=session_id)

@@ -1,9 +1,26 @@
 """The contract suites: run them against any cell with `pytest suites --cell=NAME`."""
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 MUTATIONS: list[tuple[str, str, bool, bool]] = []
 ATTEMPTS: list[tuple[str, str, str, bool | None]] = []  # (kind, class, attempt, passed or skipped)
+FAULTS: list[tuple[str, bool | None]] = []  # (fault, recovered with nothing lost, or skipped)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fault(name): a fault the devshell must recover from (fault table)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        for mark in item.iter_markers("fault"):
+            callspec = getattr(item, "callspec", None)
+            name = f"{mark.args[0]} [{callspec.id}]" if callspec else mark.args[0]
+            report.user_properties.append(("fault", (name, None if report.skipped else report.passed)))
 
 
 def pytest_runtest_logreport(report):
@@ -11,10 +28,12 @@ def pytest_runtest_logreport(report):
     if report.when == "call":
         MUTATIONS.extend(tuple(v) for k, v in report.user_properties if k == "mutation")
     ATTEMPTS.extend((kind, *value) for kind, value in report.user_properties if kind in ("attack", "control"))
+    FAULTS.extend(tuple(value) for kind, value in report.user_properties if kind == "fault")
 
 
 def pytest_terminal_summary(terminalreporter):
     attack_table(terminalreporter)
+    fault_table(terminalreporter)
     if not MUTATIONS:
         return
     tr = terminalreporter
@@ -51,3 +70,17 @@ def attack_table(terminalreporter):
         results = [r[3] for r in ATTEMPTS if r[0] == kind]
         tr.write_line(f"{kind}s: {sum(r is True for r in results)}/{len(results)} {good}, "
                       f"{sum(r is False for r in results)} {bad}, {sum(r is None for r in results)} skipped")
+
+
+def fault_table(terminalreporter):
+    if not FAULTS:
+        return
+    tr = terminalreporter
+    tr.section("fault table")
+    words = {True: "recovered, nothing lost", False: "NOT RECOVERED", None: "skipped"}
+    width = max(len(name) for name, _ in FAULTS)
+    for name, result in sorted(FAULTS):
+        tr.write_line(f"{name.ljust(width)}  {words[result]}")
+    results = [r for _, r in FAULTS]
+    tr.write_line(f"faults: {sum(r is True for r in results)}/{len(results)} recovered, "
+                  f"{sum(r is False for r in results)} not, {sum(r is None for r in results)} skipped")
