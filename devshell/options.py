@@ -2,7 +2,7 @@
 
 Grammar: ``devshell [CELL] [FLAGS]``. Every flag either takes no value or always takes exactly
 one, so no flag can swallow the cell positional, and order never matters. Subcommands
-(``patches``; ``doctor`` reserved) are words that no cell may be named.
+(``patches``, ``status``, ``down``, ``doctor``; ``cache`` reserved) are words that no cell may be named.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .cells import DEFAULT_CELL
 from .errors import DevshellError
@@ -38,8 +39,18 @@ class HostFacts(NamedTuple):
     def current(cls) -> HostFacts:
         getuid = getattr(os, "getuid", lambda: ROOT_FALLBACK_ID)
         getgid = getattr(os, "getgid", lambda: ROOT_FALLBACK_ID)
+        try:
+            cwd = os.getcwd()
+        except OSError as e:  # the directory was removed (or made unreadable) under the shell
+            raise DevshellError(f"the current directory is gone or unreadable ({e.strerror})",
+                                "cd into an existing directory, or pass --checkout DIR") from None
         home = os.path.expanduser("~")
-        return cls(cwd=os.getcwd(), home=home, uid=getuid(), gid=getgid(),
+        # devshell makes its state (drop dirs) and caches below home: a HOME that is not a
+        # directory would have them made somewhere nobody looks, as whoever runs devshell.
+        if not os.path.isdir(home):
+            raise DevshellError(f"HOME {home} is not an existing directory",
+                                "set HOME to your home directory")
+        return cls(cwd=cwd, home=home, uid=getuid(), gid=getgid(),
                    state=state_dir(home, os.environ))
 
     def drop_dir(self, checkout: str) -> str:
@@ -99,6 +110,25 @@ class _Parser(argparse.ArgumentParser):
         raise DevshellError(message, "see devshell --help")
 
 
+class _Once(argparse.Action):
+    """A flag that may be given once: argparse keeps the last of two silently, so
+    `--script a.sh … --script b.sh` would run only one of them without a word."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        seen: set[str] = getattr(namespace, "_given", set())
+        if self.dest in seen:
+            raise argparse.ArgumentError(self, "given twice")
+        namespace._given = seen | {self.dest}
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def _once_flag(p: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
+    if kwargs.pop("action", None) == "store_true":
+        kwargs.update(nargs=0, default=False)
+    p.add_argument(*names, action=_Once, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="devshell",
@@ -108,36 +138,36 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("cell", nargs="?", default=None,
                    help=f"the cell to open (default: {DEFAULT_CELL})")
-    p.add_argument("--script", metavar="PATH",
-                   help="run this host script inside as dev and exit with its code")
-    p.add_argument("--rm", action="store_true",
-                   help="remove the cell's container; keep its volume and the host cache")
-    p.add_argument("--as-root", action="store_true",
-                   help="exec as root (escape hatch: files written to /patches become root's)")
-    p.add_argument("--verify", action="store_true",
-                   help="check the promised in-container state and exit with the failure count")
-    p.add_argument("--host-cache", action="store_true",
-                   help=f"bind the host cache at /cache (default dir {DEFAULT_HOST_CACHE})")
-    p.add_argument("--host-cache-dir", metavar="DIR",
-                   help="bind this host cache dir at /cache (wins over --host-cache)")
-    p.add_argument("--ai-config-ro", action="store_true",
-                   help="skills and settings.json read-only inside; memory writable (the default)")
-    p.add_argument("--ai-config-rw", action="store_true",
-                   help="let the agent change skills and settings.json in the host cache")
-    p.add_argument("--checkout", metavar="DIR",
-                   help="host dir bound read-only at /checkout (default: the current directory)")
-    p.add_argument("--patches-out", metavar="DIR",
-                   help="host dir bound at /patches, where the agent leaves patches (default: "
-                        "devshell's own drop dir for the checkout)")
-    p.add_argument("--image", metavar="IMAGE", help="use this image instead of the cell's")
-    p.add_argument("--instance", metavar="NAME",
-                   help="a second devshell of the same cell: devshell-CELL-NAME")
-    p.add_argument("--uid", type=_id, metavar="N", help="dev's uid (default: the host's)")
-    p.add_argument("--gid", type=_id, metavar="N", help="dev's gid (default: the host's)")
+    _once_flag(p, "--script", metavar="PATH",
+                  help="run this host script inside as dev and exit with its code")
+    _once_flag(p, "--rm", action="store_true",
+                  help="remove the cell's container; keep its volume and the host cache")
+    _once_flag(p, "--as-root", action="store_true",
+                  help="exec as root (escape hatch: files written to /patches become root's)")
+    _once_flag(p, "--verify", action="store_true",
+                  help="check the promised in-container state and exit with the failure count")
+    _once_flag(p, "--host-cache", action="store_true",
+                  help=f"bind the host cache at /cache (default dir {DEFAULT_HOST_CACHE})")
+    _once_flag(p, "--host-cache-dir", metavar="DIR",
+                  help="bind this host cache dir at /cache (wins over --host-cache)")
+    _once_flag(p, "--ai-config-ro", action="store_true",
+                  help="skills and settings.json read-only inside; memory writable (the default)")
+    _once_flag(p, "--ai-config-rw", action="store_true",
+                  help="let the agent change skills and settings.json in the host cache")
+    _once_flag(p, "--checkout", metavar="DIR",
+                  help="host dir bound read-only at /checkout (default: the current directory)")
+    _once_flag(p, "--patches-out", metavar="DIR",
+                  help="host dir bound at /patches, where the agent leaves patches (default: "
+                       "devshell's own drop dir for the checkout)")
+    _once_flag(p, "--image", metavar="IMAGE", help="use this image instead of the cell's")
+    _once_flag(p, "--instance", metavar="NAME",
+                  help="a second devshell of the same cell: devshell-CELL-NAME")
+    _once_flag(p, "--uid", type=_id, metavar="N", help="dev's uid (default: the host's)")
+    _once_flag(p, "--gid", type=_id, metavar="N", help="dev's gid (default: the host's)")
     p.add_argument("--cells-dir", action="append", default=[], metavar="DIR",
                    help="also look for cells in DIR (repeatable; before the shipped cells)")
-    p.add_argument("--list", action="store_true", help="list cells with image/container/volume state")
-    p.add_argument("--json", action="store_true", help="machine-readable --list and session summary")
+    _once_flag(p, "--list", action="store_true", help="list cells with image/container/volume state")
+    _once_flag(p, "--json", action="store_true", help="machine-readable --list and session summary")
     return p
 
 
@@ -156,6 +186,8 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     ns = parser().parse_args(list(argv))
     notes: list[str] = []
     for flag, value in vars(ns).items():
+        if flag.startswith("_"):  # _Once's bookkeeping
+            continue
         # argparse turns a value of exactly "--" (--uid=--) into [] without calling type=.
         values = value if flag == "cells_dir" else [value]
         if any(v == [] or v == "" for v in values):
@@ -193,6 +225,12 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
     if ns.instance is not None and not _safe_name(ns.instance):
         raise DevshellError(f"--instance {ns.instance!r}: expected 1 to {MAX_INSTANCE} letters, digits, "
                             "'.', '_' or '-'", "pick a short, simple name")
+    if ns.image is not None:
+        why = image_problem(ns.image)
+        if why:
+            raise DevshellError(f"--image {ns.image!r} is not an image reference: {why}",
+                                "pass NAME[:TAG][@sha256:DIGEST], e.g. debian:bookworm or "
+                                "registry.example:5000/team/img:1")
 
     return Options(
         cell=ns.cell or DEFAULT_CELL,
@@ -274,6 +312,47 @@ def absolute(path: str, host: HostFacts) -> str:
     path = posixpath.normpath(posixpath.join(host.cwd, path))
     # POSIX lets normpath keep exactly two leading slashes; on Linux //x is /x.
     return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
+# Docker's image reference grammar (distribution/reference): NAME[:TAG][@DIGEST], where NAME is
+# [HOST[:PORT]/]COMPONENT[/COMPONENT…]; a first part holding '.' or ':' (or 'localhost') is the
+# registry host. Checked at parse time so that a typo is a reason, not an engine error later.
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"  # one part of a DNS name
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}")
+MAX_IMAGE_NAME = 255
+
+
+def image_problem(ref: str) -> str | None:
+    """Why ref is no Docker image reference, or None when it is one."""
+    name, at, digest = ref.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        return f"digest {digest!r}: expected sha256: and 64 lowercase hex digits"
+    # A ':' after the last '/' starts the tag; one before it is a registry port.
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    tag = None
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+        if not _TAG.fullmatch(tag):
+            return f"tag {tag!r}: expected letters, digits, '_', '.' or '-' (not first), at most 128"
+    if not name:
+        return "the name is empty"
+    if len(name) > MAX_IMAGE_NAME:
+        return f"the name is longer than {MAX_IMAGE_NAME} characters"
+    parts = name.split("/")
+    if len(parts) > 1 and parts[0] not in (".", "..") and (
+            "." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        if not _HOST.fullmatch(parts[0]):
+            return f"registry {parts[0]!r} is not HOST[:PORT]"
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_COMPONENT.fullmatch(part):
+            return (f"path component {part!r}: expected lowercase letters and digits, separated by "
+                    "'.', '_', '__' or '-' (never '..' or an empty component)")
+    return None
 
 
 def _safe_name(s: str) -> bool:

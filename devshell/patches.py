@@ -1613,13 +1613,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     ns = parser().parse_args(list(argv))
+    try:
+        cwd = os.getcwd()
+    except OSError as e:  # the directory was removed under the shell
+        raise DevshellError(f"the current directory is gone or unreadable ({e.strerror})",
+                            "cd into your checkout again") from None
     if ns.patches_dir:
-        patches_dir = os.path.abspath(ns.patches_dir)
+        patches_dir = os.path.normpath(os.path.join(cwd, ns.patches_dir))
     else:
-        patches_dir = default_patches_out(os.path.realpath(os.getcwd()), os.path.expanduser("~"), os.environ)
+        patches_dir = default_patches_out(os.path.realpath(cwd), os.path.expanduser("~"), os.environ)
     # The repository is settled first, so that nothing is read while a refused one is in play.
     try:
-        repo: Repo | None = open_repo(ns.repo or os.getcwd(), patches_dir)
+        repo: Repo | None = open_repo(ns.repo or cwd, patches_dir)
     except NoRepo:
         if ns.repo or ns.action != "list":
             raise

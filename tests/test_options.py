@@ -122,7 +122,26 @@ def test_ai_config_is_read_only_unless_ai_config_rw():
 
 
 def test_image_is_passed_verbatim_not_as_a_path():
-    assert parse(["--image", "./x:1"], HOST).image == "./x:1"
+    assert parse(["--image", "x/y:1"], HOST).image == "x/y:1"
+
+
+@pytest.mark.parametrize("image", ["debian:bookworm", "img:1", "registry.example/x/y:2", "localhost:5000/a/b",
+                                   "ghcr.io/catthehacker/ubuntu:act-24.04", "x/a__b-c.d", "[::1]:5000/x:y",
+                                   "d@sha256:" + "a" * 64, "r.example:1/d:t@sha256:" + "0" * 64])
+def test_image_references_in_dockers_grammar_are_taken(image):
+    assert parse(["--image", image], HOST).image == image
+
+
+@pytest.mark.parametrize("image, why", [
+    ("../../x", "path component '..'"), ("./x:1", "path component '.'"), ("Ubuntu", "'Ubuntu'"),
+    ("a:b:c", "'a:b'"), ("x@sha256:abc", "digest"), ("x@md5:" + "0" * 32, "digest"), ("/x", "''"),
+    ("x/", "''"), ("a//b", "''"), ("x:", "tag ''"), ("x:-t", "tag '-t'"), ("x:" + "t" * 129, "tag"),
+    ("reg.example:port/x", "registry"), ("a b", "'a b'"), ("a..b", "'a..b'"), ("x" * 256, "255"),
+    ("é", "'é'"), ("-x", "'-x'"), ("x:t@", "digest"),
+])
+def test_invalid_image_references_are_refused_with_a_reason(image, why):
+    message = str(refused([f"--image={image}"]))
+    assert "is not an image reference" in message and why in message
 
 
 def test_cells_dir_repeats_keep_their_order():
