@@ -29,6 +29,11 @@ PATCHES = "/patches"
 CHECKOUT = "/checkout"
 CACHE = "/cache"
 RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
+# A workspace is where the cell's volume is mounted: over a system directory (/etc, /usr, /tmp,
+# /root, /home itself …) it would hide what the image put there. Only paths strictly below
+# these roots are workspaces (and never dev's home: init owns /home/dev).
+WORKSPACE_ROOTS = ("/home", "/workspaces", "/srv", "/opt")
+DEV_HOME = "/home/dev"
 
 _SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
 SCHEMA: dict[str, Any] = {
@@ -150,7 +155,14 @@ def shipped_cells_dir() -> str:
 
 
 def search_path(cells_dirs: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> list[str]:
-    """Directories searched for cells, first match wins: --cells-dir, the env var, shipped."""
+    """Directories searched for cells, first match wins: --cells-dir, the env var, shipped.
+    A --cells-dir must be a directory: a typo silently ignored would open a shipped cell of
+    the same name instead of the user's. (DEVSHELL_CELLS_PATH is a path list, like PATH:
+    entries that are not there are skipped.)"""
+    for d in cells_dirs:
+        if not os.path.isdir(d):
+            why = "is not a directory" if os.path.exists(d) else "does not exist"
+            raise DevshellError(f"--cells-dir {d} {why}", "pass a directory that holds NAME.yaml cell files")
     environ = os.environ if environ is None else environ
     from_env = [p for p in environ.get(CELLS_PATH_ENV, "").split(os.pathsep) if p]
     return [*cells_dirs, *from_env, shipped_cells_dir()]
@@ -170,7 +182,7 @@ def find(name: str, path: Iterable[str]) -> Cell:
                             "see devshell --list")
     for d in dirs:
         f = os.path.join(d, f"{name}.yaml")
-        if os.path.isfile(f):
+        if os.path.lexists(f):  # a directory or dangling link by that name is an error, not a miss
             return load(f)
     available = sorted({f[: -len(".yaml")] for d in dirs for f in _yaml_files(d)})
     raise DevshellError(
@@ -179,19 +191,29 @@ def find(name: str, path: Iterable[str]) -> Cell:
     )
 
 
-def available(path: Iterable[str]) -> list[Cell]:
-    """Every cell on the search path, shadowed names resolved like find()."""
-    seen: dict[str, Cell] = {}
+def available(path: Iterable[str], problems: list[str] | None = None) -> list[Cell]:
+    """Every cell on the search path, shadowed names resolved like find(). Given a problems
+    list, a file that does not load is named there and skipped, so one broken file does not
+    hide every other cell; without one, it is an error."""
+    seen: dict[str, Cell | None] = {}
     for d in path:
         for f in _yaml_files(d):
-            if f[: -len(".yaml")] not in seen:
+            if f[: -len(".yaml")] in seen:
+                continue
+            try:
                 seen[f[: -len(".yaml")]] = load(os.path.join(d, f))
-    return list(seen.values())
+            except DevshellError as e:
+                if problems is None:
+                    raise
+                problems.append(str(e))
+                # Still shadows a same-named cell further on: find() would stop at this file too.
+                seen[f[: -len(".yaml")]] = None
+    return [cell for cell in seen.values() if cell is not None]
 
 
 # Raise when the checks beyond the schema (parse_yaml, build) change: a remembered cell was
 # validated by the rules of its day, and must meet today's.
-CHECKS_VERSION = 2
+CHECKS_VERSION = 3
 _SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -212,6 +234,8 @@ def load(path: str) -> Cell:
     data = parse_yaml(raw, path)
     cell = parse(data, source=path, stem=stem)
     try:  # only what validated is remembered; a cache we cannot write is no error
+        if not os.path.isdir(os.path.dirname(os.path.dirname(cache_dir()))):
+            return cell  # never make a home (or XDG_CACHE_HOME's parent) that is not there
         os.makedirs(os.path.dirname(remembered), exist_ok=True)
         with open(remembered + ".tmp", "w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -242,11 +266,18 @@ def parse_yaml(raw: bytes, path: str) -> Any:
             return super().construct_mapping(node, deep=deep)
 
     try:
-        return yaml.load(raw, Loader=StrictLoader)
+        data = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
         raise DevshellError(f"{path}:{line} is not valid YAML", "fix the syntax") from None
+    except RecursionError:  # PyYAML recurses per nesting level; no cell nests that deep
+        raise DevshellError(f"{path}: nested too deeply to be a cell file", "fix the cell file") from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping of keys"
+        raise DevshellError(f"{path}: the cell file is {what}",
+                            "write it as 'key: value' lines (platform, image, workspace, …)")
+    return data
 
 
 def parse(data: Any, *, source: str, stem: str) -> Cell:
@@ -275,10 +306,14 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
     if name in RESERVED_NAMES:
         raise bad("name", f"{name!r} is reserved for a devshell subcommand; rename the cell")
     workspace = posixpath.normpath(data["workspace"])
-    if workspace in ("/", "/home", "/home/dev") or workspace.startswith("/home/dev/") or any(
+    if workspace == DEV_HOME or workspace.startswith(DEV_HOME + "/") or any(
         workspace == m or workspace.startswith(m + "/") for m in RESERVED_MOUNTS
     ):
         raise bad("workspace", f"{workspace} collides with a path devshell owns")
+    if not any(workspace.startswith(root + "/") for root in WORKSPACE_ROOTS):
+        roots = ", ".join(f"{r}/" for r in WORKSPACE_ROOTS)
+        raise bad("workspace", f"{workspace} is not strictly below {roots} (a volume mounted over "
+                  "a system directory hides what the image put there)")
     image = data["image"]
     recipe = None
     if "recipe" in image:

@@ -20,7 +20,7 @@ NO_ENV: dict[str, str] = {}
 def doc(**overrides: Any) -> dict[str, Any]:
     """A minimal valid cell document."""
     base: dict[str, Any] = {"platform": "linux/amd64", "image": {"ref": "debian:bookworm"},
-                            "workspace": "/work/w"}
+                            "workspace": "/workspaces/w"}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -97,12 +97,14 @@ def test_runner_1001_shares_bookworms_base_but_not_its_recipe():
 
 def test_dirs_default_to_src_build_ccache_under_workspace():
     cell = cells.parse(doc(), source="x.yaml", stem="x")
-    assert (cell.src, cell.build, cell.ccache) == ("/work/w/src", "/work/w/build", "/work/w/ccache")
+    assert (cell.src, cell.build, cell.ccache) == ("/workspaces/w/src", "/workspaces/w/build",
+                                                   "/workspaces/w/ccache")
 
 
 def test_dirs_may_be_renamed():
     cell = cells.parse(doc(dirs={"src": "s", "build": "b"}), source="x.yaml", stem="x")
-    assert (cell.src, cell.build, cell.ccache) == ("/work/w/s", "/work/w/b", "/work/w/ccache")
+    assert (cell.src, cell.build, cell.ccache) == ("/workspaces/w/s", "/workspaces/w/b",
+                                                   "/workspaces/w/ccache")
 
 
 def test_env_values_become_strings():
@@ -166,8 +168,8 @@ def test_workspace_not_matching_the_pattern_is_refused(tmp_path, workspace):
 
 
 @pytest.mark.parametrize("workspace", ["/patches", "/patches/x", "/checkout", "/checkout/src",
-                                       "/cache", "/cache/y", "/home/dev", "/x/../patches",
-                                       "/x/../checkout", "/x/.."])
+                                       "/cache", "/cache/y", "/home/dev", "/home/dev/w", "/x/../patches",
+                                       "/x/../checkout", "/home/x/../dev"])
 def test_workspace_colliding_with_launcher_paths_is_refused(tmp_path, workspace):
     path = write(tmp_path, "c", doc(workspace=workspace))
     message = load_error(path)
@@ -176,8 +178,24 @@ def test_workspace_colliding_with_launcher_paths_is_refused(tmp_path, workspace)
     assert "collides" in message
 
 
-@pytest.mark.parametrize("workspace", ["/patchesx", "/checkouts", "/cache2"])
+@pytest.mark.parametrize("workspace", ["/home/devx", "/home/dev2/w", "/srv/patches", "/opt/checkout"])
 def test_workspace_merely_starting_with_a_reserved_name_is_fine(workspace):
+    assert cells.parse(doc(workspace=workspace), source="x", stem="x").workspace == workspace
+
+
+@pytest.mark.parametrize("workspace", ["/x/..", "/etc", "/usr", "/usr/src/w", "/bin", "/tmp", "/tmp/w",
+                                       "/root", "/proc", "/home", "/workspaces", "/srv", "/opt",
+                                       "/var/lib/w", "/w/cellx", "/work/w", "/homes/w", "/home/../etc/w"])
+def test_workspace_outside_the_workspace_roots_is_refused(tmp_path, workspace):
+    """A volume over a system directory hides what the image put there: only paths strictly
+    below /home/, /workspaces/, /srv/ or /opt/ are workspaces."""
+    message = load_error(write(tmp_path, "c", doc(workspace=workspace)))
+    assert "key 'workspace'" in message
+    assert "is not strictly below /home/, /workspaces/, /srv/, /opt/" in message
+
+
+@pytest.mark.parametrize("workspace", ["/home/runner/work/x/x", "/workspaces/x", "/srv/w", "/opt/w/src"])
+def test_workspace_below_a_workspace_root_is_fine(workspace):
     assert cells.parse(doc(workspace=workspace), source="x", stem="x").workspace == workspace
 
 
@@ -220,8 +238,12 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 
 def test_empty_file_is_refused_as_not_an_object(tmp_path):
     message = load_error(write(tmp_path, "c", ""))
-    assert "(top level)" in message
-    assert "object" in message
+    assert "the cell file is empty" in message
+
+
+@pytest.mark.parametrize("text, what", [("- a\n- b\n", "a list"), ("just text\n", "a str"), ("7\n", "a int")])
+def test_a_cell_file_that_is_not_a_mapping_is_refused(tmp_path, text, what):
+    assert f"the cell file is {what}, not a mapping of keys" in load_error(write(tmp_path, "c", text))
 
 
 def test_unreadable_path_is_a_devshell_error(tmp_path):
@@ -249,6 +271,8 @@ def test_dirs_must_be_single_components(tmp_path):
 
 def test_search_path_is_cells_dirs_then_env_then_shipped(tmp_path):
     a, b, c, d = (str(tmp_path / n) for n in "abcd")
+    os.mkdir(a)
+    os.mkdir(b)
     environ = {cells.CELLS_PATH_ENV: os.pathsep.join([c, "", d])}
     path = cells.search_path([a, b], environ=environ)
     assert strs(path) == [a, b, c, d, str(cells.shipped_cells_dir())]

@@ -42,7 +42,7 @@ from devshell.spec import (
 
 INIT = "#!/bin/sh\n"
 ARM_CELL = cells.parse({"platform": "linux/arm64", "image": {"ref": "example/arm:1"},
-                        "workspace": "/w/arm", "setup": "true\n"},
+                        "workspace": "/workspaces/arm", "setup": "true\n"},
                        source="arm.yaml", stem="arm")
 
 

@@ -41,8 +41,8 @@ DROP = "/home/alice/.local/state/devshell/patches/-home-alice-proj.2af6b4a7"  # 
 MEMORY = "memory/proj/-home-alice-proj"
 INIT = "#!/bin/sh\n: test init\n"
 CELL = cells.parse(
-    {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/w/cellx",
-     "env": {"CCACHE_DIR": "/w/cellx/ccache", "LANG": "C.UTF-8"}},
+    {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/workspaces/cellx",
+     "env": {"CCACHE_DIR": "/workspaces/cellx/ccache", "LANG": "C.UTF-8"}},
     source="cellx.yaml", stem="cellx",
 )
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
@@ -110,7 +110,7 @@ def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, A
 
 
 def test_mounts_are_the_volume_the_drop_dir_and_the_checkout_read_only():
-    assert set(spec_for().mounts) == {Mount("volume", "devshell-cellx", "/w/cellx"),
+    assert set(spec_for().mounts) == {Mount("volume", "devshell-cellx", "/workspaces/cellx"),
                                       Mount("bind", DROP, PATCHES),
                                       Mount("bind", "/home/alice/proj", CHECKOUT, read_only=True)}
 
@@ -123,7 +123,7 @@ def test_checkout_and_patches_flags_pick_the_sources():
 
 def test_host_cache_binds_ai_read_only_and_this_checkouts_memory_writable():
     assert set(spec_for("--host-cache-dir", "/c").mounts) == {
-        Mount("volume", "devshell-cellx", "/w/cellx"),
+        Mount("volume", "devshell-cellx", "/workspaces/cellx"),
         Mount("bind", DROP, PATCHES),
         Mount("bind", "/home/alice/proj", CHECKOUT, read_only=True),
         Mount("bind", "/c/ai", f"{CACHE}/ai", read_only=True),
@@ -259,7 +259,7 @@ def test_bind_ids_change_the_hash():
 def test_volume_is_named_after_the_container():
     spec = spec_for("--instance", "two")
     assert spec.volume == spec.name == "devshell-cellx-two"
-    assert Mount("volume", "devshell-cellx-two", "/w/cellx") in spec.mounts
+    assert Mount("volume", "devshell-cellx-two", "/workspaces/cellx") in spec.mounts
 
 
 @pytest.mark.parametrize("instance, name", [(None, "devshell-bookworm"),
@@ -296,9 +296,9 @@ def test_env_contract_values():
     assert env["DEVSHELL_PATCHES_MOUNT"] == PATCHES
     assert env["DEVSHELL_CHECKOUT_MOUNT"] == CHECKOUT
     assert env["DEVSHELL_CELL"] == "cellx"
-    assert env["DEVSHELL_WORKSPACE"] == "/w/cellx"
+    assert env["DEVSHELL_WORKSPACE"] == "/workspaces/cellx"
     assert (env["DEVSHELL_SRC"], env["DEVSHELL_BUILD"], env["DEVSHELL_CCACHE"]) == (
-        "/w/cellx/src", "/w/cellx/build", "/w/cellx/ccache")
+        "/workspaces/cellx/src", "/workspaces/cellx/build", "/workspaces/cellx/ccache")
 
 
 def test_ai_repo_env_describes_the_checkout():
@@ -311,7 +311,7 @@ def test_ai_repo_env_describes_the_checkout():
 
 def test_cell_env_is_passed_through():
     env = dict(spec_for().env)
-    assert (env["CCACHE_DIR"], env["LANG"]) == ("/w/cellx/ccache", "C.UTF-8")
+    assert (env["CCACHE_DIR"], env["LANG"]) == ("/workspaces/cellx/ccache", "C.UTF-8")
 
 
 def test_env_is_sorted_by_key():
@@ -381,7 +381,7 @@ def test_default_init_is_the_packaged_script():
 
 
 def test_setup_is_copied_in_only_when_the_cell_has_one():
-    with_setup = cells.parse({"platform": "linux/amd64", "image": {"ref": "i"}, "workspace": "/w",
+    with_setup = cells.parse({"platform": "linux/amd64", "image": {"ref": "i"}, "workspace": "/workspaces/w",
                               "setup": "echo hi\n"}, source="s", stem="s")
     assert dict(plan(parse([], HOST), with_setup, init=INIT).files)[SETUP_PATH] == "echo hi\n"
     assert SETUP_PATH not in dict(spec_for().files)
@@ -488,7 +488,7 @@ def test_run_argv_pins_the_platform():
 
 
 def test_run_argv_ends_with_image_and_idle_command():
-    assert spec_for().run_argv()[-3:] == ["example/img:1", "sleep", "infinity"]
+    assert spec_for().run_argv()[-3:] == ["example/img:1", INIT_PATH, "--idle"]
 
 
 def test_labels_carry_cell_hash_and_identity():
@@ -555,9 +555,9 @@ def test_identity_records_that_binds_are_non_recursive():
     spec = spec_for()
     entries = {m[2]: m for m in spec.identity()["mounts"]}
     assert entries[CHECKOUT] == ["bind", "/home/alice/proj", CHECKOUT, True, True]
-    assert entries["/w/cellx"][-1] is False
+    assert entries["/workspaces/cellx"][-1] is False
     old = {**spec.identity(), "mounts": sorted(m[:4] for m in spec.identity()["mounts"])}
-    assert differences(old, spec.identity()) == ["mounts (/checkout, /patches, /w/cellx)"]
+    assert differences(old, spec.identity()) == ["mounts (/checkout, /patches, /workspaces/cellx)"]
 
 
 # --- session --------------------------------------------------------------------------------
@@ -590,6 +590,16 @@ def test_session_has_a_tty_only_without_a_script():
     assert not session_for(tty=False).tty
 
 
+def test_session_id_tags_the_exec_and_names_what_stop_stops():
+    opts = parse((), HOST)
+    ex = session(plan(opts, CELL, init=INIT), opts, script="true", tty=False, session_id="0a1b")
+    cli = ex.cli()
+    assert cli[cli.index("--env") + 1] == "DEVSHELL_SESSION=0a1b"
+    assert cli.index("--env") < cli.index(ex.container)  # a docker flag, not the program's
+    assert ex.stop_argv("INT") == [INIT_PATH, "--stop", "0a1b", "INT"]
+    assert "--env" not in session_for().cli()
+
+
 def test_session_cli_asks_docker_for_a_tty_only_when_tty():
     assert "--tty" in session_for(tty=True).cli()
     assert "--tty" not in session_for(script="true").cli()
@@ -597,10 +607,10 @@ def test_session_cli_asks_docker_for_a_tty_only_when_tty():
 
 def test_session_enters_the_named_container_in_the_workspace_as_root():
     ex = session_for("--instance", "two")
-    assert (ex.container, ex.workdir) == ("devshell-cellx-two", "/w/cellx")
+    assert (ex.container, ex.workdir) == ("devshell-cellx-two", "/workspaces/cellx")
     cli = ex.cli()
     assert cli[cli.index("--user") + 1] == "0"
-    assert cli[cli.index("--workdir") + 1] == "/w/cellx"
+    assert cli[cli.index("--workdir") + 1] == "/workspaces/cellx"
 
 
 def test_options_built_directly_are_plannable():
