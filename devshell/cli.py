@@ -38,13 +38,19 @@ def run(argv: Sequence[str]) -> int:
         from . import patches
 
         return patches.main(argv[1:])
+    if argv and argv[0] in ("status", "down", "doctor"):  # lifecycle.py: imported only for these
+        from . import lifecycle
+
+        return lifecycle.main(argv[0], argv[1:])
     if argv and argv[0] in cells.RESERVED_NAMES:
         raise DevshellError(f"{argv[0]!r} is reserved for a subcommand this version does not have",
-                            "see devshell --help; subcommands: patches")
+                            "see devshell --help; subcommands: patches, status, down, doctor")
     opts = parse(argv, HostFacts.current())
-    path = cells.search_path(opts.cells_dirs)
     if opts.list:
-        return list_cells(cells.available(path), opts)
+        from . import lifecycle
+
+        return lifecycle.list_cells(opts)
+    path = cells.search_path(opts.cells_dirs)
     cell = cells.find(opts.cell, path)
     if opts.rm:
         removed = remove(Engine.connect(), cell, opts.instance)
@@ -88,29 +94,3 @@ def verify(engine: Engine, cell: str, name: str) -> int:
     sys.stdout.write(result.stdout)
     print(f"devshell: {name}: {result.exit_code} failure(s)", file=sys.stderr)
     return result.exit_code
-
-
-def list_cells(found: list[cells.Cell], opts: Options) -> int:
-    engine = Engine.connect()
-    rows = []
-    for cell in found:
-        name = container_name(cell.name, opts.instance)
-        info = engine.inspect(name)
-        image = cell.image
-        rows.append({
-            "cell": cell.name,
-            "image": image,
-            "image_state": "present" if engine.image_present(image)
-            else ("buildable" if cell.recipe else "missing"),
-            "container": info["State"]["Status"] if info else "absent",
-            "volume": "present" if engine.volume_present(name) else "absent",
-            "source": cell.source,
-        })
-    if opts.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    cols = ["cell", "image_state", "container", "volume", "image"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    for r in [dict(zip(cols, cols, strict=True)), *rows]:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
-    return 0

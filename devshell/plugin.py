@@ -22,6 +22,7 @@ from .cells import Cell
 from .engine import Engine
 from .errors import DevshellError
 from .launcher import Devshell, check_host_paths, open_devshell
+from .lifecycle import pid_alive
 from .options import Options, to_argv
 
 # testcontainers' reaper image (Ryuk) cannot be pulled offline; these fixtures clean up after
@@ -138,18 +139,8 @@ def _sweep_orphans(engine: Engine) -> None:
     here = os.uname().nodename
     for found in engine.labelled(LABEL_RUN):
         host, _, pid = found.get(LABEL_PID, "").partition(":")
-        if host == here and pid.isdigit() and not _alive(int(pid)):
+        if host == here and pid.isdigit() and not pid_alive(int(pid)):
             _remove_run(engine, found[LABEL_RUN])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture(scope="session")
