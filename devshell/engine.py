@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 STOP_GRACE = 5.0  # seconds the docker CLI has to end after a signal stopped its session inside
-PING_TIMEOUT = 10.0  # seconds an engine may take to answer /_ping
+PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 
 Progress = Callable[[str], None]
@@ -166,8 +166,18 @@ class Engine:
 
     # --- images ---------------------------------------------------------------------------
 
-    def image_present(self, ref: str) -> bool:
-        return self._call("GET", f"/images/{_q(ref)}/json", missing=(404,)) is not None
+    def image_platform(self, ref: str) -> str | None:
+        """The local image's os/arch (linux/amd64), or None when there is no such image."""
+        info = self._call("GET", f"/images/{_q(ref)}/json", missing=(404,))
+        if info is None:
+            return None
+        arch = info.get("Architecture") or "amd64"
+        return f"{info.get('Os') or 'linux'}/{_ARCH.get(arch, arch)}"
+
+    def image_present(self, ref: str, platform: str | None = None) -> bool:
+        """ref is here (for platform, when given: an amd64 image is no arm64 cell's image)."""
+        found = self.image_platform(ref)
+        return found is not None and (platform is None or found == platform)
 
     def try_pull(self, ref: str, platform: str) -> str | None:
         """Pull ref; None on success, else why it failed (no registry is a normal case)."""
@@ -183,7 +193,7 @@ class Engine:
         """The image for this cell, present locally: found, pulled, or built from its recipe."""
         if override:
             return self._present_or_pulled(override, cell.platform, None, progress)
-        if cell.image_ref and self.image_present(cell.image_ref):
+        if cell.image_ref and self.image_present(cell.image_ref, cell.platform):
             return cell.image_ref
         if cell.recipe is None:
             assert cell.image_ref
@@ -201,13 +211,18 @@ class Engine:
 
     def _present_or_pulled(self, ref: str, platform: str, cell: str | None,
                            progress: Progress) -> str:
-        if self.image_present(ref):
+        here = self.image_platform(ref)
+        if here == platform:
             return ref
         why = self.try_pull(ref, platform)
         if why is None:
             progress(f"pulled {ref}")
             return ref
         whose = f"cell {cell}'s image" if cell else "image"
+        if here is not None:
+            raise DevshellError(f"{whose} {ref} is here for {here} only, and the cell is {platform} "
+                                f"(a pull failed: {why})",
+                                f"docker load the {platform} image, or pass --image IMAGE")
         raise DevshellError(
             f"{whose} {ref} is not present and cannot be pulled ({why})",
             "docker load it from a machine that has it, or pass --image IMAGE",
@@ -301,6 +316,15 @@ class Engine:
             return False
         self._call("POST", "/volumes/create", {"Name": name, "Labels": {**labels, MANAGED: "1"}})
         return True
+
+    def refuse_foreign(self, name: str, cell: str) -> None:
+        """Refuse now, before anything is made on the host, what ensure_volume and
+        ensure_container would refuse later: a container or volume named name that devshell
+        did not make for cell."""
+        self.inspect_own(name, cell)
+        found = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
+        if found is not None:
+            _check_owner("volume", name, found.get("Labels"), cell)
 
     def volume_present(self, name: str) -> bool:
         return self._call("GET", f"/volumes/{_q(name)}", missing=(404,)) is not None
@@ -520,6 +544,89 @@ class Engine:
         except DevshellError as e:  # the container is gone or stopped: so is the session
             print(f"devshell: could not stop the session inside {ex.container}: {e.message}",
                   file=sys.stderr)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    # Reads for `devshell status`, `down` and `doctor` (devshell/lifecycle.py): none of these
+    # creates, starts, changes or removes anything.
+
+    def list_containers(self, label: str | None = None) -> list[dict[str, Any]]:
+        """Every container, running or not (with label: only those carrying it)."""
+        query = {"all": "1", **({"filters": json.dumps({"label": [label]})} if label else {})}
+        found: list[dict[str, Any]] = self._call("GET", f"/containers/json?{_query(query)}")
+        return found
+
+    def list_volumes(self, label: str | None = None) -> list[dict[str, Any]]:
+        """Every volume (with label: only those carrying it)."""
+        query = f"?{_query({'filters': json.dumps({'label': [label]})})}" if label else ""
+        found: list[dict[str, Any]] = self._call("GET", f"/volumes{query}").get("Volumes") or []
+        return found
+
+    def volume_info(self, name: str) -> dict[str, Any] | None:
+        """The volume's inspect document (name, labels, mountpoint), or None."""
+        found: dict[str, Any] | None = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
+        return found
+
+    def volume_own(self, name: str, cell: str) -> dict[str, Any] | None:
+        """volume_info(), refusing a volume devshell did not make for this cell (as inspect_own)."""
+        info = self.volume_info(name)
+        if info is not None:
+            _check_owner("volume", name, info.get("Labels"), cell)
+        return info
+
+    def volume_sizes(self) -> dict[str, int]:
+        """Bytes in each volume, where the engine measured them. GET /system/df walks every
+        volume, so it is slow: for status, down and doctor, never on a launch. The engine runs
+        one at a time and answers 500 to a second: that one waits its turn (bounded), and after
+        that the sizes are unknown ({}) rather than the command failing."""
+        import time
+
+        for _ in range(50):
+            try:
+                df = self._call("GET", "/system/df")
+                break
+            except EngineError as e:
+                if e.status != 500 or "already running" not in e.reason:
+                    raise
+                time.sleep(0.2)
+        else:
+            return {}
+        sizes = {}
+        for volume in df.get("Volumes") or []:
+            size = (volume.get("UsageData") or {}).get("Size", -1)
+            if isinstance(size, int) and size >= 0:  # -1: the engine did not measure it
+                sizes[volume["Name"]] = size
+        return sizes
+
+    def version(self) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", "/version")
+        return found
+
+    def system_info(self) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", "/info")
+        return found
+
+    def path_mtime(self, container: str, path: str) -> str | None:
+        """When path in the container (running or not) was last modified, as the engine's stat
+        of it says (RFC 3339), or None if it is missing or the engine will not say. HEAD on
+        the archive endpoint: the stat travels in a response header and no file content is
+        read, since what the container holds is hostile input. _request keeps no headers, so
+        this one request goes through the SDK's session."""
+        import base64
+
+        api = self.client.api
+        try:
+            answer = api.head(f"{api.base_url}/containers/{_q(container)}/archive",
+                              params={"path": path}, timeout=30)
+        except OSError:  # requests' errors are OSErrors: an optional detail, not a failure
+            return None
+        header = answer.headers.get("X-Docker-Container-Path-Stat", "")
+        if answer.status_code != 200 or not header or len(header) > 8192:
+            return None
+        try:
+            mtime = json.loads(base64.b64decode(header)).get("mtime")
+        except ValueError:
+            return None
+        return mtime if isinstance(mtime, str) else None
 
 
 def require_docker_cli() -> None:

@@ -3,7 +3,7 @@
 #
 #   devshell-init               init: converge, as root (idempotent: run it again, same state)
 #   devshell-init --verify      print "FAIL <element>: <why>" per broken promise, exit with the count
-#   devshell-init --session HASH [--as-root] [--script CONTENT --script-id SHA]
+#   devshell-init --session HASH [--as-root] [--script CONTENT | --script-base64 B64] [--script-id SHA]
 #                               what the launcher runs at every entry, in one exec: init (skipped
 #                               when HASH was converged before and verify still passes), verify,
 #                               then the shell or script as dev. Exit 86: init or verify failed.
@@ -449,6 +449,13 @@ enter() {
     # Compared with builtins (no fork on the warm path); $(<f) drops trailing newlines, so the
     # script's are dropped too: a copy that differs only there runs the same program.
     local dir=$STATE/scripts file=$STATE/scripts/$script_id kept= want=$script
+    if [ "$has_script" = base64 ]; then
+        # Bytes that are not UTF-8 would not survive the docker CLI (it sends arguments as
+        # JSON), so such a script comes in base64, and is always written anew (rare).
+        [ -d "$dir" ] || install -d -m 0755 "$dir"
+        printf %s "$script" | base64 -d >"$file.$$" && chmod 0755 "$file.$$" && mv -f "$file.$$" "$file" || exit 86
+        exec ${run[@]+"${run[@]}"} "$file"
+    fi
     while [ "${want%$'\n'}" != "$want" ]; do want=${want%$'\n'}; done
     [ -L "$file" ] || [ ! -f "$file" ] || { kept=$(<"$file"); } 2>/dev/null  # NULs: a swap
     if [ -z "$kept" ] || [ "$kept" != "$want" ]; then
@@ -468,7 +475,11 @@ converged() {
 session() {
     local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5
     [ -d "$STATE/sessions" ] || mkdir -p "$STATE/sessions"
-    # This exec's pid leads its session: recorded so that `--stop` finds what it starts.
+    # This exec's pid leads its session: recorded so that `--stop` finds what it starts. A
+    # session that ends on its own leaves its record; they are swept now and then (a glob is
+    # a builtin, so the warm path pays a fork only when there is something to sweep).
+    local -a records=("$STATE"/sessions/*)
+    [ ${#records[@]} -le 64 ] || sweep_sessions "${records[@]}"
     case ${DEVSHELL_SESSION:-} in
         '' | *[!0-9a-f]*) ;;
         *) echo $$ >"$STATE/sessions/$DEVSHELL_SESSION" ;;
@@ -486,6 +497,8 @@ session() {
         exec 9>&-
     fi
     [ ! -e "$STATE/failure" ] || rm -f "$STATE/failure"
+    # Its mtime is the last session `devshell status` shows; a builtin, so no fork here.
+    { : >"$STATE/last-session"; } 2>/dev/null
     enter "$as_root" "$has_script" "$script" "$script_id"
 }
 
@@ -512,6 +525,18 @@ converge() {
         exit 86
     fi
     echo "$hash" > "$STATE/spec-hash"
+}
+
+# sweep_sessions RECORD...: remove the records of sessions whose leader is gone.
+sweep_sessions() {
+    local record pid
+    local -a stale=()
+    for record in "$@"; do
+        pid=
+        { read -r pid <"$record"; } 2>/dev/null
+        [ -n "$pid" ] && [ -d "/proc/$pid" ] || stale+=("$record")
+    done
+    [ ${#stale[@]} = 0 ] || rm -f "${stale[@]}"
 }
 
 # stop_session ID SIG: the host's launcher was interrupted; what it started must not run on.
@@ -568,16 +593,18 @@ main() {
                 case $1 in
                     --as-root) as_root=yes; shift ;;
                     --script) has_script=yes script=${2?--script needs content}; shift 2 ;;
+                    --script-base64) has_script=base64 script=${2?--script-base64 needs content}; shift 2 ;;
                     --script-id) script_id=${2?--script-id needs the content hash}; shift 2 ;;
                     *) echo "devshell-init: unknown argument $1" >&2; return 2 ;;
                 esac
             done
             case $has_script:$script_id in
-                yes:*[!0-9a-f]* | yes:) echo "devshell-init: --script needs a hex --script-id" >&2; return 2 ;;
+                no:*) ;;
+                *:*[!0-9a-f]* | *:) echo "devshell-init: --script needs a hex --script-id" >&2; return 2 ;;
             esac
             session "$hash" "$as_root" "$has_script" "$script" "$script_id"
             ;;
-        *) echo "usage: devshell-init [--verify | --status | --session HASH [--as-root] [--script CONTENT --script-id SHA]]" >&2; return 2 ;;
+        *) echo "usage: devshell-init [--verify | --status | --idle | --stop ID SIG | --session HASH [--as-root] [--script CONTENT | --script-base64 B64] [--script-id SHA]]" >&2; return 2 ;;
     esac
 }
 
