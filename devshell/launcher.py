@@ -248,14 +248,30 @@ def _unescape_mountinfo(field: bytes) -> str:
 
 
 def read_script(path: str) -> str:
+    """The script's bytes, as text that encodes back to exactly them (surrogateescape): bytes
+    that are not UTF-8 travel unchanged. Only a regular file is a script: a FIFO, a device or a
+    directory is refused at once, and O_NONBLOCK keeps the open itself from waiting on a FIFO."""
+    fix = "pass the path of a readable regular file"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SCRIPT_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise DevshellError(f"--script {path}: {e.strerror}", "pass the path of a readable file") from None
+        raise DevshellError(f"--script {path}: {e.strerror}", fix) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DevshellError(f"--script {path} is not a regular file", fix)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_SCRIPT_BYTES + 1)
+        except OSError as e:
+            raise DevshellError(f"--script {path}: {e.strerror}", fix) from None
     if len(data) > MAX_SCRIPT_BYTES or b"\0" in data:
         raise DevshellError(f"--script {path} is binary or larger than {MAX_SCRIPT_BYTES // 1024} KiB",
                             "put large programs in the workspace and call them from a small script")
+    if b"\r\n" in data:
+        # The kernel would look for an interpreter named '/bin/sh\r' ('setpriv: … No such
+        # file'), and the shell would run every line with a trailing \r.
+        raise DevshellError(f"--script {path} has Windows (CRLF) line endings",
+                            f"convert it: dos2unix {path}")
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -271,6 +287,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
                 and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()):
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine)
+    engine.refuse_foreign(container_name(cell.name, opts.instance), cell.name)
     image = engine.ensure_image(cell, opts.image, progress)
     opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
     spec = plan(opts, cell, image=image, labels=labels)
@@ -297,6 +314,8 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
         # its own words with a program's exit code (1, 126, 137). Say it plainly, and that the
         # next launch recovers. (One inspect, on failures only.)
         info = shell.engine.inspect(shell.name)
+        if code == 137 and info is not None and info["State"]["Running"]:
+            info = _settled(shell)  # a killed container's exec ends before the engine says so
         state = ("removed" if info is None else "paused" if info["State"]["Paused"]
                  else "running" if info["State"]["Running"] else "stopped")
         if state != "running":
@@ -311,6 +330,18 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
                 f"inspect it with docker exec -it {shell.name} {INIT_PATH} --verify",
             )
     return code
+
+
+def _settled(shell: Devshell, bound: float = 2.0) -> dict[str, Any] | None:
+    """The container's inspect once it has stopped running, or after bound seconds."""
+    import time
+
+    deadline = time.monotonic() + bound
+    while True:
+        info = shell.engine.inspect(shell.name)
+        if info is None or not info["State"]["Running"] or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
 
 
 def remove(engine: Engine, cell: Cell, instance: str | None) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple
 
 from . import labels
 from .cells import CACHE, CHECKOUT, PATCHES, Cell
+from .errors import DevshellError
 from .options import Options
 from .seccomp import CAP_DROP
 from .seccomp import profile as seccomp_profile
@@ -28,6 +29,7 @@ LABEL_IDENTITY = labels.SPEC
 # absolute path, because the engine looks a bare command up in the container's PATH, which a
 # cell's env may have broken: the container would die at every start.
 IDLE_COMMAND = (INIT_PATH, "--idle")
+MAX_EXEC_ARG = 128 * 1024  # Linux's MAX_ARG_STRLEN: no one argument of an exec is longer
 # The env var that tags every process of one session, so a signal on the host can stop them all.
 SESSION_ENV = "DEVSHELL_SESSION"
 
@@ -321,7 +323,18 @@ def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool
     if opts.as_root:
         argv.append("--as-root")
     if script is not None:
-        digest = hashlib.sha256(script.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        argv += ["--script", script, "--script-id", digest]
+        raw = script.encode("utf-8", "surrogateescape")
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        if not any("\udc80" <= ch <= "\udcff" for ch in script):
+            argv += ["--script", script, "--script-id", digest]
+        else:  # bytes that are not UTF-8: the docker CLI would turn them into U+FFFD
+            import base64
+
+            encoded = base64.b64encode(raw).decode()
+            if len(encoded) >= MAX_EXEC_ARG:
+                raise DevshellError(f"the script holds bytes that are not UTF-8, and so travels in base64, "
+                                    f"which makes it longer than the {MAX_EXEC_ARG // 1024} KiB one "
+                                    "exec argument may be", "make it UTF-8, or smaller")
+            argv += ["--script-base64", encoded, "--script-id", digest]
     return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None,
                     session_id=session_id)
