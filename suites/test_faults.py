@@ -8,6 +8,7 @@ the "fault table" at the end of the run lists every fault and whether it recover
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -89,10 +90,12 @@ def again(devshell_cli, shell, script, **options):
 
 
 def processes(shell, marker):
-    """Pids inside whose command line holds marker."""
+    """Pids inside whose command line matches the regex marker. Its first character goes in
+    brackets, so that the search (whose own command lines hold the pattern) never finds itself."""
+    pattern = f"[{marker[0]}]{marker[1:]}"
     found = shell.engine.exec(shell.name, ["bash", "-c", (
-        "for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <$c 2>/dev/null | grep -q " + marker
-        + " && echo ${c//[!0-9]/}; done; true")])
+        "for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <$c 2>/dev/null | grep -q '" + pattern
+        + "' && echo ${c//[!0-9]/}; done; true")])
     return found.stdout.split()
 
 
@@ -132,9 +135,9 @@ def test_removed_volume_recovers_with_a_new_one(precious, devshell_cli, script):
 @pytest.mark.fault("container killed mid-session")
 def test_container_killed_mid_session_is_one_line_then_recovers(precious, devshell_cli, script):
     child = launch(precious, "--script", script("#!/bin/sh\necho in; sleep 60\n", "long.sh"))
-    _wait_for(lambda: processes(precious, "sleep.60"))
+    _wait_for(lambda: processes(precious, "sleep 60 $"))
     docker("kill", precious.name)
-    out, err = child.communicate(timeout=60)
+    _, err = child.communicate(timeout=60)
     assert child.returncode == 2, err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("devshell: error: ") and "was stopped during the session" in lines[-1]
@@ -145,9 +148,9 @@ def test_container_killed_mid_session_is_one_line_then_recovers(precious, devshe
 @pytest.mark.fault("container removed mid-session")
 def test_container_removed_mid_session_is_one_line_then_recovers(precious, devshell_cli, script):
     child = launch(precious, "--script", script("#!/bin/sh\necho in; sleep 60\n", "long.sh"))
-    _wait_for(lambda: processes(precious, "sleep.60"))
+    _wait_for(lambda: processes(precious, "sleep 60 $"))
     docker("rm", "-f", precious.name)
-    out, err = child.communicate(timeout=60)
+    _, err = child.communicate(timeout=60)
     assert child.returncode == 2, err
     last = err.strip().splitlines()[-1]  # the engine may still be removing it when asked
     assert "was removed during the session" in last or "was stopped during the session" in last
@@ -156,13 +159,15 @@ def test_container_removed_mid_session_is_one_line_then_recovers(precious, devsh
 
 
 @pytest.mark.fault("container killed mid-init")
-def test_container_killed_mid_init_recovers(slow_init_cell, devshell_cli, devshell_instance, script, tmp_path):
+def test_container_killed_mid_init_recovers(slow_init_cell, devshell_instance, script, tmp_path):
     argv = slow_init_cell(tmp_path, devshell_instance())
     name = f"devshell-{argv[0]}-{argv[argv.index('--instance') + 1]}"
     child = subprocess.Popen([sys.executable, "-m", "devshell", *argv, "--script", script()],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     # The cell's setup sleeps inside init: kill the container while init holds its lock.
-    _wait_for(lambda: docker("exec", name, "test", "-e", "/var/lib/devshell/init.log", check=False).returncode == 0)
+    log = "/var/lib/devshell/init.log"
+    _wait_for(lambda: docker("exec", name, "test", "-e", log, check=False).returncode == 0)
     docker("kill", name)
     child.communicate(timeout=60)
     assert child.returncode != 0
@@ -236,12 +241,12 @@ def test_signal_during_cold_start_recovers(precious, devshell_cli, script, sig, 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
 def test_signal_during_script_stops_it_inside(precious, devshell_cli, script, sig, code):
     child = launch(precious, "--script", script("#!/bin/sh\nsleep 61 & sleep 62\necho never\n", "long.sh"))
-    _wait_for(lambda: processes(precious, "sleep.62"))
+    _wait_for(lambda: processes(precious, "sleep 62 $"))
     child.send_signal(sig)
     out, err = child.communicate(timeout=30)
     assert child.returncode == code, err
     assert "never" not in out and "Traceback" not in err
-    _wait_for(lambda: not processes(precious, "sleep.6[12]"), timeout=10)
+    _wait_for(lambda: not processes(precious, "sleep 6[12] $"), timeout=10)
     precious.check(again(devshell_cli, precious, script))
 
 
@@ -250,11 +255,20 @@ def test_control_a_bare_docker_exec_leaves_the_script_running(precious, script):
     is interrupted, runs on inside."""
     child = subprocess.Popen(["docker", "exec", precious.name, "sh", "-c", "sleep 63"],
                              stdin=subprocess.DEVNULL)
-    _wait_for(lambda: processes(precious, "sleep.63"))
+    _wait_for(lambda: processes(precious, "sleep 63 $"))
     child.send_signal(signal.SIGINT)
     child.wait(timeout=30)
-    assert processes(precious, "sleep.63")
-    precious.exec(["bash", "-c", "for c in /proc/[0-9]*/cmdline; do grep -q 'sleep.63' $c && kill ${c//[!0-9]/}; done; true"])
+    assert processes(precious, "sleep 63 $")
+    for pid in processes(precious, "sleep 63 $"):
+        precious.exec(["kill", pid])
+
+
+def test_records_of_ended_sessions_do_not_pile_up(precious, devshell_cli, script):
+    records = "/var/lib/devshell/sessions"
+    precious.exec(["bash", "-c", f"for n in $(seq 100); do echo 999999 > {records}/dead$n; done"])
+    assert again(devshell_cli, precious, script).returncode == 0
+    left = precious.exec(["bash", "-c", f"ls {records} | wc -l"]).stdout.strip()
+    assert int(left) <= 2, "the dead sessions' records were swept; this session's is kept"
 
 
 # --- concurrency -------------------------------------------------------------------------------
@@ -333,10 +347,8 @@ def silent_engine(tmp_path):
     def serve():
         server.settimeout(0.2)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 held.append(server.accept()[0])
-            except TimeoutError:
-                pass
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"unix://{path}"

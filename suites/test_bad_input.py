@@ -1,0 +1,244 @@
+"""The bad-input table, for input that needs the real engine (issue 9; the rows that need none
+are in tests/test_bad_input.py).
+
+Each row: exit 2, one line on stderr naming the problem and the fix, no traceback, and nothing
+changed: the names, ids and states of the containers and volumes the row could touch (docker ps
+-a, docker volume ls), and every file under the test's temporary directory (its HOME, XDG dirs,
+cells, scripts). Rows kept in suites/test_errors.py, not repeated here: a cell whose image is
+missing and has no recipe (test_unpullable_image_is_one_line_and_creates_nothing), a missing
+--image (test_missing_image_override_is_one_line_and_creates_nothing), and a missing docker CLI
+with a container to replace (test_a_missing_docker_cli_is_found_before_anything_changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devshell import cells
+from devshell.labels import MANAGED
+from devshell.launcher import Devshell
+from devshell.options import to_argv
+
+# Lock files devshell takes around a build or launch (engine.py): left behind by design.
+LOCKS = os.path.join("home", ".cache", "devshell", "locks")
+
+
+def tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Type, mode and owner of every entry below root; a regular file's sha256, a link's target.
+    Opens nothing else (a FIFO would block)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.path.relpath(dirpath, root) == os.path.dirname(LOCKS):
+            dirnames[:] = [d for d in dirnames if d != os.path.basename(LOCKS)]
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            extra: object = None
+            if stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    extra = hashlib.sha256(f.read()).hexdigest()
+            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                                st.st_uid, extra)
+    return out
+
+
+def engine_state(*names: str) -> tuple[list[str], list[str]]:
+    """docker ps -a and docker volume ls, as name, id and state, for the names a row could touch
+    (other xdist workers and runs create theirs meanwhile)."""
+    ps = subprocess.run(["docker", "ps", "-a", "--no-trunc", "--format", "{{.Names}} {{.ID}} {{.State}}"],
+                        capture_output=True, text=True, check=True).stdout.splitlines()
+    volumes = subprocess.run(["docker", "volume", "ls", "--format", "{{.Name}}"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    return (sorted(line for line in ps if line.split()[0] in names),
+            sorted(v for v in volumes if v in names))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A temporary HOME and XDG dirs: nothing touches the real user's. The shipped cells are
+    remembered there first (devshell caches a validated cell file: a cache, not a change)."""
+    (tmp_path / "home").mkdir()
+    env = {"HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "home/.local/state"),
+           "XDG_CACHE_HOME": str(tmp_path / "home/.cache"), "XDG_CONFIG_HOME": str(tmp_path / "home/.config")}
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    cells.available([cells.shipped_cells_dir()])
+    return env
+
+
+def cli(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "devshell", *argv], capture_output=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, **env}, cwd=cwd, timeout=600)
+
+
+def assert_one_line(done: subprocess.CompletedProcess[bytes], *needles: str) -> None:
+    err = done.stderr.decode(errors="backslashreplace")
+    assert "Traceback" not in err, err
+    assert done.returncode == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("devshell: error: ") and "; fix: " in lines[0], err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# --- rows against an open devshell: bad input must leave its container as it is ---------------
+
+
+def _script(data: bytes) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "s.sh").write_bytes(data)
+        return ["--script", str(tmp / "s.sh")]
+    return make
+
+
+def _fifo(tmp: Path) -> list[str]:
+    os.mkfifo(tmp / "fifo")
+    return ["--script", str(tmp / "fifo")]
+
+
+ON_A_DEVSHELL: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
+    "CRLF script": (_script(b"#!/bin/sh\r\necho hi\r\n"), ("CRLF", "dos2unix")),
+    "script that is a FIFO": (_fifo, ("not a regular file",)),
+    "script that is a directory": (lambda tmp: ["--script", str(tmp)], ("not a regular file",)),
+    "script /dev/zero": (lambda tmp: ["--script", "/dev/zero"], ("not a regular file",)),
+    "script missing": (lambda tmp: ["--script", str(tmp / "nope.sh")], ("No such file",)),
+    "binary script": (_script(b"\x7fELF\0"), ("binary",)),
+    "--image ../../x": (lambda tmp: ["--image", "../../x"], ("path component '..'",)),
+    "--uid 0": (lambda tmp: ["--uid=0"], ("would make dev root",)),
+    "--patches-out a file": (lambda tmp: [f"--patches-out={_file(tmp)}"], ("not a directory",)),
+    "--host-cache-dir a file": (lambda tmp: [f"--host-cache-dir={_file(tmp)}"], ("not a directory",)),
+    "--rm with --script": (lambda tmp: ["--rm"], ("cannot be combined",)),
+}
+
+
+def _file(tmp: Path) -> Path:
+    (tmp / "f").write_text("")
+    return tmp / "f"
+
+
+@pytest.mark.parametrize("row", list(ON_A_DEVSHELL))
+def test_bad_input_leaves_an_open_devshell_as_it_was(row: str, devshell_factory: Callable[..., Devshell],
+                                                     home: dict[str, str], tmp_path: Path) -> None:
+    shell = devshell_factory()
+    make, needles = ON_A_DEVSHELL[row]
+    extra = make(tmp_path)
+    # The flags that opened it, with this row's flag in place of its own (a flag given twice is
+    # a row of its own, in tests/).
+    flags = [a for a in to_argv(shell.opts) if a.split("=")[0] not in {e.split("=")[0] for e in extra}]
+    if "--rm" in extra:
+        flags += _script(b"true\n")(tmp_path)
+    before = engine_state(shell.name), tree(tmp_path)
+    assert_one_line(cli([*flags, *extra], home), *needles)
+    assert (engine_state(shell.name), tree(tmp_path)) == before
+
+
+# --- rows about what the engine holds ------------------------------------------------------
+
+
+def test_a_container_devshell_did_not_create_is_left_alone(devshell_factory: Callable[..., Devshell],
+                                                           devshell_instance: Callable[[], str],
+                                                           home: dict[str, str], tmp_path: Path) -> None:
+    """--rm, --verify and entering all refuse a container of that name devshell did not make."""
+    image = devshell_factory().spec.image
+    instance = devshell_instance()
+    name = f"devshell-bookworm-{instance}"
+    subprocess.run(["docker", "create", "--name", name, image, "true"], check=True, capture_output=True)
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "s.sh").write_text("true\n")
+    try:
+        for argv in (["--rm"], ["--verify"], ["--checkout", str(tmp_path / "checkout"),
+                                              "--script", str(tmp_path / "s.sh")]):
+            before = engine_state(name), tree(tmp_path)
+            assert_one_line(cli(["--instance", instance, *argv], home), "devshell did not create")
+            assert engine_state(name) == before[0]
+            assert tree(tmp_path) == before[1]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_a_volume_of_another_cell_is_never_adopted(devshell_factory: Callable[..., Devshell],
+                                                   devshell_instance: Callable[[], str],
+                                                   home: dict[str, str], tmp_path: Path) -> None:
+    devshell_factory()  # the image is there
+    instance = devshell_instance()
+    name = f"devshell-bookworm-{instance}"
+    subprocess.run(["docker", "volume", "create", "--label", "devshell.cell=other", "--label", f"{MANAGED}=1",
+                    name], check=True, capture_output=True)
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "s.sh").write_text("true\n")
+    before = engine_state(name), tree(tmp_path)
+    done = cli(["--instance", instance, "--checkout", str(tmp_path / "checkout"),
+                "--patches-out", str(tmp_path / "drop"), "--script", str(tmp_path / "s.sh")], home)
+    assert_one_line(done, "belongs to cell other")
+    assert engine_state(name) == before[0]
+    assert tree(tmp_path) == before[1]
+
+
+def test_verify_without_a_container_is_one_line(devshell_engine: object, devshell_instance: Callable[[], str],
+                                                home: dict[str, str], tmp_path: Path) -> None:
+    instance = devshell_instance()
+    name = f"devshell-bookworm-{instance}"
+    before = engine_state(name), tree(tmp_path)
+    assert_one_line(cli(["--verify", "--instance", instance], home), f"no container {name}")
+    assert (engine_state(name), tree(tmp_path)) == before
+
+
+def _arm_cell(tmp_path: Path, image: str) -> Path:
+    """An arm64 cell naming an image that exists for amd64 only (remembered, like the shipped)."""
+    d = tmp_path / "cells"
+    d.mkdir()
+    (d / "armcell.yaml").write_text(f"platform: linux/arm64\nimage: {{ref: '{image}'}}\n"
+                                    "workspace: /workspaces/armcell\n")
+    cells.load(str(d / "armcell.yaml"))
+    return d
+
+
+def test_list_does_not_call_an_image_of_another_platform_present(
+        devshell_factory: Callable[..., Devshell], home: dict[str, str], tmp_path: Path) -> None:
+    import json
+
+    arm = _arm_cell(tmp_path, devshell_factory().spec.image)  # built for amd64 only
+    done = cli(["--list", "--json", "--cells-dir", str(arm)], home)
+    assert done.returncode == 0, done.stderr
+    (row,) = [r for r in json.loads(done.stdout)["cells"] if r["cell"] == "armcell"]
+    assert row["image_state"] != "present"
+
+
+def test_entering_a_cell_whose_image_is_of_another_platform_is_one_line(
+        devshell_factory: Callable[..., Devshell], devshell_instance: Callable[[], str],
+        home: dict[str, str], tmp_path: Path) -> None:
+    image = devshell_factory().spec.image
+    arm = _arm_cell(tmp_path, image)
+    instance = devshell_instance()
+    name = f"devshell-armcell-{instance}"
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "s.sh").write_text("true\n")
+    before = engine_state(name), tree(tmp_path)
+    done = cli(["armcell", "--cells-dir", str(arm), "--instance", instance, "--checkout",
+                str(tmp_path / "checkout"), "--patches-out", str(tmp_path / "drop"),
+                "--script", str(tmp_path / "s.sh")], home)
+    assert_one_line(done, image, "is here for linux/amd64 only")
+    assert engine_state(name) == before[0]
+    assert tree(tmp_path) == before[1]
+
+
+# --- not bad input: a script's bytes reach the container as they are --------------------------
+
+
+def test_a_script_that_is_not_utf8_runs_byte_for_byte(devshell: Devshell, home: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """The script travels as one exec argument; bytes that are not UTF-8 must not become U+FFFD."""
+    script = tmp_path / "s.sh"
+    script.write_bytes(b"#!/bin/sh\nprintf '%s' '\xff\xfe caf\xc3\xa9'\n")
+    done = cli([*to_argv(devshell.opts), "--script", str(script)], home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"\xff\xfe caf\xc3\xa9"
