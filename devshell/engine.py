@@ -573,29 +573,23 @@ class Engine:
             _check_owner("volume", name, info.get("Labels"), cell)
         return info
 
-    def volume_sizes(self) -> dict[str, int]:
-        """Bytes in each volume, where the engine measured them. GET /system/df walks every
-        volume, so it is slow: for status, down and doctor, never on a launch. The engine runs
-        one at a time and answers 500 to a second: that one waits its turn (bounded), and after
-        that the sizes are unknown ({}) rather than the command failing."""
-        import time
-
-        for _ in range(50):
-            try:
-                df = self._call("GET", "/system/df")
-                break
-            except EngineError as e:
-                if e.status != 500 or "already running" not in e.reason:
-                    raise
-                time.sleep(0.2)
-        else:
-            return {}
-        sizes = {}
-        for volume in df.get("Volumes") or []:
-            size = (volume.get("UsageData") or {}).get("Size", -1)
-            if isinstance(size, int) and size >= 0:  # -1: the engine did not measure it
-                sizes[volume["Name"]] = size
-        return sizes
+    def volume_usage(self, container: str) -> int | None:
+        """Bytes in a running devshell's volume, measured inside it (du over its workspace,
+        bounded to 10 s); None when it is not running or du does not say. (GET /system/df
+        measures every container and volume on the engine, one walk at a time: minutes on a
+        busy engine.) The number comes from inside, so it is informational only."""
+        info = self.inspect(container)
+        if not info or not info["State"]["Running"] or info["State"].get("Paused"):
+            return None
+        env = dict(e.partition("=")[::2] for e in info["Config"].get("Env") or [])
+        workspace = env.get("DEVSHELL_WORKSPACE")
+        if not workspace:
+            return None
+        try:
+            done = self.exec(container, ["timeout", "10", "du", "-sxB1", workspace])
+            return int(done.stdout.split()[0]) if done.exit_code == 0 else None
+        except (DevshellError, IndexError, ValueError):
+            return None
 
     def version(self) -> dict[str, Any]:
         found: dict[str, Any] = self._call("GET", "/version")

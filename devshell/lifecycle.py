@@ -272,7 +272,7 @@ def status_of(engine: Engine, opts: Options, cell: Cell) -> dict[str, Any]:
         "volume": spec.volume,
         "volume_present": volume is not None,
         "volume_owner": owner_of(volume_labels, cell.name) if volume is not None else None,
-        "volume_size": engine.volume_sizes().get(spec.volume) if volume is not None else None,
+        "volume_size": engine.volume_usage(spec.name) if volume is not None else None,
         "last_session": last,
         "notes": [],
     }
@@ -304,7 +304,9 @@ def devshell_rows(containers: Sequence[dict[str, Any]], volumes: Sequence[dict[s
 def status_all(as_json: bool) -> int:
     engine = Engine.connect()
     containers = engine.list_containers(labels.MANAGED)
-    rows = devshell_rows(containers, engine.list_volumes(labels.MANAGED), engine.volume_sizes())
+    names = [(c.get("Names") or ["/?"])[0].lstrip("/") for c in containers if c.get("State") == "running"]
+    sizes = {name: size for name in names if (size := engine.volume_usage(name)) is not None}
+    rows = devshell_rows(containers, engine.list_volumes(labels.MANAGED), sizes)
     ids = {(c.get("Names") or ["/?"])[0].lstrip("/"): c["Id"] for c in containers}
     for r in rows:
         if r["name"] in ids:
@@ -349,7 +351,7 @@ def down(argv: Sequence[str]) -> int:
     # Both checked before anything goes: a refusal leaves everything as it was.
     info = engine.inspect_own(name, ns.cell)
     volume = engine.volume_own(name, ns.cell) if ns.volume else engine.volume_info(name)
-    size = engine.volume_sizes().get(name) if ns.volume and volume is not None else None
+    size = engine.volume_usage(name) if ns.volume and volume is not None else None
     held = f"{human_size(size) or 'size unknown'}: sources, build tree, ccache"
     what = f"volume {name} (cell {ns.cell}, {held})"
     if ns.volume and volume is not None and not ns.yes:
