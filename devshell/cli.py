@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import cells
-from .engine import Engine, require_docker_cli
+from .engine import Engine, require_docker_cli, stderr_progress
 from .errors import DevshellError, for_terminal
 from .launcher import check_host_paths, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
@@ -64,14 +64,19 @@ def run(argv: Sequence[str]) -> int:
     script = read_script(opts.script) if opts.script else None
     require_docker_cli()
     engine = Engine.connect()
-    shell = open_devshell(opts, cell, engine)
+    # With --json the session's summary is the one thing on stderr: notes and build progress
+    # go into it rather than beside it (stdout stays the script's).
+    notes = list(opts.notes)
+    shell = open_devshell(opts, cell, engine, progress=notes.append if opts.json else stderr_progress)
     spec = shell.spec
-    for note in opts.notes:
-        print(f"devshell: {note}", file=sys.stderr)
+    if not opts.json:
+        for note in opts.notes:
+            print(f"devshell: {note}", file=sys.stderr)
     say(opts, {"container": spec.name, "state": shell.outcome.state, "why": shell.outcome.why,
                "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
                "checkout": opts.checkout, "patches": opts.patches_out, "cache": opts.host_cache,
-               "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev"},
+               "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev",
+               "notes": notes},
         f"{spec.name} {shell.outcome} · /checkout={opts.checkout} (read-only) · /patches={opts.patches_out}"
         + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
         + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}")

@@ -2,6 +2,7 @@
 
 import os
 
+from devshell.options import to_argv
 from devshell.spec import INIT_PATH
 
 
@@ -82,3 +83,24 @@ def test_state_init_cannot_repair_fails_the_session_loudly(devshell_factory, dev
     assert "sudoers" in result.stderr and "Traceback" not in result.stderr
     assert "ran" not in result.stdout
     assert shell.engine.inspect(shell.name)["State"]["Running"], "left for inspection"
+
+
+def test_json_summary_is_the_one_thing_on_stderr_and_stdout_stays_the_scripts(
+        devshell, devshell_cli, tmp_path):
+    import json
+
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\necho from-the-script\n")
+    # On a root host, without --uid/--gid, the launch has a note to make (uid 0 -> 1000, the
+    # fixture's ids too, so this is the same devshell).
+    argv = to_argv(devshell.opts)
+    if os.getuid() == 0:
+        argv = [a for a in argv if not a.startswith(("--uid=", "--gid="))]
+    done = devshell_cli(None, *argv, "--script", str(script), "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from-the-script\n"
+    (line,) = done.stderr.splitlines()
+    summary = json.loads(line)
+    assert summary["container"] == devshell.name
+    if os.getuid() == 0:
+        assert any("host runs as root" in note for note in summary["notes"])
