@@ -11,7 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -210,6 +210,40 @@ def devshell_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
                               env={**os.environ, **(env or {})}, timeout=600)
 
     return run
+
+
+def tree_state(root: str | os.PathLike[str], *, skip: Sequence[str] = ()) -> dict[str, tuple[object, ...]]:
+    """What is at root and below it, links never followed: for each entry (root itself is
+    '.') its type, mode, owner and group, and a regular file's sha256 or a link's target. Only
+    regular files are opened (a FIFO would block). skip: directories below root, relative,
+    that are not walked. Two equal states mean nothing there changed; a root that is a file
+    is one entry, not none."""
+    import hashlib
+    import stat
+
+    root = os.fspath(root)
+    out: dict[str, tuple[object, ...]] = {}
+
+    def record(path: str) -> None:
+        st = os.lstat(path)
+        extra: object = None
+        if stat.S_ISLNK(st.st_mode):
+            extra = os.readlink(path)
+        elif stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                extra = hashlib.sha256(f.read()).hexdigest()
+        out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                            st.st_uid, st.st_gid, extra)
+
+    if not os.path.lexists(root):
+        return out
+    record(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = os.path.relpath(dirpath, root)
+        dirnames[:] = [d for d in dirnames if os.path.normpath(os.path.join(here, d)) not in skip]
+        for name in [*dirnames, *filenames]:
+            record(os.path.join(dirpath, name))
+    return out
 
 
 def _progress(line: str) -> None:

@@ -12,9 +12,7 @@ with a container to replace (test_a_missing_docker_cli_is_found_before_anything_
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,30 +24,14 @@ from devshell import cells
 from devshell.labels import MANAGED
 from devshell.launcher import Devshell
 from devshell.options import to_argv
+from devshell.plugin import tree_state
 
 # Lock files devshell takes around a build or launch (engine.py): left behind by design.
 LOCKS = os.path.join("home", ".cache", "devshell", "locks")
 
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Type, mode and owner of every entry below root; a regular file's sha256, a link's target.
-    Opens nothing else (a FIFO would block)."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        if os.path.relpath(dirpath, root) == os.path.dirname(LOCKS):
-            dirnames[:] = [d for d in dirnames if d != os.path.basename(LOCKS)]
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            extra: object = None
-            if stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                                st.st_uid, extra)
-    return out
+    return tree_state(root, skip=(LOCKS,))
 
 
 def engine_state(*names: str) -> tuple[list[str], list[str]]:

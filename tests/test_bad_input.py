@@ -13,13 +13,11 @@ Rows for the real engine are in suites/test_bad_input.py (and suites/test_errors
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import pytest
 
 from devshell import cells, cli
 from devshell.launcher import MAX_SCRIPT_BYTES
+from devshell.plugin import tree_state
 
 VALID_CELL = ("platform: linux/amd64\nimage: {ref: 'debian:bookworm'}\n"
               "workspace: /workspaces/c\n")
@@ -120,22 +119,7 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Place:
 
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every entry below root: type and mode, a link's target, a regular file's sha256. Never
-    opens anything else (a FIFO would block)."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            extra: object = None
-            if stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                                st.st_uid, extra)
-    return out
+    return tree_state(root)
 
 
 def _engine_get(path: str) -> object:

@@ -15,13 +15,12 @@ prints it: that conftest is loaded where the summary is written, an xdist contro
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 import subprocess
 
 import pytest
 
+from devshell.plugin import tree_state
 from devshell.spec import host_binds
 
 
@@ -53,30 +52,10 @@ def pytest_runtest_makereport(item, call):
 
 # --- helpers shared by the modules (fixtures, so that no module imports another) -------------
 
-def tree_state(root) -> dict[str, tuple]:
-    """Every entry under root (root included), unfollowed: owner, mode, and the content of
-    files or the target of links. Two equal states mean nothing under root changed."""
-    out = {}
-    root = os.fspath(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *sorted(dirnames), *sorted(filenames)]:
-            path = os.path.normpath(os.path.join(dirpath, name))
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                body = os.readlink(path).encode()
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    body = f.read()
-            else:
-                body = b""
-            out[os.path.relpath(path, root)] = (st.st_uid, st.st_gid, st.st_mode,
-                                                hashlib.sha256(body).hexdigest())
-    return out
-
-
 @pytest.fixture(scope="session")
 def host_tree():
-    """host_tree(path): owner, mode and content of everything under path (see tree_state)."""
+    """host_tree(path): owner, mode and content of path and everything under it
+    (devshell.plugin.tree_state)."""
     return tree_state
 
 
