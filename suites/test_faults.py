@@ -250,6 +250,23 @@ def test_signal_during_script_stops_it_inside(precious, devshell_cli, script, si
     precious.check(again(devshell_cli, precious, script))
 
 
+@pytest.mark.fault("SIGINT/SIGTERM to the CLI at any point of a --script session")
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6, 1.0])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_signal_at_any_point_of_a_session_leaves_nothing_running(precious, devshell_cli, script, sig, delay):
+    child = launch(precious, "--script", script("#!/bin/sh\nsleep 64\n", "long.sh"))
+    time.sleep(delay)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=30)
+    # Before the CLI has set its handlers (Python is still starting), the signal's default
+    # action ends it: a shell reports that as 128 + the signal too.
+    assert child.returncode in (128 + sig, -sig), err
+    assert "Traceback" not in err
+    # Even a signal that came before the exec had started inside leaves nothing behind.
+    _wait_for(lambda: not processes(precious, "sleep 64 $"), timeout=15)
+    precious.check(again(devshell_cli, precious, script))
+
+
 def test_control_a_bare_docker_exec_leaves_the_script_running(precious, script):
     """The control: what devshell adds. The same script under a bare `docker exec`, whose CLI
     is interrupted, runs on inside."""
