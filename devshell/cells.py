@@ -191,7 +191,7 @@ def find(name: str, path: Iterable[str]) -> Cell:
     )
 
 
-def available(path: Iterable[str], problems: list[str] | None = None) -> list[Cell]:
+def available(path: Iterable[str], problems: list[DevshellError] | None = None) -> list[Cell]:
     """Every cell on the search path, shadowed names resolved like find(). Given a problems
     list, a file that does not load is named there and skipped, so one broken file does not
     hide every other cell; without one, it is an error."""
@@ -205,7 +205,7 @@ def available(path: Iterable[str], problems: list[str] | None = None) -> list[Ce
             except DevshellError as e:
                 if problems is None:
                     raise
-                problems.append(str(e))
+                problems.append(e)
                 # Still shadows a same-named cell further on: find() would stop at this file too.
                 seen[f[: -len(".yaml")]] = None
     return [cell for cell in seen.values() if cell is not None]

@@ -22,14 +22,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .labels import MANAGED
-from .spec import LABEL_CELL, LABEL_HASH, LABEL_IDENTITY, ContainerSpec, ExecSpec, differences
+from .labels import MANAGED, owner_of
+from .spec import (
+    LABEL_CELL,
+    LABEL_HASH,
+    LABEL_IDENTITY,
+    NEVER_REUSED,
+    WORKSPACE_ENV,
+    ContainerSpec,
+    ExecSpec,
+    differences,
+)
 
 if TYPE_CHECKING:
     import docker
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 STOP_GRACE = 5.0  # seconds the docker CLI has to end after a signal stopped its session inside
+USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 
@@ -200,12 +210,12 @@ class Engine:
             return self._present_or_pulled(cell.image_ref, cell.platform, cell.name, progress)
         tag = cell.built_tag
         assert tag
-        if self.image_present(tag):
+        if self.image_present(tag, cell.platform):
             return tag
         if cell.image_ref and self.try_pull(cell.image_ref, cell.platform) is None:
             return cell.image_ref
-        with _lock(f"build-{tag.replace('/', '_').replace(':', '_')}"):
-            if not self.image_present(tag):  # another process may have built it meanwhile
+        with _lock(f"build-{tag.replace('/', '_').replace(':', '_')}", BUILD_LOCK_TIMEOUT):
+            if not self.image_present(tag, cell.platform):  # another process may have built it meanwhile
                 self.build(cell, tag, progress)
         return tag
 
@@ -355,10 +365,10 @@ class Engine:
         if info is not None:
             labels = info["Config"].get("Labels") or {}
             state = info["State"]
-            if state["Status"] in ("created", "dead"):
+            if state["Status"] in NEVER_REUSED:
                 # Never started: a launch died between create and start (copy-in included),
                 # so init may be missing. Nothing ran in it, so nothing in it is lost.
-                why = "half-made by an interrupted launch" if state["Status"] == "created" else "dead"
+                why = NEVER_REUSED[state["Status"]]
             elif labels.get(LABEL_HASH) == spec.hash():
                 if state.get("Paused"):
                     self._call("POST", f"/containers/{_q(spec.name)}/unpause", ok=(204, 304))
@@ -383,7 +393,9 @@ class Engine:
         deadline = time.monotonic() + CALL_TIMEOUT
         while time.monotonic() < deadline:
             info = self.inspect_own(spec.name, spec.cell)
-            if info is not None and info["State"]["Status"] != "created":
+            if info is None:  # the other launch gave up and removed it: ours to make after all
+                return self.ensure_container(spec)
+            if info["State"]["Status"] != "created":
                 if (info["Config"].get("Labels") or {}).get(LABEL_HASH) != spec.hash():
                     raise DevshellError(f"another launch made {spec.name} with other flags meanwhile",
                                         "launch again (it is replaced), or pass another --instance")
@@ -486,13 +498,15 @@ class Engine:
                 self._stop_session(ex, signal.Signals(signum).name.removeprefix("SIG"))
                 raise _SessionEnding  # out of waitpid, which Python would otherwise resume
 
+        # The ending signals are held back while handlers go in and out and while the CLI is
+        # spawned: the handler's exception must only ever be raised inside the try below, and
+        # only once there is a child to wait for (or none will come).
+        signal.pthread_sigmask(signal.SIG_BLOCK, ending)
         old = {sig: signal.signal(sig, on_signal) for sig in ending}
         if ex.tty:  # ^C belongs to the shell inside
             old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
         pid = 0
         try:
-            # Held back while spawning, so that a handler knows whether there is a child to wait for.
-            signal.pthread_sigmask(signal.SIG_BLOCK, ending)
             try:
                 pid = os.posix_spawnp("docker", ex.cli(), os.environ, setsigdef=[signal.SIGINT],
                                       setsigmask=[])
@@ -507,8 +521,10 @@ class Engine:
         except FileNotFoundError:
             raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
         finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, ending)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
         if caught:
             return 128 + caught[0]
         code = os.waitstatus_to_exitcode(status)
@@ -574,21 +590,26 @@ class Engine:
         return info
 
     def volume_usage(self, container: str) -> int | None:
-        """Bytes in a running devshell's volume, measured inside it (du over its workspace,
-        bounded to 10 s); None when it is not running or du does not say. (GET /system/df
-        measures every container and volume on the engine, one walk at a time: minutes on a
-        busy engine.) The number comes from inside, so it is informational only."""
+        """Bytes in a running devshell's volume, measured inside it (du over its workspace),
+        or None when it is not running or du does not answer within USAGE_TIMEOUT (bounded
+        here, on the host: the container's own `timeout` could be anything). Only for a
+        container devshell made (callers check): it runs a program in it. The number comes
+        from inside, so it is informational. (GET /system/df measures every container and
+        volume on the engine, one walk at a time: minutes on a busy engine.)"""
+        import subprocess
+
         info = self.inspect(container)
         if not info or not info["State"]["Running"] or info["State"].get("Paused"):
             return None
         env = dict(e.partition("=")[::2] for e in info["Config"].get("Env") or [])
-        workspace = env.get("DEVSHELL_WORKSPACE")
+        workspace = env.get(WORKSPACE_ENV)
         if not workspace:
             return None
         try:
-            done = self.exec(container, ["timeout", "10", "du", "-sxB1", workspace])
-            return int(done.stdout.split()[0]) if done.exit_code == 0 else None
-        except (DevshellError, IndexError, ValueError):
+            done = subprocess.run(["docker", "exec", "--user", "0", info["Id"], "du", "-sxB1", workspace],
+                                  capture_output=True, timeout=USAGE_TIMEOUT, stdin=subprocess.DEVNULL)
+            return int(done.stdout.split()[0]) if done.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
             return None
 
     def version(self) -> dict[str, Any]:
@@ -635,13 +656,12 @@ def require_docker_cli() -> None:
 
 def _check_owner(kind: str, name: str, labels: dict[str, str] | None, cell: str) -> None:
     """An object with devshell's name is ours to act on only if devshell made it for this cell."""
-    labels = labels or {}
-    if MANAGED not in labels:
+    owner = owner_of(labels, cell)
+    if owner == "foreign":
         raise DevshellError(f"a {kind} named {name} exists that devshell did not create",
                             f"leave it be: rename or remove the {kind} yourself, or pass --instance")
-    owner = labels.get(LABEL_CELL)
-    if owner != cell:
-        raise DevshellError(f"{kind} {name} belongs to cell {owner}, not {cell}",
+    if owner == "other-cell":
+        raise DevshellError(f"{kind} {name} belongs to cell {(labels or {}).get(LABEL_CELL)}, not {cell}",
                             "pass another --instance, or act on it as that cell")
 
 
@@ -708,11 +728,12 @@ def _stream(cmd: list[str], progress: Progress, keep: Callable[[str], bool]) -> 
                             "check the network to the Debian mirror and the cell's recipe")
 
 
-LOCK_TIMEOUT = 600.0  # seconds: longer than any build or launch that is still making progress
+LAUNCH_LOCK_TIMEOUT = 600.0  # seconds: longer than any launch that is still making progress
+BUILD_LOCK_TIMEOUT = 3600.0  # ... and any build (debootstrap over a slow mirror, recipe steps)
 
 
 @contextmanager
-def _lock(name: str) -> Iterator[None]:
+def _lock(name: str, timeout: float) -> Iterator[None]:
     """A per-user lock (flock: a killed holder lets go with its last descriptor), so parallel
     runs (xdist workers, two terminals) build an image once and make a devshell once."""
     from filelock import FileLock, Timeout
@@ -721,10 +742,10 @@ def _lock(name: str) -> Iterator[None]:
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, f"{name}.lock")
     try:
-        with FileLock(path, timeout=LOCK_TIMEOUT):
+        with FileLock(path, timeout=timeout):
             yield
     except Timeout:
-        raise DevshellError(f"another devshell process has held {path} for {LOCK_TIMEOUT:.0f} s",
+        raise DevshellError(f"another devshell process has held {path} for {timeout:.0f} s",
                             "let it finish, or stop the devshell process that is stuck") from None
 
 
@@ -732,7 +753,7 @@ def launch_lock(name: str) -> contextlib.AbstractContextManager[None]:
     """Held while one launch makes (or replaces) devshell `name`'s volume and container: four
     first launches at once end on one container, not on a 409 and a volume removed under
     another launch's feet."""
-    return _lock(f"launch-{name}")
+    return _lock(f"launch-{name}", LAUNCH_LOCK_TIMEOUT)
 
 
 def _reason(e: BaseException) -> str:

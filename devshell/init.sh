@@ -3,7 +3,8 @@
 #
 #   devshell-init               init: converge, as root (idempotent: run it again, same state)
 #   devshell-init --verify      print "FAIL <element>: <why>" per broken promise, exit with the count
-#   devshell-init --session HASH [--as-root] [--script CONTENT | --script-base64 B64] [--script-id SHA]
+#   devshell-init --session HASH [--session-id ID] [--as-root] [--script CONTENT | --script-base64 B64]
+#                 [--script-id SHA]
 #                               what the launcher runs at every entry, in one exec: init (skipped
 #                               when HASH was converged before and verify still passes), verify,
 #                               then the shell or script as dev. Exit 86: init or verify failed.
@@ -38,7 +39,7 @@ AI_CONFIG=${DEVSHELL_AI_CONFIG:-rw}
 SUDOERS=/etc/sudoers.d/devshell
 SUDOERS_LINE="$DEV ALL=(ALL:ALL) NOPASSWD: ALL"
 SETUP=/usr/local/libexec/devshell-setup
-STATE=/var/lib/devshell
+STATE=${DEVSHELL_STATE_DIR:?DEVSHELL_STATE_DIR is not set}
 # Filesystems that already present host ownership: chown there is useless or slow.
 MAPPED_FS=" virtiofs fakeowner osxfs fuse.grpcfuse "
 
@@ -473,17 +474,19 @@ converged() {
 }
 
 session() {
-    local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5
+    local hash=$1 as_root=$2 has_script=$3 script=$4 script_id=$5 session_id=$6
     [ -d "$STATE/sessions" ] || mkdir -p "$STATE/sessions"
     # This exec's pid leads its session: recorded so that `--stop` finds what it starts. A
     # session that ends on its own leaves its record; they are swept now and then (a glob is
     # a builtin, so the warm path pays a fork only when there is something to sweep).
     local -a records=("$STATE"/sessions/*)
     [ ${#records[@]} -le 64 ] || sweep_sessions "${records[@]}"
-    case ${DEVSHELL_SESSION:-} in
-        '' | *[!0-9a-f]*) ;;
-        *) echo $$ >"$STATE/sessions/$DEVSHELL_SESSION" ;;
-    esac
+    if [ -n "$session_id" ]; then
+        echo $$ >"$STATE/sessions/$session_id"
+        # A stop that came before the record was there left its mark instead (record, then
+        # look for the mark; the stop marks, then reads the record: one of them sees the other).
+        [ ! -e "$STATE/sessions/$session_id.stopped" ] || exit 143
+    fi
     if ! converged "$hash"; then
         # One converging entry at a time: concurrent first entries would run useradd and
         # friends at once. The lock goes with this process (a killed entry cannot leave it
@@ -546,6 +549,8 @@ sweep_sessions() {
 # /proc/PID/stat, not environ: root inside lacks CAP_SYS_PTRACE, so dev's environ is not readable.
 stop_session() {
     local id=$1 sig=$2 leader= stat pid rest ppid pgid sid n added=yes
+    [ -d "$STATE/sessions" ] || mkdir -p "$STATE/sessions"
+    : >"$STATE/sessions/$id.stopped"
     { read -r leader <"$STATE/sessions/$id"; } 2>/dev/null
     rm -f "$STATE/sessions/$id"
     case $leader in '' | *[!0-9]*) return 0 ;; esac
@@ -587,11 +592,12 @@ main() {
             esac
             stop_session "$2" "$3" ;;
         --session)
-            local hash=${2:?--session needs the spec hash} as_root=no has_script=no script= script_id=
+            local hash=${2:?--session needs the spec hash} as_root=no has_script=no script= script_id= session_id=
             shift 2
             while [ $# -gt 0 ]; do
                 case $1 in
                     --as-root) as_root=yes; shift ;;
+                    --session-id) session_id=${2?--session-id needs an id}; shift 2 ;;
                     --script) has_script=yes script=${2?--script needs content}; shift 2 ;;
                     --script-base64) has_script=base64 script=${2?--script-base64 needs content}; shift 2 ;;
                     --script-id) script_id=${2?--script-id needs the content hash}; shift 2 ;;
@@ -602,9 +608,10 @@ main() {
                 no:*) ;;
                 *:*[!0-9a-f]* | *:) echo "devshell-init: --script needs a hex --script-id" >&2; return 2 ;;
             esac
-            session "$hash" "$as_root" "$has_script" "$script" "$script_id"
+            case $session_id in *[!0-9a-f]*) echo "devshell-init: --session-id is hex" >&2; return 2 ;; esac
+            session "$hash" "$as_root" "$has_script" "$script" "$script_id" "$session_id"
             ;;
-        *) echo "usage: devshell-init [--verify | --status | --idle | --stop ID SIG | --session HASH [--as-root] [--script CONTENT | --script-base64 B64] [--script-id SHA]]" >&2; return 2 ;;
+        *) echo "usage: devshell-init [--verify | --status | --idle | --stop ID SIG | --session HASH [--session-id ID] [--as-root] [--script CONTENT | --script-base64 B64] [--script-id SHA]]" >&2; return 2 ;;
     esac
 }
 

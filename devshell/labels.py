@@ -18,4 +18,12 @@ SPEC = "devshell.spec"
 TEST_RUN = "devshell.test-run"
 TEST_PID = "devshell.test-pid"
 
-ALL = (MANAGED, CELL, SPEC_HASH, SPEC, TEST_RUN, TEST_PID)
+
+def owner_of(found: dict[str, str] | None, cell: str) -> str:
+    """Whose an object with devshell's name is, by its labels: 'devshell' (made by devshell for
+    cell: ours to reuse, verify, replace or remove), 'other-cell', or 'foreign' (not made by
+    devshell at all). Launches, --rm, --verify, status and down all decide by this."""
+    found = found or {}
+    if MANAGED not in found:
+        return "foreign"
+    return "devshell" if found.get(CELL) == cell else "other-cell"

@@ -15,9 +15,19 @@ from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_p
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, strict_problem
 from .options import HostFacts, Options, check_binds
-from .spec import INIT_PATH, LABEL_CELL, LABEL_HASH, ContainerSpec, container_name, host_binds, plan, session
+from .spec import (
+    INIT_PATH,
+    LABEL_CELL,
+    LABEL_HASH,
+    ContainerSpec,
+    container_name,
+    host_binds,
+    plan,
+    script_args,
+    session,
+)
 
-MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (Linux caps it at 128 KiB)
+MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (spec.MAX_EXEC_ARG)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
 
 
@@ -198,8 +208,9 @@ def check_alive(engine: Engine, spec: ContainerSpec, outcome: Outcome) -> dict[s
         engine.remove_container(spec.name)
     raise DevshellError(f"{spec.name} stopped as it started (exit {code})"
                         + ("; it was removed, its volume kept" if fresh else ""),
-                        f"check the cell's env and image (docker logs {spec.name} shows its output)"
-                        if not fresh else "check the cell's env and image, then launch again")
+                        "check the cell's env and image, then launch again" if fresh else
+                        f"see docker logs {spec.name}; devshell {spec.cell} --rm makes the next launch "
+                        "start a new one (the volume is kept)")
 
 
 def check_mounts_from_host(engine: Engine, spec: ContainerSpec, opts: Options,
@@ -272,7 +283,9 @@ def read_script(path: str) -> str:
         # file'), and the shell would run every line with a trailing \r.
         raise DevshellError(f"--script {path} has Windows (CRLF) line endings",
                             f"convert it: dos2unix {path}")
-    return data.decode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "surrogateescape")
+    script_args(text)  # too long to travel (base64 grows it): refused before anything is made
+    return text
 
 
 def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str, str] | None = None,
@@ -347,5 +360,6 @@ def _settled(shell: Devshell, bound: float = 2.0) -> dict[str, Any] | None:
 def remove(engine: Engine, cell: Cell, instance: str | None) -> bool:
     """--rm: the container goes; the volume (sources, build, ccache) and host cache stay."""
     name = container_name(cell.name, instance)
-    engine.inspect_own(name, cell.name)  # never another cell's, nor one devshell did not make
-    return engine.remove_container(name)
+    info = engine.inspect_own(name, cell.name)  # never another cell's, nor one devshell did not make
+    # By id: what goes is the container just checked, even if the name was taken again meanwhile.
+    return info is not None and engine.remove_container(info["Id"])

@@ -1,9 +1,10 @@
 """The visible lifecycle: `devshell status`, `down`, `doctor`, and `--list`.
 
-status, doctor and --list only read: they never create a directory, container or volume. down
-removes a container (and, asked twice or with --yes, its volume) only if devshell made it for
-that cell. Every engine call goes through Engine; what decides and what formats are pure
-functions of what the engine said (tests/test_lifecycle.py).
+status, doctor and --list only read: they never create a container, volume or host directory
+(devshell's memo of validated cell files aside). down removes a container (and, asked twice or
+with --yes, its volume) only if devshell made it for that cell. Every engine call goes through
+Engine; what decides and what formats are pure functions of what the engine said
+(tests/test_lifecycle.py).
 
 Output is text on stdout for people (notes on stderr), or with --json exactly one JSON
 document on stdout, notes inside it. Errors are one line on stderr and exit 2 (cli.main).
@@ -26,10 +27,10 @@ from .engine import Engine
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
 from .options import HostFacts, Options, _safe_name, parse, parser
-from .spec import ContainerSpec, container_name, differences, host_binds, plan
+from .spec import NEVER_REUSED, STATE_DIR, ContainerSpec, container_name, differences, host_binds, plan
 
 # init.sh's session path truncates this file on every entry: its mtime is the last session.
-LAST_SESSION = "/var/lib/devshell/last-session"
+LAST_SESSION = f"{STATE_DIR}/last-session"
 LOW_DISK = 1 << 30  # bytes: less than this free where the engine keeps images is a problem
 # Launch flags that are actions of their own, not part of what a launch would create.
 ACTIONS = (("--rm", "rm"), ("--verify", "verify"), ("--script", "script"), ("--list", "list"))
@@ -119,7 +120,7 @@ def expected_image(cell: Cell, override: str | None, present: Callable[[str], bo
 def list_cells(opts: Options) -> int:
     """--list: every cell on the search path with its image, container and volume state. A
     cell file that does not load is named in a note, and the others are still listed."""
-    problems: list[str] = []
+    problems: list[DevshellError] = []
     found = cells.available(cells.search_path(opts.cells_dirs), problems)
     engine = Engine.connect()
     rows = []
@@ -173,13 +174,11 @@ def judge(info: dict[str, Any] | None, spec: ContainerSpec, missing_dirs: Sequen
         return Verdict("absent", None, None, [], "create")
     found = info["Config"].get("Labels") or {}
     state = info["State"]["Status"]
-    if labels.MANAGED not in found:
-        return Verdict(state, "foreign", None, [], "refuse")
-    if found.get(labels.CELL) != spec.cell:
-        return Verdict(state, "other-cell", None, [], "refuse")
-    if state in ("created", "dead"):
-        why = "half-made by an interrupted launch" if state == "created" else "dead"
-        return Verdict(state, "devshell", False, [why], "recreate")
+    owner = labels.owner_of(found, spec.cell)
+    if owner != "devshell":
+        return Verdict(state, owner, None, [], "refuse")
+    if state in NEVER_REUSED:
+        return Verdict(state, "devshell", False, [NEVER_REUSED[state]], "recreate")
     changed = []
     if missing_dirs:
         # A launch creates them, and a new directory is another identity: the container is
@@ -199,13 +198,6 @@ def _identity(label: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def owner_of(found_labels: dict[str, str] | None, cell: str) -> str:
-    found_labels = found_labels or {}
-    if labels.MANAGED not in found_labels:
-        return "foreign"
-    return "devshell" if found_labels.get(labels.CELL) == cell else "other-cell"
 
 
 def status(argv: Sequence[str]) -> int:
@@ -271,8 +263,9 @@ def status_of(engine: Engine, opts: Options, cell: Cell) -> dict[str, Any]:
         "image": spec.image,
         "volume": spec.volume,
         "volume_present": volume is not None,
-        "volume_owner": owner_of(volume_labels, cell.name) if volume is not None else None,
-        "volume_size": engine.volume_usage(spec.name) if volume is not None else None,
+        "volume_owner": labels.owner_of(volume_labels, cell.name) if volume is not None else None,
+        # Measured by a program run inside: only in a container devshell made for this cell.
+        "volume_size": engine.volume_usage(spec.name) if verdict.owner == "devshell" else None,
         "last_session": last,
         "notes": [],
     }
@@ -346,22 +339,26 @@ def down(argv: Sequence[str]) -> int:
     if ns.instance is not None and not _safe_name(ns.instance):
         raise DevshellError(f"--instance {ns.instance!r} is not an instance name",
                             "pass the --instance it was opened with (devshell status lists them)")
+    if ns.yes and not ns.volume:
+        raise DevshellError("--yes answers the question --volume asks, and there is no --volume",
+                            "drop --yes, or add --volume to remove the volume too")
     name = container_name(ns.cell, ns.instance)
     engine = Engine.connect()
     # Both checked before anything goes: a refusal leaves everything as it was.
     info = engine.inspect_own(name, ns.cell)
     volume = engine.volume_own(name, ns.cell) if ns.volume else engine.volume_info(name)
+    asking = ns.volume and volume is not None and not ns.yes
+    if asking and not sys.stdin.isatty():
+        raise DevshellError(f"--volume would remove volume {name} (cell {ns.cell}), and there is no "
+                            "terminal to ask", "add --yes to remove it without asking")
     size = engine.volume_usage(name) if ns.volume and volume is not None else None
     held = f"{human_size(size) or 'size unknown'}: sources, build tree, ccache"
     what = f"volume {name} (cell {ns.cell}, {held})"
-    if ns.volume and volume is not None and not ns.yes:
-        if not sys.stdin.isatty():
-            raise DevshellError(f"--volume would remove {what}, and there is no terminal to ask",
-                                "add --yes to remove it without asking")
-        if not confirm(f"devshell: remove {what}" + (f" and container {name}" if info else "") + "? [y/N] "):
-            doc = down_doc(name, False, "kept", size, declined=True)
-            emit(doc, [f"{name}: nothing removed (not confirmed)"], ns.json)
-            return 1
+    question = f"devshell: remove {what}" + (f" and container {name}" if info else "") + "? [y/N] "
+    if asking and not confirm(question):
+        doc = down_doc(name, False, "kept", size, declined=True)
+        emit(doc, [f"{name}: nothing removed (not confirmed)"], ns.json)
+        return 1
     # By id: the container removed is the one just checked, even if a name is reused meanwhile.
     removed = engine.remove_container(info["Id"]) if info is not None else False
     if volume is None:
@@ -460,11 +457,10 @@ def doctor(argv: Sequence[str]) -> int:
     engine = Engine.connect()
     version, info = engine.version(), engine.system_info()
     problems: list[Finding] = []
-    cell_problems: list[str] = []
+    cell_problems: list[DevshellError] = []
     found = cells.available(cells.search_path([os.path.abspath(d) for d in ns.cells_dir]), cell_problems)
-    for text in cell_problems:
-        problem, _, fix = text.rpartition("; fix: ")
-        problems.append(Finding("cell file", problem or text, fix if problem else "edit the cell file"))
+    for e in cell_problems:
+        problems.append(Finding("cell file", e.message, e.fix or "edit the cell file"))
     images = []
     for cell in found:
         state = image_state(cell, partial(engine.image_present, platform=cell.platform))

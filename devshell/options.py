@@ -329,7 +329,7 @@ def image_problem(ref: str) -> str | None:
     """Why ref is no Docker image reference, or None when it is one."""
     name, at, digest = ref.partition("@")
     if at and not _DIGEST.fullmatch(digest):
-        return f"digest {digest!r}: expected sha256: and 64 lowercase hex digits"
+        return f"digest {digest!r}: expected sha256: and 64 lowercase hex digits (or sha384:, sha512:)"
     # A ':' after the last '/' starts the tag; one before it is a registry port.
     slash = name.rfind("/")
     colon = name.rfind(":")

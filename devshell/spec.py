@@ -21,6 +21,8 @@ from .seccomp import profile as seccomp_profile
 DEV_HOME = "/home/dev"
 INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"
+# init's own state inside the container (converged hash, logs, session records, last-session).
+STATE_DIR = "/var/lib/devshell"
 LABEL_CELL = labels.CELL
 LABEL_HASH = labels.SPEC_HASH
 LABEL_IDENTITY = labels.SPEC
@@ -29,9 +31,11 @@ LABEL_IDENTITY = labels.SPEC
 # absolute path, because the engine looks a bare command up in the container's PATH, which a
 # cell's env may have broken: the container would die at every start.
 IDLE_COMMAND = (INIT_PATH, "--idle")
+# Engine states of a container that is never reused, and why: one never started was left
+# half-made by an interrupted launch (init may not be in it yet).
+NEVER_REUSED = {"created": "half-made by an interrupted launch", "dead": "dead"}
+WORKSPACE_ENV = "DEVSHELL_WORKSPACE"  # where a container's volume is mounted, for init and status
 MAX_EXEC_ARG = 128 * 1024  # Linux's MAX_ARG_STRLEN: no one argument of an exec is longer
-# The env var that tags every process of one session, so a signal on the host can stop them all.
-SESSION_ENV = "DEVSHELL_SESSION"
 
 
 class Mount(NamedTuple):
@@ -263,7 +267,8 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         "DEVSHELL_DEV_HOME": DEV_HOME,
         "DEVSHELL_PATCHES_MOUNT": PATCHES,
         "DEVSHELL_CHECKOUT_MOUNT": CHECKOUT,
-        "DEVSHELL_WORKSPACE": cell.workspace,
+        "DEVSHELL_STATE_DIR": STATE_DIR,
+        WORKSPACE_ENV: cell.workspace,
         "DEVSHELL_SRC": cell.src,
         "DEVSHELL_BUILD": cell.build,
         "DEVSHELL_CCACHE": cell.ccache,
@@ -300,13 +305,11 @@ class ExecSpec(NamedTuple):
     argv: tuple[str, ...]
     workdir: str
     tty: bool = False
-    # Tags the session's processes inside (SESSION_ENV) so `init --stop` can find them all.
+    # Names the entry (init records its pid under it), so that `init --stop` can end it.
     session_id: str = ""
 
     def cli(self) -> list[str]:
         flags = ["--interactive"] + (["--tty"] if self.tty else [])
-        if self.session_id:
-            flags += ["--env", f"{SESSION_ENV}={self.session_id}"]
         return ["docker", "exec", *flags, "--user", "0", "--workdir", self.workdir,
                 self.container, *self.argv]
 
@@ -318,23 +321,35 @@ class ExecSpec(NamedTuple):
 def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool,
             session_id: str = "") -> ExecSpec:
     """Enter: init (skipped when the recorded hash matches and verify passes), verify, then
-    drop to dev (or stay root with --as-root) and run the script or a login shell."""
+    drop to dev (or stay root with --as-root) and run the script or a login shell. session_id
+    (hex) names the entry for `init --stop`."""
     argv = [INIT_PATH, "--session", spec.hash()]
+    if session_id:
+        argv += ["--session-id", session_id]
     if opts.as_root:
         argv.append("--as-root")
     if script is not None:
-        raw = script.encode("utf-8", "surrogateescape")
-        digest = hashlib.sha256(raw).hexdigest()[:32]
-        if not any("\udc80" <= ch <= "\udcff" for ch in script):
-            argv += ["--script", script, "--script-id", digest]
-        else:  # bytes that are not UTF-8: the docker CLI would turn them into U+FFFD
-            import base64
-
-            encoded = base64.b64encode(raw).decode()
-            if len(encoded) >= MAX_EXEC_ARG:
-                raise DevshellError(f"the script holds bytes that are not UTF-8, and so travels in base64, "
-                                    f"which makes it longer than the {MAX_EXEC_ARG // 1024} KiB one "
-                                    "exec argument may be", "make it UTF-8, or smaller")
-            argv += ["--script-base64", encoded, "--script-id", digest]
+        argv += script_args(script)
     return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None,
                     session_id=session_id)
+
+
+def script_args(script: str) -> list[str]:
+    """init's arguments for a script (text as read_script decodes it): the content and its
+    hash. Bytes that are not UTF-8 (surrogates here) would not survive the docker CLI, which
+    sends arguments as JSON (U+FFFD instead): such a script travels in base64. DevshellError
+    when the argument would be longer than one exec argument may be."""
+    raw = script.encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    if script.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in script):
+        flag, content = "--script", script
+    else:
+        import base64
+
+        flag, content = "--script-base64", base64.b64encode(raw).decode()
+    if len(content.encode("utf-8", "surrogateescape")) >= MAX_EXEC_ARG:
+        how = " (in base64, for its bytes that are not UTF-8)" if flag == "--script-base64" else ""
+        raise DevshellError(f"the script{how} is longer than the {MAX_EXEC_ARG // 1024} KiB one exec "
+                            "argument may be", "put large programs in the workspace and call them "
+                            "from a small script")
+    return [flag, content, "--script-id", digest]

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from devshell import cells
-from devshell.labels import MANAGED
+from devshell.engine import host_platform
+from devshell.labels import CELL, MANAGED
 from devshell.launcher import Devshell
 from devshell.options import to_argv
 from devshell.plugin import tree_state
+from devshell.spec import container_name
 
 # Lock files devshell takes around a build or launch (engine.py): left behind by design.
 LOCKS = os.path.join("home", ".cache", "devshell", "locks")
@@ -132,7 +134,7 @@ def test_a_container_devshell_did_not_create_is_left_alone(devshell_factory: Cal
     """--rm, --verify and entering all refuse a container of that name devshell did not make."""
     image = devshell_factory().spec.image
     instance = devshell_instance()
-    name = f"devshell-bookworm-{instance}"
+    name = container_name(cells.DEFAULT_CELL, instance)
     subprocess.run(["docker", "create", "--name", name, image, "true"], check=True, capture_output=True)
     (tmp_path / "checkout").mkdir()
     (tmp_path / "s.sh").write_text("true\n")
@@ -152,8 +154,8 @@ def test_a_volume_of_another_cell_is_never_adopted(devshell_factory: Callable[..
                                                    home: dict[str, str], tmp_path: Path) -> None:
     devshell_factory()  # the image is there
     instance = devshell_instance()
-    name = f"devshell-bookworm-{instance}"
-    subprocess.run(["docker", "volume", "create", "--label", "devshell.cell=other", "--label", f"{MANAGED}=1",
+    name = container_name(cells.DEFAULT_CELL, instance)
+    subprocess.run(["docker", "volume", "create", "--label", f"{CELL}=other", "--label", f"{MANAGED}=1",
                     name], check=True, capture_output=True)
     (tmp_path / "checkout").mkdir()
     (tmp_path / "s.sh").write_text("true\n")
@@ -168,19 +170,24 @@ def test_a_volume_of_another_cell_is_never_adopted(devshell_factory: Callable[..
 def test_verify_without_a_container_is_one_line(devshell_engine: object, devshell_instance: Callable[[], str],
                                                 home: dict[str, str], tmp_path: Path) -> None:
     instance = devshell_instance()
-    name = f"devshell-bookworm-{instance}"
+    name = container_name(cells.DEFAULT_CELL, instance)
     before = engine_state(name), tree(tmp_path)
     assert_one_line(cli(["--verify", "--instance", instance], home), f"no container {name}")
     assert (engine_state(name), tree(tmp_path)) == before
 
 
-def _arm_cell(tmp_path: Path, image: str) -> Path:
-    """An arm64 cell naming an image that exists for amd64 only (remembered, like the shipped)."""
+OTHER_PLATFORM = "linux/arm64" if host_platform() == "linux/amd64" else "linux/amd64"
+
+
+def _platform_cells(tmp_path: Path, image: str) -> Path:
+    """Two cells naming one image built on this host: 'othercell' for the other platform, and
+    'samecell' (the control) for this host's (remembered, like the shipped ones)."""
     d = tmp_path / "cells"
     d.mkdir()
-    (d / "armcell.yaml").write_text(f"platform: linux/arm64\nimage: {{ref: '{image}'}}\n"
-                                    "workspace: /workspaces/armcell\n")
-    cells.load(str(d / "armcell.yaml"))
+    for name, platform in (("othercell", OTHER_PLATFORM), ("samecell", host_platform())):
+        (d / f"{name}.yaml").write_text(f"platform: {platform}\nimage: {{ref: '{image}'}}\n"
+                                        f"workspace: /workspaces/{name}\n")
+        cells.load(str(d / f"{name}.yaml"))
     return d
 
 
@@ -188,27 +195,28 @@ def test_list_does_not_call_an_image_of_another_platform_present(
         devshell_factory: Callable[..., Devshell], home: dict[str, str], tmp_path: Path) -> None:
     import json
 
-    arm = _arm_cell(tmp_path, devshell_factory().spec.image)  # built for amd64 only
-    done = cli(["--list", "--json", "--cells-dir", str(arm)], home)
+    d = _platform_cells(tmp_path, devshell_factory().spec.image)
+    done = cli(["--list", "--json", "--cells-dir", str(d)], home)
     assert done.returncode == 0, done.stderr
-    (row,) = [r for r in json.loads(done.stdout)["cells"] if r["cell"] == "armcell"]
-    assert row["image_state"] != "present"
+    state = {r["cell"]: r["image_state"] for r in json.loads(done.stdout)["cells"]}
+    assert state["othercell"] != "present"
+    assert state["samecell"] == "present"  # the control: the very image, for this platform
 
 
 def test_entering_a_cell_whose_image_is_of_another_platform_is_one_line(
         devshell_factory: Callable[..., Devshell], devshell_instance: Callable[[], str],
         home: dict[str, str], tmp_path: Path) -> None:
     image = devshell_factory().spec.image
-    arm = _arm_cell(tmp_path, image)
+    d = _platform_cells(tmp_path, image)
     instance = devshell_instance()
-    name = f"devshell-armcell-{instance}"
+    name = container_name("othercell", instance)
     (tmp_path / "checkout").mkdir()
     (tmp_path / "s.sh").write_text("true\n")
     before = engine_state(name), tree(tmp_path)
-    done = cli(["armcell", "--cells-dir", str(arm), "--instance", instance, "--checkout",
+    done = cli(["othercell", "--cells-dir", str(d), "--instance", instance, "--checkout",
                 str(tmp_path / "checkout"), "--patches-out", str(tmp_path / "drop"),
                 "--script", str(tmp_path / "s.sh")], home)
-    assert_one_line(done, image, "is here for linux/amd64 only")
+    assert_one_line(done, image, f"is here for {host_platform()} only")
     assert engine_state(name) == before[0]
     assert tree(tmp_path) == before[1]
 

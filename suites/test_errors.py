@@ -4,6 +4,8 @@ any container, volume or file."""
 
 import pytest
 
+from devshell.spec import container_name
+
 
 @pytest.fixture
 def engine_state(devshell_engine):
@@ -43,7 +45,7 @@ def test_unpullable_image_is_one_line_and_creates_nothing(devshell_cli, devshell
 
 def test_missing_image_override_is_one_line_and_creates_nothing(devshell_cli, devshell_instance,
                                                               engine_state, tmp_path):
-    name = f"devshell-bookworm-{devshell_instance()}"
+    name = container_name("bookworm", devshell_instance())
     (tmp_path / "checkout").mkdir()
     result = devshell_cli(None, "--image", "devshell/no-such-image:1", "--checkout",
                           str(tmp_path / "checkout"), "--patches-out", str(tmp_path / "drop"),

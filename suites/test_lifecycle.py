@@ -10,6 +10,7 @@ import pytest
 
 from devshell import labels
 from devshell.options import to_argv
+from devshell.spec import container_name
 
 
 def assert_one_line_error(result, *needles):
@@ -71,7 +72,7 @@ def test_status_names_the_flags_that_differ_and_changes_nothing(devshell_factory
 def test_status_of_no_devshell_creates_nothing(devshell_cli, devshell_cell, devshell_instance,
                                                devshell_engine, tmp_path):
     instance = devshell_instance()
-    name = f"devshell-{devshell_cell.name}-{instance}"
+    name = container_name(devshell_cell.name, instance)
     (tmp_path / "checkout").mkdir()
     result = devshell_cli(None, "status", devshell_cell.name, "--instance", instance, "--checkout",
                           str(tmp_path / "checkout"), "--host-cache-dir", str(tmp_path / "cache"), "--json",
@@ -135,7 +136,7 @@ def planted(devshell, devshell_engine, devshell_instance):
 
     def plant(kind, found_labels=None):
         instance = devshell_instance()
-        name = f"devshell-{devshell.spec.cell}-{instance}"
+        name = container_name(devshell.spec.cell, instance)
         if kind == "container":
             devshell_engine.client.containers.create(devshell.spec.image, ["true"], name=name,
                                                      labels=found_labels or {})

@@ -100,7 +100,7 @@ def test_another_cells_container_is_refused():
                                           ({labels.MANAGED: "1", labels.CELL: "other"}, "other-cell"),
                                           ({labels.CELL: "cellx"}, "foreign"), (None, "foreign")])
 def test_owner_of_a_volume(found, owner):
-    assert lifecycle.owner_of(found, "cellx") == owner
+    assert labels.owner_of(found, "cellx") == owner
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -225,16 +225,16 @@ def test_available_names_a_broken_file_and_lists_the_rest(tmp_path: Path):
     (tmp_path / "good.yaml").write_text("platform: linux/amd64\nimage: {ref: x}\n"
                                         "workspace: /workspaces/good\n")
     (tmp_path / "bad.yaml").write_text("not: [valid")
-    problems: list[str] = []
+    problems: list[DevshellError] = []
     assert [c.name for c in cells.available([tmp_path], problems)] == ["good"]
-    assert len(problems) == 1 and "bad.yaml" in problems[0]
+    assert len(problems) == 1 and "bad.yaml" in problems[0].message and problems[0].fix
     with pytest.raises(DevshellError, match=r"bad\.yaml"):
         cells.available([tmp_path])  # without a problems list, still an error
 
 
 def test_a_broken_file_still_shadows_a_later_one(tmp_path: Path):
     (tmp_path / "bookworm.yaml").write_text("not: [valid")
-    problems: list[str] = []
+    problems: list[DevshellError] = []
     found = cells.available([tmp_path, cells.shipped_cells_dir()], problems)
     assert "bookworm" not in {c.name for c in found} and problems  # find() would stop there too
 

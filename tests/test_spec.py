@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from devshell import cells, seccomp
+from devshell.errors import DevshellError
 from devshell.options import HostFacts, Options, parse
 from devshell.spec import (
     CACHE,
@@ -19,6 +21,7 @@ from devshell.spec import (
     LABEL_CELL,
     LABEL_HASH,
     LABEL_IDENTITY,
+    MAX_EXEC_ARG,
     PATCHES,
     SETUP_PATH,
     Bind,
@@ -32,6 +35,7 @@ from devshell.spec import (
     host_binds,
     memory_dir,
     plan,
+    script_args,
     session,
 )
 
@@ -48,7 +52,7 @@ CELL = cells.parse(
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
             "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_WORKSPACE",
             "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO",
-            "DEVSHELL_AI_REPO_ENCODED"}
+            "DEVSHELL_AI_REPO_ENCODED", "DEVSHELL_STATE_DIR"}
 
 
 def spec_for(*argv: str, **kw: Any) -> ContainerSpec:
@@ -590,14 +594,32 @@ def test_session_has_a_tty_only_without_a_script():
     assert not session_for(tty=False).tty
 
 
-def test_session_id_tags_the_exec_and_names_what_stop_stops():
+def test_session_id_names_the_entry_and_what_stop_stops():
     opts = parse((), HOST)
     ex = session(plan(opts, CELL, init=INIT), opts, script="true", tty=False, session_id="0a1b")
-    cli = ex.cli()
-    assert cli[cli.index("--env") + 1] == "DEVSHELL_SESSION=0a1b"
-    assert cli.index("--env") < cli.index(ex.container)  # a docker flag, not the program's
+    assert ex.argv[3:5] == ("--session-id", "0a1b")
     assert ex.stop_argv("INT") == [INIT_PATH, "--stop", "0a1b", "INT"]
-    assert "--env" not in session_for().cli()
+    assert "--session-id" not in session_for().argv
+
+
+def test_a_script_of_utf8_text_travels_as_it_is():
+    assert script_args("echo caf\u00e9\n")[:2] == ["--script", "echo caf\u00e9\n"]
+
+
+def test_a_script_with_bytes_that_are_not_utf8_travels_in_base64_byte_for_byte():
+    raw = b"printf '\xff\xfe'\n"
+    flag, content, _, digest = script_args(raw.decode("utf-8", "surrogateescape"))
+    assert flag == "--script-base64" and base64.b64decode(content) == raw
+    assert digest == hashlib.sha256(raw).hexdigest()[:32]
+
+
+def test_a_script_too_long_for_one_exec_argument_is_refused():
+    script_args("x" * (MAX_EXEC_ARG - 1))  # the control: just fits
+    with pytest.raises(DevshellError, match="longer than the 128 KiB"):
+        script_args("x" * MAX_EXEC_ARG)
+    # base64 grows a script by 4/3: 100 KiB of not-UTF-8 no longer fits.
+    with pytest.raises(DevshellError, match="in base64"):
+        script_args((b"\xff" * (100 * 1024)).decode("utf-8", "surrogateescape"))
 
 
 def test_session_cli_asks_docker_for_a_tty_only_when_tty():

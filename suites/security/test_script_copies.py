@@ -12,8 +12,10 @@ import hashlib
 
 import pytest
 
+from devshell.spec import STATE_DIR
+
 CLASS = "8 --script copies"
-SCRIPTS = "/var/lib/devshell/scripts"
+SCRIPTS = f"{STATE_DIR}/scripts"
 
 PWNED = "printf '#!/bin/sh\\necho pwned\\n'"
 
