@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ PATCHES = "/patches"
 CHECKOUT = "/checkout"
 CACHE = "/cache"
 RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
+MAX_CELL_BYTES = 1 << 20  # a cell file is a page of YAML; anything near this is not one
 # A workspace is where the cell's volume is mounted: over a system directory (/etc, /usr, /tmp,
 # /root, /home itself …) it would hide what the image put there. Only paths strictly below
 # these roots are workspaces (and never dev's home: init owns /home/dev).
@@ -219,11 +221,20 @@ _SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True)
 
 def load(path: str) -> Cell:
     stem = os.path.basename(path)[: -len(".yaml")]
+    # Only a regular file of a sane size is a cell file: a FIFO would block the read, and a
+    # link to /dev/zero would fill memory (O_NONBLOCK: opening a FIFO does not wait either).
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_CELL_BYTES + 1)
     except OSError as e:
         raise DevshellError(f"{path}: cannot read cell file ({e.strerror})", "check the path") from None
+    if len(raw) > MAX_CELL_BYTES:
+        raise DevshellError(f"{path} is larger than {MAX_CELL_BYTES // 1024} KiB: no cell file is",
+                            "check that it is the cell file you meant")
     remembered = os.path.join(cache_dir(), "cells",
                               f"{hashlib.sha256(raw).hexdigest()[:32]}-{_SCHEMA_ID}.json")
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .labels import MANAGED, owner_of
+from .labels import MAKER, MANAGED, owner_of
 from .spec import (
     LABEL_CELL,
     LABEL_HASH,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 STOP_GRACE = 5.0  # seconds the docker CLI has to end after a signal stopped its session inside
+STOP_CALL_TIMEOUT = 3.0  # seconds each of the stop's two engine requests may take
 USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
@@ -159,11 +160,11 @@ class Engine:
 
     def _call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201, 204),
               missing: tuple[int, ...] = (), raw: bytes | None = None,
-              content_type: str = "application/json") -> Any:
+              content_type: str = "application/json", timeout: float = CALL_TIMEOUT) -> Any:
         """_request with JSON in and out: the decoded answer, None for a status in `missing`,
         an EngineError (with the engine's own message) for anything else not in `ok`."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        status, payload = self._request(method, path, data, content_type)
+        status, payload = self._request(method, path, data, content_type, timeout)
         if status in missing:
             return None
         if status not in ok:
@@ -324,8 +325,11 @@ class Engine:
             # Never adopted: init would chown another cell's (or somebody's own) files to dev.
             _check_owner("volume", name, found.get("Labels"), labels[LABEL_CELL])
             return False
-        self._call("POST", "/volumes/create", {"Name": name, "Labels": {**labels, MANAGED: "1"}})
-        return True
+        # The engine answers a create of an existing name with that volume: another launch
+        # (another user's, outside our lock) may have made it meanwhile. Ours only if our mark.
+        made = self._call("POST", "/volumes/create",
+                          {"Name": name, "Labels": {**labels, MANAGED: "1", MAKER: this_maker()}})
+        return (made.get("Labels") or {}).get(MAKER) == this_maker()
 
     def refuse_foreign(self, name: str, cell: str) -> None:
         """Refuse now, before anything is made on the host, what ensure_volume and
@@ -365,9 +369,11 @@ class Engine:
         if info is not None:
             labels = info["Config"].get("Labels") or {}
             state = info["State"]
+            if state["Status"] == "created" and maker_alive(labels.get(MAKER, "")):
+                return self._made_meanwhile(spec)  # another launch is between create and start
             if state["Status"] in NEVER_REUSED:
-                # Never started: a launch died between create and start (copy-in included),
-                # so init may be missing. Nothing ran in it, so nothing in it is lost.
+                # Never started, and its maker is gone: a launch died between create and start
+                # (copy-in included), so init may be missing. Nothing ran in it: nothing is lost.
                 why = NEVER_REUSED[state["Status"]]
             elif labels.get(LABEL_HASH) == spec.hash():
                 if state.get("Paused"):
@@ -393,8 +399,9 @@ class Engine:
         deadline = time.monotonic() + CALL_TIMEOUT
         while time.monotonic() < deadline:
             info = self.inspect_own(spec.name, spec.cell)
-            if info is None:  # the other launch gave up and removed it: ours to make after all
-                return self.ensure_container(spec)
+            if info is None or (info["State"]["Status"] == "created"
+                                and not maker_alive((info["Config"].get("Labels") or {}).get(MAKER, ""))):
+                return self.ensure_container(spec)  # the other launch gave up or died: ours to make
             if info["State"]["Status"] != "created":
                 if (info["Config"].get("Labels") or {}).get(LABEL_HASH) != spec.hash():
                     raise DevshellError(f"another launch made {spec.name} with other flags meanwhile",
@@ -407,7 +414,7 @@ class Engine:
     def _create(self, spec: ContainerSpec) -> bool:
         """Create, copy init in, start. False: the name was taken meanwhile (nothing done)."""
         query, config = spec.api_create()
-        config["Labels"] = {**config["Labels"], MANAGED: "1"}
+        config["Labels"] = {**config["Labels"], MANAGED: "1", MAKER: this_maker()}
         try:
             created = self._call("POST", f"/containers/create?{_query(query)}", config)
         except EngineError as e:
@@ -425,6 +432,9 @@ class Engine:
             self.start(cid)
         except EngineError as e:
             self.remove_container(cid)
+            if e.status in (404, 409):  # removed or being removed under us: not the image's fault
+                raise DevshellError(f"another launch replaced {spec.name} while this one was making it",
+                                    "launch again") from None
             raise DevshellError(f"cannot start container {spec.name} ({e.reason})",
                                 f"check that {spec.image} runs on {spec.platform}") from None
         return True
@@ -484,37 +494,47 @@ class Engine:
     def session(self, ex: ExecSpec) -> int:
         """Hand the terminal to a `docker exec`: the CLI does TTY and stdin right, but a signal
         that ends it leaves what it started running inside. So a signal that ends the session
-        (SIGTERM, SIGHUP; SIGINT unless a terminal inside owns ^C) also stops the session's
-        processes inside, and the exit status says which signal it was (128 + its number).
+        (SIGTERM, SIGHUP; SIGINT and SIGQUIT unless a terminal inside owns ^C and ^\\) also
+        stops the session's processes inside, and the exit status says which signal it was
+        (128 + its number). A second signal does not wait for that: the CLI goes at once.
         posix_spawn, not subprocess: the warm path should not pay for importing it."""
         import signal
 
-        ending = [signal.SIGTERM, signal.SIGHUP] + ([] if ex.tty else [signal.SIGINT])
+        ending = [signal.SIGTERM, signal.SIGHUP] + ([] if ex.tty else [signal.SIGINT, signal.SIGQUIT])
         caught: list[int] = []
+        child = [0]
 
         def on_signal(signum: int, _frame: object) -> None:
-            if not caught:
-                caught.append(signum)
-                self._stop_session(ex, signal.Signals(signum).name.removeprefix("SIG"))
-                raise _SessionEnding  # out of waitpid, which Python would otherwise resume
+            # Only record and leave the wait: the stop, which asks the engine, runs below, where
+            # its own bounds hold and a second signal can still cut it short.
+            caught.append(signum)
+            if len(caught) == 1:
+                raise _SessionEnding
+            if child[0]:
+                with suppress(ProcessLookupError):
+                    os.kill(child[0], signal.SIGKILL)
 
         # The ending signals are held back while handlers go in and out and while the CLI is
-        # spawned: the handler's exception must only ever be raised inside the try below, and
-        # only once there is a child to wait for (or none will come).
+        # spawned: the handler's exception is only ever raised inside the try below, and only
+        # once there is a child to wait for (or none will come).
         signal.pthread_sigmask(signal.SIG_BLOCK, ending)
         old = {sig: signal.signal(sig, on_signal) for sig in ending}
-        if ex.tty:  # ^C belongs to the shell inside
-            old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        pid = 0
+        if ex.tty:  # ^C and ^\ belong to the shell inside
+            for sig in (signal.SIGINT, signal.SIGQUIT):
+                old[sig] = signal.signal(sig, signal.SIG_IGN)
+        status = None
         try:
             try:
-                pid = os.posix_spawnp("docker", ex.cli(), os.environ, setsigdef=[signal.SIGINT],
-                                      setsigmask=[])
+                child[0] = os.posix_spawnp("docker", ex.cli(), os.environ,
+                                           setsigdef=[signal.SIGINT, signal.SIGQUIT], setsigmask=[])
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
-            status = self._wait_session(pid)
+            status = os.waitpid(child[0], 0)[1]
         except _SessionEnding:
-            status = self._wait_session(pid, grace=STOP_GRACE) if pid else 0
+            signal_name = signal.Signals(caught[0]).name.removeprefix("SIG")
+            self._stop_session(ex, signal_name)
+            if child[0] and status is None:
+                status = self._wait_session(child[0], grace=STOP_GRACE)
             # Once more now that the CLI is gone: a signal that came before the exec had
             # started inside found nothing to stop the first time.
             self._stop_session(ex, "KILL")
@@ -527,36 +547,41 @@ class Engine:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
         if caught:
             return 128 + caught[0]
+        assert status is not None
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code
 
     @staticmethod
-    def _wait_session(pid: int, grace: float | None = None) -> int:
-        """The docker CLI's wait status. After a signal (grace given), it has that long to see
-        the session end inside, then it is ended too: a signal never leaves devshell hanging."""
+    def _wait_session(pid: int, grace: float) -> int:
+        """The docker CLI's wait status, after a signal: it has grace seconds to see the session
+        end inside, then it is ended too, so a signal never leaves devshell hanging. (Already
+        reaped, when the signal came just as it ended: 0.)"""
         import signal
         import time
 
-        if grace is None:
-            return os.waitpid(pid, 0)[1]
         deadline = time.monotonic() + grace
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return status
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                return os.waitpid(pid, 0)[1]
-            time.sleep(0.05)
+        try:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return status
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    return os.waitpid(pid, 0)[1]
+                time.sleep(0.05)
+        except ChildProcessError:
+            return 0
 
     def _stop_session(self, ex: ExecSpec, signal_name: str) -> None:
-        """Start `init --stop` inside, detached: it signals every process of the session."""
+        """Start `init --stop` inside, detached: it signals every process of the session. Each
+        request is bounded to STOP_CALL_TIMEOUT: a stalled engine delays the exit that much,
+        not the engine's usual two minutes."""
         if not ex.session_id:
             return
         try:
             created = self._call("POST", f"/containers/{_q(ex.container)}/exec",
-                                 {"Cmd": ex.stop_argv(signal_name), "User": "0"})
-            self._call("POST", f"/exec/{created['Id']}/start", {"Detach": True})
+                                 {"Cmd": ex.stop_argv(signal_name), "User": "0"}, timeout=STOP_CALL_TIMEOUT)
+            self._call("POST", f"/exec/{created['Id']}/start", {"Detach": True}, timeout=STOP_CALL_TIMEOUT)
         except DevshellError as e:  # the container is gone or stopped: so is the session
             print(f"devshell: could not stop the session inside {ex.container}: {e.message}",
                   file=sys.stderr)
@@ -575,6 +600,12 @@ class Engine:
         """Every volume (with label: only those carrying it)."""
         query = f"?{_query({'filters': json.dumps({'label': [label]})})}" if label else ""
         found: list[dict[str, Any]] = self._call("GET", f"/volumes{query}").get("Volumes") or []
+        return found
+
+    def containers_using(self, volume: str) -> list[dict[str, Any]]:
+        """Every container (running or not) that mounts the volume."""
+        query = _query({"all": "1", "filters": json.dumps({"volume": [volume]})})
+        found: list[dict[str, Any]] = self._call("GET", f"/containers/json?{query}")
         return found
 
     def volume_info(self, name: str) -> dict[str, Any] | None:
@@ -605,12 +636,33 @@ class Engine:
         workspace = env.get(WORKSPACE_ENV)
         if not workspace:
             return None
+        # du's answer is read on the host's terms: at most 64 bytes, by a deadline, then the
+        # docker CLI is killed (what runs inside is the agent's to replace: it may hang or flood).
+        import re
+        import selectors
+        import time
+
         try:
-            done = subprocess.run(["docker", "exec", "--user", "0", info["Id"], "du", "-sxB1", workspace],
-                                  capture_output=True, timeout=USAGE_TIMEOUT, stdin=subprocess.DEVNULL)
-            return int(done.stdout.split()[0]) if done.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            proc = subprocess.Popen(["docker", "exec", "--user", "0", info["Id"], "du", "-sxB1", workspace],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
+        except OSError:
             return None
+        assert proc.stdout is not None
+        out = b""
+        deadline = time.monotonic() + USAGE_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while len(out) < 64 and (left := deadline - time.monotonic()) > 0 and sel.select(left):
+                chunk = os.read(proc.stdout.fileno(), 64)
+                if not chunk:
+                    break
+                out += chunk
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        found = re.match(rb"(\d{1,20})\t", out)
+        return int(found[1]) if found else None
 
     def version(self) -> dict[str, Any]:
         found: dict[str, Any] = self._call("GET", "/version")
@@ -642,6 +694,31 @@ class Engine:
         except ValueError:
             return None
         return mtime if isinstance(mtime, str) else None
+
+
+def this_maker() -> str:
+    """This process, as the MAKER label names it: host:pid."""
+    return f"{os.uname().nodename}:{os.getpid()}"
+
+
+def maker_alive(maker: str) -> bool:
+    """The launch a MAKER label names may still be at work: its process lives on this host,
+    or it is on another host (whose processes this one cannot see; the wait is bounded)."""
+    host, _, pid = maker.partition(":")
+    if not pid.isdigit():
+        return False
+    return host != os.uname().nodename or (int(pid) != os.getpid() and pid_alive(int(pid)))
+
+
+def pid_alive(pid: int) -> bool:
+    """A process of that pid exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def require_docker_cli() -> None:
@@ -739,7 +816,11 @@ def _lock(name: str, timeout: float) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     d = os.path.join(cache_dir(), "locks")
-    os.makedirs(d, exist_ok=True)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise DevshellError(f"cannot make devshell's lock dir {d} ({e.strerror})",
+                            "point XDG_CACHE_HOME (or HOME) at a directory you can write") from None
     path = os.path.join(d, f"{name}.lock")
     try:
         with FileLock(path, timeout=timeout):

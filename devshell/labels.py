@@ -14,6 +14,10 @@ CELL = "devshell.cell"
 # The spec's hash (re-entry compares it) and the identity it was hashed from (for `differences`).
 SPEC_HASH = "devshell.spec-hash"
 SPEC = "devshell.spec"
+# host:pid of the launch that made a container or volume: a container that never started is
+# half-made only once its maker is gone (until then, another launch is still making it), and
+# a launch removes, on failure, only a volume it made itself.
+MAKER = "devshell.maker"
 # The pytest plugin's run id and the host:pid that owns the run (a dead owner's objects are swept).
 TEST_RUN = "devshell.test-run"
 TEST_PID = "devshell.test-pid"

@@ -300,11 +300,13 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
                 and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()):
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine)
-    engine.refuse_foreign(container_name(cell.name, opts.instance), cell.name)
+    name = container_name(cell.name, opts.instance)
+    engine.refuse_foreign(name, cell.name)
     image = engine.ensure_image(cell, opts.image, progress)
-    opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
-    spec = plan(opts, cell, image=image, labels=labels)
-    with launch_lock(spec.name):
+    # The lock first: a lock that cannot be taken (an unwritable cache dir) leaves no trace.
+    with launch_lock(name):
+        opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
+        spec = plan(opts, cell, image=image, labels=labels)
         created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
         try:
             outcome = engine.ensure_container(spec)

@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 from . import cells, labels
 from .cells import Cell
-from .engine import Engine
+from .engine import Engine, launch_lock, pid_alive
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
-from .options import HostFacts, Options, _safe_name, parse, parser
+from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
 from .spec import NEVER_REUSED, STATE_DIR, ContainerSpec, container_name, differences, host_binds, plan
 
 # init.sh's session path truncates this file on every entry: its mtime is the last session.
@@ -211,6 +211,7 @@ def status(argv: Sequence[str]) -> int:
         if given:
             raise DevshellError(f"status without a cell lists every devshell; {given[0]} needs a cell",
                                 f"name it: devshell status CELL {given[0]} ...")
+        cells.search_path(parse(argv, HostFacts.current()).cells_dirs)  # the same checks as a launch
         return status_all(ns.json)
     for flag, dest in ACTIONS:
         if getattr(ns, dest):
@@ -320,11 +321,11 @@ def down_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="devshell down", allow_abbrev=False,
                 description="Remove a cell's container (and with --volume its volume).")
     p.add_argument("cell", nargs="?", default=None, help="the cell whose devshell goes")
-    p.add_argument("--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
-    p.add_argument("--volume", action="store_true",
-                   help="also remove the volume (sources, build tree, ccache): asks on a terminal")
-    p.add_argument("--yes", action="store_true", help="remove the volume without asking")
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    _once_flag(p, "--volume", action="store_true",
+               help="also remove the volume (sources, build tree, ccache): asks on a terminal")
+    _once_flag(p, "--yes", action="store_true", help="remove the volume without asking")
+    _once_flag(p, "--json", action="store_true", help="one JSON document on stdout")
     return p
 
 
@@ -333,7 +334,7 @@ def down(argv: Sequence[str]) -> int:
     if ns.cell is None:
         whose = " (--volume removes that cell's volume)" if ns.volume else ""
         raise DevshellError(f"down needs a cell{whose}", "devshell down CELL [--instance NAME] [--volume]")
-    if not re.fullmatch(cells.NAME_PATTERN, ns.cell):
+    if not re.fullmatch(cells.NAME_PATTERN, ns.cell) or ns.cell in cells.RESERVED_NAMES:
         raise DevshellError(f"{ns.cell!r} is not a cell name", "see devshell --list")
     # The cell file itself is not needed: a devshell can be taken down after its cell is gone.
     if ns.instance is not None and not _safe_name(ns.instance):
@@ -344,14 +345,25 @@ def down(argv: Sequence[str]) -> int:
                             "drop --yes, or add --volume to remove the volume too")
     name = container_name(ns.cell, ns.instance)
     engine = Engine.connect()
-    # Both checked before anything goes: a refusal leaves everything as it was.
+    with launch_lock(name):  # not while a launch of this devshell makes or replaces it
+        return _down(engine, ns, name)
+
+
+def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
+    # All checked before anything goes: a refusal leaves everything as it was.
     info = engine.inspect_own(name, ns.cell)
     volume = engine.volume_own(name, ns.cell) if ns.volume else engine.volume_info(name)
+    if ns.volume and volume is not None:
+        users = [c for c in engine.containers_using(name) if info is None or c["Id"] != info["Id"]]
+        if users:
+            others = ", ".join((c.get("Names") or ["?"])[0].lstrip("/") for c in users)
+            raise DevshellError(f"volume {name} is in use by another container ({others}); nothing was "
+                                "removed", "remove or stop using it there first, then down --volume again")
     asking = ns.volume and volume is not None and not ns.yes
     if asking and not sys.stdin.isatty():
         raise DevshellError(f"--volume would remove volume {name} (cell {ns.cell}), and there is no "
                             "terminal to ask", "add --yes to remove it without asking")
-    size = engine.volume_usage(name) if ns.volume and volume is not None else None
+    size = engine.volume_usage(name) if asking else None  # for the question only: bounded, but not free
     held = f"{human_size(size) or 'size unknown'}: sources, build tree, ccache"
     what = f"volume {name} (cell {ns.cell}, {held})"
     question = f"devshell: remove {what}" + (f" and container {name}" if info else "") + "? [y/N] "
@@ -436,24 +448,16 @@ def disk_free(engine_root: str | None, local: bool) -> dict[str, Any]:
     return {"path": None, "free": None, "total": None}
 
 
-def pid_alive(pid: int) -> bool:
-    """A process of that pid exists on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def doctor(argv: Sequence[str]) -> int:
     p = _Parser(prog="devshell doctor", allow_abbrev=False,
                 description="Check the engine, images and devshell's objects; exit 1 on problems.")
     p.add_argument("--cells-dir", action="append", default=[], metavar="DIR",
                    help="also look for cells in DIR")
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _once_flag(p, "--json", action="store_true", help="one JSON document on stdout")
     ns = p.parse_args(list(argv))
+    if "" in ns.cells_dir:
+        raise DevshellError("--cells-dir needs a directory, and was given an empty value",
+                            "pass --cells-dir DIR")
     engine = Engine.connect()
     version, info = engine.version(), engine.system_info()
     problems: list[Finding] = []

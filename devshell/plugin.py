@@ -19,10 +19,9 @@ import pytest
 
 from . import cells, labels
 from .cells import Cell
-from .engine import Engine
+from .engine import Engine, pid_alive
 from .errors import DevshellError
 from .launcher import Devshell, check_host_paths, open_devshell
-from .lifecycle import pid_alive
 from .options import Options, to_argv
 
 # testcontainers' reaper image (Ryuk) cannot be pulled offline; these fixtures clean up after

@@ -117,6 +117,25 @@ def test_down_volume_yes_removes_both(devshell_factory, devshell_cli, devshell_e
     assert state(devshell_engine, shell.name) == (None, False)
 
 
+def test_down_volume_in_use_by_another_container_removes_nothing(devshell_factory, devshell_cli,
+                                                                  devshell_engine):
+    import subprocess
+
+    shell = devshell_factory()
+    other = f"{shell.name}-user"
+    subprocess.run(["docker", "create", "--name", other, "-v", f"{shell.spec.volume}:/x", shell.spec.image,
+                    "true"], check=True, capture_output=True)
+    try:
+        before = state(devshell_engine, shell.name)
+        assert_one_line_error(down(devshell_cli, shell, "--volume", "--yes"), "in use", other)
+        assert state(devshell_engine, shell.name) == before and before[0]
+    finally:
+        subprocess.run(["docker", "rm", "-f", other], capture_output=True)
+    # The control: with the other container gone, the same command removes both.
+    assert down(devshell_cli, shell, "--volume", "--yes").returncode == 0
+    assert state(devshell_engine, shell.name) == (None, False)
+
+
 def test_down_volume_without_a_terminal_or_yes_removes_nothing(devshell_factory, devshell_cli,
                                                                devshell_engine):
     shell = devshell_factory()

@@ -220,7 +220,21 @@ def _deep_yaml(p: Place) -> Case:
 
 def _cell_dir(p: Place) -> Case:
     (p.cells / "c.yaml").mkdir()
-    return Case(["c", "--cells-dir", str(p.cells)], ("c.yaml", "cannot read cell file"))
+    return Case(["c", "--cells-dir", str(p.cells)], ("c.yaml", "is not a regular file"))
+
+
+def _cell_fifo(p: Place) -> Case:
+    os.mkfifo(p.cells / "c.yaml")  # nobody writes it: a read would wait forever
+    return Case(["c", "--cells-dir", str(p.cells)], ("c.yaml", "is not a regular file"))
+
+
+def _cell_device(p: Place) -> Case:
+    (p.cells / "c.yaml").symlink_to("/dev/zero")  # a read would never end
+    return Case(["c", "--cells-dir", str(p.cells)], ("c.yaml", "is not a regular file"))
+
+
+def _cell_huge(p: Place) -> Case:
+    return Case(p.cell("c", VALID_CELL + "#" * (cells.MAX_CELL_BYTES + 1)), ("c.yaml", "larger than"))
 
 
 def _cell_dangling(p: Place) -> Case:
@@ -368,6 +382,9 @@ ROWS: dict[str, Callable[[Place], Case]] = {
                                      ("not valid YAML",)),
     "YAML nested too deeply": _deep_yaml,
     "cell file that is a directory": _cell_dir,
+    "cell file that is a FIFO": _cell_fifo,
+    "cell file that is a link to /dev/zero": _cell_device,
+    "cell file over 1 MiB": _cell_huge,
     "cell file that is a dangling link": _cell_dangling,
     "platform not supported": lambda p: Case(p.cell("c", VALID_CELL.replace("linux/amd64", "linux/s390x")),
                                              ("c.yaml", "platform")),
