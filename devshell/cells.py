@@ -223,9 +223,12 @@ def load(path: str) -> Cell:
     stem = os.path.basename(path)[: -len(".yaml")]
     # Only a regular file of a sane size is a cell file: a FIFO would block the read, and a
     # link to /dev/zero would fill memory (O_NONBLOCK: opening a FIFO does not wait either).
+    # Looked at before it is opened too: opening some devices does something (a watchdog arms).
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
             os.close(fd)
             raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
         with os.fdopen(fd, "rb") as f:

@@ -113,6 +113,10 @@ class Engine:
         return DevshellError(f"no Docker engine answers at {self.host} ({_reason(e)})",
                              "start the Docker daemon, or point DOCKER_HOST at one")
 
+    def _silent(self, method: str, path: str, timeout: float) -> DevshellError:
+        return DevshellError(f"the Docker engine at {self.host} did not answer {method} {path.split('?')[0]} "
+                             f"within {timeout:.0f} s", "check the daemon (docker info)")
+
     def _socket(self) -> str | None:
         return self.host.removeprefix("unix://") if self.host.startswith("unix://") else None
 
@@ -128,9 +132,13 @@ class Engine:
             from docker.errors import DockerException
 
             api = self.client.api
+            import requests
+
             try:
-                r = api.request(method, f"{api.base_url}{path}", data=body, headers=headers)
-            except DockerException as e:
+                r = api.request(method, f"{api.base_url}{path}", data=body, headers=headers, timeout=timeout)
+            except requests.Timeout:
+                raise self._silent(method, path, timeout) from None
+            except (DockerException, requests.RequestException) as e:
                 raise self._unreachable(e) from None
             return r.status_code, r.content
         import socket
@@ -147,9 +155,7 @@ class Engine:
                 while chunk := s.recv(1 << 16):
                     chunks.append(chunk)
         except TimeoutError:
-            what = f"{method} {path.split('?')[0]}"
-            raise DevshellError(f"the Docker engine at {self.host} did not answer {what} "
-                                f"within {timeout:.0f} s", "check the daemon (docker info)") from None
+            raise self._silent(method, path, timeout) from None
         except OSError as e:
             raise self._unreachable(e) from None
         answer, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
@@ -386,7 +392,13 @@ class Engine:
             else:
                 old = json.loads(labels.get(LABEL_IDENTITY, "{}"))
                 why = "changed: " + ", ".join(differences(old, spec.identity()) or ["spec"])
-            self.remove_container(spec.name)
+            # By id: the one judged here, never a newer one another launch made meanwhile.
+            try:
+                self._call("DELETE", f"/containers/{info['Id']}?force=1")
+            except EngineError as e:
+                if e.status not in (404, 409):  # gone, or being removed: another launch is at it
+                    raise
+                return self._made_meanwhile(spec)
         if not self._create(spec):
             return self._made_meanwhile(spec)
         return Outcome("recreated", why) if info is not None else Outcome("fresh")
@@ -502,17 +514,23 @@ class Engine:
 
         ending = [signal.SIGTERM, signal.SIGHUP] + ([] if ex.tty else [signal.SIGINT, signal.SIGQUIT])
         caught: list[int] = []
-        child = [0]
+        child = [0]  # the docker CLI's pid while it is ours to signal (0 once reaped)
+        waiting = [False]  # raising is only safe inside the try below
 
         def on_signal(signum: int, _frame: object) -> None:
             # Only record and leave the wait: the stop, which asks the engine, runs below, where
             # its own bounds hold and a second signal can still cut it short.
             caught.append(signum)
-            if len(caught) == 1:
+            if len(caught) == 1 and waiting[0]:
+                waiting[0] = False
                 raise _SessionEnding
-            if child[0]:
+            if len(caught) > 1 and child[0]:
                 with suppress(ProcessLookupError):
                     os.kill(child[0], signal.SIGKILL)
+
+        # The docker CLI puts a terminal in raw mode and restores it as it ends; one we had to
+        # kill cannot, so the terminal's settings are kept here and put back.
+        terminal = _terminal_settings() if ex.tty else None
 
         # The ending signals are held back while handlers go in and out and while the CLI is
         # spawned: the handler's exception is only ever raised inside the try below, and only
@@ -527,24 +545,32 @@ class Engine:
             try:
                 child[0] = os.posix_spawnp("docker", ex.cli(), os.environ,
                                            setsigdef=[signal.SIGINT, signal.SIGQUIT], setsigmask=[])
+                waiting[0] = True
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
             status = os.waitpid(child[0], 0)[1]
+            waiting[0], child[0] = False, 0
         except _SessionEnding:
             signal_name = signal.Signals(caught[0]).name.removeprefix("SIG")
             self._stop_session(ex, signal_name)
-            if child[0] and status is None:
+            if child[0]:
                 status = self._wait_session(child[0], grace=STOP_GRACE)
+                child[0] = 0
             # Once more now that the CLI is gone: a signal that came before the exec had
-            # started inside found nothing to stop the first time.
-            self._stop_session(ex, "KILL")
+            # started inside found nothing to stop the first time. (Not after a second
+            # signal: that one asked for no more waiting.)
+            if len(caught) == 1:
+                self._stop_session(ex, "KILL")
         except FileNotFoundError:
             raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
         finally:
+            waiting[0] = False
             signal.pthread_sigmask(signal.SIG_BLOCK, ending)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
+            if terminal is not None:
+                _restore_terminal(terminal)
         if caught:
             return 128 + caught[0]
         assert status is not None
@@ -651,16 +677,18 @@ class Engine:
         assert proc.stdout is not None
         out = b""
         deadline = time.monotonic() + USAGE_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while len(out) < 64 and (left := deadline - time.monotonic()) > 0 and sel.select(left):
-                chunk = os.read(proc.stdout.fileno(), 64)
-                if not chunk:
-                    break
-                out += chunk
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        try:  # the CLI goes with us, a ^C or a signal-turned-exit included (lifecycle.main)
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                while len(out) < 64 and (left := deadline - time.monotonic()) > 0 and sel.select(left):
+                    chunk = os.read(proc.stdout.fileno(), 64)
+                    if not chunk:
+                        break
+                    out += chunk
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
         found = re.match(rb"(\d{1,20})\t", out)
         return int(found[1]) if found else None
 
@@ -719,6 +747,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
+
+
+def _terminal_settings() -> list[Any] | None:
+    """stdin's terminal settings (termios), or None where there are none to keep."""
+    import termios
+
+    try:
+        return termios.tcgetattr(0)
+    except (OSError, termios.error):
+        return None
+
+
+def _restore_terminal(settings: list[Any]) -> None:
+    import termios
+
+    with suppress(OSError, termios.error):
+        termios.tcsetattr(0, termios.TCSADRAIN, settings)
 
 
 def require_docker_cli() -> None:

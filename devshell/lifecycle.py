@@ -299,7 +299,13 @@ def status_all(as_json: bool) -> int:
     engine = Engine.connect()
     containers = engine.list_containers(labels.MANAGED)
     names = [(c.get("Names") or ["/?"])[0].lstrip("/") for c in containers if c.get("State") == "running"]
-    sizes = {name: size for name in names if (size := engine.volume_usage(name)) is not None}
+    # Each measure is bounded (10 s), and they run side by side: k hostile devshells must not
+    # make status wait k times as long.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        measured = dict(zip(names, pool.map(engine.volume_usage, names), strict=True))
+    sizes = {name: size for name, size in measured.items() if size is not None}
     rows = devshell_rows(containers, engine.list_volumes(labels.MANAGED), sizes)
     ids = {(c.get("Names") or ["/?"])[0].lstrip("/"): c["Id"] for c in containers}
     for r in rows:
@@ -345,12 +351,13 @@ def down(argv: Sequence[str]) -> int:
                             "drop --yes, or add --volume to remove the volume too")
     name = container_name(ns.cell, ns.instance)
     engine = Engine.connect()
-    with launch_lock(name):  # not while a launch of this devshell makes or replaces it
-        return _down(engine, ns, name)
+    return _down(engine, ns, name)
 
 
-def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
-    # All checked before anything goes: a refusal leaves everything as it was.
+def _down_checks(engine: Engine, ns: argparse.Namespace, name: str) -> tuple[dict[str, Any] | None,
+                                                                             dict[str, Any] | None]:
+    """The container and volume down would remove, refused unless devshell made them for the
+    cell (and, with --volume, unless no other container uses the volume)."""
     info = engine.inspect_own(name, ns.cell)
     volume = engine.volume_own(name, ns.cell) if ns.volume else engine.volume_info(name)
     if ns.volume and volume is not None:
@@ -359,6 +366,12 @@ def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
             others = ", ".join((c.get("Names") or ["?"])[0].lstrip("/") for c in users)
             raise DevshellError(f"volume {name} is in use by another container ({others}); nothing was "
                                 "removed", "remove or stop using it there first, then down --volume again")
+    return info, volume
+
+
+def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
+    # All checked before anything goes: a refusal leaves everything as it was.
+    info, volume = _down_checks(engine, ns, name)
     asking = ns.volume and volume is not None and not ns.yes
     if asking and not sys.stdin.isatty():
         raise DevshellError(f"--volume would remove volume {name} (cell {ns.cell}), and there is no "
@@ -371,14 +384,21 @@ def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
         doc = down_doc(name, False, "kept", size, declined=True)
         emit(doc, [f"{name}: nothing removed (not confirmed)"], ns.json)
         return 1
-    # By id: the container removed is the one just checked, even if a name is reused meanwhile.
-    removed = engine.remove_container(info["Id"]) if info is not None else False
-    if volume is None:
-        volume_state = "absent"
-    elif ns.volume:
-        volume_state = "removed" if engine.remove_volume(name) else "absent"
-    else:
-        volume_state = "kept"
+    # Under the launch lock, so no launch of this devshell makes or replaces it meanwhile; taken
+    # only now (not across the measuring and the question, which would hold launches up), so
+    # what was checked is checked again. By id: the container removed is the one checked.
+    with launch_lock(name):
+        again, volume = _down_checks(engine, ns, name)
+        if (again or {}).get("Id") != (info or {}).get("Id"):
+            raise DevshellError(f"{name} was replaced while down asked; nothing was removed",
+                                "run down again")
+        removed = engine.remove_container(info["Id"]) if info is not None else False
+        if volume is None:
+            volume_state = "absent"
+        elif ns.volume:
+            volume_state = "removed" if engine.remove_volume(name) else "absent"
+        else:
+            volume_state = "kept"
     doc = down_doc(name, removed, volume_state, size)
     container_text = "container removed" if removed else "no container"
     volume_text = {"removed": f"{what} removed", "kept": f"volume {name} kept (down --volume removes it)",
