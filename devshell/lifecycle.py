@@ -37,6 +37,16 @@ ACTIONS = (("--rm", "rm"), ("--verify", "verify"), ("--script", "script"), ("--l
 
 
 def main(command: str, argv: Sequence[str]) -> int:
+    # status and down run programs in containers through the docker CLI (du): a SIGTERM or
+    # SIGHUP becomes an exit that unwinds, so those CLIs are killed on the way out (not left
+    # waiting on what the agent put in du's place).
+    import signal
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, leave)
     if command == "status":
         return status(argv)
     if command == "down":
