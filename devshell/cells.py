@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import posixpath
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .errors import DevshellError
+from .hostfs import read_regular
 
 DEFAULT_CELL = "bookworm"
 CELLS_PATH_ENV = "DEVSHELL_CELLS_PATH"
@@ -222,19 +222,13 @@ _SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True)
 def load(path: str) -> Cell:
     stem = os.path.basename(path)[: -len(".yaml")]
     # Only a regular file of a sane size is a cell file: a FIFO would block the read, and a
-    # link to /dev/zero would fill memory (O_NONBLOCK: opening a FIFO does not wait either).
-    # Looked at before it is opened too: opening some devices does something (a watchdog arms).
+    # link to /dev/zero would fill memory.
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
-            os.close(fd)
-            raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(MAX_CELL_BYTES + 1)
+        raw = read_regular(path, MAX_CELL_BYTES)
     except OSError as e:
         raise DevshellError(f"{path}: cannot read cell file ({e.strerror})", "check the path") from None
+    if raw is None:
+        raise DevshellError(f"{path} is not a regular file", "a cell is a NAME.yaml file")
     if len(raw) > MAX_CELL_BYTES:
         raise DevshellError(f"{path} is larger than {MAX_CELL_BYTES // 1024} KiB: no cell file is",
                             "check that it is the cell file you meant")

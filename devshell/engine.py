@@ -324,12 +324,22 @@ class Engine:
 
     # --- volumes --------------------------------------------------------------------------
 
+    def volume_info(self, name: str) -> dict[str, Any] | None:
+        """The volume's inspect document (name, labels, mountpoint), or None."""
+        found: dict[str, Any] | None = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
+        return found
+
+    def volume_own(self, name: str, cell: str) -> dict[str, Any] | None:
+        """volume_info(), refusing a volume devshell did not make for this cell (as inspect_own):
+        never adopted, since init would chown another cell's (or somebody's own) files to dev."""
+        info = self.volume_info(name)
+        if info is not None:
+            _check_owner("volume", name, info.get("Labels"), cell)
+        return info
+
     def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
         """Create the volume if missing; True if it was created. Never adopts another cell's."""
-        found = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
-        if found is not None:
-            # Never adopted: init would chown another cell's (or somebody's own) files to dev.
-            _check_owner("volume", name, found.get("Labels"), labels[LABEL_CELL])
+        if self.volume_own(name, labels[LABEL_CELL]) is not None:
             return False
         # The engine answers a create of an existing name with that volume: another launch
         # (another user's, outside our lock) may have made it meanwhile. Ours only if our mark.
@@ -342,12 +352,10 @@ class Engine:
         ensure_container would refuse later: a container or volume named name that devshell
         did not make for cell."""
         self.inspect_own(name, cell)
-        found = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
-        if found is not None:
-            _check_owner("volume", name, found.get("Labels"), cell)
+        self.volume_own(name, cell)
 
     def volume_present(self, name: str) -> bool:
-        return self._call("GET", f"/volumes/{_q(name)}", missing=(404,)) is not None
+        return self.volume_info(name) is not None
 
     def remove_volume(self, name: str) -> bool:
         return self._call("DELETE", f"/volumes/{_q(name)}?force=1", missing=(404,)) is not None
@@ -633,18 +641,6 @@ class Engine:
         query = _query({"all": "1", "filters": json.dumps({"volume": [volume]})})
         found: list[dict[str, Any]] = self._call("GET", f"/containers/json?{query}")
         return found
-
-    def volume_info(self, name: str) -> dict[str, Any] | None:
-        """The volume's inspect document (name, labels, mountpoint), or None."""
-        found: dict[str, Any] | None = self._call("GET", f"/volumes/{_q(name)}", missing=(404,))
-        return found
-
-    def volume_own(self, name: str, cell: str) -> dict[str, Any] | None:
-        """volume_info(), refusing a volume devshell did not make for this cell (as inspect_own)."""
-        info = self.volume_info(name)
-        if info is not None:
-            _check_owner("volume", name, info.get("Labels"), cell)
-        return info
 
     def volume_usage(self, container: str) -> int | None:
         """Bytes in a running devshell's volume, measured inside it (du over its workspace),

@@ -87,6 +87,19 @@ def _is_link(parent: int, name: str) -> bool:
         return False
 
 
+def read_regular(path: str, limit: int) -> bytes | None:
+    """The first limit + 1 bytes of path (so a caller sees it is too long), or None when path
+    is not a regular file (links followed, as open follows them). Looked at before it is
+    opened, since opening some devices does something (a watchdog arms, a terminal becomes the
+    controlling one), and again after, opened without waiting (a FIFO swapped in meanwhile
+    blocks nothing). OSError as stat, open and read raise it."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 def identity(fd: int) -> str:
     """What the mount inside must be: the same device and inode (a path can be swapped)."""
     return identity_of(os.fstat(fd))

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from .cells import PATCHES, Cell
 from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_progress
 from .errors import DevshellError, VerifyFailed
-from .hostfs import config_problems, identity, identity_of, may_write, open_dir, strict_problem
+from .hostfs import config_problems, identity, identity_of, may_write, open_dir, read_regular, strict_problem
 from .options import HostFacts, Options, check_binds
 from .spec import (
     INIT_PATH,
@@ -261,20 +261,14 @@ def _unescape_mountinfo(field: bytes) -> str:
 def read_script(path: str) -> str:
     """The script's bytes, as text that encodes back to exactly them (surrogateescape): bytes
     that are not UTF-8 travel unchanged. Only a regular file is a script: a FIFO, a device or a
-    directory is refused at once, and O_NONBLOCK keeps the open itself from waiting on a FIFO."""
+    directory is refused at once (hostfs.read_regular)."""
     fix = "pass the path of a readable regular file"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        data = read_regular(path, MAX_SCRIPT_BYTES)
     except OSError as e:
         raise DevshellError(f"--script {path}: {e.strerror}", fix) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if data is None:
         raise DevshellError(f"--script {path} is not a regular file", fix)
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(MAX_SCRIPT_BYTES + 1)
-        except OSError as e:
-            raise DevshellError(f"--script {path}: {e.strerror}", fix) from None
     if len(data) > MAX_SCRIPT_BYTES or b"\0" in data:
         raise DevshellError(f"--script {path} is binary or larger than {MAX_SCRIPT_BYTES // 1024} KiB",
                             "put large programs in the workspace and call them from a small script")

@@ -480,3 +480,19 @@ def test_a_non_root_user_cannot_have_new_cache_dirs_made_for_another_dev_uid(
     with pytest.raises(DevshellError, match="only root can give the new"):
         check_host_paths(opts)
     assert not (tmp_path / "cache").exists()
+
+
+def test_read_regular_reads_a_regular_file_up_to_one_byte_past_the_limit(tmp_path):
+    (tmp_path / "f").write_bytes(b"abcdef")
+    assert hostfs.read_regular(str(tmp_path / "f"), 3) == b"abcd"
+    assert hostfs.read_regular(str(tmp_path / "f"), 100) == b"abcdef"
+
+
+def test_read_regular_refuses_what_is_not_a_regular_file_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # nobody writes it: an open or read would wait
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "dir").mkdir()
+    for name in ("fifo", "zero", "dir"):
+        assert hostfs.read_regular(str(tmp_path / name), 10) is None
+    with pytest.raises(FileNotFoundError):
+        hostfs.read_regular(str(tmp_path / "absent"), 10)
