@@ -30,6 +30,19 @@ PATCHES = "/patches"
 CHECKOUT = "/checkout"
 CACHE = "/cache"
 RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
+# Trust profiles (docs/trust-model.md): standard gives dev passwordless sudo; locked never
+# lets the session be root (no sudo, no-new-privileges, no capabilities, read-only root).
+PROFILES = ("standard", "locked")
+DEFAULT_PROFILE = "standard"
+# Limits every devshell gets unless its cell says otherwise (`limits:`): enough for a parallel
+# C++ build on a laptop, small enough that a fork bomb or a leak cannot take the host down.
+# Memory is without swap (swap = memory), so a hog is killed at the limit, not paged out.
+DEFAULT_PIDS_LIMIT = 4096
+DEFAULT_MEMORY_LIMIT = 8 << 30
+# Below these, init and a shell do not fit: a cell asking for less is a mistake.
+MIN_PIDS_LIMIT = 64
+MIN_MEMORY_LIMIT = 64 << 20
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_CELL_BYTES = 1 << 20  # a cell file is a page of YAML; anything near this is not one
 # A workspace is where the cell's volume is mounted: over a system directory (/etc, /usr, /tmp,
 # /root, /home itself …) it would hide what the image put there. Only paths strictly below
@@ -88,6 +101,16 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": ["string", "number", "boolean"]},
         },
         "setup": {"type": "string"},
+        "profile": {"enum": list(PROFILES)},
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "pids": {"type": "integer", "minimum": MIN_PIDS_LIMIT},
+                # Bytes, or a number with k, m or g (1024-based), as docker run --memory takes.
+                "memory": {"type": ["integer", "string"], "pattern": r"^[0-9]+[kmgKMG]?$"},
+            },
+        },
     },
 }
 
@@ -125,6 +148,9 @@ class Cell(NamedTuple):
     env: tuple[tuple[str, str], ...] = ()
     setup: str | None = None
     description: str = ""
+    profile: str = DEFAULT_PROFILE
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
 
     @property
     def built_tag(self) -> str | None:
@@ -215,7 +241,7 @@ def available(path: Iterable[str], problems: list[DevshellError] | None = None) 
 
 # Raise when the checks beyond the schema (parse_yaml, build) change: a remembered cell was
 # validated by the rules of its day, and must meet today's.
-CHECKS_VERSION = 3
+CHECKS_VERSION = 4
 _SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -335,6 +361,11 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
     reserved_env = [k for k, _ in env if k.startswith("DEVSHELL_") or k == "HOME"]
     if reserved_env:
         raise bad(f"env.{reserved_env[0]}", "HOME and DEVSHELL_* belong to the launcher")
+    limits = data.get("limits", {})
+    memory = memory_bytes(limits.get("memory", DEFAULT_MEMORY_LIMIT))
+    if memory < MIN_MEMORY_LIMIT:
+        raise bad("limits.memory", f"{memory} bytes is below {MIN_MEMORY_LIMIT >> 20} MiB, "
+                  "too little for init and a shell")
     return Cell(
         name=name,
         source=source,
@@ -348,7 +379,19 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         env=env,
         setup=data.get("setup"),
         description=data.get("description", ""),
+        profile=data.get("profile", DEFAULT_PROFILE),
+        pids_limit=limits.get("pids", DEFAULT_PIDS_LIMIT),
+        memory_limit=memory,
     )
+
+
+def memory_bytes(value: int | str) -> int:
+    """A memory size as docker takes it (bytes, or a number with k, m or g) in bytes."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    unit = text[-1] if text[-1:] in _MEMORY_UNITS and not text[-1:].isdigit() else ""
+    return int(text[: len(text) - len(unit)]) * _MEMORY_UNITS[unit]
 
 
 def _env_str(v: object) -> str:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .labels import MAKER, MANAGED, owner_of
+from .labels import MAKER, MANAGED, PROFILE, RUNTIME, owner_of
 from .spec import (
+    BAKE_COMMAND,
     LABEL_CELL,
     LABEL_HASH,
     LABEL_IDENTITY,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 STOP_GRACE = 5.0  # seconds the docker CLI has to end after a signal stopped its session inside
 STOP_CALL_TIMEOUT = 3.0  # seconds each of the stop's two engine requests may take
+WATCH_INTERVAL = 0.5  # seconds between looks at a watched container during a session (gVisor)
 USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
@@ -72,6 +74,21 @@ class Outcome(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.state} ({self.why})" if self.why else self.state
+
+
+class Runtime(NamedTuple):
+    """An engine runtime as its daemon.json configuration describes it, not by its name alone:
+    "gvisor" when its binary is runsc, whatever it is called."""
+
+    name: str
+    kind: str  # gvisor, runc or other
+    network: bool  # containers under it can reach a network
+    seccomp: bool  # it applies the container's seccomp profile
+
+    def __str__(self) -> str:
+        if self.kind == "gvisor":
+            return f"{self.name} (gVisor{'' if self.network else ', no network'})"
+        return self.name
 
 
 class ExecResult(NamedTuple):
@@ -322,6 +339,79 @@ class Engine:
         except DockerException as e:
             raise DevshellError(f"building {tag} failed ({_reason(e)})", "check the Docker daemon") from None
 
+    # --- runtimes and the locked image -----------------------------------------------------
+
+    def runtime(self, name: str) -> Runtime:
+        """The runtime a container would run under (name, or the engine's default for ""),
+        from the engine's own configuration. DevshellError for one that is not registered, or
+        that would silently drop a guard (gVisor without --oci-seccomp ignores the profile)."""
+        info = self._call("GET", "/info")
+        registered = info.get("Runtimes") or {}
+        chosen = name or info.get("DefaultRuntime") or "runc"
+        if chosen not in registered:
+            raise DevshellError(f"runtime {chosen!r} is not registered with the Docker engine (it has: "
+                                f"{', '.join(sorted(registered)) or 'none'})",
+                                "register it under \"runtimes\" in /etc/docker/daemon.json and reload "
+                                "the daemon (kill -HUP), or drop --runtime")
+        config = registered[chosen] or {}
+        binary = os.path.basename(str(config.get("path") or chosen))
+        args = [str(a) for a in config.get("runtimeArgs") or []]
+        if binary == "runsc":
+            runtime = Runtime(chosen, "gvisor", network="--network=none" not in args,
+                              seccomp="--oci-seccomp" in args)
+            if not runtime.seccomp:
+                raise DevshellError(f"runtime {chosen!r} is gVisor without --oci-seccomp: it would ignore "
+                                    "devshell's seccomp profile (no setuid bits, no FIFOs)",
+                                    "add \"--oci-seccomp\" to its runtimeArgs in daemon.json and reload "
+                                    "the daemon (kill -HUP)")
+            return runtime
+        return Runtime(chosen, "runc" if binary.startswith("runc") else "other", True, True)
+
+    def ensure_baked(self, spec: ContainerSpec, progress: Progress) -> str:
+        """The locked image for spec (ContainerSpec.baked_image): init --bake, once, in a
+        writable container of the cell's image under the default runtime, committed."""
+        base = self._call("GET", f"/images/{_q(spec.image)}/json", missing=(404,))
+        if base is None:
+            raise DevshellError(f"image {spec.image} is not present", "docker load it, or pass --image IMAGE")
+        tag = spec.baked_image(base["Id"])
+        if self.image_present(tag):
+            return tag
+        with _lock(f"bake-{tag.rsplit(':', 1)[1]}", BUILD_LOCK_TIMEOUT):
+            if self.image_present(tag):  # another launch baked it while we waited
+                return tag
+            progress(f"baking {tag}: {spec.image} with dev, its home link and no sudo (locked profile)")
+            self._bake(spec, base["Id"], tag)
+        return tag
+
+    def _bake(self, spec: ContainerSpec, base_id: str, tag: str) -> None:
+        owned = {MANAGED: "1", LABEL_CELL: spec.cell, MAKER: this_maker()}
+        body = {"Image": base_id, "Cmd": list(BAKE_COMMAND), "User": "0", "Labels": owned,
+                "Env": [f"{k}={v}" for k, v in spec.bake_env().items()],
+                "HostConfig": {"Init": True}}
+        cid = self._call("POST", "/containers/create", body)["Id"]
+        try:
+            self._call("PUT", f"/containers/{cid}/archive?path=%2F", raw=_tar(spec.files),
+                       content_type="application/x-tar")
+            self.start(cid)
+            # The cell's setup may install packages: as long as a build may take.
+            code = self._call("POST", f"/containers/{cid}/wait", timeout=BUILD_LOCK_TIMEOUT)["StatusCode"]
+            if code != 0:
+                _, logs = self._request("GET", f"/containers/{cid}/logs?stdout=1&stderr=1&tail=3")
+                last = _log_lines(logs)[-1:] or ["no output"]
+                raise DevshellError(f"baking the locked image from {spec.image} failed (exit {code}): "
+                                    f"{last[0]}",
+                                    "fix the cell's setup script or image; the standard profile does "
+                                    "not need this step")
+            repo, _, version = tag.partition(":")
+            # The container's config, with devshell's labels on the image (doctor finds it).
+            self._call("POST", f"/commit?{_query({'container': cid, 'repo': repo, 'tag': version})}",
+                       {"Labels": {MANAGED: "1", LABEL_CELL: spec.cell}})
+        except EngineError as e:
+            raise DevshellError(f"baking the locked image from {spec.image} failed ({e.reason})",
+                                "check the image and the Docker daemon") from None
+        finally:
+            self.remove_container(cid)
+
     # --- volumes --------------------------------------------------------------------------
 
     def volume_info(self, name: str) -> dict[str, Any] | None:
@@ -376,15 +466,18 @@ class Engine:
             _check_owner("container", name, info["Config"].get("Labels"), cell)
         return info
 
-    def ensure_container(self, spec: ContainerSpec) -> Outcome:
-        """A running container for spec: reuse one with the same hash, else (re)create it."""
+    def ensure_container(self, spec: ContainerSpec, *, image: str | None = None,
+                         runtime: Runtime | None = None) -> Outcome:
+        """A running container for spec: reuse one with the same hash, else (re)create it
+        (from image when given: the locked profile's baked image)."""
         info = self.inspect_own(spec.name, spec.cell)
         why = ""
         if info is not None:
             labels = info["Config"].get("Labels") or {}
             state = info["State"]
             if state["Status"] == "created" and maker_alive(labels.get(MAKER, "")):
-                return self._made_meanwhile(spec)  # another launch is between create and start
+                # another launch is between create and start
+                return self._made_meanwhile(spec, image, runtime)
             if state["Status"] in NEVER_REUSED:
                 # Never started, and its maker is gone: a launch died between create and start
                 # (copy-in included), so init may be missing. Nothing ran in it: nothing is lost.
@@ -406,12 +499,12 @@ class Engine:
             except EngineError as e:
                 if e.status not in (404, 409):  # gone, or being removed: another launch is at it
                     raise
-                return self._made_meanwhile(spec)
-        if not self._create(spec):
-            return self._made_meanwhile(spec)
+                return self._made_meanwhile(spec, image, runtime)
+        if not self._create(spec, image, runtime):
+            return self._made_meanwhile(spec, image, runtime)
         return Outcome("recreated", why) if info is not None else Outcome("fresh")
 
-    def _made_meanwhile(self, spec: ContainerSpec) -> Outcome:
+    def _made_meanwhile(self, spec: ContainerSpec, image: str | None, runtime: Runtime | None) -> Outcome:
         """The name was taken between inspect and create: another launch (another user's, whose
         lock is not ours) is making this devshell. Wait for it to start the container, bounded."""
         import time
@@ -421,20 +514,24 @@ class Engine:
             info = self.inspect_own(spec.name, spec.cell)
             if info is None or (info["State"]["Status"] == "created"
                                 and not maker_alive((info["Config"].get("Labels") or {}).get(MAKER, ""))):
-                return self.ensure_container(spec)  # the other launch gave up or died: ours to make
+                # the other launch gave up or died: ours to make
+                return self.ensure_container(spec, image=image, runtime=runtime)
             if info["State"]["Status"] != "created":
                 if (info["Config"].get("Labels") or {}).get(LABEL_HASH) != spec.hash():
                     raise DevshellError(f"another launch made {spec.name} with other flags meanwhile",
                                         "launch again (it is replaced), or pass another --instance")
-                return self.ensure_container(spec)
+                return self.ensure_container(spec, image=image, runtime=runtime)
             time.sleep(0.2)
         raise DevshellError(f"another launch has been making {spec.name} for {CALL_TIMEOUT:.0f} s",
                             f"look for a stuck devshell process, then docker rm -f {spec.name}")
 
-    def _create(self, spec: ContainerSpec) -> bool:
+    def _create(self, spec: ContainerSpec, image: str | None, runtime: Runtime | None) -> bool:
         """Create, copy init in, start. False: the name was taken meanwhile (nothing done)."""
         query, config = spec.api_create()
-        config["Labels"] = {**config["Labels"], MANAGED: "1", MAKER: this_maker()}
+        config["Labels"] = {**config["Labels"], MANAGED: "1", MAKER: this_maker(), PROFILE: spec.profile,
+                            RUNTIME: str(runtime) if runtime else spec.runtime or "default"}
+        if image is not None:
+            config["Image"] = image
         try:
             created = self._call("POST", f"/containers/create?{_query(query)}", config)
         except EngineError as e:
@@ -446,9 +543,10 @@ class Engine:
             raise DevshellError(f"cannot create container {spec.name} ({e.reason})",
                                 "check the image and the Docker daemon") from None
         cid = created["Id"]
-        try:  # init and setup go in before the first start
-            self._call("PUT", f"/containers/{cid}/archive?path=%2F", raw=_tar(spec.files),
-                       content_type="application/x-tar")
+        try:  # init and setup go in before the first start (a read-only root has them baked in)
+            if not spec.locked:
+                self._call("PUT", f"/containers/{cid}/archive?path=%2F", raw=_tar(spec.files),
+                           content_type="application/x-tar")
             self.start(cid)
         except EngineError as e:
             self.remove_container(cid)
@@ -508,8 +606,38 @@ class Engine:
         """The same `docker exec` as session(), with output captured (harness use)."""
         import subprocess
 
-        done = subprocess.run(ex.cli(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        return ExecResult(done.returncode, done.stdout, done.stderr)
+        with subprocess.Popen(ex.cli(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) as proc:
+            watching = self._watch(ex, proc.pid)
+            try:
+                out, err = proc.communicate()
+            finally:
+                watching.set()
+        return ExecResult(proc.returncode, out, err)
+
+    def _watch(self, ex: ExecSpec, pid: int) -> Any:
+        """With ex.watch: a thread that kills the docker CLI at pid once the container is no
+        longer running (a gVisor sandbox killed at a limit leaves its execs waiting forever).
+        Returns the event that ends the watch: set it when the exec is over."""
+        import threading
+
+        over = threading.Event()
+        if not ex.watch:
+            return over
+
+        def watch() -> None:
+            while not over.wait(WATCH_INTERVAL):
+                try:
+                    info = self.inspect(ex.container)
+                except DevshellError:
+                    continue  # a slow engine is no stopped container
+                if info is None or not info["State"]["Running"]:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+                    return
+
+        threading.Thread(target=watch, daemon=True, name=f"watch-{ex.container}").start()
+        return over
 
     def session(self, ex: ExecSpec) -> int:
         """Hand the terminal to a `docker exec`: the CLI does TTY and stdin right, but a signal
@@ -549,10 +677,12 @@ class Engine:
             for sig in (signal.SIGINT, signal.SIGQUIT):
                 old[sig] = signal.signal(sig, signal.SIG_IGN)
         status = None
+        watching = None
         try:
             try:
                 child[0] = os.posix_spawnp("docker", ex.cli(), os.environ,
                                            setsigdef=[signal.SIGINT, signal.SIGQUIT], setsigmask=[])
+                watching = self._watch(ex, child[0])
                 waiting[0] = True
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
@@ -573,6 +703,8 @@ class Engine:
             raise DevshellError("the docker CLI is not on PATH", "install docker's client") from None
         finally:
             waiting[0] = False
+            if watching is not None:
+                watching.set()
             signal.pthread_sigmask(signal.SIG_BLOCK, ending)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -812,6 +944,16 @@ def _query(params: dict[str, str]) -> str:
     from urllib.parse import urlencode
 
     return urlencode(params)
+
+
+def _log_lines(stream: bytes) -> list[str]:
+    """The lines of a container's log as the engine sends it without a TTY: frames of an
+    8-byte header (stream, 3 zero bytes, big-endian length) and a payload."""
+    out = b""
+    while len(stream) >= 8:
+        size = int.from_bytes(stream[4:8], "big")
+        out, stream = out + stream[8:8 + size], stream[8 + size:]
+    return [line for line in out.decode(errors="replace").splitlines() if line.strip()]
 
 
 def _tar(files: tuple[tuple[str, str], ...]) -> bytes:

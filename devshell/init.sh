@@ -11,6 +11,8 @@
 #   devshell-init --status      print why the last session failed, exit 1 if it did
 #   devshell-init --idle        the container's own process (PATH from here, not the cell's env)
 #   devshell-init --stop ID SIG send SIG to every process of session ID, KILL what is left after 2 s
+#   devshell-init --bake        converge the image a locked devshell runs (accounts, sudoers, git's
+#                               trust, dev's home link, the cell's setup), in a writable container
 #
 # Each promise has an init_* step and, right below it, the verify_* check of that step's result.
 # Element names in FAIL lines are stable: suites and users grep them.
@@ -36,12 +38,20 @@ AI_KEY=${DEVSHELL_AI_REPO_ENCODED:-}
 MEMORY=${CACHE:+$CACHE/ai/memory/$AI_REPO/$AI_KEY}
 # ro: skills and settings.json are read-only binds (the agent may not rewrite its own config).
 AI_CONFIG=${DEVSHELL_AI_CONFIG:-rw}
+# standard: dev has passwordless sudo. locked: never root (no sudo, no-new-privileges, a
+# read-only root filesystem, sessions without capabilities), and dev's home is a link, baked
+# into the image, to HOME_IN_VOLUME in the workspace volume.
+PROFILE=${DEVSHELL_PROFILE:-standard}
+HOME_IN_VOLUME=${DEVSHELL_HOME_IN_VOLUME:-}
 SUDOERS=/etc/sudoers.d/devshell
 SUDOERS_LINE="$DEV ALL=(ALL:ALL) NOPASSWD: ALL"
 SETUP=/usr/local/libexec/devshell-setup
 STATE=${DEVSHELL_STATE_DIR:?DEVSHELL_STATE_DIR is not set}
 # Filesystems that already present host ownership: chown there is useless or slow.
 MAPPED_FS=" virtiofs fakeowner osxfs fuse.grpcfuse "
+# Filesystems whose inode numbers are not the host's: gVisor serves binds over 9p (its gofer),
+# so the bind identity check cannot speak there either.
+FOREIGN_INODE_FS=" 9p "
 
 FAILURES=0
 fail() { FAILURES=$((FAILURES + 1)); echo "FAIL $1: $2"; }
@@ -84,15 +94,18 @@ load_facts() {
     done
     declare -gA ST_OWNER=() ST_MODE=() ST_LINK=() ST_ID=()
     local IFS=$'\n' us=$'\037' stats id
-    stats=$(QUOTING_STYLE=literal stat --printf "%n\\037%d:%i\\037%u:%g\\037%a\\037%N\\n" -- "$@" 2>/dev/null)
+    # find, not stat: coreutils' statx asks for AT_NO_AUTOMOUNT, which gVisor's (Debian's
+    # runsc 20221219) refuses with EINVAL; find's fstatat works everywhere. Every path here
+    # is absolute, so none reads as an option, and -P (the default) never follows a link.
+    stats=$(find "$@" -maxdepth 0 -printf "%p\\037%D:%i\\037%U:%G\\037%m\\037%l\\n" 2>/dev/null)
     set -f  # host paths may hold * ? [
-    for line in $stats; do  # path US dev:ino US owner US mode US name[ -> target]
+    for line in $stats; do  # path US dev:ino US owner US mode US link target (or nothing)
         path=${line%%"$us"*} line=${line#*"$us"}
         id=${line%%"$us"*} line=${line#*"$us"}
         owner=${line%%"$us"*} line=${line#*"$us"}
         mode=${line%%"$us"*} link=${line#*"$us"}
         ST_ID[$path]=$id ST_OWNER[$path]=$owner ST_MODE[$path]=$mode
-        [ "${link#* -> }" = "$link" ] || ST_LINK[$path]=${link#* -> }
+        [ -z "$link" ] || ST_LINK[$path]=$link
     done
     set +f
 }
@@ -142,12 +155,23 @@ verify_binds() {
         # A mount point where the spec put it, not one reached through a symlink that root
         # inside put in its way (mountinfo never follows links).
         [ -n "$REPLY" ] || { fail bind-identity "$target is not a mount point"; continue; }
-        case $MAPPED_FS in *" $REPLY "*) continue ;; esac
+        case $MAPPED_FS$FOREIGN_INODE_FS in *" $REPLY "*) continue ;; esac
         [ "${ST_ID[$target]:-missing}" = "$want" ] \
             || fail bind-identity "$target is ${ST_ID[$target]:-missing}, not the host directory $want that was checked"
     done
 }
 
+mount_options() {  # mount_options DIR: REPLY=the mount options of the mount at DIR
+    local line point
+    REPLY=
+    [ -n "${MOUNTINFO+x}" ] || { lines_of /proc/self/mountinfo; MOUNTINFO=("${LINES[@]+"${LINES[@]}"}"); }
+    for line in "${MOUNTINFO[@]+"${MOUNTINFO[@]}"}"; do  # 6th field: per-mount options
+        point=${line#* * * * }
+        [ "${point%% *}" = "$1" ] || continue
+        point=${point#* }
+        REPLY=${point%% *}
+    done
+}
 mount_fs() {  # mount_fs DIR: REPLY=the filesystem type of the mount at DIR (empty if none)
     local line point
     REPLY=
@@ -204,9 +228,11 @@ init_user() {
     [ "$(field passwd "$DEV" 4)" = "$DEV_GID" ] || usermod -g "$DEV_GID" "$DEV"
     [ "$(field passwd "$DEV" 7)" = /bin/bash ] || usermod -s /bin/bash "$DEV"
     [ "$old_home" = "$DEV_HOME" ] || usermod -d "$DEV_HOME" "$DEV"
-    passwd -d "$DEV" >/dev/null 2>&1 || true
+    # Only when there is a password to drop: under locked the root filesystem is read-only
+    # after the bake, and a converged account must need no write at all.
+    [ -z "$(getent shadow "$DEV" | cut -d: -f2)" ] || passwd -d "$DEV" >/dev/null 2>&1 || true
     drop_aliases
-    init_home "$old_home"
+    [ "$PROFILE" = locked ] || init_home "$old_home"  # locked: a link, made by init --bake
 }
 # Another account at dev's uid is a second name for dev (e.g. planted with useradd -o): drop it
 # from passwd and shadow; its files, if any, are dev's already.
@@ -257,19 +283,57 @@ verify_user() {
     [ "$PW_GID" = "$DEV_GID" ] || fail dev-gid "dev has primary gid $PW_GID, want $DEV_GID"
     [ "$PW_HOME" = "$DEV_HOME" ] || fail dev-home "dev's home is $PW_HOME, want $DEV_HOME"
     [ -d "$DEV_HOME" ] || fail dev-home "$DEV_HOME is missing"
-    owned_by_dev "$DEV_HOME" || fail dev-home "$DEV_HOME is not dev's"
+    if [ "$PROFILE" = locked ]; then  # kept in the volume: the read-only root holds only a link
+        [ "${ST_LINK[$DEV_HOME]:-}" = "$HOME_IN_VOLUME" ] \
+            || fail dev-home "$DEV_HOME is not a link to $HOME_IN_VOLUME in the volume"
+        owned_by_dev "$HOME_IN_VOLUME" || fail dev-home "$HOME_IN_VOLUME is not dev's"
+    else
+        owned_by_dev "$DEV_HOME" || fail dev-home "$DEV_HOME is not dev's"
+    fi
+}
+# Under locked, dev's home is a link into the volume, made here in the image: the volume is
+# not mounted while baking, so the directory it names is made by dev at the first session.
+init_home_link() {
+    [ "$(readlink "$DEV_HOME" 2>/dev/null)" = "$HOME_IN_VOLUME" ] && return
+    rm -rf "$DEV_HOME" && ln -s "$HOME_IN_VOLUME" "$DEV_HOME"
+}
+init_home_in_volume() {  # as dev
+    [ "$PROFILE" = locked ] && [ ! -d "$HOME_IN_VOLUME" ] || return 0
+    mkdir -p "$HOME_IN_VOLUME" && cp -a /etc/skel/. "$HOME_IN_VOLUME"/ 2>/dev/null
+    return 0
 }
 
 # --- sudo: passwordless, so the agent installs build deps with no host credential inside ---
+# (standard). Under locked: no rule for dev, and no-new-privileges, so no setuid binary (sudo,
+# su, or one an agent brings) raises privilege; the root filesystem is read-only.
 init_sudoers() {
+    if [ "$PROFILE" = locked ]; then
+        [ ! -e "$SUDOERS" ] || rm -f "$SUDOERS"
+        return 0
+    fi
     [ -d /etc/sudoers.d ] || mkdir -p /etc/sudoers.d
     grep -Eq '^[@#]includedir /etc/sudoers.d' /etc/sudoers 2>/dev/null \
         || echo '#includedir /etc/sudoers.d' >>/etc/sudoers
     [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || echo "$SUDOERS_LINE" > "$SUDOERS"
     chown 0:0 "$SUDOERS" && chmod 0440 "$SUDOERS"
 }
+verify_locked() {
+    local line
+    [ ! -e "$SUDOERS" ] && [ ! -L "$SUDOERS" ] || fail sudoers "$SUDOERS exists under the locked profile"
+    lines_of /proc/self/status
+    for line in "${LINES[@]+"${LINES[@]}"}"; do
+        case $line in NoNewPrivs:*) line=${line#NoNewPrivs:}; break ;; esac
+        line=
+    done
+    # gVisor's status has no such line (it keeps the flag all the same): ask prctl, by setpriv.
+    [ -n "$line" ] || line=$(setpriv --dump 2>/dev/null | sed -n 's/^no_new_privs: *//p')
+    [ "${line//[[:space:]]/}" = 1 ] || fail no-new-privileges "the container does not set no-new-privileges"
+    mount_options /
+    case ,$REPLY, in *,ro,*) ;; *) fail read-only-root "/ is mounted ${REPLY:-?}, not read-only" ;; esac
+}
 verify_sudoers() {
     local line= included=no
+    [ "$PROFILE" != locked ] || { verify_locked; return; }
     command -v sudo >/dev/null || fail sudoers "sudo is not installed in the image"
     lines_of /etc/sudoers
     for line in "${LINES[@]+"${LINES[@]}"}"; do
@@ -400,7 +464,14 @@ init_all() {
     init_group && init_user && init_sudoers && init_checkout_trust && init_workspace || return
     setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups -- "$0" --as-dev-init
 }
-init_as_dev() { cd / && init_workdirs && init_ai; }
+init_as_dev() { cd / && init_workdirs && init_home_in_volume && init_ai; }
+# The locked image: everything of init that writes the root filesystem, done once in a
+# writable container and committed (the engine does that), so that a read-only root needs no
+# write. The cell's setup runs here too, under the default runtime, where the network is.
+bake() {
+    init_group && init_user && init_sudoers && init_checkout_trust && init_home_link || return
+    [ ! -x "$SETUP" ] || "$SETUP" || { echo "devshell-init: the cell's setup script failed" >&2; return 1; }
+}
 verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify_workspace; verify_ai; }
 
 binds_verified() {
@@ -415,7 +486,7 @@ binds_verified() {
 
 verify() {
     FAILURES=0
-    local -a paths=("$DEV_HOME" "$PATCHES" "$CHECKOUT" "$WORKSPACE" "$SUDOERS") name pair
+    local -a paths=("$DEV_HOME" "$PATCHES" "$CHECKOUT" "$WORKSPACE" "$SUDOERS" ${HOME_IN_VOLUME:+"$HOME_IN_VOLUME"}) name pair
     if [ -n "$CACHE" ]; then
         paths+=("$DEV_HOME/.claude/skills" "$DEV_HOME/.claude/settings.json" "$CACHE" "$CACHE/ai"
             "$CACHE/ai/skills" "$CACHE/ai/memory" "$CACHE/ai/memory/$AI_REPO" "$MEMORY")
@@ -437,7 +508,12 @@ enter() {
         run=()
     else
         export HOME=$DEV_HOME USER=$DEV LOGNAME=$DEV SHELL=/bin/bash
-        run=(setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups --)
+        run=(setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups)
+        # locked: the session keeps no capability, not even in its bounding set, so nothing it
+        # runs can hold one; no-new-privileges holds container-wide already, and once more here.
+        # (Ambient ones go with the change from uid 0; gVisor cannot even name them.)
+        [ "$PROFILE" != locked ] || run+=(--bounding-set=-all --inh-caps=-all --no-new-privs)
+        run+=(--)
     fi
     if [ "$has_script" = no ]; then
         exec ${run[@]+"${run[@]}"} /bin/bash -l
@@ -514,7 +590,7 @@ converge() {
         exit 86
     fi
     init_all >"$STATE/init.log" 2>&1
-    if [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
+    if [ "$PROFILE" != locked ] && [ -x "$SETUP" ] && [ "$(cat "$STATE/setup-hash" 2>/dev/null)" != "$hash" ]; then
         if ! "$SETUP" >>"$STATE/init.log" 2>&1; then
             echo "setup script failed; see $STATE/init.log" > "$STATE/failure"
             echo "devshell-init: cell setup script failed (log: $STATE/init.log)" >&2
@@ -586,6 +662,7 @@ main() {
         --verify) verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
         --idle) exec sleep infinity ;;
+        --bake) bake ;;
         --stop)
             case ${2:-}:${3:-} in
                 *[!0-9a-f:A-Z]* | :* | *:) echo "devshell-init: --stop needs a hex session id and a signal name" >&2; return 2 ;;

@@ -18,6 +18,11 @@ SPEC = "devshell.spec"
 # half-made only once its maker is gone (until then, another launch is still making it), and
 # a launch removes, on failure, only a volume it made itself.
 MAKER = "devshell.maker"
+# On a container: the trust profile and the runtime it was made with, as the launch read the
+# runtime's configuration (e.g. "runsc: gVisor, no network"), for the session line, --list and
+# status without asking the engine's configuration again.
+PROFILE = "devshell.profile"
+RUNTIME = "devshell.runtime"
 # The pytest plugin's run id and the host:pid that owns the run (a dead owner's objects are swept).
 TEST_RUN = "devshell.test-run"
 TEST_PID = "devshell.test-pid"

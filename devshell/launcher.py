@@ -14,6 +14,7 @@ from .cells import PATCHES, Cell
 from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, read_regular, strict_problem
+from .labels import RUNTIME
 from .options import HostFacts, Options, check_binds
 from .spec import (
     INIT_PATH,
@@ -23,6 +24,7 @@ from .spec import (
     container_name,
     host_binds,
     plan,
+    profile_of,
     script_args,
     session,
 )
@@ -39,6 +41,13 @@ class Devshell(NamedTuple):
     outcome: Outcome
     volume_created: bool
     engine: Engine
+    # The runtime it runs under, as the launch that made it read the engine's configuration
+    # (labels.RUNTIME): "runc", "runsc (gVisor, no network)".
+    runtime: str = "default"
+
+    @property
+    def gvisor(self) -> bool:
+        return "gVisor" in self.runtime
 
     @property
     def name(self) -> str:
@@ -52,7 +61,7 @@ class Devshell(NamedTuple):
 
     def run(self, script: str) -> ExecResult:
         """Enter as the CLI does (init, verify, drop to dev) and run script, capturing output."""
-        ex = session(self.spec, self.opts, script=script, tty=False)
+        ex = session(self.spec, self.opts, script=script, tty=False, watch=self.gvisor)
         return self.engine.run_captured(ex)
 
 
@@ -293,17 +302,21 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         info = engine.inspect(spec.name)
         if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
                 and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()):
-            return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine)
+            return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine,
+                            (info["Config"].get("Labels") or {}).get(RUNTIME, "default"))
     name = container_name(cell.name, opts.instance)
+    profile_of(opts, cell)  # --as-root under a locked cell: refused before anything is made
     engine.refuse_foreign(name, cell.name)
+    runtime = engine.runtime(opts.runtime or "")
     image = engine.ensure_image(cell, opts.image, progress)
     # The lock first: a lock that cannot be taken (an unwritable cache dir) leaves no trace.
     with launch_lock(name):
         opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
         spec = plan(opts, cell, image=image, labels=labels)
+        baked = engine.ensure_baked(spec, progress) if spec.locked else None
         created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
         try:
-            outcome = engine.ensure_container(spec)
+            outcome = engine.ensure_container(spec, image=baked, runtime=runtime)
             if outcome.started:  # the engine binds by path at every start
                 info = check_alive(engine, spec, outcome)
                 check_mounts_from_host(engine, spec, opts, info)
@@ -311,13 +324,13 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             if created:  # an error leaves nothing behind that this run made
                 engine.remove_volume(spec.volume)
             raise
-    return Devshell(spec, opts, outcome, created, engine)
+    return Devshell(spec, opts, outcome, created, engine, str(runtime))
 
 
 def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
     """Run init/verify and then the shell or script, in one exec. Returns its exit code."""
     code = shell.engine.session(session(shell.spec, shell.opts, script=script, tty=tty,
-                                        session_id=os.urandom(8).hex()))
+                                        session_id=os.urandom(8).hex(), watch=shell.gvisor))
     if code not in (0, VERIFY_FAILED):
         # A container stopped, paused or removed under the session: the docker CLI says so in
         # its own words with a program's exit code (1, 126, 137). Say it plainly, and that the
@@ -328,6 +341,8 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
         state = ("removed" if info is None else "paused" if info["State"]["Paused"]
                  else "running" if info["State"]["Running"] else "stopped")
         if state != "running":
+            if info is not None and info["State"].get("OOMKilled"):
+                state += f" at its memory limit ({shell.spec.memory_limit >> 20} MiB)"
             raise DevshellError(f"{shell.name} was {state} during the session (it ended with exit {code})",
                                 "launch again: devshell starts or re-creates it; the volume is kept")
     if code == VERIFY_FAILED:

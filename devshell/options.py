@@ -14,12 +14,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .cells import DEFAULT_CELL
+from .cells import DEFAULT_CELL, PROFILES
 from .errors import DevshellError
 
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
 # Drop dirs live below here, one per checkout: devshell creates them, so it may give them to dev.
 DROPS = "patches"
+_RUNTIME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_INSTANCE = 40  # devshell-CELL-INSTANCE stays a comfortable container and volume name
 # Host uid/gid 0 must never become dev's: map to the first ordinary id instead.
 ROOT_FALLBACK_ID = 1000
@@ -93,6 +94,10 @@ class Options(NamedTuple):
     # (spec.host_binds). init refuses a mount that is not exactly the directory checked.
     bind_ids: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    # The trust profile (standard, locked) and the engine runtime; None: the cell's (else
+    # standard), and the engine's default runtime.
+    profile: str | None = None
+    runtime: str | None = None
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -166,6 +171,11 @@ def parser() -> argparse.ArgumentParser:
     _once_flag(p, "--gid", type=_id, metavar="N", help="dev's gid (default: the host's)")
     p.add_argument("--cells-dir", action="append", default=[], metavar="DIR",
                    help="also look for cells in DIR (repeatable; before the shipped cells)")
+    _once_flag(p, "--profile", choices=PROFILES, metavar="PROFILE",
+                  help="standard (dev has passwordless sudo) or locked (never root, read-only "
+                       "root filesystem, no capabilities); default: the cell's, else standard")
+    _once_flag(p, "--runtime", metavar="NAME",
+                  help="an engine runtime registered in daemon.json, e.g. runsc (gVisor)")
     _once_flag(p, "--list", action="store_true", help="list cells with image/container/volume state")
     _once_flag(p, "--json", action="store_true", help="machine-readable --list and session summary")
     return p
@@ -199,6 +209,12 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         raise DevshellError(f"{' and '.join(actions)} cannot be combined", "pick one")
     if ns.ai_config_ro and ns.ai_config_rw:
         raise DevshellError("--ai-config-ro and --ai-config-rw contradict each other", "pick one")
+    if ns.as_root and ns.profile == "locked":
+        raise DevshellError("--as-root is refused under --profile locked: its promise is that "
+                            "nothing in the devshell runs as root for you", "drop one of them")
+    if ns.runtime is not None and not _RUNTIME_NAME.fullmatch(ns.runtime):
+        raise DevshellError(f"--runtime {ns.runtime!r} is not a runtime name",
+                            "pass the name daemon.json registers it under, e.g. runsc")
     if ns.list and ns.cell:
         raise DevshellError("--list takes no cell", f"run devshell --list, not {ns.cell} --list")
 
@@ -250,6 +266,8 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         json=ns.json,
         cells_dirs=tuple(absolute(d, host) for d in ns.cells_dir),
         notes=tuple(notes),
+        profile=ns.profile,
+        runtime=ns.runtime,
     )
 
 
@@ -366,7 +384,8 @@ def to_argv(opts: Options) -> list[str]:
     argv = [opts.cell, f"--checkout={opts.checkout}", f"--uid={opts.uid}", f"--gid={opts.gid}"]
     for flag, value in (("--patches-out", opts.patches_out),
                         ("--host-cache-dir", opts.host_cache), ("--image", opts.image),
-                        ("--instance", opts.instance), ("--script", opts.script)):
+                        ("--instance", opts.instance), ("--script", opts.script),
+                        ("--profile", opts.profile), ("--runtime", opts.runtime)):
         if value is not None:
             argv.append(f"{flag}={value}")
     for flag, on in (("--rm", opts.rm), ("--as-root", opts.as_root), ("--verify", opts.verify),

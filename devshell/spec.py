@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from typing import Any, Literal, NamedTuple
 
 from . import labels
@@ -36,6 +37,21 @@ IDLE_COMMAND = (INIT_PATH, "--idle")
 NEVER_REUSED = {"created": "half-made by an interrupted launch", "dead": "dead"}
 WORKSPACE_ENV = "DEVSHELL_WORKSPACE"  # where a container's volume is mounted, for init and status
 MAX_EXEC_ARG = 128 * 1024  # Linux's MAX_ARG_STRLEN: no one argument of an exec is longer
+PROFILE_ENV = "DEVSHELL_PROFILE"  # standard or locked: what init converges and verifies
+# Under locked the root filesystem is read-only; writable besides the volume and the binds:
+# /tmp, and init's own state (session records, script copies), both tmpfs, so nothing an
+# agent leaves there outlives the container.
+# (exec: scripts run from there, builds from /tmp; the engine would add noexec.)
+LOCKED_TMPFS = (("/tmp", "rw,exec,nosuid,nodev,mode=1777"), (STATE_DIR, "rw,exec,nosuid,nodev,mode=0755"))
+# ... and dev's home, which lives in the volume: /home/dev is a link baked into the locked
+# image, to this directory below the workspace (init makes it, as dev).
+HOME_IN_VOLUME = ".devshell-home"
+HOME_IN_VOLUME_ENV = "DEVSHELL_HOME_IN_VOLUME"
+# The image a locked devshell runs: the cell's image with accounts, sudoers, git's trust and
+# the cell's setup converged once, by init --bake, in a writable container (a read-only root
+# cannot take them). Tagged by what went in, so it is baked once per image, uid and init.
+BAKED_REPO = "devshell/locked"
+BAKE_COMMAND = (INIT_PATH, "--bake")
 
 
 class Mount(NamedTuple):
@@ -124,6 +140,44 @@ class ContainerSpec(NamedTuple):
     # a seccomp allowlist that refuses setuid/setgid bits and FIFOs (devshell/seccomp.py).
     cap_drop: tuple[str, ...] = CAP_DROP
     seccomp: str = ""
+    profile: str = "standard"
+    # An engine runtime by its daemon.json name; "" is the engine's default.
+    runtime: str = ""
+    pids_limit: int = 0
+    memory_limit: int = 0
+
+    @property
+    def locked(self) -> bool:
+        return self.profile == "locked"
+
+    @property
+    def security_opt(self) -> list[str]:
+        # no-new-privileges: no setuid binary (sudo, su, one an agent finds) raises privilege.
+        return [f"seccomp={self.seccomp}"] + (["no-new-privileges"] if self.locked else [])
+
+    @property
+    def tmpfs(self) -> dict[str, str]:
+        return dict(LOCKED_TMPFS) if self.locked else {}
+
+    def bake_env(self) -> dict[str, str]:
+        """The environment init --bake runs in: what the image's converged state depends on,
+        and nothing that differs per checkout (one baked image serves all of them). Every key
+        here is also in the container's own env, so none the commit leaves in the image's
+        config ever reaches a container with another value."""
+        keep = ("HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
+                "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_STATE_DIR",
+                WORKSPACE_ENV, PROFILE_ENV, HOME_IN_VOLUME_ENV)
+        env = dict(self.env)
+        cell_keys = [k for k in env if not k.startswith("DEVSHELL_") and k != "HOME"]
+        return {k: env[k] for k in (*keep, *cell_keys) if k in env}
+
+    def baked_image(self, base_id: str) -> str:
+        """The locked image's tag for the base image with this id: changes with anything
+        init --bake reads (its env, init itself, the cell's setup)."""
+        key = {"base": base_id, "env": self.bake_env(),
+               "files": {p: hashlib.sha256(c.encode()).hexdigest() for p, c in self.files}}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return f"{BAKED_REPO}:{digest[:32]}"
 
     def identity(self) -> dict[str, Any]:
         """What decides reuse: a container whose identity differs is recreated."""
@@ -138,6 +192,11 @@ class ContainerSpec(NamedTuple):
             "command": list(self.command),
             "cap_drop": sorted(self.cap_drop),
             "seccomp": hashlib.sha256(self.seccomp.encode()).hexdigest()[:16],
+            "profile": self.profile,
+            # What the profile means to the engine, so that a change of its meaning recreates.
+            "read_only": self.locked, "tmpfs": self.tmpfs, "security_opt": self.security_opt[1:],
+            "runtime": self.runtime,
+            "limits": {"pids": self.pids_limit, "memory": self.memory_limit},
         }
 
     def hash(self) -> str:
@@ -162,6 +221,15 @@ class ContainerSpec(NamedTuple):
             argv += ["--cap-drop", cap]
         # The CLI reads the profile from a file; this rendering names it by content hash.
         argv += ["--security-opt", f"seccomp={self.seccomp_file()}"]
+        if self.locked:
+            argv += ["--security-opt", "no-new-privileges", "--read-only"]
+            for path, options in self.tmpfs.items():
+                argv += ["--tmpfs", f"{path}:{options}"]
+        argv += [f"--pids-limit={self.pids_limit}", f"--memory={self.memory_limit}",
+                 f"--memory-swap={self.memory_limit}"]
+        if self.runtime:
+            argv.append(f"--runtime={self.runtime}")
+        # Under locked the container runs the baked image (baked_image), made from this one.
         return [*argv, self.image, *self.command]
 
     def seccomp_file(self) -> str:
@@ -176,8 +244,12 @@ class ContainerSpec(NamedTuple):
             "WorkingDir": k["working_dir"], "Labels": k["labels"],
             "Env": [f"{name}={value}" for name, value in k["environment"].items()],
             "HostConfig": {"Init": k["init"], "Mounts": k["mounts"], "CapDrop": k["cap_drop"],
-                           "SecurityOpt": k["security_opt"]},
+                           "SecurityOpt": k["security_opt"], "ReadonlyRootfs": k["read_only"],
+                           "Tmpfs": k["tmpfs"], "PidsLimit": k["pids_limit"],
+                           "Memory": k["mem_limit"], "MemorySwap": k["memswap_limit"]},
         }
+        if k.get("runtime"):
+            body["HostConfig"]["Runtime"] = k["runtime"]
         return {"name": k["name"], "platform": k["platform"]}, body
 
     def sdk_kwargs(self) -> dict[str, Any]:
@@ -195,7 +267,14 @@ class ContainerSpec(NamedTuple):
             "mounts": [m.sdk() for m in self.mounts],
             "environment": dict(self.env),
             "cap_drop": list(self.cap_drop),
-            "security_opt": [f"seccomp={self.seccomp}"],
+            "security_opt": self.security_opt,
+            "read_only": self.locked,
+            "tmpfs": self.tmpfs,
+            "pids_limit": self.pids_limit,
+            # Swap as large as memory: no swap on top, so a hog meets the limit, not the disk.
+            "mem_limit": self.memory_limit,
+            "memswap_limit": self.memory_limit,
+            **({"runtime": self.runtime} if self.runtime else {}),
             "detach": True,
         }
 
@@ -253,10 +332,21 @@ def container_name(cell: str, instance: str | None) -> str:
     return f"devshell-{cell}" + (f"-{instance}" if instance else "")
 
 
+def profile_of(opts: Options, cell: Cell) -> str:
+    """The trust profile in force: the flag's, else the cell's. DevshellError for --as-root
+    under a locked cell (the flag itself is refused with --profile locked at parse time)."""
+    profile = opts.profile or cell.profile
+    if profile == "locked" and opts.as_root:
+        raise DevshellError(f"--as-root is refused: cell {cell.name} runs under the locked profile",
+                            "drop --as-root, or pass --profile standard")
+    return profile
+
+
 def plan(opts: Options, cell: Cell, *, image: str | None = None,
          labels: dict[str, str] | None = None, init: str | None = None) -> ContainerSpec:
     """The container for these options and this cell. Pure: no Docker, no filesystem."""
     name = container_name(cell.name, opts.instance)
+    profile = profile_of(opts, cell)
     mounts = [Mount("volume", name, cell.workspace),
               *(Mount("bind", b.source, b.target, b.read_only) for b in host_binds(opts))]
     env = {
@@ -274,7 +364,10 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         "DEVSHELL_CCACHE": cell.ccache,
         "DEVSHELL_AI_REPO": ai_repo(opts.checkout),
         "DEVSHELL_AI_REPO_ENCODED": ai_key(opts.checkout),
+        PROFILE_ENV: profile,
     }
+    if profile == "locked":
+        env[HOME_IN_VOLUME_ENV] = posixpath.join(cell.workspace, HOME_IN_VOLUME)
     if opts.host_cache is not None:
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
         env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
@@ -295,6 +388,10 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         files=tuple(files),
         labels=tuple(sorted((labels or {}).items())),
         seccomp=seccomp_profile(),
+        profile=profile,
+        runtime=opts.runtime or "",
+        pids_limit=cell.pids_limit,
+        memory_limit=cell.memory_limit,
     )
 
 
@@ -307,6 +404,9 @@ class ExecSpec(NamedTuple):
     tty: bool = False
     # Names the entry (init records its pid under it), so that `init --stop` can end it.
     session_id: str = ""
+    # Watch the container while the exec runs and end the CLI if it stops: under gVisor a
+    # sandbox killed at its memory or pids limit leaves `docker exec` waiting forever.
+    watch: bool = False
 
     def cli(self) -> list[str]:
         flags = ["--interactive"] + (["--tty"] if self.tty else [])
@@ -319,7 +419,7 @@ class ExecSpec(NamedTuple):
 
 
 def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool,
-            session_id: str = "") -> ExecSpec:
+            session_id: str = "", watch: bool = False) -> ExecSpec:
     """Enter: init (skipped when the recorded hash matches and verify passes), verify, then
     drop to dev (or stay root with --as-root) and run the script or a login shell. session_id
     (hex) names the entry for `init --stop`."""
@@ -331,7 +431,7 @@ def session(spec: ContainerSpec, opts: Options, *, script: str | None, tty: bool
     if script is not None:
         argv += script_args(script)
     return ExecSpec(spec.name, tuple(argv), spec.workspace, tty=tty and script is None,
-                    session_id=session_id)
+                    session_id=session_id, watch=watch)
 
 
 def script_args(script: str) -> list[str]:
