@@ -39,6 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"cell the devshell fixtures open (default: {cells.DEFAULT_CELL})")
     group.addoption("--cells-dir", action="append", default=[], metavar="DIR", dest="devshell_cells_dirs",
                     help="also look for cells in DIR (repeatable)")
+    group.addoption("--profile", default=None, choices=cells.PROFILES, dest="devshell_profile",
+                    help="trust profile the devshell fixtures open (default: the cell's)")
+    group.addoption("--runtime", default=None, metavar="NAME", dest="devshell_runtime",
+                    help="engine runtime the devshell fixtures open under, e.g. runsc")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,7 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     cell = config.getoption("--cell") or cells.DEFAULT_CELL
-    return f"devshell: --cell={cell}, test run {_run_id(config)}"
+    profile = config.getoption("devshell_profile") or "the cell's"
+    runtime = config.getoption("devshell_runtime") or "the engine's default"
+    return f"devshell: --cell={cell}, profile {profile}, runtime {runtime}, test run {_run_id(config)}"
 
 
 _RUN = pytest.StashKey[str]()
@@ -83,7 +89,8 @@ class DevshellFactory(Protocol):
                  checkout: str | Path | None = None, patches_out: str | Path | None = None,
                  host_cache: bool | str | Path = True,
                  image: str | None = None, instance: str | None = None,
-                 ai_config_rw: bool = False) -> Devshell: ...
+                 ai_config_rw: bool = False, profile: str | None = None,
+                 runtime: str | None = None) -> Devshell: ...
 
 
 @pytest.fixture(scope="session")
@@ -151,17 +158,33 @@ def devshell_instance(devshell_run_labels: dict[str, str]) -> Callable[[], str]:
 
 
 @pytest.fixture(scope="session")
+def devshell_profile(pytestconfig: pytest.Config, devshell_cell: Cell) -> str:
+    """The trust profile the fixtures open devshells under: --profile, else the cell's."""
+    return str(pytestconfig.getoption("devshell_profile") or devshell_cell.profile)
+
+
+@pytest.fixture(scope="session")
+def devshell_runtime(pytestconfig: pytest.Config) -> str | None:
+    """The engine runtime the fixtures open devshells under (--runtime); None: the default."""
+    value = pytestconfig.getoption("devshell_runtime")
+    return str(value) if value else None
+
+
+@pytest.fixture(scope="session")
 def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshell_engine: Engine,
                      devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
-                     tmp_path_factory: pytest.TempPathFactory) -> DevshellFactory:
+                     tmp_path_factory: pytest.TempPathFactory,
+                     pytestconfig: pytest.Config) -> DevshellFactory:
     """Open a devshell: by default a new container and volume (named for this run), a temporary
-    checkout, drop dir and host cache, and an explicit uid/gid. Removed at the end of the run."""
+    checkout, drop dir and host cache, and an explicit uid/gid, under --profile and --runtime.
+    Removed at the end of the run."""
 
     def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
               checkout: str | Path | None = None, patches_out: str | Path | None = None,
               host_cache: bool | str | Path = True,
               image: str | None = None, instance: str | None = None,
-              ai_config_rw: bool = False) -> Devshell:
+              ai_config_rw: bool = False, profile: str | None = None,
+              runtime: str | None = None) -> Devshell:
         the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
         # New paths, which devshell creates (and so may give to dev); a checkout readable by
         # dev, as a user's usually is (pytest makes its temporary directories 0700).
@@ -177,7 +200,9 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                        host_cache=str(host_cache) if host_cache else None, image=image,
                        instance=instance or devshell_instance(), uid=uid, gid=gid,
                        ai_config_ro=not ai_config_rw,
-                       cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]))
+                       cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]),
+                       profile=profile or pytestconfig.getoption("devshell_profile"),
+                       runtime=runtime or pytestconfig.getoption("devshell_runtime"))
         return open_devshell(check_host_paths(opts), the_cell, devshell_engine,
                              labels=devshell_run_labels, progress=_progress)
 
