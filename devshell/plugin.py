@@ -85,7 +85,7 @@ def pytest_configure_node(node: Any) -> None:
 
 
 class DevshellFactory(Protocol):
-    def __call__(self, cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
+    def __call__(self, cell: str | Cell | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
                  checkout: str | Path | None = None, patches_out: str | Path | None = None,
                  host_cache: bool | str | Path = True,
                  image: str | None = None, instance: str | None = None,
@@ -179,13 +179,15 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
     checkout, drop dir and host cache, and an explicit uid/gid, under --profile and --runtime.
     Removed at the end of the run."""
 
-    def open_(cell: str | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
+    def open_(cell: str | Cell | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
               checkout: str | Path | None = None, patches_out: str | Path | None = None,
               host_cache: bool | str | Path = True,
               image: str | None = None, instance: str | None = None,
               ai_config_rw: bool = False, profile: str | None = None,
               runtime: str | None = None) -> Devshell:
-        the_cell = devshell_cell if cell is None else cells.find(cell, devshell_cells_path)
+        # A Cell as is (a test's variant of the --cell cell, e.g. with other limits), or by name.
+        the_cell = (devshell_cell if cell is None else cell if isinstance(cell, Cell)
+                    else cells.find(cell, devshell_cells_path))
         # New paths, which devshell creates (and so may give to dev); a checkout readable by
         # dev, as a user's usually is (pytest makes its temporary directories 0700).
         scratch = tmp_path_factory.mktemp("devshell-")
