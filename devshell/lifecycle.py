@@ -137,17 +137,22 @@ def list_cells(opts: Options) -> int:
     for cell in found:
         name = container_name(cell.name, opts.instance)
         info = engine.inspect(name)
+        found_labels = (info or {}).get("Config", {}).get("Labels") or {}
         rows.append({
             "cell": cell.name,
             "image": cell.image,
             "image_state": image_state(cell, partial(engine.image_present, platform=cell.platform)),
             "container": info["State"]["Status"] if info else "absent",
             "volume": "present" if engine.volume_present(name) else "absent",
+            # The container's, as its launch recorded them; without one, what a launch would use.
+            "profile": found_labels.get(labels.PROFILE, cell.profile),
+            "runtime": found_labels.get(labels.RUNTIME, "default"),
+            "limits": {"pids": cell.pids_limit, "memory": cell.memory_limit},
             "source": cell.source,
         })
     doc = {"cells": rows, "notes": [f"skipped a cell file: {p}" for p in problems]}
     columns = [("cell", "cell"), ("image_state", "image_state"), ("container", "container"),
-               ("volume", "volume"), ("image", "image")]
+               ("volume", "volume"), ("profile", "profile"), ("runtime", "runtime"), ("image", "image")]
     emit(doc, table(columns, rows), opts.json)
     return 0
 
