@@ -1,6 +1,11 @@
 """The contract suites: run them against any cell with `pytest suites --cell=NAME`."""
 
+import os
+
 import pytest
+
+from devshell import cells
+from devshell.errors import DevshellError
 
 pytest_plugins = ["pytester"]
 
@@ -9,8 +14,54 @@ ATTEMPTS: list[tuple[str, str, str, bool | None]] = []  # (kind, class, attempt,
 FAULTS: list[tuple[str, bool | None]] = []  # (fault, recovered with nothing lost, or skipped)
 
 
+# How many tests the locked profile deselected: counted where the items are collected (each
+# xdist worker collects the whole run), handed to the controller, which writes the summary.
+STANDARD_DESELECTED = pytest.StashKey[int]()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "fault(name): a fault the devshell must recover from (fault table)")
+    config.addinivalue_line("markers", "standard_profile: needs the standard profile: sudo, --as-root, "
+                                       "or a writable root filesystem")
+
+
+def profile_in_force(config):
+    """--profile, else the --cell cell's own profile (as the plugin's devshell_profile fixture)."""
+    if config.getoption("devshell_profile"):
+        return config.getoption("devshell_profile")
+    name = config.getoption("--cell") or cells.DEFAULT_CELL
+    dirs = [os.path.abspath(d) for d in config.getoption("devshell_cells_dirs")]
+    try:
+        return cells.find(name, cells.search_path(dirs)).profile
+    except DevshellError:
+        return cells.DEFAULT_PROFILE  # the devshell_cell fixture fails the tests with the reason
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under locked the agent is never root (no sudo, no --as-root, a read-only root filesystem):
+    # a test whose premise is one of those does not apply. Deselected, not skipped: there is
+    # nothing to skip, and test_profiles.py proves that premise cannot arise.
+    if profile_in_force(config) != "locked":
+        return
+    standard = [item for item in items if item.get_closest_marker("standard_profile")]
+    if standard:
+        items[:] = [item for item in items if not item.get_closest_marker("standard_profile")]
+        config.hook.pytest_deselected(items=standard)
+    config.stash[STANDARD_DESELECTED] = len(standard)
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and STANDARD_DESELECTED in session.config.stash:
+        workeroutput["standard_deselected"] = session.config.stash[STANDARD_DESELECTED]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist: the count a worker deselected (every worker collects, and deselects, the same)."""
+    count = getattr(node, "workeroutput", {}).get("standard_deselected")
+    if count is not None:
+        node.config.stash[STANDARD_DESELECTED] = max(count, node.config.stash.get(STANDARD_DESELECTED, 0))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -31,7 +82,11 @@ def pytest_runtest_logreport(report):
     FAULTS.extend(tuple(value) for kind, value in report.user_properties if kind == "fault")
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    if STANDARD_DESELECTED in config.stash:
+        terminalreporter.write_line(
+            f"profile locked: {config.stash[STANDARD_DESELECTED]} tests of the standard profile (sudo, "
+            "--as-root, writable root) deselected; test_profiles.py proves their premise cannot arise")
     attack_table(terminalreporter)
     fault_table(terminalreporter)
     if not MUTATIONS:

@@ -7,6 +7,9 @@ import pytest
 
 from devshell.plugin import TEST_GID, TEST_UID
 
+# Root inside is a premise of the standard profile only: under locked sudo is not there.
+USERS = ["dev", pytest.param("root via sudo", marks=pytest.mark.standard_profile)]
+
 
 def memory_dir(shell):
     env = dict(shell.spec.env)
@@ -65,7 +68,7 @@ def seeded_cache(tmp_path_factory):
     return cache
 
 
-@pytest.mark.parametrize("user", ["dev", "root via sudo"])
+@pytest.mark.parametrize("user", USERS)
 def test_ai_config_is_read_only_inside_by_default(devshell_factory, seeded_cache, user):
     shell = devshell_factory(host_cache=seeded_cache)
     sudo = "sudo -n " if user != "dev" else ""
@@ -113,7 +116,7 @@ def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache)
     assert owners() == before
 
 
-@pytest.mark.parametrize("user", ["dev", "root via sudo"])
+@pytest.mark.parametrize("user", USERS)
 def test_only_this_checkouts_memory_is_writable(devshell_factory, seeded_cache, user):
     other = seeded_cache / "ai" / "memory" / "other" / "-srv-other"
     other.mkdir(parents=True, exist_ok=True)

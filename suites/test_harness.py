@@ -23,14 +23,15 @@ def test_our_project_commits_in_this_cell(devshell):
 '''
 
 
-def cell_args(devshell_cell, devshell_cells_path):
-    return [f"--cell={devshell_cell.name}",
+def cell_args(devshell_cell, devshell_cells_path, profile):
+    # The profile in force too: a downstream run opens its devshells under it, as this run does.
+    return [f"--cell={devshell_cell.name}", f"--profile={profile}",
             *(f"--cells-dir={d}" for d in devshell_cells_path[:-1])]
 
 
 def run_id(result) -> str:
     text = "\n".join(result.outlines + result.errlines)
-    found = re.search(r"devshell: --cell=\S+, test run ([0-9a-f]+)", text)
+    found = re.search(r"devshell: --cell=\S+, .*test run ([0-9a-f]+)", text)
     assert found, text
     return found.group(1)
 
@@ -42,27 +43,27 @@ def leftovers(engine, run: str) -> list[str]:
 
 
 def test_downstream_repo_gets_the_fixtures_by_installing_devshell(
-        pytester, devshell_cell, devshell_cells_path, devshell_engine):
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path),
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile),
                                            "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert leftovers(devshell_engine, run_id(result)) == []
 
 
 def test_failing_run_leaves_no_containers_or_volumes(
-        pytester, devshell_cell, devshell_cells_path, devshell_engine):
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     pytester.makepyfile(test_fails="""
         def test_fails(devshell):
             assert devshell.run('false').exit_code == 0
     """)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
     result.assert_outcomes(failed=1)
     assert leftovers(devshell_engine, run_id(result)) == []
 
 
 def test_killed_runs_leftovers_are_swept_at_the_next_session(
-        pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine):
+        pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
 
@@ -71,21 +72,22 @@ def test_killed_runs_leftovers_are_swept_at_the_next_session(
     devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels,
                                              name="devshell-orphan-tdeadbeef-1")
     pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
     result.assert_outcomes(passed=1)
     assert leftovers(devshell_engine, "deadbeef") == []
 
 
-def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_cells_path, monkeypatch):
+def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_cells_path, devshell_profile,
+                                              monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
     pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path))
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
     assert result.ret not in (0, 5)
     errors = [line for line in result.errlines if "no Docker engine answers" in line]
     assert len(errors) == 1, result.errlines
 
 
-def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine):
+def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine, devshell_profile):
     cells = pytester.mkdir("cells")
     # A downstream cell: same recipe as bookworm (so the base image is shared), its own workspace.
     (cells / "mycell.yaml").write_text(
@@ -93,5 +95,6 @@ def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine
         "image: {recipe: {debootstrap: {suite: bookworm, include: [git, sudo, passwd, ca-certificates]}}}\n"
         "workspace: /workspaces/mycell\n")
     result = pytester.run(sys.executable, "-m", "devshell.contract", "--cell=mycell",
-                          f"--cells-dir={cells}", "-k", "mounts_are_exactly or verify_passes")
+                          f"--cells-dir={cells}", f"--profile={devshell_profile}",
+                          "-k", "mounts_are_exactly or verify_passes")
     result.assert_outcomes(passed=2)

@@ -1,5 +1,7 @@
 """The shell is dev, a non-root user with the host's (or the requested) uid/gid."""
 
+import pytest
+
 from devshell.options import HostFacts, parse
 
 
@@ -28,10 +30,12 @@ def test_host_uid_0_does_not_make_dev_root(devshell_factory, tmp_path):
     assert shell.run("id -u; id -g").stdout.split() == [str(opts.uid), str(opts.gid)]
 
 
+@pytest.mark.standard_profile  # locked: no sudo rule (test_profiles.py)
 def test_dev_has_passwordless_sudo(devshell):
     assert devshell.run("sudo -n id -u").stdout.strip() == "0"
 
 
+@pytest.mark.standard_profile  # locked refuses --as-root
 def test_as_root_is_the_only_way_to_a_root_shell(devshell, devshell_cli, tmp_path):
     script = tmp_path / "whoami.sh"
     script.write_text("#!/bin/sh\nid -un\n")

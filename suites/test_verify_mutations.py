@@ -38,6 +38,14 @@ MUTATIONS = {
     "memory link for home removed": ("memory-link:home", "rm $H/.claude/projects/-home-dev/memory"),
 }
 
+# Those that write the root filesystem (accounts, /etc, dev's home itself): under locked it is
+# read-only, so none of them can be planted, and there is no sudoers entry to break
+# (test_profiles.py checks that it is absent). The rest live in the volume or the binds.
+ROOT_FS = {"dev missing", "dev with the wrong uid", "dev with the wrong gid", "dev group at the wrong gid",
+           "home missing", "home elsewhere", "extra dev-named account", "second account at dev's uid",
+           "checkout not trusted by git", "sudoers entry removed", "sudoers entry world-readable",
+           "sudoers entry weakened", "sudoers.d not included"}
+
 # Host directories init never repairs: it does not change the owner or mode of a host directory
 # it did not create. verify still names them, so the session fails loudly instead of half-working.
 HOST_MUTATIONS = {
@@ -65,7 +73,8 @@ def break_(shell, command: str) -> None:
     assert result.exit_code == 0, f"could not break it: {result.stderr}"
 
 
-@pytest.mark.parametrize("mutation", list(MUTATIONS))
+@pytest.mark.parametrize("mutation", [pytest.param(m, marks=pytest.mark.standard_profile) if m in ROOT_FS
+                                      else m for m in MUTATIONS])
 def test_verify_names_the_broken_element_and_init_repairs_it(live, mutation, record_property):
     element, command = MUTATIONS[mutation]
     break_(live, command)

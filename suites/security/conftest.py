@@ -1,10 +1,13 @@
-"""The standing attack suite: what an agent inside a devshell (dev, or root through sudo) tries,
-and what must stay true on the host afterwards.
+"""The standing attack suite: what an agent inside a devshell (dev, or root through sudo under
+the standard profile) tries, and what must stay true on the host afterwards.
 
 Every attack test asserts that its attempt FAILS and that the host is unchanged; every attack
 has a CONTROL test that runs the same attempt where the guard is absent (a writable copy, a
 plain `docker run` of the same image, plain git on a plain directory) and asserts that it
 WORKS there, so no attack test passes because the attempt was broken to begin with.
+
+Attempts as root through sudo are marked `standard_profile` (suites/conftest.py): under the
+locked profile there is no sudo, and the run deselects them.
 
 Mark a test `@pytest.mark.attack(CLASS, ATTEMPT)` or `@pytest.mark.control(CLASS, ATTEMPT)`;
 parametrized tests add their ids to ATTEMPT. The outcome is recorded as a user property
@@ -87,6 +90,13 @@ def as_user():
     def wrap(command: str, user: str) -> str:
         return command if user == "dev" else sudo(command)
     return wrap
+
+
+@pytest.fixture(scope="session")
+def agent_users(devshell_profile):
+    """Who the agent can be inside: dev, and root via sudo under the standard profile only
+    (locked has no sudo), for tests that make every attempt as each in one go."""
+    return ("dev", "root") if devshell_profile == "standard" else ("dev",)
 
 
 @pytest.fixture(scope="session")

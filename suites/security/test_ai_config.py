@@ -19,6 +19,8 @@ from devshell.plugin import TEST_GID, TEST_UID
 from devshell.spec import container_name
 
 CLASS = "6 read-only AI config"
+# Root through sudo exists under the standard profile only (locked has no sudo).
+USERS = ["dev", pytest.param("root", marks=pytest.mark.standard_profile)]
 
 
 def user_cache(host_cache_dir):
@@ -41,7 +43,7 @@ def rw_shell(devshell_factory, host_cache_dir):
 
 
 @pytest.mark.attack(CLASS, "hard link settings.json into memory from inside (--ai-config-rw)")
-@pytest.mark.parametrize("user", ["dev", "root"])
+@pytest.mark.parametrize("user", USERS)
 def test_a_hard_link_from_config_into_memory_cannot_be_made_inside(rw_shell, user, as_user, agent,
                                                                     memory_mount):
     memory, host_memory = memory_mount(rw_shell)
@@ -53,7 +55,7 @@ def test_a_hard_link_from_config_into_memory_cannot_be_made_inside(rw_shell, use
 
 
 @pytest.mark.attack(CLASS, "hard link settings.json into ai/memory, beside every project's memory")
-@pytest.mark.parametrize("user", ["dev", "root"])
+@pytest.mark.parametrize("user", USERS)
 def test_every_projects_memory_is_a_read_only_mount_even_with_ai_config_rw(rw_shell, user, as_user,
                                                                              agent):
     """ai/memory holds every project's memory: a mount of its own (read-only) even where ai/ is
@@ -66,7 +68,7 @@ def test_every_projects_memory_is_a_read_only_mount_even_with_ai_config_rw(rw_sh
 
 @pytest.mark.control(CLASS, "hard link settings.json into memory from inside (--ai-config-rw)")
 @pytest.mark.control(CLASS, "hard link settings.json into ai/memory, beside every project's memory")
-@pytest.mark.parametrize("user", ["dev", "root"])
+@pytest.mark.parametrize("user", USERS)
 def test_a_hard_link_within_one_mount_works(rw_shell, user, as_user):
     result = rw_shell.run(as_user(f"ln /cache/ai/settings.json /cache/ai/skills/link-{user} && "
                                   f"rm /cache/ai/skills/link-{user}", user))

@@ -76,6 +76,7 @@ def shells(devshell_factory, host_cache_dir, make_repo, tmp_path_factory):
 
 
 @pytest.mark.attack(CLASS, "replace a bound directory from inside, as root")
+@pytest.mark.standard_profile  # root through sudo
 @pytest.mark.parametrize("mode", ["ro", "rw"])
 @pytest.mark.parametrize("attempt", list(ATTEMPTS))
 def test_a_bound_directory_cannot_be_moved_replaced_or_unmounted(shells, attempt, mode, host_tree, agent,
@@ -198,6 +199,7 @@ def moved(devshell_factory, devshell_cli, tmp_path):
 
 
 @pytest.mark.attack(CLASS, "move /cache aside so the next start mounts the AI state elsewhere")
+@pytest.mark.standard_profile  # root through sudo, in the root filesystem (read-only under locked)
 def test_a_moved_mount_point_is_refused_at_the_next_launch(moved, devshell_cli):
     shell, script = moved
     done = devshell_cli(shell, "--script", str(script))
@@ -208,6 +210,7 @@ def test_a_moved_mount_point_is_refused_at_the_next_launch(moved, devshell_cli):
 
 
 @pytest.mark.control(CLASS, "move /cache aside so the next start mounts the AI state elsewhere")
+@pytest.mark.standard_profile  # the same move, made by the same fixture
 def test_the_engine_does_mount_the_ai_state_below_the_symlink(moved):
     """Without the launcher's check (a bare docker start), the ai/ mounts land below the
     symlink's target, in the drop dir: only the check refused the launch."""

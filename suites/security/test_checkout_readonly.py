@@ -1,5 +1,5 @@
 """Class 2: the agent cannot write the user's checkout, bound read-only at /checkout, as dev or
-as root through sudo.
+(under the standard profile) as root through sudo.
 
 The checkout here belongs to dev's uid (1000), as it does when the host user and dev share a
 uid: then plain permissions would let dev do everything, and only the read-only bind stands in
@@ -16,6 +16,8 @@ import pytest
 from devshell.plugin import TEST_GID, TEST_UID
 
 CLASS = "2 checkout read-only"
+# Root through sudo exists under the standard profile only (locked has no sudo).
+USERS = ["dev", pytest.param("root", marks=pytest.mark.standard_profile)]
 
 # Run with git trusting any repository: a refusal must come from the bind, not from git.
 TRUST = "export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'; "
@@ -48,7 +50,7 @@ def world(devshell_factory, make_repo, tmp_path_factory):
 
 
 @pytest.mark.attack(CLASS, "write the checkout")
-@pytest.mark.parametrize("user", ["dev", "root"])
+@pytest.mark.parametrize("user", USERS)
 @pytest.mark.parametrize("attempt", list(ATTEMPTS))
 def test_the_checkout_cannot_be_written_from_inside(world, attempt, user, as_user, host_tree, agent):
     shell, checkout = world
@@ -59,7 +61,7 @@ def test_the_checkout_cannot_be_written_from_inside(world, attempt, user, as_use
 
 
 @pytest.mark.control(CLASS, "write the checkout")
-@pytest.mark.parametrize("user", ["dev", "root"])
+@pytest.mark.parametrize("user", USERS)
 @pytest.mark.parametrize("attempt", list(ATTEMPTS))
 def test_each_write_works_on_a_writable_copy(world, attempt, user, as_user):
     shell, _ = world
@@ -70,11 +72,11 @@ def test_each_write_works_on_a_writable_copy(world, attempt, user, as_user):
 
 
 @pytest.mark.attack(CLASS, "all attempts, then the checkout's top dir")
-def test_the_checkout_is_unchanged_after_every_attempt(world, as_user):
+def test_the_checkout_is_unchanged_after_every_attempt(world, as_user, agent_users):
     shell, checkout = world
     # Made here, not left to the single attempts: xdist may run those on another worker.
     for attempt in ATTEMPTS.values():
-        for user in ("dev", "root"):
+        for user in agent_users:
             shell.run(TRUST + as_user(attempt, user))
     st = os.lstat(checkout)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (TEST_UID, TEST_GID, 0o755)

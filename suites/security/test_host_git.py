@@ -28,7 +28,6 @@ def arm(markers: str) -> str:
                       f"chmod +x .git/hooks/{h}" for h in HOOKS)
     return f"""
 set -e
-sudo -n find /patches -mindepth 1 -delete  # applied/ of an earlier test is the host's
 rm -rf /tmp/w && git clone -q /checkout /tmp/w && cd /tmp/w
 git config user.name Agent && git config user.email agent@devshell.invalid
 echo "a change" >> README && git commit -qam "Change README" && git format-patch -q -o /patches -1
@@ -74,6 +73,10 @@ def armed(world, tmp_path):
     shell, checkout, drop, env = world
     markers = tmp_path / "markers"
     markers.mkdir()
+    # An empty drop dir first, emptied by root through a plain exec of the harness's (applied/ of
+    # an earlier test is the host's, not dev's to remove; the locked profile has no sudo).
+    emptied = shell.exec(["find", "/patches", "-mindepth", "1", "-delete"])
+    assert emptied.exit_code == 0, emptied.stderr
     result = shell.run(arm(str(markers)))
     assert result.exit_code == 0, result.stderr
     with open(os.path.join(drop, ".git", "config")) as f:

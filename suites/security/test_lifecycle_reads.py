@@ -31,7 +31,10 @@ def forged_du(devshell_factory):
     return make
 
 
+# Root inside puts its du in /usr/local/bin: under locked the root filesystem is read-only and
+# nobody inside is root, so no du of the agent's is on the image's PATH, which status runs du by.
 @pytest.mark.attack(CLASS, "a du inside that hangs, floods or lies, to hold `devshell status`")
+@pytest.mark.standard_profile
 @pytest.mark.parametrize("du", list(FAKE_DU), ids=list(FAKE_DU))
 def test_status_is_bounded_whatever_du_inside_does(forged_du, devshell_cli, du):
     shell = forged_du(FAKE_DU[du])
@@ -44,6 +47,7 @@ def test_status_is_bounded_whatever_du_inside_does(forged_du, devshell_cli, du):
 
 
 @pytest.mark.control(CLASS, "a du inside that hangs, floods or lies, to hold `devshell status`")
+@pytest.mark.standard_profile
 def test_control_the_forged_du_does_hang_a_plain_exec(forged_du):
     shell = forged_du(FAKE_DU["never answers"])
     with pytest.raises(subprocess.TimeoutExpired):

@@ -51,14 +51,17 @@ def world(devshell_factory, make_repo, tmp_path_factory):
 
 
 class Agent:
-    """The devshell, whose every run starts from an empty drop dir (root inside removes what
-    root or the host left there), in the same exec: one entry per test."""
+    """The devshell, whose every run starts from an empty drop dir: root empties it (what the
+    host left there, applied/ among it, is not dev's to remove) through a plain exec of the
+    harness's, not a session's sudo, which the locked profile does not have."""
 
     def __init__(self, shell):
         self.shell = shell
 
     def run(self, script):
-        return self.shell.run(f"sudo -n find /patches -mindepth 1 -delete\n{script}")
+        emptied = self.shell.exec(["find", "/patches", "-mindepth", "1", "-delete"])
+        assert emptied.exit_code == 0, emptied.stderr
+        return self.shell.run(script)
 
 
 @pytest.fixture
@@ -163,13 +166,14 @@ def test_plain_git_am_commits_the_hidden_workflow(drop, tmp_path, host_git):
 
 # --- 3: the drop dir itself ------------------------------------------------------------------------
 
-OPEN_DROP = "a drop dir that root inside made writable by every user"
+OPEN_DROP = "a drop dir the agent made writable by every user"
 
 
 @pytest.fixture
 def open_drop(drop):
     agent, checkout, d = drop
-    assert agent.run(f"{AGENT_PATCH}\nsudo -n chmod 0777 /patches").exit_code == 0
+    # dev's own chmod: the drop dir is dev's (devshell made it), so no profile needs root for it.
+    assert agent.run(f"{AGENT_PATCH}\nchmod 0777 /patches").exit_code == 0
     yield agent, checkout, d
     os.chmod(d, 0o700)  # as devshell made it, for the tests after this one
 
