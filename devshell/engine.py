@@ -781,7 +781,6 @@ class Engine:
         container devshell made (callers check): it runs a program in it. The number comes
         from inside, so it is informational. (GET /system/df measures every container and
         volume on the engine, one walk at a time: minutes on a busy engine.)"""
-        import subprocess
 
         info = self.inspect(container)
         if not info or not info["State"]["Running"] or info["State"].get("Paused"):
@@ -790,18 +789,39 @@ class Engine:
         workspace = env.get(WORKSPACE_ENV)
         if not workspace:
             return None
-        # du's answer is read on the host's terms: at most 64 bytes, by a deadline, then the
-        # docker CLI is killed (what runs inside is the agent's to replace: it may hang or flood).
         import re
+
+        out = self._bounded_exec(info["Id"], ["du", "-sxB1", workspace])
+        found = re.match(rb"(\d{1,20})\t", out)
+        return int(found[1]) if found else None
+
+    def exec_mtime(self, container: str, path: str) -> str | None:
+        """When path in a running container was last modified (RFC 3339, UTC), asked of find
+        inside: for files on a tmpfs, which the engine's archive API (path_mtime) cannot see.
+        Same terms as volume_usage: only in a container devshell made, bounded, informational."""
+        import re
+        import time
+
+        out = self._bounded_exec(container, ["find", path, "-maxdepth", "0", "-printf", "%T@\\n"])
+        found = re.match(rb"(\d{1,12})(\.\d+)?\n", out)
+        if not found:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(found[1])))
+
+    def _bounded_exec(self, container: str, argv: list[str]) -> bytes:
+        """What argv prints as root in the container, read on the host's terms: at most 64
+        bytes, within USAGE_TIMEOUT, then the docker CLI is killed (what runs inside is the
+        agent's to replace: it may hang or flood). b"" when it cannot run."""
         import selectors
+        import subprocess
         import time
 
         try:
-            proc = subprocess.Popen(["docker", "exec", "--user", "0", info["Id"], "du", "-sxB1", workspace],
+            proc = subprocess.Popen(["docker", "exec", "--user", "0", container, *argv],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL)
         except OSError:
-            return None
+            return b""
         assert proc.stdout is not None
         out = b""
         deadline = time.monotonic() + USAGE_TIMEOUT
@@ -817,8 +837,7 @@ class Engine:
             proc.kill()
             proc.wait()
             proc.stdout.close()
-        found = re.match(rb"(\d{1,20})\t", out)
-        return int(found[1]) if found else None
+        return out
 
     def version(self) -> dict[str, Any]:
         found: dict[str, Any] = self._call("GET", "/version")

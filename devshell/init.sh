@@ -381,6 +381,13 @@ init_workspace() {
     if ! owner_is_mapped && [ "$(owner_of "$WORKSPACE")" != "$DEV_UID:$DEV_GID" ]; then
         chown -R "$DEV_UID:$DEV_GID" "$WORKSPACE"  # -R never follows a symlink below the top
     fi
+    # Under locked, dev's home in the volume is given back to dev (root of an earlier standard
+    # session on this volume may have taken it). -h: if dev swaps it for a link meanwhile,
+    # the link is what changes owner, never what it points to.
+    if [ "$PROFILE" = locked ] && [ -d "$HOME_IN_VOLUME" ] && [ ! -L "$HOME_IN_VOLUME" ] \
+        && ! owner_is_mapped && [ "$(owner_of "$HOME_IN_VOLUME")" != "$DEV_UID:$DEV_GID" ]; then
+        chown -R -h "$DEV_UID:$DEV_GID" "$HOME_IN_VOLUME"
+    fi
 }
 init_workdirs() {  # as dev
     local d

@@ -270,7 +270,7 @@ def status_of(engine: Engine, opts: Options, cell: Cell) -> dict[str, Any]:
     volume_labels = (volume or {}).get("Labels") or {}
     last = None
     if info is not None and verdict.owner == "devshell":
-        last = short_time(engine.path_mtime(info["Id"], LAST_SESSION))
+        last = last_session(engine, info["Id"], info["Config"].get("Labels") or {}, info["State"]["Running"])
     return {
         "cell": cell.name,
         "container": spec.name,
@@ -285,6 +285,16 @@ def status_of(engine: Engine, opts: Options, cell: Cell) -> dict[str, Any]:
         "last_session": last,
         "notes": [],
     }
+
+
+def last_session(engine: Engine, container: str, found: dict[str, str], running: bool) -> str | None:
+    """When a session last entered the container. Under the locked profile init's state is a
+    tmpfs, which the engine's archive API cannot see: there find is asked inside (bounded, and
+    only in a running container devshell made, as du is)."""
+    stamp = engine.path_mtime(container, LAST_SESSION)
+    if stamp is None and running and found.get(labels.PROFILE) == "locked":
+        stamp = engine.exec_mtime(container, LAST_SESSION)
+    return short_time(stamp)
 
 
 def devshell_rows(containers: Sequence[dict[str, Any]], volumes: Sequence[dict[str, Any]],
@@ -322,10 +332,12 @@ def status_all(as_json: bool) -> int:
         measured = dict(zip(names, pool.map(engine.volume_usage, names), strict=True))
     sizes = {name: size for name, size in measured.items() if size is not None}
     rows = devshell_rows(containers, engine.list_volumes(labels.MANAGED), sizes)
-    ids = {(c.get("Names") or ["/?"])[0].lstrip("/"): c["Id"] for c in containers}
+    by_name = {(c.get("Names") or ["/?"])[0].lstrip("/"): c for c in containers}
     for r in rows:
-        if r["name"] in ids:
-            r["last_session"] = short_time(engine.path_mtime(ids[r["name"]], LAST_SESSION))
+        if r["name"] in by_name:
+            c = by_name[r["name"]]
+            r["last_session"] = last_session(engine, c["Id"], c.get("Labels") or {},
+                                             c.get("State") == "running")
     doc = {"devshells": rows, "notes": []}
     shown = [{**r, "volume_size": human_size(r["volume_size"])} for r in rows]
     columns = [("name", "name"), ("cell", "cell"), ("container", "container"), ("volume", "volume"),
