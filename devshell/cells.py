@@ -380,15 +380,17 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         setup=data.get("setup"),
         description=data.get("description", ""),
         profile=data.get("profile", DEFAULT_PROFILE),
-        pids_limit=limits.get("pids", DEFAULT_PIDS_LIMIT),
+        pids_limit=int(limits.get("pids", DEFAULT_PIDS_LIMIT)),
         memory_limit=memory,
     )
 
 
-def memory_bytes(value: int | str) -> int:
+def memory_bytes(value: int | float | str) -> int:
     """A memory size as docker takes it (bytes, or a number with k, m or g) in bytes."""
-    if isinstance(value, int):
-        return value
+    if not isinstance(value, str):
+        # The schema's integer is JSON Schema's: 1073741824.0 (a float to YAML) is one too,
+        # and the engine takes only an int.
+        return int(value)
     text = value.strip().lower()
     unit = text[-1] if text[-1:] in _MEMORY_UNITS and not text[-1:].isdigit() else ""
     return int(text[: len(text) - len(unit)]) * _MEMORY_UNITS[unit]

@@ -335,12 +335,16 @@ ROWS: dict[str, Callable[[Place], Case]] = {
     "--checkout given twice": lambda p: Case(["--checkout", ".", "--checkout", "."], ("--checkout", "twice")),
     "--rm given twice": lambda p: Case(["--rm", "--rm"], ("--rm", "given twice")),
     "--image given twice": lambda p: Case(["--image", "a:1", "--image", "b:1"], ("--image", "given twice")),
+    "--profile given twice": lambda p: Case(["--profile", "locked", "--profile", "locked"],
+                                            ("--profile", "given twice")),
     # flags: conflicts
     "--ai-config-ro with --ai-config-rw": lambda p: Case(["--ai-config-ro", "--ai-config-rw"],
                                                          ("contradict",)),
     "--rm with --script": lambda p: Case(["--rm", *p.script()], ("--script and --rm", "cannot be combined")),
     "--verify with --list": lambda p: Case(["--verify", "--list"], ("cannot be combined",)),
     "--list with a cell": lambda p: Case(["bookworm", "--list"], ("--list takes no cell",)),
+    "--profile locked with --as-root": lambda p: Case(["--profile", "locked", "--as-root"],
+                                                      ("--as-root is refused under --profile locked",)),
     # flags: ids
     "--uid 0": lambda p: Case(["--uid", "0"], ("would make dev root",)),
     "--gid 0": lambda p: Case(["--gid", "0"], ("would make dev root",)),
@@ -357,6 +361,8 @@ ROWS: dict[str, Callable[[Place], Case]] = {
     "--image short digest": lambda p: Case(["--image", "x@sha256:abc"], ("digest",)),
     "--image two tags": lambda p: Case(["--image", "a:b:c"], ("'a:b'",)),
     "--image empty": lambda p: Case(["--image="], ("--image", "non-empty")),
+    "--profile root": lambda p: Case(["--profile", "root"], ("--profile", "invalid choice", "'root'")),
+    "--runtime 'a b'": lambda p: Case(["--runtime", "a b"], ("--runtime 'a b'", "not a runtime name")),
     "cell name with bad characters": lambda p: Case(["../etc/passwd"], ("is not a cell name",)),
     "cell name in capitals": lambda p: Case(["Bookworm"], ("is not a cell name",)),
     "unknown cell": lambda p: Case(["nosuchcell"], ("no cell named 'nosuchcell'", "bookworm")),
@@ -391,6 +397,16 @@ ROWS: dict[str, Callable[[Place], Case]] = {
                                              ("c.yaml", "platform")),
     "env sets HOME": lambda p: Case(p.cell("c", VALID_CELL + "env: {HOME: /root}\n"), ("env.HOME",)),
     "env value a list": lambda p: Case(p.cell("c", VALID_CELL + "env: {A: [1]}\n"), ("env.A",)),
+    "profile root": lambda p: Case(p.cell("c", VALID_CELL + "profile: root\n"),
+                                   ("c.yaml", "key 'profile'", "'root'")),
+    "limits.pids 1": lambda p: Case(p.cell("c", VALID_CELL + "limits: {pids: 1}\n"),
+                                    ("c.yaml", "key 'limits.pids'", "minimum of 64")),
+    "limits.memory 1k": lambda p: Case(p.cell("c", VALID_CELL + "limits: {memory: 1k}\n"),
+                                       ("c.yaml", "key 'limits.memory'", "below 64 MiB")),
+    "limits.memory lots": lambda p: Case(p.cell("c", VALID_CELL + "limits: {memory: lots}\n"),
+                                         ("c.yaml", "key 'limits.memory'", "'lots'")),
+    "limits with cpu": lambda p: Case(p.cell("c", VALID_CELL + "limits: {cpu: 2}\n"),
+                                      ("c.yaml", "key 'limits'", "unknown key", "cpu")),
     "workspace / (spelled /x/..)": _workspace("/x/.."),
     "workspace /etc": _workspace("/etc"),
     "workspace /usr": _workspace("/usr"),
@@ -579,6 +595,13 @@ def test_an_engine_that_never_answers_is_one_line_well_before_120_s(place: Place
     assert {k: v for k, v in tree(place.root).items() if not k.startswith(memo)} == before
 
 
+def restore_default_sigint() -> None:
+    """preexec_fn for a child these tests ^C: an ignored SIGINT survives exec (pytest run as a
+    background job of a non-interactive shell starts so), and Python then installs no
+    KeyboardInterrupt handler, so the ^C would do nothing and the child would run on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_devshell_is_importing_is_exit_130_without_a_traceback(place: Place) -> None:
     """SIGINT arrives while `python -m devshell` still imports its modules (deterministically:
     a module it imports sends it, standing in for a slow import and a quick ^C)."""
@@ -589,7 +612,7 @@ def test_ctrl_c_while_devshell_is_importing_is_exit_130_without_a_traceback(plac
                                       "time.sleep(5)\n")
     done = subprocess.run([sys.executable, "-m", "devshell", "--list"], cwd=place.checkout,
                           env={**place.env, "PYTHONPATH": str(shim)}, capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, preexec_fn=restore_default_sigint)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 130, done.stderr
 
@@ -602,7 +625,8 @@ def test_ctrl_c_at_any_early_moment_is_no_traceback(place: Place, silent_engine:
     imports runpy for -m: out of devshell's reach, and told apart here.)"""
     proc = subprocess.Popen([sys.executable, "-m", "devshell", "--list"], cwd=place.checkout,
                             env={**place.env, "DOCKER_HOST": silent_engine},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore_default_sigint)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

@@ -266,6 +266,103 @@ def test_dirs_must_be_single_components(tmp_path):
     assert "key 'dirs.src'" in load_error(write(tmp_path, "c", doc(dirs={"src": "a/b"})))
 
 
+# --- trust profile and limits ---------------------------------------------------------------
+
+
+def test_profile_and_limits_default_to_standard_and_the_default_limits():
+    cell = cells.parse(doc(), source="x.yaml", stem="x")
+    assert (cell.profile, cell.pids_limit, cell.memory_limit) == (
+        "standard", cells.DEFAULT_PIDS_LIMIT, cells.DEFAULT_MEMORY_LIMIT)
+
+
+@pytest.mark.parametrize("profile", cells.PROFILES)
+def test_each_profile_is_taken(profile):
+    assert cells.parse(doc(profile=profile), source="x", stem="x").profile == profile
+
+
+@pytest.mark.parametrize("memory, size", [(64 << 20, 64 << 20), ("67108864", 64 << 20), ("64m", 64 << 20),
+                                          ("64M", 64 << 20), ("65536k", 64 << 20), ("2g", 2 << 30),
+                                          ("2G", 2 << 30), (3 << 40, 3 << 40)])
+def test_memory_is_bytes_or_a_number_with_k_m_or_g(memory, size):
+    cell = cells.parse(doc(limits={"memory": memory}), source="x", stem="x")
+    assert cell.memory_limit == size
+    assert (cell.pids_limit, cell.profile) == (cells.DEFAULT_PIDS_LIMIT, "standard")
+
+
+def test_the_smallest_limits_are_taken():
+    cell = cells.parse(doc(limits={"pids": cells.MIN_PIDS_LIMIT, "memory": "64m"}), source="x", stem="x")
+    assert (cell.pids_limit, cell.memory_limit) == (64, cells.MIN_MEMORY_LIMIT) == (64, 64 << 20)
+
+
+def test_whole_numbers_written_as_floats_become_ints(tmp_path):
+    """JSON Schema's integer includes 128.0, which YAML reads as a float: the engine takes
+    only an int (this once ended in a traceback)."""
+    path = write(tmp_path, "c", "platform: linux/amd64\nimage: {ref: x}\nworkspace: /workspaces/w\n"
+                                "limits: {pids: 128.0, memory: 1073741824.0}\n")
+    for _ in ("parsed", "remembered"):
+        cell = cells.load(str(path))
+        assert (cell.pids_limit, cell.memory_limit) == (128, 1 << 30)
+        assert (type(cell.pids_limit), type(cell.memory_limit)) == (int, int)
+
+
+def test_a_remembered_cell_keeps_its_profile_and_limits(tmp_path):
+    path = write(tmp_path, "c", doc(profile="locked", limits={"pids": 256, "memory": "2g"}))
+    parsed = cells.load(str(path))
+    assert list((tmp_path / "xdg-cache" / "devshell" / "cells").glob("*.json"))  # remembered
+    assert cells.load(str(path)) == parsed
+    assert (parsed.profile, parsed.pids_limit, parsed.memory_limit) == ("locked", 256, 2 << 30)
+
+
+@pytest.mark.parametrize("profile", ["root", "Locked", "", True, 1, ["locked"]])
+def test_a_profile_outside_the_choices_is_refused(tmp_path, profile):
+    path = write(tmp_path, "c", doc(profile=profile))
+    message = load_error(path)
+    assert str(path) in message
+    assert "key 'profile'" in message
+    assert "expected one of standard, locked" in message
+
+
+@pytest.mark.parametrize("limits, key, why", [
+    ({"pids": 63}, "limits.pids", "less than the minimum of 64"),
+    ({"pids": 0}, "limits.pids", "less than the minimum of 64"),
+    ({"pids": -1}, "limits.pids", "less than the minimum of 64"),
+    ({"pids": True}, "limits.pids", "got bool"),
+    ({"pids": "4096"}, "limits.pids", "got str"),
+    ({"pids": 100.5}, "limits.pids", "got float"),
+    ({"memory": "1k"}, "limits.memory", "1024 bytes is below 64 MiB"),
+    ({"memory": (64 << 20) - 1}, "limits.memory", "is below 64 MiB"),
+    ({"memory": "65535k"}, "limits.memory", "is below 64 MiB"),
+    ({"memory": 0}, "limits.memory", "0 bytes is below 64 MiB"),
+    ({"memory": -(1 << 30)}, "limits.memory", "is below 64 MiB"),
+    ({"memory": True}, "limits.memory", "got bool"),
+    ({"memory": 1.5}, "limits.memory", "got float"),
+    ({"memory": "lots"}, "limits.memory", "expected a value matching"),
+    ({"memory": ""}, "limits.memory", "expected a value matching"),
+    ({"memory": "1 g"}, "limits.memory", "expected a value matching"),
+    ({"memory": "1gb"}, "limits.memory", "expected a value matching"),
+    ({"memory": "1t"}, "limits.memory", "expected a value matching"),
+    ({"memory": "-1g"}, "limits.memory", "expected a value matching"),
+    ({"memory": "1.5g"}, "limits.memory", "expected a value matching"),
+    ({"memory": "0x10000000"}, "limits.memory", "expected a value matching"),
+    ({"memory": " 2g"}, "limits.memory", "expected a value matching"),
+    ({"cpu": 2}, "limits", "unknown key ('cpu'"),
+    ([], "limits", "expected object"),
+    ("big", "limits", "expected object"),
+])
+def test_bad_limits_are_refused_naming_file_and_key(tmp_path, limits, key, why):
+    path = write(tmp_path, "c", doc(limits=limits))
+    message = load_error(path)
+    assert str(path) in message
+    assert f"key {key!r}" in message
+    assert why in message
+
+
+@pytest.mark.parametrize("value, size", [(0, 0), (7, 7), ("7", 7), ("1k", 1 << 10), ("1K", 1 << 10),
+                                         ("3m", 3 << 20), ("5g", 5 << 30), (2.0, 2)])
+def test_memory_bytes_reads_sizes_as_docker_does(value, size):
+    assert cells.memory_bytes(value) == size
+
+
 # --- search path ----------------------------------------------------------------------------
 
 

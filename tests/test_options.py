@@ -6,7 +6,7 @@ import posixpath
 
 import pytest
 
-from devshell.cells import DEFAULT_CELL
+from devshell.cells import DEFAULT_CELL, PROFILES
 from devshell.errors import DevshellError
 from devshell.options import (
     DEFAULT_HOST_CACHE,
@@ -91,13 +91,15 @@ def test_every_flag_lands_in_its_option():
     opts = parse(
         ["runner-1001", "--script", "s.sh", "--as-root", "--host-cache-dir", "/c",
          "--checkout", "src", "--patches-out", "out", "--image", "img:1", "--instance", "two",
-         "--uid", "7", "--gid", "8", "--cells-dir", "mine", "--json", "--ai-config-rw"],
+         "--uid", "7", "--gid", "8", "--cells-dir", "mine", "--json", "--ai-config-rw",
+         "--profile", "standard", "--runtime", "runsc"],
         HOST,
     )
     assert opts == Options(
         cell="runner-1001", script=f"{CWD}/s.sh", as_root=True, host_cache="/c",
         ai_config_ro=False, checkout=f"{CWD}/src", patches_out=f"{CWD}/out", image="img:1",
-        instance="two", uid=7, gid=8, json=True, cells_dirs=(f"{CWD}/mine",),
+        instance="two", uid=7, gid=8, json=True, cells_dirs=(f"{CWD}/mine",), profile="standard",
+        runtime="runsc",
     )
 
 
@@ -467,6 +469,77 @@ def test_unsafe_instance_names_are_refused(name):
     assert "--instance" in str(refused([f"--instance={name}"]))
 
 
+# --- trust profile and runtime --------------------------------------------------------------
+
+
+def test_profile_and_runtime_default_to_the_cells_and_the_engines():
+    opts = parse([], HOST)
+    assert (opts.profile, opts.runtime) == (None, None)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("equals", [False, True])
+def test_each_profile_is_taken(profile, equals):
+    argv = [f"--profile={profile}"] if equals else ["--profile", profile]
+    assert parse(argv, HOST).profile == profile
+
+
+@pytest.mark.parametrize("value", ["root", "Locked", "standard,locked", "lock", " locked", "--", ""])
+def test_a_profile_outside_the_choices_is_refused(value):
+    error = refused([f"--profile={value}"])
+    assert "--profile" in str(error)
+    assert error.fix == "see devshell --help"
+
+
+@pytest.mark.parametrize("argv", [["--profile", "locked", "--profile", "locked"],
+                                  ["--profile", "standard", "--profile=locked"],
+                                  ["--runtime", "runsc", "--runtime", "runc"],
+                                  ["--runtime=runsc", "--runtime=runsc"]])
+def test_profile_and_runtime_given_twice_are_refused(argv):
+    assert "given twice" in str(refused(argv))
+
+
+@pytest.mark.parametrize("argv", [["--as-root", "--profile", "locked"], ["--profile=locked", "--as-root"],
+                                  ["bookworm", "--profile", "locked", "--script", "s.sh", "--as-root"]])
+def test_as_root_with_profile_locked_is_refused_in_any_order(argv):
+    error = refused(argv)
+    assert "--as-root" in str(error) and "locked" in str(error)
+    assert error.fix == "drop one of them"
+
+
+def test_as_root_with_profile_standard_is_taken():
+    opts = parse(["--as-root", "--profile", "standard"], HOST)
+    assert (opts.as_root, opts.profile) == (True, "standard")
+
+
+@pytest.mark.parametrize("name", ["runsc", "runc", "io.containerd.runc.v2", "runsc-debug", "kata_1", "r",
+                                  "9", "r" * 64])
+def test_runtime_names_are_taken(name):
+    assert parse(["--runtime", name], HOST).runtime == name
+
+
+@pytest.mark.parametrize("name", ["a b", "-runsc", ".runsc", "_x", "run/sc", "../runsc", "r" * 65, "rünsc",
+                                  "runsc\n", "x;y", "a:b", "$X"])
+def test_bad_runtime_names_are_refused(name):
+    error = refused([f"--runtime={name}"])
+    assert "is not a runtime name" in str(error)
+    assert "runsc" in (error.fix or "")
+
+
+@pytest.mark.parametrize("argv", [["--profile", "locked"], ["--profile", "standard", "--as-root"],
+                                  ["--runtime", "runsc"],
+                                  ["--profile", "locked", "--runtime", "io.containerd.runsc.v1", "--verify"]])
+def test_to_argv_round_trips_profile_and_runtime(argv):
+    opts = parse(argv, HOST)
+    assert parse(to_argv(opts), HOST) == opts
+
+
+def test_to_argv_leaves_an_unset_profile_and_runtime_unset():
+    """None means the cell's profile and the engine's runtime: to_argv must not pin either."""
+    flags = to_argv(parse([], HOST))
+    assert not [f for f in flags if f.startswith(("--profile", "--runtime"))]
+
+
 # --- to_argv: harnesses re-enter with it ---------------------------------------------------
 
 
@@ -474,7 +547,7 @@ def test_to_argv_round_trips_every_flag():
     opts = parse(["runner-1001", "--script", "s.sh", "--as-root", "--host-cache", "--patches-out",
                   "a b/ü", "--checkout", "/s,r c", "--image", "img:1", "--instance", "two", "--uid",
                   "7", "--gid", "8", "--cells-dir", "x", "--cells-dir", "/y", "--json",
-                  "--ai-config-rw"], HOST)
+                  "--ai-config-rw", "--profile", "standard", "--runtime", "runsc"], HOST)
     assert parse(to_argv(opts), HOST) == opts
 
 

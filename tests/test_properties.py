@@ -29,7 +29,10 @@ from devshell.options import HostFacts, Options, parse, to_argv
 from devshell.spec import (
     CACHE,
     CHECKOUT,
+    HOME_IN_VOLUME_ENV,
+    LOCKED_TMPFS,
     PATCHES,
+    PROFILE_ENV,
     ContainerSpec,
     Mount,
     ai_key,
@@ -99,6 +102,14 @@ VALUED = (("--host-cache-dir", paths), ("--patches-out", paths), ("--checkout", 
 SWITCHES = ("--host-cache", "--as-root", "--json", "--ai-config-rw")
 bitmasks = st.integers(0, 2 ** (len(VALUED) + len(SWITCHES)) - 1)
 seeds = st.integers(0, 2**32 - 1)
+profile_flags = st.sampled_from([None, *cells.PROFILES])
+runtimes = st.sampled_from([None, "runsc", "runc", "io.containerd.runsc.v1", "kata_1"])
+pids_limits = st.integers(cells.MIN_PIDS_LIMIT, 1 << 22)
+memory_limits = st.integers(cells.MIN_MEMORY_LIMIT, 1 << 40)
+# What differs per checkout: one baked image serves every checkout, so none of these is baked in.
+PER_CHECKOUT_ENV = {"DEVSHELL_AI_REPO", "DEVSHELL_AI_REPO_ENCODED", "DEVSHELL_BIND_IDS",
+                    "DEVSHELL_CACHE_MOUNT", "DEVSHELL_AI_CONFIG"}
+BASE_ID = "sha256:" + "1" * 64
 
 
 @st.composite
@@ -543,6 +554,66 @@ def test_containment_is_always_set(inv):
     identity = spec.identity()
     assert identity["seccomp"] == hashlib.sha256(spec.seccomp.encode()).hexdigest()[:16]
     assert {"MKNOD", "SETFCAP"} <= set(identity["cap_drop"])
+
+
+@given(valid_invocations, profile_flags, st.sampled_from(cells.PROFILES), runtimes, pids_limits,
+       memory_limits, st.data())
+def test_profile_runtime_and_limits_reach_every_rendering(inv, flag, cell_profile, runtime, pids, memory,
+                                                          data):
+    """The profile in force is --profile's, else the cell's, and never locked with --as-root.
+    argv, SDK kwargs and API body agree: locked is a read-only root, tmpfs and no-new-privileges,
+    standard none of them; the limits are the cell's, swap is memory; the runtime is there only
+    when given. The bake env holds nothing per checkout and only what the container gets."""
+    added = ([("--profile", flag)] if flag else []) + ([(f"--runtime={runtime}",)] if runtime else [])
+    groups = list(inv.groups)
+    for group in added:
+        groups.insert(data.draw(st.integers(0, len(groups))), group)
+    cell = CELLS[inv.cell or cells.DEFAULT_CELL]._replace(profile=cell_profile, pids_limit=pids,
+                                                          memory_limit=memory)
+    profile = flag or cell_profile
+    locked = profile == "locked"
+    if locked and ("--as-root",) in inv.groups:
+        with pytest.raises(DevshellError, match="--as-root"):
+            plan(parse(flat(groups), inv.host), cell, init=INIT)
+        return
+    opts = parse(flat(groups), inv.host)
+    spec = plan(opts, cell, init=INIT)
+    argv, sdk, host_config = spec.run_argv(), spec.sdk_kwargs(), spec.api_create()[1]["HostConfig"]
+    env = dict(spec.env)
+    assert spec.profile == env[PROFILE_ENV] == profile
+    assert (HOME_IN_VOLUME_ENV in env) == locked
+    assert (argv.count("--read-only"), sdk["read_only"], host_config["ReadonlyRootfs"]) == (
+        int(locked), locked, locked)
+    tmpfs = dict(LOCKED_TMPFS) if locked else {}
+    assert dict(v.split(":", 1) for v in flag_values(argv, "--tmpfs")) == sdk["tmpfs"] == \
+        host_config["Tmpfs"] == tmpfs
+    no_new_privileges = ["no-new-privileges"] if locked else []
+    # After the seccomp profile, which the CLI names by file and the others carry inline.
+    assert flag_values(argv, "--security-opt")[1:] == sdk["security_opt"][1:] == \
+        host_config["SecurityOpt"][1:] == no_new_privileges
+    limits = [a for a in argv if a.startswith(("--pids-limit", "--memory"))]
+    assert limits == [f"--pids-limit={pids}", f"--memory={memory}", f"--memory-swap={memory}"]
+    assert (sdk["pids_limit"], sdk["mem_limit"], sdk["memswap_limit"]) == (pids, memory, memory)
+    assert (host_config["PidsLimit"], host_config["Memory"], host_config["MemorySwap"]) == (
+        pids, memory, memory)
+    assert [a for a in argv if a.startswith("--runtime")] == ([f"--runtime={runtime}"] if runtime else [])
+    assert sdk.get("runtime") == host_config.get("Runtime") == (runtime or None)
+    baked = spec.bake_env()
+    assert not PER_CHECKOUT_ENV & set(baked)
+    assert baked.items() <= env.items()
+
+
+@given(valid_invocations)
+def test_the_baked_image_is_one_for_every_checkout(inv):
+    """Baked once per base image, init, cell and dev's ids: what an invocation says about the
+    checkout, the patches dir, the host cache, the instance or the bound dirs changes nothing."""
+    opts, _ = opened(inv.argv, inv.host, ids=True)
+    locked = opts._replace(profile="locked", as_root=False)
+    bare = Options(cell=opts.cell, uid=opts.uid, gid=opts.gid, checkout="/c", patches_out="/p",
+                   profile="locked")
+    cell = CELLS[opts.cell]
+    baked = plan(locked, cell, init=INIT).baked_image(BASE_ID)
+    assert baked == plan(bare, cell, init=INIT).baked_image(BASE_ID)
 
 
 @given(valid_invocations)

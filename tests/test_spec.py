@@ -6,24 +6,30 @@ import base64
 import csv
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from devshell import cells, seccomp
 from devshell.errors import DevshellError
-from devshell.options import HostFacts, Options, parse
+from devshell.options import HostFacts, Options, image_problem, parse
 from devshell.spec import (
+    BAKED_REPO,
     CACHE,
     CHECKOUT,
     DEV_HOME,
+    HOME_IN_VOLUME_ENV,
     INIT_PATH,
     LABEL_CELL,
     LABEL_HASH,
     LABEL_IDENTITY,
+    LOCKED_TMPFS,
     MAX_EXEC_ARG,
     PATCHES,
+    PROFILE_ENV,
     SETUP_PATH,
+    STATE_DIR,
     Bind,
     ContainerSpec,
     ExecSpec,
@@ -35,6 +41,7 @@ from devshell.spec import (
     host_binds,
     memory_dir,
     plan,
+    profile_of,
     script_args,
     session,
 )
@@ -47,6 +54,13 @@ INIT = "#!/bin/sh\n: test init\n"
 CELL = cells.parse(
     {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/workspaces/cellx",
      "env": {"CCACHE_DIR": "/workspaces/cellx/ccache", "LANG": "C.UTF-8"}},
+    source="cellx.yaml", stem="cellx",
+)
+# CELL's twin that asks for the locked profile and limits of its own.
+LOCKED_CELL = cells.parse(
+    {"platform": "linux/arm64", "image": {"ref": "example/img:1"}, "workspace": "/workspaces/cellx",
+     "env": {"CCACHE_DIR": "/workspaces/cellx/ccache", "LANG": "C.UTF-8"},
+     "profile": "locked", "limits": {"pids": 256, "memory": "2g"}},
     source="cellx.yaml", stem="cellx",
 )
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
@@ -76,23 +90,33 @@ def read_mount(value: str) -> dict[str, Any]:
 
 def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, Any]:
     """Read `docker run` argv back into the shape of sdk_kwargs(). The CLI takes the seccomp
-    profile as a file (seccomp_files: name -> content); the SDK takes its content inline."""
+    profile as a file (seccomp_files: name -> content); the SDK takes its content inline.
+    Strict: a flag it does not know, or a one-value flag given twice, is an error."""
     assert argv[:3] == ["docker", "run", "--detach"]
-    out: dict[str, Any] = {"detach": True, "init": False, "labels": {}, "mounts": [],
-                           "environment": {}, "cap_drop": [], "security_opt": []}
-    valued = {"--name": "name", "--hostname": "hostname", "--platform": "platform",
-              "--user": "user", "--workdir": "working_dir"}
+    out: dict[str, Any] = {"detach": True, "init": False, "read_only": False, "labels": {}, "mounts": [],
+                           "environment": {}, "cap_drop": [], "security_opt": [], "tmpfs": {}}
+    valued = {"--name": ("name", str), "--hostname": ("hostname", str), "--platform": ("platform", str),
+              "--user": ("user", str), "--workdir": ("working_dir", str),
+              "--pids-limit": ("pids_limit", int), "--memory": ("mem_limit", int),
+              "--memory-swap": ("memswap_limit", int), "--runtime": ("runtime", str)}
+    switches = {"--init": "init", "--read-only": "read_only"}
     i = 3
     while argv[i].startswith("--"):
-        flag = argv[i]
-        if flag == "--init":
-            out["init"] = True
+        # The CLI takes a value as the next argument or after '=' (--pids-limit=4096): read both.
+        flag, equals, value = argv[i].partition("=")
+        if flag in switches:
+            assert not equals and out[switches[flag]] is False, argv[i]
+            out[switches[flag]] = True
             i += 1
             continue
-        value = argv[i + 1]
-        i += 2
+        if not equals:
+            value = argv[i + 1]
+            i += 1
+        i += 1
         if flag in valued:
-            out[valued[flag]] = value
+            key, convert = valued[flag]
+            assert key not in out, f"{flag} given twice"
+            out[key] = convert(value)
         elif flag in ("--label", "--env"):
             key, _, v = value.partition("=")
             out["labels" if flag == "--label" else "environment"][key] = v
@@ -102,8 +126,11 @@ def read_run_argv(argv: list[str], seccomp_files: dict[str, str]) -> dict[str, A
             out["cap_drop"].append(value)
         elif flag == "--security-opt":
             kind, _, file = value.partition("=")
-            assert kind == "seccomp", value
-            out["security_opt"].append(f"seccomp={seccomp_files[file]}")
+            out["security_opt"].append(f"seccomp={seccomp_files[file]}" if kind == "seccomp" else value)
+        elif flag == "--tmpfs":
+            path, _, options = value.partition(":")
+            assert path not in out["tmpfs"], value
+            out["tmpfs"][path] = options
         else:
             raise AssertionError(f"unexpected docker run flag {flag}")
     out["image"], out["command"] = argv[i], argv[i + 1:]
@@ -430,12 +457,16 @@ def test_differences_names_an_added_cache_mount():
 # --- docker run argv and SDK kwargs ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("cell", [CELL, LOCKED_CELL], ids=["standard-cell", "locked-cell"])
 @pytest.mark.parametrize("argv", [(), ("--host-cache",), ("--instance", "b", "--uid", "9"),
                                   ("--patches-out", "/x/a,b \"q\" = ü", "--host-cache-dir", "/c,d",
                                    "--checkout", "/s/\"r\",ü"),
-                                  ("--image", "other:2"), ("--host-cache", "--ai-config-rw")])
-def test_run_argv_and_sdk_kwargs_agree(argv):
-    spec = spec_for(*argv, labels={"team": "a=b"})
+                                  ("--image", "other:2"), ("--host-cache", "--ai-config-rw"),
+                                  ("--profile", "locked"), ("--profile", "standard"), ("--runtime", "runsc"),
+                                  ("--profile", "locked", "--runtime", "io.containerd.runsc.v1",
+                                   "--host-cache")])
+def test_run_argv_and_sdk_kwargs_agree(cell, argv):
+    spec = plan(parse(argv, HOST), cell, init=INIT, labels={"team": "a=b"})
     assert read_run_argv(spec.run_argv(), {spec.seccomp_file(): spec.seccomp}) == spec.sdk_kwargs()
 
 
@@ -564,6 +595,182 @@ def test_identity_records_that_binds_are_non_recursive():
     assert differences(old, spec.identity()) == ["mounts (/checkout, /patches, /workspaces/cellx)"]
 
 
+# --- trust profiles, runtime and limits ----------------------------------------------------
+
+# What differs per checkout: one baked image serves every checkout, so none of these is baked in.
+PER_CHECKOUT_ENV = ("DEVSHELL_AI_REPO", "DEVSHELL_AI_REPO_ENCODED", "DEVSHELL_BIND_IDS",
+                    "DEVSHELL_CACHE_MOUNT", "DEVSHELL_AI_CONFIG")
+BASE_ID = "sha256:" + "1" * 64
+BIND_IDS = (("patches", "1:3"), ("checkout", "1:2"))
+
+
+def renderings(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The docker run argv (read back), the SDK kwargs and the Engine API's HostConfig."""
+    return (read_run_argv(spec.run_argv(), {spec.seccomp_file(): spec.seccomp}), spec.sdk_kwargs(),
+            spec.api_create()[1]["HostConfig"])
+
+
+def profile_settings(spec: ContainerSpec) -> list[tuple[bool, dict[str, str], list[str]]]:
+    """(read-only root, tmpfs mounts, security options) as each rendering tells the engine."""
+    argv, sdk, host_config = renderings(spec)
+    return [(argv["read_only"], argv["tmpfs"], argv["security_opt"]),
+            (sdk["read_only"], sdk["tmpfs"], sdk["security_opt"]),
+            (host_config["ReadonlyRootfs"], host_config["Tmpfs"], host_config["SecurityOpt"])]
+
+
+def locked_spec(*argv: str, cell: cells.Cell = LOCKED_CELL, init: str = INIT,
+                bind_ids: tuple[tuple[str, str], ...] = ()) -> ContainerSpec:
+    return plan(parse(argv, HOST)._replace(bind_ids=bind_ids), cell, init=init)
+
+
+def test_standard_is_the_default_and_keeps_a_writable_root():
+    spec = spec_for()
+    assert (spec.profile, spec.locked, spec.runtime) == ("standard", False, "")
+    assert profile_settings(spec) == [(False, {}, [f"seccomp={spec.seccomp}"])] * 3
+    env = dict(spec.env)
+    assert env[PROFILE_ENV] == "standard"
+    assert HOME_IN_VOLUME_ENV not in env
+
+
+@pytest.mark.parametrize("spec", [spec_for("--profile", "locked"), locked_spec()],
+                         ids=["--profile locked", "locked cell"])
+def test_locked_is_a_read_only_root_with_tmpfs_and_no_new_privileges_in_every_rendering(spec):
+    assert spec.locked
+    assert profile_settings(spec) == [(True, dict(LOCKED_TMPFS),
+                                       [f"seccomp={spec.seccomp}", "no-new-privileges"])] * 3
+
+
+def test_locked_tmpfs_is_tmp_and_inits_state_without_setuid_or_devices():
+    """Writable besides the volume and the binds: only /tmp and init's state, and neither can
+    hold a setuid binary or a device node that works."""
+    assert set(dict(LOCKED_TMPFS)) == {"/tmp", STATE_DIR}
+    for _, options in LOCKED_TMPFS:
+        assert {"nosuid", "nodev"} <= set(options.split(","))
+
+
+def test_locked_env_names_the_profile_and_puts_home_in_the_volume():
+    env = dict(spec_for("--profile", "locked").env)
+    assert env[PROFILE_ENV] == "locked"
+    assert env[HOME_IN_VOLUME_ENV] == "/workspaces/cellx/.devshell-home"
+    assert env[HOME_IN_VOLUME_ENV].startswith(env["DEVSHELL_WORKSPACE"] + "/")
+    assert env["HOME"] == DEV_HOME  # a link to the volume, baked into the locked image
+
+
+@pytest.mark.parametrize("argv, cell, profile", [((), CELL, "standard"), ((), LOCKED_CELL, "locked"),
+                                                 (("--profile", "locked"), CELL, "locked"),
+                                                 (("--profile", "standard"), LOCKED_CELL, "standard")])
+def test_the_profile_flag_wins_over_the_cells(argv, cell, profile):
+    spec = plan(parse(argv, HOST), cell, init=INIT)
+    assert spec.profile == dict(spec.env)[PROFILE_ENV] == profile
+    # The limits are the cell's under either profile.
+    assert (spec.pids_limit, spec.memory_limit) == (cell.pids_limit, cell.memory_limit)
+
+
+def test_as_root_under_a_locked_cell_is_refused():
+    opts = parse(["--as-root"], HOST)
+    with pytest.raises(DevshellError) as info:
+        profile_of(opts, LOCKED_CELL)
+    assert "--as-root" in info.value.message and "cellx" in info.value.message
+    assert "--profile standard" in (info.value.fix or "")
+    with pytest.raises(DevshellError, match="--as-root"):
+        plan(opts, LOCKED_CELL, init=INIT)
+
+
+def test_profile_standard_lets_as_root_into_a_locked_cell():
+    opts = parse(["--as-root", "--profile", "standard"], HOST)
+    assert profile_of(opts, LOCKED_CELL) == "standard"
+    spec = plan(opts, LOCKED_CELL, init=INIT)
+    assert not spec.locked
+    assert "--as-root" in session(spec, opts, script=None, tty=False).argv
+
+
+def test_as_root_with_profile_locked_is_refused_by_plan_too():
+    """parse refuses the pair; Options a harness builds directly meet the same refusal."""
+    with pytest.raises(DevshellError, match="--as-root"):
+        profile_of(Options(as_root=True, profile="locked", patches_out="/p"), CELL)
+    assert profile_of(Options(as_root=True, patches_out="/p"), CELL) == "standard"
+
+
+@pytest.mark.parametrize("cell, pids, memory", [(CELL, cells.DEFAULT_PIDS_LIMIT, cells.DEFAULT_MEMORY_LIMIT),
+                                                (LOCKED_CELL, 256, 2 << 30)])
+def test_limits_are_the_cells_and_swap_is_memory_in_every_rendering(cell, pids, memory):
+    """No swap on top of the memory limit: a hog meets the limit, not the disk."""
+    spec = plan(parse([], HOST), cell, init=INIT)
+    argv, sdk, host_config = renderings(spec)
+    assert (spec.pids_limit, spec.memory_limit) == (pids, memory)
+    assert (argv["pids_limit"], argv["mem_limit"], argv["memswap_limit"]) == (pids, memory, memory)
+    assert (sdk["pids_limit"], sdk["mem_limit"], sdk["memswap_limit"]) == (pids, memory, memory)
+    assert (host_config["PidsLimit"], host_config["Memory"], host_config["MemorySwap"]) == (
+        pids, memory, memory)
+    assert spec.identity()["limits"] == {"pids": pids, "memory": memory}
+
+
+def test_runtime_reaches_the_engine_only_when_given():
+    default, runsc = renderings(spec_for()), renderings(spec_for("--runtime", "runsc"))
+    assert ("runtime" in default[0], "runtime" in default[1], "Runtime" in default[2]) == (False,) * 3
+    assert (runsc[0]["runtime"], runsc[1]["runtime"], runsc[2]["Runtime"]) == ("runsc",) * 3
+
+
+@pytest.mark.parametrize("argv, cell, changed", [
+    (("--profile", "locked"), CELL, ["env (DEVSHELL_HOME_IN_VOLUME, DEVSHELL_PROFILE)", "profile",
+                                     "read_only", "security_opt", f"tmpfs (/tmp, {STATE_DIR})"]),
+    (("--runtime", "runsc"), CELL, ["runtime"]),
+    ((), CELL._replace(pids_limit=128), ["limits (pids)"]),
+    ((), CELL._replace(memory_limit=1 << 30), ["limits (memory)"]),
+    ((), LOCKED_CELL, ["env (DEVSHELL_HOME_IN_VOLUME, DEVSHELL_PROFILE)", "limits (memory, pids)",
+                       "profile", "read_only", "security_opt", f"tmpfs (/tmp, {STATE_DIR})"]),
+])
+def test_profile_runtime_and_limits_change_the_hash_and_are_named(argv, cell, changed):
+    """A container made under another profile, runtime or limits is recreated, and says why."""
+    spec = plan(parse(argv, HOST), cell, init=INIT)
+    assert spec.hash() != spec_for().hash()
+    assert differences(spec_for().identity(), spec.identity()) == changed
+
+
+def test_naming_the_profile_in_force_changes_nothing():
+    assert spec_for("--profile", "standard") == spec_for()
+    assert locked_spec("--profile", "locked") == locked_spec()
+    assert locked_spec("--profile", "locked").hash() == locked_spec().hash()
+
+
+def test_bake_env_holds_nothing_per_checkout_and_only_what_the_container_gets():
+    """One baked image serves every checkout; what the commit leaves in the image's config
+    is overridden by the container's own env, so it must agree with it."""
+    spec = locked_spec("--host-cache-dir", "/c", bind_ids=BIND_IDS)
+    env, baked = dict(spec.env), spec.bake_env()
+    assert set(PER_CHECKOUT_ENV) <= set(env)  # the control: there to be left out
+    assert not set(PER_CHECKOUT_ENV) & set(baked)
+    assert baked.items() <= env.items()
+    assert {"HOME", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", PROFILE_ENV, HOME_IN_VOLUME_ENV,
+            "CCACHE_DIR", "LANG"} <= set(baked)
+
+
+def test_baked_image_is_one_per_base_not_per_checkout():
+    here = locked_spec()
+    elsewhere = locked_spec("--checkout", "/srv/other", "--patches-out", "/out/other",
+                            "--host-cache-dir", "/c", "--instance", "two", bind_ids=BIND_IDS)
+    assert elsewhere.hash() != here.hash()  # the control: two different containers
+    assert elsewhere.bake_env() == here.bake_env()
+    assert elsewhere.baked_image(BASE_ID) == here.baked_image(BASE_ID)
+    assert here.baked_image(BASE_ID).startswith(f"{BAKED_REPO}:")
+    assert image_problem(here.baked_image(BASE_ID)) is None
+
+
+BAKE_INPUTS: dict[str, Callable[[], str]] = {
+    "base id": lambda: locked_spec().baked_image("sha256:" + "2" * 64),
+    "init": lambda: locked_spec(init=INIT + "echo changed\n").baked_image(BASE_ID),
+    "uid": lambda: locked_spec("--uid", "777").baked_image(BASE_ID),
+    "gid": lambda: locked_spec("--gid", "777").baked_image(BASE_ID),
+    "setup": lambda: locked_spec(cell=LOCKED_CELL._replace(setup="echo hi\n")).baked_image(BASE_ID),
+    "cell env": lambda: locked_spec(cell=LOCKED_CELL._replace(env=(("LANG", "C"),))).baked_image(BASE_ID),
+}
+
+
+@pytest.mark.parametrize("what", list(BAKE_INPUTS))
+def test_baked_image_changes_with_what_the_bake_reads(what):
+    assert BAKE_INPUTS[what]() != locked_spec().baked_image(BASE_ID)
+
+
 # --- session --------------------------------------------------------------------------------
 
 
@@ -641,7 +848,8 @@ def test_options_built_directly_are_plannable():
 
 
 @pytest.mark.parametrize("argv", [(), ("--host-cache-dir", "/c,d"), ("--instance", "b", "--uid", "9"),
-                                  ("--host-cache", "--ai-config-rw")])
+                                  ("--host-cache", "--ai-config-rw"), ("--profile", "locked"),
+                                  ("--profile", "locked", "--runtime", "runsc")])
 def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     """The engine posts api_create() itself (the SDK costs ~0.3 s to import); it must be the
     request the SDK builds from sdk_kwargs(). No daemon is contacted: only its builders run."""
@@ -660,8 +868,11 @@ def test_api_create_is_what_the_docker_sdk_would_send_for_sdk_kwargs(argv):
     assert query == {"name": name, "platform": platform}
     for key in ("Image", "Cmd", "Hostname", "User", "WorkingDir", "Labels", "Env"):
         assert body[key] == config[key], key
-    for key in ("Init", "CapDrop", "SecurityOpt"):
+    for key in ("Init", "CapDrop", "SecurityOpt", "ReadonlyRootfs", "PidsLimit", "Memory", "MemorySwap"):
         assert body["HostConfig"][key] == config["HostConfig"][key], key
+    assert body["HostConfig"].get("Runtime") == config["HostConfig"].get("Runtime")
+    # The SDK leaves an empty Tmpfs out; the engine reads {} and no Tmpfs alike.
+    assert body["HostConfig"]["Tmpfs"] == config["HostConfig"].get("Tmpfs", {})
     assert body["HostConfig"]["Mounts"] == [dict(m) for m in config["HostConfig"]["Mounts"]]
     binds = [m for m in body["HostConfig"]["Mounts"] if m["Type"] == "bind"]
     assert binds and all(m["BindOptions"] == {"NonRecursive": True} for m in binds)
