@@ -343,29 +343,8 @@ class Engine:
 
     def runtime(self, name: str) -> Runtime:
         """The runtime a container would run under (name, or the engine's default for ""),
-        from the engine's own configuration. DevshellError for one that is not registered, or
-        that would silently drop a guard (gVisor without --oci-seccomp ignores the profile)."""
-        info = self._call("GET", "/info")
-        registered = info.get("Runtimes") or {}
-        chosen = name or info.get("DefaultRuntime") or "runc"
-        if chosen not in registered:
-            raise DevshellError(f"runtime {chosen!r} is not registered with the Docker engine (it has: "
-                                f"{', '.join(sorted(registered)) or 'none'})",
-                                "register it under \"runtimes\" in /etc/docker/daemon.json and reload "
-                                "the daemon (kill -HUP), or drop --runtime")
-        config = registered[chosen] or {}
-        binary = os.path.basename(str(config.get("path") or chosen))
-        args = [str(a) for a in config.get("runtimeArgs") or []]
-        if binary == "runsc":
-            runtime = Runtime(chosen, "gvisor", network="--network=none" not in args,
-                              seccomp="--oci-seccomp" in args)
-            if not runtime.seccomp:
-                raise DevshellError(f"runtime {chosen!r} is gVisor without --oci-seccomp: it would ignore "
-                                    "devshell's seccomp profile (no setuid bits, no FIFOs)",
-                                    "add \"--oci-seccomp\" to its runtimeArgs in daemon.json and reload "
-                                    "the daemon (kill -HUP)")
-            return runtime
-        return Runtime(chosen, "runc" if binary.startswith("runc") else "other", True, True)
+        from the engine's own configuration (runtime_of)."""
+        return runtime_of(self._call("GET", "/info"), name)
 
     def ensure_baked(self, spec: ContainerSpec, progress: Progress) -> str:
         """The locked image for spec (ContainerSpec.baked_image): init --bake, once, in a
@@ -963,6 +942,31 @@ def _query(params: dict[str, str]) -> str:
     from urllib.parse import urlencode
 
     return urlencode(params)
+
+
+def runtime_of(info: dict[str, Any], name: str) -> Runtime:
+    """The runtime called name ("" for the default) as the engine's /info describes it: by its
+    configuration, not its name alone (gVisor when its binary is runsc, whatever it is called).
+    DevshellError for one that is not registered, or that would silently drop a guard (gVisor
+    without --oci-seccomp ignores the container's seccomp profile)."""
+    registered = info.get("Runtimes") or {}
+    chosen = name or info.get("DefaultRuntime") or "runc"
+    if chosen not in registered:
+        raise DevshellError(f"runtime {chosen!r} is not registered with the Docker engine (it has: "
+                            f"{', '.join(sorted(registered)) or 'none'})",
+                            "register it under \"runtimes\" in /etc/docker/daemon.json and reload "
+                            "the daemon (kill -HUP), or drop --runtime")
+    config = registered[chosen] or {}
+    binary = os.path.basename(str(config.get("path") or chosen))
+    args = [str(a) for a in config.get("runtimeArgs") or []]
+    if binary == "runsc":
+        if "--oci-seccomp" not in args:
+            raise DevshellError(f"runtime {chosen!r} is gVisor without --oci-seccomp: it would ignore "
+                                "devshell's seccomp profile (no setuid bits, no FIFOs)",
+                                "add \"--oci-seccomp\" to its runtimeArgs in daemon.json and reload "
+                                "the daemon (kill -HUP)")
+        return Runtime(chosen, "gvisor", network="--network=none" not in args, seccomp=True)
+    return Runtime(chosen, "runc" if binary.startswith("runc") else "other", True, True)
 
 
 def _log_lines(stream: bytes) -> list[str]:

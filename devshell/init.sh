@@ -317,14 +317,28 @@ init_sudoers() {
     [ "$(cat "$SUDOERS" 2>/dev/null)" = "$SUDOERS_LINE" ] || echo "$SUDOERS_LINE" > "$SUDOERS"
     chown 0:0 "$SUDOERS" && chmod 0440 "$SUDOERS"
 }
+# status_field NAME: REPLY=the value of NAME: in this process's /proc/self/status (builtins)
+status_field() {
+    local line
+    REPLY=
+    [ -n "${STATUS_LINES+x}" ] || { lines_of /proc/self/status; STATUS_LINES=("${LINES[@]+"${LINES[@]}"}"); }
+    for line in "${STATUS_LINES[@]+"${STATUS_LINES[@]}"}"; do
+        case $line in "$1":*) REPLY=${line#"$1":}; REPLY=${REPLY//[[:space:]]/}; return ;; esac
+    done
+}
+# --- seccomp: this process (and so the session it becomes) is under devshell's filter. The
+# engine applies it to every process of the container; a runtime may not, to docker exec's:
+# gVisor 20221219 (Debian's runsc) runs them unfiltered, and then setuid bits and FIFOs made
+# in /patches reach the host. Such a session must not start. ---
+verify_seccomp() {
+    status_field Seccomp
+    [ "$REPLY" = 2 ] || fail seccomp "this session runs without devshell's seccomp filter (Seccomp: ${REPLY:-?}): the runtime does not apply it to docker exec"
+}
 verify_locked() {
     local line
     [ ! -e "$SUDOERS" ] && [ ! -L "$SUDOERS" ] || fail sudoers "$SUDOERS exists under the locked profile"
-    lines_of /proc/self/status
-    for line in "${LINES[@]+"${LINES[@]}"}"; do
-        case $line in NoNewPrivs:*) line=${line#NoNewPrivs:}; break ;; esac
-        line=
-    done
+    status_field NoNewPrivs
+    line=$REPLY
     # gVisor's status has no such line (it keeps the flag all the same): ask prctl, by setpriv.
     [ -n "$line" ] || line=$(setpriv --dump 2>/dev/null | sed -n 's/^no_new_privs: *//p')
     [ "${line//[[:space:]]/}" = 1 ] || fail no-new-privileges "the container does not set no-new-privileges"
@@ -479,7 +493,7 @@ bake() {
     init_group && init_user && init_sudoers && init_checkout_trust && init_home_link || return
     [ ! -x "$SETUP" ] || "$SETUP" || { echo "devshell-init: the cell's setup script failed" >&2; return 1; }
 }
-verify_all() { verify_group; verify_user; verify_sudoers; verify_patches; verify_workspace; verify_ai; }
+verify_all() { verify_group; verify_user; verify_sudoers; verify_seccomp; verify_patches; verify_workspace; verify_ai; }
 
 binds_verified() {
     FAILURES=0
