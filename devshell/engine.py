@@ -368,8 +368,13 @@ class Engine:
                 "Env": [f"{k}={v}" for k, v in spec.bake_env().items()],
                 "HostConfig": {"Init": True}}
         cid = self._call("POST", "/containers/create", body)["Id"]
+        from .seccomp_bpf import BPF_PATH, compile_profile
+
         try:
-            self._call("PUT", f"/containers/{cid}/archive?path=%2F", raw=_tar(spec.files),
+            # With the profile as BPF, for a runtime that leaves docker exec unfiltered (gVisor):
+            # init installs it on itself there (devshell/seccomp_bpf.py).
+            self._call("PUT", f"/containers/{cid}/archive?path=%2F",
+                       raw=_tar((*spec.files, (BPF_PATH, compile_profile(spec.seccomp)))),
                        content_type="application/x-tar")
             self.start(cid)
             # The cell's setup may install packages: as long as a build may take.
@@ -979,7 +984,7 @@ def _log_lines(stream: bytes) -> list[str]:
     return [line for line in out.decode(errors="replace").splitlines() if line.strip()]
 
 
-def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
+def _tar(files: tuple[tuple[str, str | bytes], ...]) -> bytes:
     import io
     import tarfile
     import time
@@ -987,9 +992,11 @@ def _tar(files: tuple[tuple[str, str], ...]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path, content in files:
-            data = content.encode()
+            data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(path.lstrip("/"))
-            info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+            # Programs are executable; data (the BPF filter) is only readable.
+            mode = 0o755 if isinstance(content, str) else 0o644
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

@@ -332,7 +332,32 @@ status_field() {
 # in /patches reach the host. Such a session must not start. ---
 verify_seccomp() {
     status_field Seccomp
-    [ "$REPLY" = 2 ] || fail seccomp "this session runs without devshell's seccomp filter (Seccomp: ${REPLY:-?}): the runtime does not apply it to docker exec"
+    [ "$REPLY" = 2 ] || fail seccomp "this session runs without devshell's seccomp filter (Seccomp: ${REPLY:-?}): the runtime does not apply it to docker exec (gVisor); under --profile locked devshell installs it itself"
+}
+# Where the runtime left this docker exec unfiltered (gVisor), a locked devshell's init runs
+# itself again under the profile's BPF (baked in by the launcher, devshell/seccomp_bpf.py),
+# installed by perl's syscall(): prctl(PR_SET_NO_NEW_PRIVS) — locked has it already — then
+# seccomp(SECCOMP_SET_MODE_FILTER). Everything the session starts inherits it. Not under
+# standard: without CAP_SYS_ADMIN a filter needs no-new-privileges, which sudo cannot live with.
+SECCOMP_BPF=/usr/local/libexec/devshell-seccomp.bpf
+ensure_filtered() {
+    if [ -n "${DEVSHELL_FILTER_TRIED:-}" ]; then unset DEVSHELL_FILTER_TRIED; return 0; fi
+    [ "$PROFILE" = locked ] && [ -r "$SECCOMP_BPF" ] && command -v perl >/dev/null || return 0
+    status_field Seccomp
+    [ "$REPLY" != 2 ] || return 0
+    unset STATUS_LINES
+    local numbers  # prctl and seccomp
+    case ${HOSTTYPE:-} in x86_64) numbers="157 317" ;; aarch64) numbers="167 277" ;; *) return 0 ;; esac
+    export DEVSHELL_FILTER_TRIED=1  # once: if it did not take, verify says so
+    # shellcheck disable=SC2086
+    exec perl -e '
+        my ($prctl, $seccomp, $file) = splice(@ARGV, 0, 3);
+        open(my $f, "<:raw", $file) or die "devshell-init: $file: $!\n";
+        my $program = do { local $/; <$f> };
+        syscall($prctl, 38, 1, 0, 0, 0) == 0 or die "devshell-init: no_new_privs: $!\n";
+        syscall($seccomp, 1, 0, pack("S x6 P", length($program) / 8, $program)) == 0
+            or die "devshell-init: seccomp: $!\n";
+        exec { $ARGV[0] } @ARGV or die "devshell-init: exec: $!\n";' $numbers "$SECCOMP_BPF" "$0" "$@"
 }
 verify_locked() {
     local line
@@ -680,7 +705,7 @@ main() {
         "") binds_verified >&2 || return 86; init_all ;;  # never init over a wrong mount
         --as-dev-init) [ "$(id -u)" = "$DEV_UID" ] || { echo "devshell-init: --as-dev-init is dev's" >&2; return 2; }
             HOME=$DEV_HOME init_as_dev ;;
-        --verify) verify ;;
+        --verify) ensure_filtered "$@"; verify ;;
         --status) [ ! -e "$STATE/failure" ] || { cat "$STATE/failure"; return 1; } ;;
         --idle) exec sleep infinity ;;
         --bake) bake ;;
@@ -690,6 +715,7 @@ main() {
             esac
             stop_session "$2" "$3" ;;
         --session)
+            ensure_filtered "$@"
             local hash=${2:?--session needs the spec hash} as_root=no has_script=no script= script_id= session_id=
             shift 2
             while [ $# -gt 0 ]; do

@@ -305,9 +305,16 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine,
                             (info["Config"].get("Labels") or {}).get(RUNTIME, "default"))
     name = container_name(cell.name, opts.instance)
-    profile_of(opts, cell)  # --as-root under a locked cell: refused before anything is made
+    profile = profile_of(opts, cell)  # --as-root under a locked cell: refused before anything is made
     engine.refuse_foreign(name, cell.name)
     runtime = engine.runtime(opts.runtime or "")
+    if runtime.kind == "gvisor" and profile != "locked":
+        # gVisor leaves docker exec unfiltered; init installs devshell's filter itself, which
+        # needs no-new-privileges, and sudo cannot live with that (seccomp_bpf.py).
+        raise DevshellError(f"runtime {runtime} runs devshells only under --profile locked: it does not "
+                            "apply the seccomp profile to sessions, and the filter devshell installs "
+                            "itself needs no-new-privileges, which rules out sudo",
+                            "add --profile locked, or pick another --runtime")
     image = engine.ensure_image(cell, opts.image, progress)
     # The lock first: a lock that cannot be taken (an unwritable cache dir) leaves no trace.
     with launch_lock(name):

@@ -175,7 +175,9 @@ class ContainerSpec(NamedTuple):
         """The locked image's tag for the base image with this id: changes with anything
         init --bake reads (its env, init itself, the cell's setup)."""
         key = {"base": base_id, "env": self.bake_env(),
-               "files": {p: hashlib.sha256(c.encode()).hexdigest() for p, c in self.files}}
+               "files": {p: hashlib.sha256(c.encode()).hexdigest() for p, c in self.files},
+               # ... and the seccomp profile, which is baked in as BPF (seccomp_bpf.py)
+               "seccomp": hashlib.sha256(self.seccomp.encode()).hexdigest()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return f"{BAKED_REPO}:{digest[:32]}"
 
