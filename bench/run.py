@@ -1,9 +1,14 @@
 """Benchmark: devshell's hot paths side by side with the raw docker floor, in one run.
 
-    python bench/run.py [--cell bookworm] [--reps 10] [--json]
+    python bench/run.py [--cell bookworm] [--reps 10] [--json] [--no-profiles]
 
 Not a test: nothing here asserts a time. Ratios are against floors measured in the same run on
 the same machine, so they travel between machines better than milliseconds do.
+
+Also, unless --no-profiles: cold start and warm re-entry under --profile locked, and under gVisor
+(--runtime runsc, standard and locked) when the engine has runsc registered. Each is a ratio to
+the raw docker floor with the same runtime (devshell's own overhead there) and a difference
+in ms to the standard profile under the default runtime (what the profile or runtime adds).
 """
 
 from __future__ import annotations
@@ -18,18 +23,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 DEVSHELL = [sys.executable, "-m", "devshell"]
 
 
 def timed(cmd: list[str], check: bool = True) -> float:
+    return timed_stderr(cmd, check)[0]
+
+
+def timed_stderr(cmd: list[str], check: bool = True) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     elapsed = (time.perf_counter() - start) * 1000
     if check and done.returncode:
         raise SystemExit(f"bench: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
-    return elapsed
+    return elapsed, done.stderr
 
 
 def verify_inside(name: str, reps: int) -> tuple[float, float]:
@@ -57,11 +67,96 @@ def sample(reps: int, once: Callable[[], float], before: Callable[[], None] = la
     return out
 
 
+# Beside the standard profile under the engine's default runtime: (key, devshell's flags, the
+# engine runtime they run under; "" is the default).
+# gVisor runs devshells only under locked (the launcher refuses standard there: the filter
+# devshell installs on gVisor's sessions needs no-new-privileges, which rules out sudo).
+VARIANTS = (("locked", ("--profile", "locked"), ""),
+            ("locked_runsc", ("--profile", "locked", "--runtime", "runsc"), "runsc"))
+
+
+def runsc_problem() -> str | None:
+    """Why devshell cannot run under runsc on this engine (as devshell itself judges it), or None."""
+    from devshell.engine import Engine
+    from devshell.errors import DevshellError
+
+    try:
+        Engine.connect().runtime("runsc")
+    except DevshellError as e:
+        return "not registered" if "not registered" in e.message else e.message
+    return None
+
+
+def devshell_argv(cell: str, instance: str, root: str, script: str) -> tuple[list[str], list[str]]:
+    """(enter, remove) for the devshell CELL-INSTANCE, its checkout, patches and host cache in root."""
+    checkout, patches, cache = (os.path.join(root, d) for d in ("checkout", "patches", "cache"))
+    os.makedirs(checkout, exist_ok=True)
+    # With a host cache, so verify checks everything it can (AI links, binds, writability).
+    base = [*DEVSHELL, cell, "--instance", instance, "--checkout", checkout, "--patches-out",
+            patches, "--host-cache-dir", cache, "--uid", "1000", "--gid", "1000"]
+    return [*base, "--script", script], [*base, "--rm"]
+
+
+def drop(cell: str, instance: str, remove: list[str]) -> None:
+    """Remove the devshell's container (devshell --rm) and its volume."""
+    timed(remove)
+    subprocess.run(["docker", "volume", "rm", "-f", f"devshell-{cell}-{instance}"], capture_output=True)
+
+
+class Variants(NamedTuple):
+    runsc: str | None  # why devshell cannot run under runsc here; None: it can
+    rows: dict[str, list[float]]  # {key}_warm, {key}_cold, and docker_{exec,run}_runsc floors
+    first_launch_ms: float | None  # the locked warm-up, when it baked the image (else None)
+
+
+def measure_variants(args: argparse.Namespace, work: str, script: str, instance: str,
+                     image: str) -> Variants:
+    """Warm re-entry and cold start for each of VARIANTS, after one warm-up launch each (which
+    bakes the locked image when it is not there yet: a one-time cost, reported apart), and the
+    docker exec and run floors under runsc. Every devshell made here is dropped before return."""
+    runsc = runsc_problem()
+    rows: dict[str, list[float]] = {}
+    first_launch_ms = None
+    for key, flags, runtime in VARIANTS:
+        if runtime and runsc:
+            continue
+        baked = measure_variant(args, os.path.join(work, key), script,
+                                f"{instance}-{key.replace('_', '-')}", image, key, flags, runtime, rows)
+        first_launch_ms = first_launch_ms if baked is None else baked
+    return Variants(runsc, rows, first_launch_ms)
+
+
+def measure_variant(args: argparse.Namespace, root: str, script: str, instance: str, image: str,
+                    key: str, flags: tuple[str, ...], runtime: str,
+                    rows: dict[str, list[float]]) -> float | None:
+    """One variant's rows into rows; the warm-up's time when it baked the locked image."""
+    enter, remove = devshell_argv(args.cell, instance, root, script)
+    enter += flags
+    name = f"devshell-{args.cell}-{instance}"
+    try:
+        first_ms, err = timed_stderr(enter)  # the warm-up
+        if runtime and f"docker_exec_{runtime}" not in rows:
+            # The raw floors under the same runtime: an exec into this running sandbox, and a
+            # whole sandbox's life for `true`.
+            rows[f"docker_exec_{runtime}"] = sample(args.reps, lambda: timed(
+                ["docker", "exec", name, "true"]))
+            rows[f"docker_run_{runtime}"] = sample(args.reps, lambda: timed(
+                ["docker", "run", "--rm", f"--runtime={runtime}", image, "true"]))
+        rows[f"{key}_warm"] = sample(args.reps, lambda: timed(enter))
+        rows[f"{key}_cold"] = sample(args.reps, lambda: timed(enter),
+                                     before=lambda: drop(args.cell, instance, remove))
+    finally:
+        drop(args.cell, instance, remove)
+    return first_ms if "devshell: baking " in err else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="bookworm")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-profiles", action="store_true",
+                    help="skip the locked profile and runsc rows (standard profile only)")
     args = ap.parse_args()
 
     # pip compiles an installed package's bytecode; an editable checkout relies on Python writing
@@ -78,18 +173,11 @@ def main() -> int:
         f.write("#!/bin/sh\ntrue\n")
     instance = f"bench{os.getpid()}"
     name = f"devshell-{args.cell}-{instance}"
-    checkout, patches, cache = (os.path.join(work, d) for d in ("checkout", "patches", "cache"))
-    os.mkdir(checkout)
     os.chmod(work, 0o755)  # mkdtemp makes it 0700: dev must pass through to the host cache
-    # With a host cache, so verify checks everything it can (AI links, binds, writability).
-    base = [*DEVSHELL, args.cell, "--instance", instance, "--checkout", checkout, "--patches-out",
-            patches, "--host-cache-dir", cache, "--uid", "1000", "--gid", "1000"]
-    enter = [*base, "--script", script]
-    remove = [*base, "--rm"]
+    enter, remove = devshell_argv(args.cell, instance, work, script)
 
     def drop_volume() -> None:
-        timed(remove)
-        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True)
+        drop(args.cell, instance, remove)
 
     try:
         timed(enter)  # build the image if needed; start and verify the container
@@ -105,12 +193,13 @@ def main() -> int:
             "cold_start": sample(args.reps, lambda: timed(enter), before=drop_volume),
             "rm_reentry": sample(args.reps, lambda: timed(enter), before=lambda: timed(remove) and None),
         }
+        variants = None if args.no_profiles else measure_variants(args, work, script, instance, image)
     finally:
         drop_volume()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
-    report = {
+    report: dict[str, Any] = {
         "cell": args.cell,
         "reps": args.reps,
         "warm_reentry_ms": round(med["warm_reentry"], 1),
@@ -126,6 +215,26 @@ def main() -> int:
         "cold_ratio": round(med["cold_start"] / med["docker_run_floor"], 2),
         "targets": {"warm_ratio": 2.7, "cold_ratio": 3.5, "verify_ms": 20},
     }
+    # key -> (floor key, the standard row it adds to); floors under runc are the ones above.
+    against: dict[str, tuple[str, str]] = {}
+    if variants is not None:
+        med.update({k: statistics.median(v) for k, v in variants.rows.items()})
+        for key, _, runtime in VARIANTS:
+            if f"{key}_warm" in variants.rows:
+                exec_floor, run_floor = ((f"docker_exec_{runtime}", f"docker_run_{runtime}") if runtime
+                                         else ("docker_exec_floor", "docker_run_floor"))
+                against[f"{key}_warm"] = (exec_floor, "warm_reentry")
+                against[f"{key}_cold"] = (run_floor, "cold_start")
+        report["profiles"] = {
+            key: {"ms": round(med[key], 1), "floor": floor, "ratio": round(med[key] / med[floor], 2),
+                  "added_ms": round(med[key] - med[std], 1)} for key, (floor, std) in against.items()}
+        report["runsc_floors_ms"] = {k: round(med[k], 1) for k in variants.rows if k.startswith("docker_")}
+        report["runsc"] = variants.runsc or "registered"
+        first = variants.first_launch_ms
+        report["locked_first_launch_ms"] = None if first is None else round(first, 1)
+        # The bake alone, roughly: that first launch less a cold start of the baked image.
+        report["locked_bake_ms"] = (None if first is None or "locked_cold" not in med
+                                    else round(first - med["locked_cold"], 1))
     if args.json:
         print(json.dumps(report))
         return 0
@@ -138,6 +247,26 @@ def main() -> int:
     print(f"verify: {report['verify_ms']} ms beyond the exec it rides on "
           f"({report['verify_process_ms']} ms as a whole process, timed inside the container)")
     print("targets: warm <= 2.7x docker exec, cold <= 3.5x docker run --rm, verify <= 20 ms")
+    if variants is None:
+        return 0
+    print(f"{'profile, runtime':20} {'min':>8} {'median':>8} {'max':>8}  ratio to floor (same runtime)"
+          f"{'':8}added to standard")
+    for key, values in variants.rows.items():
+        if key in against:
+            floor, std = against[key]
+            ratio = f"{med[key] / med[floor]:.2f} x {floor}"
+            added = f"{med[key] - med[std]:+8.1f} ms vs {std}"
+        else:
+            ratio, added = "(floor)", ""
+        print(f"{key:20} {min(values):8.1f} {med[key]:8.1f} {max(values):8.1f}  {ratio:36} {added}".rstrip())
+    first = variants.first_launch_ms
+    if first is not None and "locked_cold" in med:
+        print(f"locked bake: ~{first - med['locked_cold']:.0f} ms once (first launch {first:.0f} ms, "
+              "bake + cold start, less locked_cold); the image is cached afterwards")
+    elif "locked_cold" in med:
+        print("locked bake: image already baked (cached), not timed")
+    if variants.runsc:
+        print(f"runsc: {variants.runsc}, skipped")
     return 0
 
 
