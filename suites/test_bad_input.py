@@ -101,6 +101,11 @@ ON_A_DEVSHELL: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = 
     "--patches-out a file": (lambda tmp: [f"--patches-out={_file(tmp)}"], ("not a directory",)),
     "--host-cache-dir a file": (lambda tmp: [f"--host-cache-dir={_file(tmp)}"], ("not a directory",)),
     "--rm with --script": (lambda tmp: ["--rm"], ("cannot be combined",)),
+    "--runtime not registered": (lambda tmp: ["--runtime", "no-such-runtime"],
+                                 ("'no-such-runtime' is not registered", "daemon.json")),
+    # Refused whether runsc is registered (gVisor only under locked) or not (unregistered).
+    "--runtime runsc under --profile standard": (lambda tmp: ["--runtime", "runsc", "--profile", "standard"],
+                                                 ("runsc",)),
 }
 
 
