@@ -160,6 +160,11 @@ KINDS = ["new directory", "symlink to another directory"]
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_swapped_bind_fails_the_session_and_is_not_touched(swapped, kind, host_tree):
     shell, other, before = swapped(kind)
+    if shell.gvisor:
+        # gVisor serves binds over 9p with inode numbers of its own, so the identity init
+        # compares cannot be read inside (a known limit, docs/trust-model.md). The session
+        # may still fail here for another reason (a root-owned drop dir), which proves nothing.
+        pytest.skip("gVisor: a bind's identity cannot be checked inside (binds are 9p)")
     result = shell.run("echo entered")
     assert result.exit_code != 0
     assert "entered" not in result.stdout
@@ -175,6 +180,8 @@ def test_the_engine_does_mount_the_swapped_directory(swapped, kind):
     shell, other, _ = swapped(kind)
     inside = docker("exec", shell.name, "cat", "/patches/planted-by-attacker").stdout
     assert inside == "not the drop dir\n"
+    if shell.gvisor:
+        return  # 9p has inode numbers of its own (and gVisor's statx refuses coreutils' stat)
     st = os.stat(other)
     assert docker("exec", shell.name, "stat", "-c", "%d:%i", "/patches").stdout.strip() == \
         f"{st.st_dev}:{st.st_ino}"
