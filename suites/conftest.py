@@ -21,6 +21,8 @@ STANDARD_DESELECTED = pytest.StashKey[int]()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "fault(name): a fault the devshell must recover from (fault table)")
+    config.addinivalue_line("markers", "attack(cls, attempt): an attempt that must fail (attack table)")
+    config.addinivalue_line("markers", "control(cls, attempt): the same attempt, where the guard is absent")
     config.addinivalue_line("markers", "standard_profile: needs the standard profile: sudo, --as-root, "
                                        "or a writable root filesystem")
 
@@ -64,14 +66,28 @@ def pytest_testnodedown(node, error):
         node.config.stash[STANDARD_DESELECTED] = max(count, node.config.stash.get(STANDARD_DESELECTED, 0))
 
 
+def _named(item, name: str) -> str:
+    """A marked attempt or fault, with a parametrized test's id."""
+    callspec = getattr(item, "callspec", None)
+    return f"{name} [{callspec.id}]" if callspec else name
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Records each marked outcome as a user property: ("attack", (class, attempt, blocked)),
+    ("control", (class, attempt, works)), ("fault", (name, recovered)); None where skipped."""
     report = (yield).get_result()
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        for mark in item.iter_markers("fault"):
-            callspec = getattr(item, "callspec", None)
-            name = f"{mark.args[0]} [{callspec.id}]" if callspec else mark.args[0]
-            report.user_properties.append(("fault", (name, None if report.skipped else report.passed)))
+    # The call phase decides; a failed or skipped setup counts too (the attempt was not shown
+    # to be blocked, or to work). One control may serve several attacks.
+    if not (report.when == "call" or (report.when == "setup" and not report.passed)):
+        return
+    result = None if report.skipped else report.passed
+    for kind in ("attack", "control"):
+        for mark in item.iter_markers(kind):
+            cls, attempt = mark.args
+            report.user_properties.append((kind, (cls, _named(item, attempt), result)))
+    for mark in item.iter_markers("fault"):
+        report.user_properties.append(("fault", (_named(item, mark.args[0]), result)))
 
 
 def pytest_runtest_logreport(report):

@@ -9,11 +9,9 @@ WORKS there, so no attack test passes because the attempt was broken to begin wi
 Attempts as root through sudo are marked `standard_profile` (suites/conftest.py): under the
 locked profile there is no sudo, and the run deselects them.
 
-Mark a test `@pytest.mark.attack(CLASS, ATTEMPT)` or `@pytest.mark.control(CLASS, ATTEMPT)`;
-parametrized tests add their ids to ATTEMPT. The outcome is recorded as a user property
-("attack", (class, attempt, blocked)) or ("control", (class, attempt, works)), and the
-"attack table" at the end of the run lists every attempt and the totals (suites/conftest.py
-prints it: that conftest is loaded where the summary is written, an xdist controller too).
+Mark a test `@pytest.mark.attack(CLASS, ATTEMPT)` or `@pytest.mark.control(CLASS, ATTEMPT)`
+(registered in suites/conftest.py, which also prints the "attack table" at the end of the run,
+so suites/test_profiles.py's attempts are in it too).
 """
 
 from __future__ import annotations
@@ -25,33 +23,6 @@ import pytest
 
 from devshell.plugin import tree_state
 from devshell.spec import host_binds
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "attack(cls, attempt): an attempt that must fail (attack table)")
-    config.addinivalue_line("markers", "control(cls, attempt): the same attempt, where the guard is absent")
-
-
-def _attempt(item, mark):
-    cls, attempt = mark.args
-    callspec = getattr(item, "callspec", None)
-    return cls, f"{attempt} [{callspec.id}]" if callspec else attempt
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    for kind in ("attack", "control"):
-        # The call phase decides; a failed or skipped setup counts too (the attempt was not
-        # shown to be blocked, or to work). One control may serve several attacks.
-        if not (report.when == "call" or (report.when == "setup" and not report.passed)):
-            continue
-        for mark in item.iter_markers(kind):
-            cls, attempt = _attempt(item, mark)
-            result = None if report.skipped else report.passed
-            report.user_properties.append((kind, (cls, attempt, result)))
-
 
 # --- helpers shared by the modules (fixtures, so that no module imports another) -------------
 
