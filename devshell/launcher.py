@@ -344,7 +344,7 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
         # next launch recovers. (One inspect, on failures only.)
         info = shell.engine.inspect(shell.name)
         if code == 137 and info is not None and info["State"]["Running"]:
-            info = _settled(shell)  # a killed container's exec ends before the engine says so
+            info = settled(shell)  # a killed container's exec ends before the engine says so
         state = ("removed" if info is None else "paused" if info["State"]["Paused"]
                  else "running" if info["State"]["Running"] else "stopped")
         if state != "running":
@@ -363,8 +363,9 @@ def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:
     return code
 
 
-def _settled(shell: Devshell, bound: float = 2.0) -> dict[str, Any] | None:
-    """The container's inspect once it has stopped running, or after bound seconds."""
+def settled(shell: Devshell, bound: float = 2.0) -> dict[str, Any] | None:
+    """The container's inspect once it has stopped running, or (still running) after bound
+    seconds. The suites wait on a sandbox killed at a limit with it too."""
     import time
 
     deadline = time.monotonic() + bound

@@ -29,7 +29,6 @@ import shlex
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -40,6 +39,7 @@ import pytest
 import yaml
 
 from devshell.errors import DevshellError
+from devshell.launcher import settled
 from devshell.spec import HOME_IN_VOLUME, host_binds
 
 PROFILES = ("locked", "standard")
@@ -137,16 +137,6 @@ def open_entered(devshell_factory, *, profile: str, runtime: str | None, cell=No
     shell = devshell_factory(cell, profile=profile, runtime=runtime, **options)
     session(shell, "true")
     return shell
-
-
-def settled(shell, bound: float = SETTLE_BOUND) -> dict[str, Any] | None:
-    """The container's inspect once it stopped running, or (still running) after bound s."""
-    deadline = time.monotonic() + bound
-    while True:
-        info = shell.engine.inspect(shell.name)
-        if info is None or not info["State"]["Running"] or time.monotonic() > deadline:
-            return info
-        time.sleep(0.2)
 
 
 def status_fields(text: str) -> dict[str, str]:
@@ -615,7 +605,7 @@ def test_fork_bomb_stops_at_the_pids_limit(profile, devshell_factory, devshell_c
     if shell.gvisor:
         # gVisor's sentry meets the limit with its own threads: the sandbox dies as a whole,
         # and the session returned rather than waiting on it.
-        info = settled(shell)
+        info = settled(shell, SETTLE_BOUND)
         assert info is not None and not info["State"]["Running"], "the sandbox outlived the bomb"
         return
     # runc: the kernel refused forks at the limit, the bomb ended, and the session outlived it
@@ -633,7 +623,7 @@ def test_pids_limit_stops_more_processes(profile, devshell_factory, devshell_cel
     result = bounded(shell, lambda: shell.run(f"#!/bin/bash\n{COUNT_PROCESSES}"))
     bystander_intact()
     if shell.gvisor:
-        info = settled(shell)
+        info = settled(shell, SETTLE_BOUND)
         assert info is not None and not info["State"]["Running"], result
         return
     assert result.exit_code == 0, result
@@ -668,7 +658,7 @@ def test_memory_hog_is_killed_at_the_limit(profile, devshell_factory, devshell_c
     bystander_intact()
     if shell.gvisor:
         # gVisor: the sandbox is killed at the limit as a whole; the session returned.
-        info = settled(shell)
+        info = settled(shell, SETTLE_BOUND)
         assert info is not None and not info["State"]["Running"] and info["State"]["OOMKilled"], \
             info and info["State"]
         return
