@@ -42,6 +42,10 @@ DEFAULT_MEMORY_LIMIT = 8 << 30
 # Below these, init and a shell do not fit: a cell asking for less is a mistake.
 MIN_PIDS_LIMIT = 64
 MIN_MEMORY_LIMIT = 64 << 20
+# Above these a number is a typo, and one past int64 would reach the engine only after the
+# image was built (and, locked, baked): the kernel's highest pid_max, and 1 TiB.
+MAX_PIDS_LIMIT = 1 << 22
+MAX_MEMORY_LIMIT = 1 << 40
 _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_CELL_BYTES = 1 << 20  # a cell file is a page of YAML; anything near this is not one
 # A workspace is where the cell's volume is mounted: over a system directory (/etc, /usr, /tmp,
@@ -106,7 +110,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "pids": {"type": "integer", "minimum": MIN_PIDS_LIMIT},
+                "pids": {"type": "integer", "minimum": MIN_PIDS_LIMIT, "maximum": MAX_PIDS_LIMIT},
                 # Bytes, or a number with k, m or g (1024-based), as docker run --memory takes.
                 "memory": {"type": ["integer", "string"], "pattern": r"^[0-9]+[kmgKMG]?$"},
             },
@@ -366,6 +370,9 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
     if memory < MIN_MEMORY_LIMIT:
         raise bad("limits.memory", f"{memory} bytes is below {MIN_MEMORY_LIMIT >> 20} MiB, "
                   "too little for init and a shell")
+    if memory > MAX_MEMORY_LIMIT:
+        raise bad("limits.memory", f"{memory} bytes is above {MAX_MEMORY_LIMIT >> 30} GiB; "
+                  "write it in m or g (1024-based)")
     return Cell(
         name=name,
         source=source,

@@ -282,7 +282,7 @@ def test_each_profile_is_taken(profile):
 
 @pytest.mark.parametrize("memory, size", [(64 << 20, 64 << 20), ("67108864", 64 << 20), ("64m", 64 << 20),
                                           ("64M", 64 << 20), ("65536k", 64 << 20), ("2g", 2 << 30),
-                                          ("2G", 2 << 30), (3 << 40, 3 << 40)])
+                                          ("2G", 2 << 30), (1 << 40, 1 << 40), ("1024g", 1 << 40)])
 def test_memory_is_bytes_or_a_number_with_k_m_or_g(memory, size):
     cell = cells.parse(doc(limits={"memory": memory}), source="x", stem="x")
     assert cell.memory_limit == size
@@ -326,6 +326,8 @@ def test_a_profile_outside_the_choices_is_refused(tmp_path, profile):
     ({"pids": 63}, "limits.pids", "less than the minimum of 64"),
     ({"pids": 0}, "limits.pids", "less than the minimum of 64"),
     ({"pids": -1}, "limits.pids", "less than the minimum of 64"),
+    ({"pids": (1 << 22) + 1}, "limits.pids", "greater than the maximum of 4194304"),
+    ({"pids": 99999999999999999999999}, "limits.pids", "greater than the maximum"),
     ({"pids": True}, "limits.pids", "got bool"),
     ({"pids": "4096"}, "limits.pids", "got str"),
     ({"pids": 100.5}, "limits.pids", "got float"),
@@ -334,6 +336,8 @@ def test_a_profile_outside_the_choices_is_refused(tmp_path, profile):
     ({"memory": "65535k"}, "limits.memory", "is below 64 MiB"),
     ({"memory": 0}, "limits.memory", "0 bytes is below 64 MiB"),
     ({"memory": -(1 << 30)}, "limits.memory", "is below 64 MiB"),
+    ({"memory": (1 << 40) + 1}, "limits.memory", "is above 1024 GiB"),
+    ({"memory": "99999999999999g"}, "limits.memory", "is above 1024 GiB"),
     ({"memory": True}, "limits.memory", "got bool"),
     ({"memory": 1.5}, "limits.memory", "got float"),
     ({"memory": "lots"}, "limits.memory", "expected a value matching"),
