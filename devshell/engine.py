@@ -603,22 +603,29 @@ class Engine:
         """With ex.watch: a thread that kills the docker CLI at pid once the container is no
         longer running (a gVisor sandbox killed at a limit leaves its execs waiting forever).
         Returns the event that ends the watch: set it when the exec is over."""
+        import signal
         import threading
 
         over = threading.Event()
         if not ex.watch:
             return over
+        # A pidfd, taken while the CLI cannot have been reaped yet: the main thread may reap it
+        # while an inspect is under way, and a bare pid could by then name another process.
+        pidfd = os.pidfd_open(pid)
 
         def watch() -> None:
-            while not over.wait(WATCH_INTERVAL):
-                try:
-                    info = self.inspect(ex.container)
-                except DevshellError:
-                    continue  # a slow engine is no stopped container
-                if info is None or not info["State"]["Running"]:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, 9)
-                    return
+            try:
+                while not over.wait(WATCH_INTERVAL):
+                    try:
+                        info = self.inspect(ex.container)
+                    except DevshellError:
+                        continue  # a slow engine is no stopped container
+                    if info is None or not info["State"]["Running"]:
+                        with suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        return
+            finally:
+                os.close(pidfd)
 
         threading.Thread(target=watch, daemon=True, name=f"watch-{ex.container}").start()
         return over
