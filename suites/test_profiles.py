@@ -40,7 +40,7 @@ import yaml
 
 from devshell.errors import DevshellError
 from devshell.launcher import settled
-from devshell.spec import HOME_IN_VOLUME, host_binds
+from devshell.spec import HOME_IN_VOLUME, INIT_PATH, host_binds
 
 PROFILES = ("locked", "standard")
 PIDS_LIMIT = 256  # small, so that a bomb meets it at once; above cells.MIN_PIDS_LIMIT
@@ -238,10 +238,11 @@ def host_probe(bystander) -> Callable[[], tuple[bool, bool]]:
     return probe
 
 
-def pids_current(cgroup: Cgroup) -> Callable[[], int | None]:
-    def read() -> int | None:
+def pids_current(cgroup: Cgroup) -> Callable[[], tuple[int, int] | None]:
+    """A step reading (processes now, forks refused at the limit so far)."""
+    def read() -> tuple[int, int] | None:
         try:
-            return int(cgroup.read("pids", "pids.current"))
+            return int(cgroup.read("pids", "pids.current")), cgroup.counter("pids", "pids.events", "max")
         except (OSError, ValueError):  # a sandbox that died took its cgroup with it
             return None
     return read
@@ -340,18 +341,38 @@ def test_locked_sudo_gives_no_root(locked):
     assert "no new privileges" in result.stderr, result.stderr
 
 
-@pytest.mark.attack("privilege", "su -c 'id -u' root")
-def test_locked_su_gives_no_root(locked):
-    # stdin is /dev/null: su's password prompt reads end-of-file, never hangs
-    result = session(locked, "su -c 'id -u' root; echo \"su: $?\"")
+# su asks for root's password, which Debian's root does not have: so that su's refusal under
+# locked is no-new-privileges' and not the missing password's, root's password is emptied
+# (PAM's nullok then lets su through without one) by the cell's setup, which under locked runs
+# in the bake, before the root filesystem is read-only.
+SU_TO_ROOT = "su -c 'id -u' root; echo \"su: $?\""  # stdin is /dev/null: no prompt hangs
+
+
+@pytest.fixture(scope="module")
+def passwordless_root(devshell_cell):
+    """The --cell cell with root's password emptied by its setup."""
+    setup = "\n".join(filter(None, [devshell_cell.setup, "passwd -d root >/dev/null"]))
+    return devshell_cell._replace(setup=setup)
+
+
+@pytest.mark.attack("privilege", "su -c 'id -u' root, root without a password")
+def test_locked_su_gives_no_root(devshell_factory, passwordless_root, runtime_for):
+    shell = open_entered(devshell_factory, cell=passwordless_root, profile="locked",
+                         runtime=runtime_for("locked"))
+    assert shell.exec(["passwd", "-S", "root"]).stdout.split()[1] == "NP"  # the premise: no password
+    result = session(shell, SU_TO_ROOT)
     assert "su: 0" not in result.stdout and "\n0\n" not in f"\n{result.stdout}", result.stdout
 
 
+@pytest.mark.control("privilege", "su -c 'id -u' root, root without a password")
+def test_control_standard_su_gives_root_without_a_password(devshell_factory, passwordless_root, runtime_for):
+    shell = open_entered(devshell_factory, cell=passwordless_root, profile="standard",
+                         runtime=runtime_for("standard"))
+    assert session(shell, SU_TO_ROOT).stdout == "0\nsu: 0\n"
+
+
 @pytest.mark.control("privilege", "sudo -n id -u")
-@pytest.mark.control("privilege", "su -c 'id -u' root")
 def test_control_standard_sudo_gives_root(standard):
-    # su itself cannot work anywhere (root has no password); its premise is the setuid bit,
-    # which sudo shares and which makes dev root here.
     assert session(standard, "sudo -n id -u").stdout == "0\n"
 
 
@@ -390,6 +411,22 @@ def test_locked_verify_is_clean(locked):
     # sudoers, no-new-privileges, read-only-root and dev-home all hold, with nothing to report.
     result = locked.verify()
     assert (result.exit_code, result.stdout) == (0, ""), result.stdout
+
+
+def test_locked_session_runs_under_devshells_filter(locked):
+    # Under runc the engine installs it; under gVisor, init does (the runtime leaves docker
+    # exec unfiltered there), before anything of the session runs.
+    assert status_fields(session(locked, "cat /proc/self/status").stdout).get("Seccomp") == "2"
+
+
+def test_gvisor_verify_fails_closed_without_the_filter(locked):
+    """Where init could not install the filter (here: told it already tried), verify names
+    the missing filter and fails: a gVisor session never runs unfiltered in silence."""
+    if not locked.gvisor:
+        pytest.skip("runc filters every docker exec itself: there is no unfiltered session to refuse")
+    unfiltered = locked.exec(["env", "DEVSHELL_FILTER_TRIED=1", INIT_PATH, "--verify"])
+    assert unfiltered.exit_code != 0 and "FAIL seccomp:" in unfiltered.stdout, unfiltered
+    assert locked.verify().exit_code == 0  # the same verify, where init installed it
 
 
 # --- 2. --as-root is refused under locked -----------------------------------------------
@@ -569,6 +606,35 @@ def memory_dir():
     return find
 
 
+# The container's own IPC mounts: private to it, gone with it, and what programs expect
+# (POSIX semaphores and shared memory live in /dev/shm).
+PRIVATE_IPC = ("/dev/shm", "/dev/mqueue")
+
+
+def writable_elsewhere(shell, *places: str) -> list[str]:
+    """Every file and directory dev may write (access(2), which also says EROFS), found by a
+    walk of everything dev can reach, minus the places given and what is not storage:
+    /proc, /sys, devices and symlinks (whose targets the walk reaches on its own)."""
+    pruned = " -o ".join(f"-path {shlex.quote(p)}" for p in ("/proc", "/sys", *places))
+    walk = f"find / \\( {pruned} \\) -prune -o -writable ! -type c ! -type l -print 2>/dev/null; true"
+    return sorted(session(shell, walk).stdout.split())
+
+
+@pytest.mark.attack("write", "dev writes anywhere outside the writable places")
+def test_locked_dev_can_write_nothing_else(locked, memory_dir):
+    inside_memory, _ = memory_dir(locked)
+    places = (locked.spec.workspace, "/tmp", "/patches", inside_memory, *PRIVATE_IPC)
+    assert writable_elsewhere(locked, *places) == []
+
+
+@pytest.mark.control("write", "dev writes anywhere outside the writable places")
+def test_control_standard_dev_can_write_its_home_on_the_root_filesystem(standard, memory_dir):
+    inside_memory, _ = memory_dir(standard)
+    places = (standard.spec.workspace, "/tmp", "/patches", inside_memory, *PRIVATE_IPC)
+    found = writable_elsewhere(standard, *places)
+    assert "/home/dev" in found, found
+
+
 def test_locked_home_outlives_the_container_and_tmp_does_not(devshell_factory, runtime_for):
     first = open_entered(devshell_factory, profile="locked", runtime=runtime_for("locked"))
     token = os.urandom(4).hex()
@@ -598,7 +664,10 @@ def test_fork_bomb_stops_at_the_pids_limit(profile, devshell_factory, devshell_c
             meanwhile(host_probe(bystander), every=0.5) as probes:
         result = bounded(shell, lambda: shell.run(f"#!/bin/bash\n{FORK_BOMB}"))
     counts = [n for n in counts if n is not None]
-    assert counts and max(counts) <= PIDS_LIMIT, counts
+    assert counts and max(now for now, _ in counts) <= PIDS_LIMIT, counts
+    # the limit is what stopped it: the kernel refused forks there (under gVisor too, where
+    # the sandbox's own threads count)
+    assert max(refused for _, refused in counts) > refused_before, counts
     # the host and the engine kept answering throughout (each probe within its bound)
     assert probes and all(host and engine for host, engine in probes), probes
     bystander_intact()
@@ -608,8 +677,7 @@ def test_fork_bomb_stops_at_the_pids_limit(profile, devshell_factory, devshell_c
         info = settled(shell, SETTLE_BOUND)
         assert info is not None and not info["State"]["Running"], "the sandbox outlived the bomb"
         return
-    # runc: the kernel refused forks at the limit, the bomb ended, and the session outlived it
-    assert cgroup.counter("pids", "pids.events", "max") > refused_before
+    # runc: the bomb ended, and the session outlived it
     assert "bomb ended: 137" in result.stdout, result
     assert shell.engine.inspect(shell.name)["State"]["Running"]
     assert session(shell, "echo alive").stdout == "alive\n"
