@@ -33,6 +33,10 @@ RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
 # Trust profiles (docs/trust-model.md): standard gives dev passwordless sudo; locked never
 # lets the session be root (no sudo, no-new-privileges, no capabilities, read-only root).
 PROFILES = ("standard", "locked")
+# What a devshell's network reaches (docs/trust-model.md): open is the engine's default
+# network (anything the host reaches); none is loopback only.
+NETWORK_MODES = ("open", "none")
+DEFAULT_NETWORK = "open"
 DEFAULT_PROFILE = "standard"
 # Limits every devshell gets unless its cell says otherwise (`limits:`): enough for a parallel
 # C++ build on a laptop, small enough that a fork bomb or a leak cannot take the host down.
@@ -106,6 +110,11 @@ SCHEMA: dict[str, Any] = {
         },
         "setup": {"type": "string"},
         "profile": {"enum": list(PROFILES)},
+        "network": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"mode": {"enum": list(NETWORK_MODES)}},
+        },
         "limits": {
             "type": "object",
             "additionalProperties": False,
@@ -153,6 +162,7 @@ class Cell(NamedTuple):
     setup: str | None = None
     description: str = ""
     profile: str = DEFAULT_PROFILE
+    network: str = DEFAULT_NETWORK
     pids_limit: int = DEFAULT_PIDS_LIMIT
     memory_limit: int = DEFAULT_MEMORY_LIMIT
 
@@ -387,6 +397,7 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         setup=data.get("setup"),
         description=data.get("description", ""),
         profile=data.get("profile", DEFAULT_PROFILE),
+        network=data.get("network", {}).get("mode", DEFAULT_NETWORK),
         pids_limit=int(limits.get("pids", DEFAULT_PIDS_LIMIT)),
         memory_limit=memory,
     )

@@ -76,12 +76,12 @@ def run(argv: Sequence[str]) -> int:
                "volume": spec.volume, "volume_created": shell.volume_created, "image": spec.image,
                "checkout": opts.checkout, "patches": opts.patches_out, "cache": opts.host_cache,
                "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev",
-               "profile": spec.profile, "runtime": shell.runtime,
+               "profile": spec.profile, "runtime": shell.runtime, "network": shell.network,
                "limits": {"pids": spec.pids_limit, "memory": spec.memory_limit}, "notes": notes},
         f"{spec.name} {shell.outcome} · /checkout={opts.checkout} (read-only) · /patches={opts.patches_out}"
         + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
         + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}"
-        + f" · profile {spec.profile} · runtime {shell.runtime}"
+        + f" · profile {spec.profile} · runtime {shell.runtime} · network {shell.network}"
         + f" · limits {spec.pids_limit} pids, {spec.memory_limit >> 20} MiB")
     tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()
     return enter(shell, script=script, tty=tty)

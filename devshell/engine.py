@@ -29,6 +29,7 @@ from .spec import (
     LABEL_HASH,
     LABEL_IDENTITY,
     NEVER_REUSED,
+    RUNTIME_WITHOUT_NETWORK,
     WORKSPACE_ENV,
     ContainerSpec,
     ExecSpec,
@@ -87,7 +88,7 @@ class Runtime(NamedTuple):
 
     def __str__(self) -> str:
         if self.kind == "gvisor":
-            return f"{self.name} (gVisor{'' if self.network else ', no network'})"
+            return f"{self.name} (gVisor{'' if self.network else ', ' + RUNTIME_WITHOUT_NETWORK})"
         return self.name
 
 

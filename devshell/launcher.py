@@ -23,6 +23,7 @@ from .spec import (
     ContainerSpec,
     container_name,
     host_binds,
+    network_in_force,
     plan,
     profile_of,
     script_args,
@@ -48,6 +49,11 @@ class Devshell(NamedTuple):
     @property
     def gvisor(self) -> bool:
         return "gVisor" in self.runtime
+
+    @property
+    def network(self) -> str:
+        """The network in force: open or none (the spec's, or none under the runtime)."""
+        return network_in_force(self.spec.network, self.runtime)
 
     @property
     def name(self) -> str:

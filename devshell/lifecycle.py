@@ -27,7 +27,16 @@ from .engine import Engine, launch_lock, pid_alive
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
 from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
-from .spec import NEVER_REUSED, STATE_DIR, ContainerSpec, container_name, differences, host_binds, plan
+from .spec import (
+    NEVER_REUSED,
+    STATE_DIR,
+    ContainerSpec,
+    container_name,
+    differences,
+    host_binds,
+    network_in_force,
+    plan,
+)
 
 # init.sh's session path truncates this file on every entry: its mtime is the last session.
 LAST_SESSION = f"{STATE_DIR}/last-session"
@@ -138,6 +147,9 @@ def list_cells(opts: Options) -> int:
         name = container_name(cell.name, opts.instance)
         info = engine.inspect(name)
         found_labels = (info or {}).get("Config", {}).get("Labels") or {}
+        runtime = found_labels.get(labels.RUNTIME, "default")
+        # (a container made before network modes, or with no readable spec, had the open one)
+        network = _identity(found_labels.get(labels.SPEC)).get("network", "open") if info else cell.network
         rows.append({
             "cell": cell.name,
             "image": cell.image,
@@ -146,13 +158,15 @@ def list_cells(opts: Options) -> int:
             "volume": "present" if engine.volume_present(name) else "absent",
             # The container's, as its launch recorded them; without one, what a launch would use.
             "profile": found_labels.get(labels.PROFILE, cell.profile),
-            "runtime": found_labels.get(labels.RUNTIME, "default"),
+            "runtime": runtime,
+            "network": network_in_force(network, runtime),
             "limits": {"pids": cell.pids_limit, "memory": cell.memory_limit},
             "source": cell.source,
         })
     doc = {"cells": rows, "notes": [f"skipped a cell file: {p}" for p in problems]}
     columns = [("cell", "cell"), ("image_state", "image_state"), ("container", "container"),
-               ("volume", "volume"), ("profile", "profile"), ("runtime", "runtime"), ("image", "image")]
+               ("volume", "volume"), ("profile", "profile"), ("runtime", "runtime"), ("network", "network"),
+               ("image", "image")]
     emit(doc, table(columns, rows), opts.json)
     return 0
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .cells import DEFAULT_CELL, PROFILES
+from .cells import DEFAULT_CELL, NETWORK_MODES, PROFILES
 from .errors import DevshellError
 
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
@@ -98,6 +98,8 @@ class Options(NamedTuple):
     # standard), and the engine's default runtime.
     profile: str | None = None
     runtime: str | None = None
+    # The network mode (open, none); None: the cell's (else open).
+    network: str | None = None
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -174,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
     _once_flag(p, "--profile", choices=PROFILES, metavar="PROFILE",
                   help="standard (dev has passwordless sudo) or locked (never root, read-only "
                        "root filesystem, no capabilities); default: the cell's, else standard")
+    _once_flag(p, "--network", choices=NETWORK_MODES, metavar="MODE",
+                  help="open (the engine's network: whatever the host reaches) or none "
+                       "(loopback only); default: the cell's, else open")
     _once_flag(p, "--runtime", metavar="NAME",
                   help="an engine runtime registered in daemon.json, e.g. runsc (gVisor)")
     _once_flag(p, "--list", action="store_true", help="list cells with image/container/volume state")
@@ -268,6 +273,7 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         notes=tuple(notes),
         profile=ns.profile,
         runtime=ns.runtime,
+        network=ns.network,
     )
 
 
@@ -385,7 +391,8 @@ def to_argv(opts: Options) -> list[str]:
     for flag, value in (("--patches-out", opts.patches_out),
                         ("--host-cache-dir", opts.host_cache), ("--image", opts.image),
                         ("--instance", opts.instance), ("--script", opts.script),
-                        ("--profile", opts.profile), ("--runtime", opts.runtime)):
+                        ("--profile", opts.profile), ("--runtime", opts.runtime),
+                        ("--network", opts.network)):
         if value is not None:
             argv.append(f"{flag}={value}")
     for flag, on in (("--rm", opts.rm), ("--as-root", opts.as_root), ("--verify", opts.verify),

@@ -90,7 +90,7 @@ class DevshellFactory(Protocol):
                  host_cache: bool | str | Path = True,
                  image: str | None = None, instance: str | None = None,
                  ai_config_rw: bool = False, profile: str | None = None,
-                 runtime: str | None = None) -> Devshell: ...
+                 runtime: str | None = None, network: str | None = None) -> Devshell: ...
 
 
 @pytest.fixture(scope="session")
@@ -176,15 +176,15 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                      tmp_path_factory: pytest.TempPathFactory,
                      pytestconfig: pytest.Config) -> DevshellFactory:
     """Open a devshell: by default a new container and volume (named for this run), a temporary
-    checkout, drop dir and host cache, and an explicit uid/gid, under --profile and --runtime.
-    Removed at the end of the run."""
+    checkout, drop dir and host cache, and an explicit uid/gid, under --profile and --runtime
+    (network: the cell's unless given). Removed at the end of the run."""
 
     def open_(cell: str | Cell | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
               checkout: str | Path | None = None, patches_out: str | Path | None = None,
               host_cache: bool | str | Path = True,
               image: str | None = None, instance: str | None = None,
               ai_config_rw: bool = False, profile: str | None = None,
-              runtime: str | None = None) -> Devshell:
+              runtime: str | None = None, network: str | None = None) -> Devshell:
         # A Cell as is (a test's variant of the --cell cell, e.g. with other limits), or by name.
         the_cell = (devshell_cell if cell is None else cell if isinstance(cell, Cell)
                     else cells.find(cell, devshell_cells_path))
@@ -204,7 +204,7 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                        ai_config_ro=not ai_config_rw,
                        cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]),
                        profile=profile or pytestconfig.getoption("devshell_profile"),
-                       runtime=runtime or pytestconfig.getoption("devshell_runtime"))
+                       runtime=runtime or pytestconfig.getoption("devshell_runtime"), network=network)
         return open_devshell(check_host_paths(opts), the_cell, devshell_engine,
                              labels=devshell_run_labels, progress=_progress)
 

@@ -145,6 +145,8 @@ class ContainerSpec(NamedTuple):
     runtime: str = ""
     pids_limit: int = 0
     memory_limit: int = 0
+    # open: the engine's default network; none: loopback only (the engine's "none" network).
+    network: str = "open"
 
     @property
     def locked(self) -> bool:
@@ -199,6 +201,7 @@ class ContainerSpec(NamedTuple):
             "read_only": self.locked, "tmpfs": self.tmpfs, "security_opt": self.security_opt[1:],
             "runtime": self.runtime,
             "limits": {"pids": self.pids_limit, "memory": self.memory_limit},
+            "network": self.network,
         }
 
     def hash(self) -> str:
@@ -231,6 +234,8 @@ class ContainerSpec(NamedTuple):
                  f"--memory-swap={self.memory_limit}"]
         if self.runtime:
             argv.append(f"--runtime={self.runtime}")
+        if self.network == "none":
+            argv.append("--network=none")
         # Under locked the container runs the baked image (baked_image), made from this one.
         return [*argv, self.image, *self.command]
 
@@ -252,6 +257,8 @@ class ContainerSpec(NamedTuple):
         }
         if k.get("runtime"):
             body["HostConfig"]["Runtime"] = k["runtime"]
+        if k.get("network_mode"):
+            body["HostConfig"]["NetworkMode"] = k["network_mode"]
         return {"name": k["name"], "platform": k["platform"]}, body
 
     def sdk_kwargs(self) -> dict[str, Any]:
@@ -277,6 +284,7 @@ class ContainerSpec(NamedTuple):
             "mem_limit": self.memory_limit,
             "memswap_limit": self.memory_limit,
             **({"runtime": self.runtime} if self.runtime else {}),
+            **({"network_mode": "none"} if self.network == "none" else {}),
             "detach": True,
         }
 
@@ -332,6 +340,16 @@ def init_script() -> str:
 
 def container_name(cell: str, instance: str | None) -> str:
     return f"devshell-{cell}" + (f"-{instance}" if instance else "")
+
+
+# How a runtime registered without a network reads in its label (engine.Runtime.__str__).
+RUNTIME_WITHOUT_NETWORK = "no network"
+
+
+def network_in_force(network: str, runtime: str) -> str:
+    """What a devshell's network is: its spec's, but none under a runtime (as its label reads,
+    labels.RUNTIME) registered without one, whatever the spec asked."""
+    return "none" if RUNTIME_WITHOUT_NETWORK in runtime else network
 
 
 def profile_of(opts: Options, cell: Cell) -> str:
@@ -392,6 +410,7 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         seccomp=seccomp_profile(),
         profile=profile,
         runtime=opts.runtime or "",
+        network=opts.network or cell.network,
         pids_limit=cell.pids_limit,
         memory_limit=cell.memory_limit,
     )

@@ -280,6 +280,29 @@ def test_each_profile_is_taken(profile):
     assert cells.parse(doc(profile=profile), source="x", stem="x").profile == profile
 
 
+@pytest.mark.parametrize("mode", cells.NETWORK_MODES)
+def test_each_network_mode_is_taken(mode):
+    assert cells.parse(doc(network={"mode": mode}), source="x", stem="x").network == mode
+
+
+def test_network_defaults_to_open():
+    assert cells.parse(doc(), source="x", stem="x").network == "open"
+    assert cells.parse(doc(network={}), source="x", stem="x").network == "open"
+
+
+@pytest.mark.parametrize("network, key, why", [
+    ({"mode": "host"}, "network.mode", "expected one of open, none"),
+    ({"mode": "bridge"}, "network.mode", "expected one of open, none"),
+    ({"mode": None}, "network.mode", "expected one of open, none"),
+    ({"allow": ["deb.debian.org"]}, "network", "unknown key ('allow'"),
+    ("none", "network", "expected object"),
+])
+def test_a_bad_network_block_is_refused(tmp_path, network, key, why):
+    path = write(tmp_path, "c", doc(network=network))
+    message = load_error(path)
+    assert str(path) in message and f"key '{key}'" in message and why in message, message
+
+
 @pytest.mark.parametrize("memory, size", [(64 << 20, 64 << 20), ("67108864", 64 << 20), ("64m", 64 << 20),
                                           ("64M", 64 << 20), ("65536k", 64 << 20), ("2g", 2 << 30),
                                           ("2G", 2 << 30), (1 << 40, 1 << 40), ("1024g", 1 << 40)])

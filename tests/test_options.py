@@ -6,7 +6,7 @@ import posixpath
 
 import pytest
 
-from devshell.cells import DEFAULT_CELL, PROFILES
+from devshell.cells import DEFAULT_CELL, NETWORK_MODES, PROFILES
 from devshell.errors import DevshellError
 from devshell.options import (
     DEFAULT_HOST_CACHE,
@@ -92,14 +92,14 @@ def test_every_flag_lands_in_its_option():
         ["runner-1001", "--script", "s.sh", "--as-root", "--host-cache-dir", "/c",
          "--checkout", "src", "--patches-out", "out", "--image", "img:1", "--instance", "two",
          "--uid", "7", "--gid", "8", "--cells-dir", "mine", "--json", "--ai-config-rw",
-         "--profile", "standard", "--runtime", "runsc"],
+         "--profile", "standard", "--runtime", "runsc", "--network", "none"],
         HOST,
     )
     assert opts == Options(
         cell="runner-1001", script=f"{CWD}/s.sh", as_root=True, host_cache="/c",
         ai_config_ro=False, checkout=f"{CWD}/src", patches_out=f"{CWD}/out", image="img:1",
         instance="two", uid=7, gid=8, json=True, cells_dirs=(f"{CWD}/mine",), profile="standard",
-        runtime="runsc",
+        runtime="runsc", network="none",
     )
 
 
@@ -635,3 +635,29 @@ def test_a_path_that_is_not_utf8_is_refused() -> None:
     bad = "/srv/bad\udcffname"
     with pytest.raises(DevshellError, match="not valid UTF-8"):
         parse(["--checkout", bad], HOST)
+
+
+# --- network mode -------------------------------------------------------------------------
+
+
+def test_network_defaults_to_the_cells():
+    assert parse([], HOST).network is None
+
+
+@pytest.mark.parametrize("mode", NETWORK_MODES)
+@pytest.mark.parametrize("equals", [False, True])
+def test_each_network_mode_is_taken(mode, equals):
+    argv = [f"--network={mode}"] if equals else ["--network", mode]
+    assert parse(argv, HOST).network == mode
+
+
+@pytest.mark.parametrize("value", ["bridge", "host", "None", "open,none", "container:x", " none", "--", ""])
+def test_a_network_outside_the_modes_is_refused(value):
+    # the engine's own modes (host, container:…) are never passed through
+    error = refused([f"--network={value}"])
+    assert "--network" in str(error)
+    assert error.fix == "see devshell --help"
+
+
+def test_network_given_twice_is_refused():
+    assert "given twice" in str(refused(["--network", "none", "--network=open"]))

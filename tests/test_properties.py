@@ -37,6 +37,7 @@ from devshell.spec import (
     Mount,
     ai_key,
     ai_repo,
+    differences,
     host_binds,
     memory_dir,
     plan,
@@ -103,6 +104,7 @@ SWITCHES = ("--host-cache", "--as-root", "--json", "--ai-config-rw")
 bitmasks = st.integers(0, 2 ** (len(VALUED) + len(SWITCHES)) - 1)
 seeds = st.integers(0, 2**32 - 1)
 profile_flags = st.sampled_from([None, *cells.PROFILES])
+network_flags = st.sampled_from([None, *cells.NETWORK_MODES])
 runtimes = st.sampled_from([None, "runsc", "runc", "io.containerd.runsc.v1", "kata_1"])
 pids_limits = st.integers(cells.MIN_PIDS_LIMIT, 1 << 22)
 memory_limits = st.integers(cells.MIN_MEMORY_LIMIT, 1 << 40)
@@ -773,3 +775,26 @@ def test_ai_repo_is_one_nonempty_component(path):
     assert repo
     assert repo not in (".", "..")
     assert not set(repo) & {"/", "\\"}
+
+
+@given(valid_invocations, network_flags, st.sampled_from(cells.NETWORK_MODES), st.data())
+def test_the_network_mode_reaches_every_rendering(inv, flag, cell_network, data):
+    """The network in force is --network's, else the cell's; none reaches the engine as its
+    "none" network in argv, SDK kwargs and API body alike, open as the engine's default (no
+    setting at all); it is part of the identity, so a change recreates the container."""
+    groups = list(inv.groups)
+    if flag:
+        groups.insert(data.draw(st.integers(0, len(groups))), (f"--network={flag}",))
+    cell = CELLS[inv.cell or cells.DEFAULT_CELL]._replace(network=cell_network)
+    try:
+        spec = plan(parse(flat(groups), inv.host), cell, init=INIT)
+    except DevshellError:  # --as-root under a locked cell: refused before any network matters
+        assume(False)
+    network = flag or cell_network
+    argv, sdk, host_config = spec.run_argv(), spec.sdk_kwargs(), spec.api_create()[1]["HostConfig"]
+    assert spec.network == spec.identity()["network"] == network
+    none = network == "none"
+    assert [a for a in argv if a.startswith("--network")] == (["--network=none"] if none else [])
+    assert sdk.get("network_mode") == host_config.get("NetworkMode") == ("none" if none else None)
+    other = spec._replace(network="open" if none else "none")
+    assert other.hash() != spec.hash() and "network" in differences(spec.identity(), other.identity())

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devshell import cells, seccomp
+from devshell.engine import Runtime
 from devshell.errors import DevshellError
 from devshell.options import HostFacts, Options, image_problem, parse
 from devshell.spec import (
@@ -28,6 +29,7 @@ from devshell.spec import (
     MAX_EXEC_ARG,
     PATCHES,
     PROFILE_ENV,
+    RUNTIME_WITHOUT_NETWORK,
     SETUP_PATH,
     STATE_DIR,
     Bind,
@@ -40,6 +42,7 @@ from devshell.spec import (
     differences,
     host_binds,
     memory_dir,
+    network_in_force,
     plan,
     profile_of,
     script_args,
@@ -885,3 +888,18 @@ def test_a_deep_checkouts_memory_dir_is_made_of_names_a_filesystem_takes() -> No
     parts = memory_dir(deep).split("/")
     assert all(len(p.encode()) <= 255 for p in parts)
     assert memory_dir(deep) != memory_dir(deep[:-1] + "e")
+
+
+@pytest.mark.parametrize("network, runtime, in_force", [
+    ("open", "default", "open"), ("none", "default", "none"), ("open", "runc", "open"),
+    ("open", "runsc (gVisor)", "open"), ("open", "runsc (gVisor, no network)", "none"),
+    ("none", "runsc (gVisor, no network)", "none"),
+])
+def test_the_network_in_force_is_none_under_a_runtime_without_one(network, runtime, in_force):
+    assert network_in_force(network, runtime) == in_force
+
+
+def test_a_gvisor_runtime_without_a_network_reads_as_such_in_its_label():
+    # the label network_in_force reads is the one engine.Runtime writes
+    assert RUNTIME_WITHOUT_NETWORK in str(Runtime("runsc", "gvisor", network=False, seccomp=True))
+    assert RUNTIME_WITHOUT_NETWORK not in str(Runtime("runsc", "gvisor", network=True, seccomp=True))
