@@ -1,6 +1,8 @@
 """The contract suites: run them against any cell with `pytest suites --cell=NAME`."""
 
 import os
+import socket
+import threading
 
 import pytest
 
@@ -155,3 +157,75 @@ def fault_table(terminalreporter):
     results = [r for _, r in FAULTS]
     tr.write_line(f"faults: {sum(r is True for r in results)}/{len(results)} recovered, "
                   f"{sum(r is False for r in results)} not, {sum(r is None for r in results)} skipped")
+
+
+# --- a listener on this host, for the network's attacks and controls -------------------------
+
+
+class Listener:
+    """A TCP listener on this host at address, answering one line: who connected is recorded."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket()
+        try:
+            self.sock.bind((address, 0))
+        except OSError as e:
+            self.sock.close()
+            pytest.skip(f"the engine's bridge {address} is not on this machine ({e.strerror})")
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.address, self.port = self.sock.getsockname()[:2]
+        self.peers: list[str] = []
+        self.over = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.over.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            with conn:
+                conn.sendall(b"hello from the host\n")
+
+    def close(self) -> None:
+        self.over.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def bridge_listener():
+    """bridge_listener(shell): a Listener at the gateway of the bridge network shell (a devshell
+    with a network) is on, which is this host: what a devshell with a network reaches, never an
+    address outside this machine. Closed after the test."""
+    made: list[Listener] = []
+
+    def listen(shell) -> Listener:
+        networks = shell.engine.inspect(shell.name)["NetworkSettings"]["Networks"]
+        gateway = next((n.get("Gateway") for n in networks.values() if n.get("Gateway")), None)
+        if not gateway:
+            pytest.skip(f"{shell.name} has no bridge gateway to listen on")
+        made.append(Listener(gateway))
+        return made[-1]
+
+    yield listen
+    for listener in made:
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def connect():
+    """connect(shell, listener, user=dev's uid): a raw `docker exec` that opens a TCP connection
+    to the listener and prints `got: LINE` for what it answers: the claim is the container's,
+    whatever runs in it. Bounded, so a connection left hanging fails rather than waits."""
+    def run(shell, listener: Listener, user: str | None = None):
+        script = (f"exec 3<>/dev/tcp/{listener.address}/{listener.port} && read -r line <&3 "
+                  "&& echo \"got: $line\"")
+        argv = ["timeout", "-s", "KILL", "60", "bash", "-c", script]
+        return shell.exec(argv, user=user or str(shell.opts.uid))
+    return run

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -807,69 +806,14 @@ def runc_locked(devshell_factory, devshell_engine):
     return devshell_factory(profile="locked", runtime=runc_runtime(devshell_engine))
 
 
-class Listener:
-    """A TCP listener on this host at address: what connects to it is recorded."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket()
-        try:
-            self.sock.bind((address, 0))
-        except OSError as e:
-            self.sock.close()
-            pytest.skip(f"the engine's bridge {address} is not on this machine ({e.strerror})")
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.address, self.port = self.sock.getsockname()[:2]
-        self.peers: list[str] = []
-        self.over = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.over.is_set():
-            try:
-                conn, peer = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.peers.append(peer[0])
-            with conn:
-                conn.sendall(b"hello from the host\n")
-
-    def close(self) -> None:
-        self.over.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-
-@pytest.fixture
-def bridge_listener(runc_locked):
-    """A listener on the docker bridge's gateway, which is this host: where a devshell with a
-    network reaches (never an address outside this machine)."""
-    networks = runc_locked.engine.inspect(runc_locked.name)["NetworkSettings"]["Networks"]
-    gateway = next((n.get("Gateway") for n in networks.values() if n.get("Gateway")), None)
-    if not gateway:
-        pytest.skip(f"{runc_locked.name} has no bridge gateway to listen on")
-    listener = Listener(gateway)
-    yield listener
-    listener.close()
-
-
-def connect_as_dev(shell, listener: Listener):
-    # A raw exec as dev: the claim is the sandbox's, whatever runs in it.
-    script = (f"exec 3<>/dev/tcp/{listener.address}/{listener.port} && read -r line <&3 "
-              "&& echo \"got: $line\"")
-    return shell.exec(["timeout", "-s", "KILL", "60", "bash", "-c", script], user=str(shell.opts.uid))
-
-
 @pytest.mark.attack("network", "connect to the host from a gVisor devshell")
-def test_gvisor_devshell_has_no_network(gvisor, devshell_factory, bridge_listener, runc_locked):
+def test_gvisor_devshell_has_no_network(gvisor, devshell_factory, bridge_listener, connect, runc_locked):
     shell = devshell_factory(profile="locked", runtime=gvisor)
-    assert shell.gvisor and "no network" in shell.runtime, shell.runtime
-    result = connect_as_dev(shell, bridge_listener)
+    assert shell.gvisor and "no network" in shell.runtime and shell.network == "none", shell.runtime
+    listener = bridge_listener(runc_locked)
+    result = connect(shell, listener)
     assert result.exit_code != 0 and "got:" not in result.stdout, result
-    assert bridge_listener.peers == []
+    assert listener.peers == []
     # and the kernel that answers inside is gVisor's, not the engine's (which runc shows)
     engine_kernel = runc_locked.exec(["cat", "/proc/version"]).stdout
     assert engine_kernel and shell.exec(["cat", "/proc/version"]).stdout != engine_kernel
@@ -893,7 +837,8 @@ def test_gvisor_refuses_the_standard_profile(gvisor, devshell_cli, devshell_cell
 
 
 @pytest.mark.control("network", "connect to the host from a gVisor devshell")
-def test_control_runc_devshell_reaches_the_host(runc_locked, bridge_listener):
-    result = connect_as_dev(runc_locked, bridge_listener)
+def test_control_runc_devshell_reaches_the_host(runc_locked, bridge_listener, connect):
+    listener = bridge_listener(runc_locked)
+    result = connect(runc_locked, listener)
     assert result.stdout == "got: hello from the host\n", result
-    assert len(bridge_listener.peers) == 1
+    assert len(listener.peers) == 1
