@@ -161,7 +161,7 @@ ALLOWED: tuple[str, ...] = (
     "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
     "mq_timedsend_time64", "mq_timedreceive", "mq_timedreceive_time64", "mq_notify", "mq_getsetattr",
     # network
-    "socketpair", "bind", "listen", "accept", "accept4", "connect",
+    "bind", "listen", "accept", "accept4", "connect",
     "getsockname", "getpeername", "getsockopt", "setsockopt", "shutdown", "send", "sendto", "sendmsg",
     "sendmmsg", "recv", "recvfrom", "recvmsg", "recvmmsg", "recvmmsg_time64",
     "getrandom",
@@ -232,6 +232,10 @@ def _rules() -> list[Rule]:
     # (socketcall, i386's multiplexer, is left out: its family sits behind a pointer.)
     rules.extend(_allow(["socket"], f"address family {name}", _masked(0, 0xFFFFFFFF, family))
                  for name, family in SOCKET_FAMILIES.items())
+    # socketpair(2) creates its sockets before it asks the family for a pair: only AF_UNIX has
+    # pairs, and any other family would run that family's create code in the host kernel.
+    rules.append(_allow(["socketpair"], "address family AF_UNIX",
+                        _masked(0, 0xFFFFFFFF, SOCKET_FAMILIES["AF_UNIX"])))
     rules.extend(_allow(["personality"], "common personality", _masked(0, 0xFFFFFFFF, value))
                  for value in PERSONALITY_VALUES)
     for name, index in MODE_ARG.items():

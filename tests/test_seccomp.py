@@ -184,6 +184,9 @@ def test_sockets_only_of_the_families_a_build_uses_compared_as_the_kernel_reads_
     assert all(r["args"] == [{"index": 0, "value": 0xFFFFFFFF, "valueTwo": r["args"][0]["valueTwo"],
                               "op": "SCMP_CMP_MASKED_EQ"}] for r in rules), rules
     assert "socketcall" not in ALLOWED  # its family sits behind a pointer
+    assert "socketpair" not in ALLOWED
+    assert [r["args"] for r in allowing("socketpair")] == [
+        [{"index": 0, "value": 0xFFFFFFFF, "valueTwo": 1, "op": "SCMP_CMP_MASKED_EQ"}]]  # AF_UNIX only
 
 
 def test_deterministic() -> None:
