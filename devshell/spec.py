@@ -54,6 +54,11 @@ BAKED_REPO = "devshell/locked"
 BAKE_COMMAND = (INIT_PATH, "--bake")
 
 
+# Where a devshell without a network finds its own hostname (the engine writes no address for
+# it then): Debian's address for the host's own name, so sudo and the like can resolve it.
+NO_NETWORK_SELF = "127.0.1.1"
+
+
 class Mount(NamedTuple):
     kind: Literal["volume", "bind"]
     source: str
@@ -235,7 +240,7 @@ class ContainerSpec(NamedTuple):
         if self.runtime:
             argv.append(f"--runtime={self.runtime}")
         if self.network == "none":
-            argv.append("--network=none")
+            argv += ["--network=none", "--add-host", f"{self.name}:{NO_NETWORK_SELF}"]
         # Under locked the container runs the baked image (baked_image), made from this one.
         return [*argv, self.image, *self.command]
 
@@ -259,6 +264,8 @@ class ContainerSpec(NamedTuple):
             body["HostConfig"]["Runtime"] = k["runtime"]
         if k.get("network_mode"):
             body["HostConfig"]["NetworkMode"] = k["network_mode"]
+        if k.get("extra_hosts"):
+            body["HostConfig"]["ExtraHosts"] = [f"{h}:{a}" for h, a in k["extra_hosts"].items()]
         return {"name": k["name"], "platform": k["platform"]}, body
 
     def sdk_kwargs(self) -> dict[str, Any]:
@@ -284,7 +291,8 @@ class ContainerSpec(NamedTuple):
             "mem_limit": self.memory_limit,
             "memswap_limit": self.memory_limit,
             **({"runtime": self.runtime} if self.runtime else {}),
-            **({"network_mode": "none"} if self.network == "none" else {}),
+            **({"network_mode": "none", "extra_hosts": {self.name: NO_NETWORK_SELF}}
+               if self.network == "none" else {}),
             "detach": True,
         }
 

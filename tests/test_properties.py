@@ -796,5 +796,9 @@ def test_the_network_mode_reaches_every_rendering(inv, flag, cell_network, data)
     none = network == "none"
     assert [a for a in argv if a.startswith("--network")] == (["--network=none"] if none else [])
     assert sdk.get("network_mode") == host_config.get("NetworkMode") == ("none" if none else None)
+    # without a network the engine writes no address for the hostname: it is given one on lo
+    own_name = [f"{spec.name}:127.0.1.1"] if none else []
+    assert flag_values(argv, "--add-host") == host_config.get("ExtraHosts", []) == own_name
+    assert sdk.get("extra_hosts", {}) == dict(h.split(":") for h in own_name)
     other = spec._replace(network="open" if none else "none")
     assert other.hash() != spec.hash() and "network" in differences(spec.identity(), other.identity())
