@@ -381,8 +381,8 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         raise bad("limits.memory", f"{memory} bytes is below {MIN_MEMORY_LIMIT >> 20} MiB, "
                   "too little for init and a shell")
     if memory > MAX_MEMORY_LIMIT:
-        raise bad("limits.memory", f"{memory} bytes is above {MAX_MEMORY_LIMIT >> 30} GiB; "
-                  "write it in m or g (1024-based)")
+        raise bad("limits.memory", f"{memory} bytes is above {MAX_MEMORY_LIMIT >> 30} GiB, more than "
+                  "any host devshell runs on (a typo?)")
     return Cell(
         name=name,
         source=source,

@@ -612,7 +612,18 @@ class Engine:
             return over
         # A pidfd, taken while the CLI cannot have been reaped yet: the main thread may reap it
         # while an inspect is under way, and a bare pid could by then name another process.
-        pidfd = os.pidfd_open(pid)
+        # (A kernel before 5.3 has none: the bare pid, and that small window, it is.)
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+
+        def kill() -> None:
+            with suppress(ProcessLookupError):
+                if pidfd is None:
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
         def watch() -> None:
             try:
@@ -622,11 +633,11 @@ class Engine:
                     except DevshellError:
                         continue  # a slow engine is no stopped container
                     if info is None or not info["State"]["Running"]:
-                        with suppress(ProcessLookupError):
-                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        kill()
                         return
             finally:
-                os.close(pidfd)
+                if pidfd is not None:
+                    os.close(pidfd)
 
         threading.Thread(target=watch, daemon=True, name=f"watch-{ex.container}").start()
         return over
@@ -978,7 +989,10 @@ def runtime_of(info: dict[str, Any], name: str) -> Runtime:
                                 "devshell's seccomp profile (no setuid bits, no FIFOs)",
                                 "add \"--oci-seccomp\" to its runtimeArgs in daemon.json and reload "
                                 "the daemon (kill -HUP)")
-        return Runtime(chosen, "gvisor", network="--network=none" not in args, seccomp=True)
+        # --network=none, or --network none as two arguments (runsc takes both)
+        pairs = zip(args, [*args[1:], ""], strict=True)
+        none = any(a == "--network=none" or (a == "--network" and b == "none") for a, b in pairs)
+        return Runtime(chosen, "gvisor", network=not none, seccomp=True)
     return Runtime(chosen, "runc" if binary.startswith("runc") else "other", True, True)
 
 

@@ -330,6 +330,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
         try:
             outcome = engine.ensure_container(spec, image=baked, runtime=runtime)
+            info = None
             if outcome.started:  # the engine binds by path at every start
                 info = check_alive(engine, spec, outcome)
                 check_mounts_from_host(engine, spec, opts, info)
@@ -337,7 +338,13 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             if created:  # an error leaves nothing behind that this run made
                 engine.remove_volume(spec.volume)
             raise
-    return Devshell(spec, opts, outcome, created, engine, str(runtime))
+    described = str(runtime)
+    if outcome.state == "reused":
+        # Kept from an earlier launch, it runs under the runtime as registered then (a changed
+        # daemon.json does not reach a running sandbox): its label says how.
+        info = info or engine.inspect(spec.name) or {}
+        described = (info.get("Config", {}).get("Labels") or {}).get(RUNTIME, "default")
+    return Devshell(spec, opts, outcome, created, engine, described)
 
 
 def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:

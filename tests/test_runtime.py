@@ -45,6 +45,14 @@ def test_gvisor_with_its_network_says_so() -> None:
     assert found.network and str(found) == "runsc (gVisor)"
 
 
+@pytest.mark.parametrize("args, network", [
+    (["--network", "none", "--oci-seccomp"], False), (["--oci-seccomp", "--network=sandbox"], True),
+    (["--oci-seccomp", "--network"], True), (["--oci-seccomp", "--debug", "none"], True),
+])
+def test_gvisor_without_a_network_is_read_in_either_spelling(args: list[str], network: bool) -> None:
+    assert runtime_of(info(runsc={**RUNSC, "runtimeArgs": args}), "runsc").network is network
+
+
 def test_gvisor_without_oci_seccomp_is_refused() -> None:
     with pytest.raises(DevshellError, match="without --oci-seccomp") as e:
         runtime_of(info(runsc={**RUNSC, "runtimeArgs": ["--network=none"]}), "runsc")
