@@ -557,17 +557,24 @@ class Engine:
 
     def remove_all(self, filters: dict[str, str]) -> tuple[int, int]:
         """Remove every container, then every volume, matching docker filters (label, name).
-        Idempotent: what another process removed meanwhile counts as removed."""
-        from docker.errors import NotFound
+        Idempotent: what another process removed meanwhile counts as removed, and what it is
+        removing still (409: a container's removal in progress, a volume its container still
+        holds) is left to it; a later sweep finds whatever it left."""
+        from docker.errors import APIError
+
+        def remove(call: Callable[..., object], name: str) -> None:
+            try:
+                call(name, force=True)
+            except APIError as e:
+                if e.status_code not in (404, 409):
+                    raise
 
         containers = self.client.api.containers(all=True, filters=filters)
         for c in containers:
-            with suppress(NotFound):
-                self.client.api.remove_container(c["Id"], force=True)
+            remove(self.client.api.remove_container, c["Id"])
         volumes = self.client.api.volumes(filters=filters).get("Volumes") or []
         for v in volumes:
-            with suppress(NotFound):
-                self.client.api.remove_volume(v["Name"], force=True)
+            remove(self.client.api.remove_volume, v["Name"])
         return len(containers), len(volumes)
 
     # --- exec -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from devshell.labels import MANAGED
 from devshell.plugin import LABEL_PID, LABEL_RUN
 
@@ -75,6 +77,33 @@ def test_killed_runs_leftovers_are_swept_at_the_next_session(
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
     result.assert_outcomes(passed=1)
     assert leftovers(devshell_engine, "deadbeef") == []
+
+
+def test_a_leftover_the_engine_will_not_remove_yet_does_not_fail_the_next_run(
+        pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
+    """A killed run's volume that a container still holds (as one whose removal another
+    process has begun) answers the sweep with 409: left for a later sweep, not an error in
+    every test of the next run."""
+    from docker.errors import APIError
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    labels = {LABEL_RUN: "deadbee2", LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
+    volume = devshell_engine.client.volumes.create("devshell-orphan-tdeadbee2-1", labels=labels)
+    holder = devshell_engine.client.containers.run(  # of no run: the sweep leaves it alone
+        devshell.spec.image, ["sleep", "300"], detach=True, network_mode="none",
+        volumes={volume.name: {"bind": "/held", "mode": "ro"}}, name=f"devshell-holder-{dead}")
+    try:
+        with pytest.raises(APIError) as refused:  # the premise: the engine refuses it now
+            devshell_engine.client.api.remove_volume(volume.name, force=True)
+        assert refused.value.status_code == 409
+        pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
+        args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
+        pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+        assert leftovers(devshell_engine, "deadbee2") == [volume.name]  # left, for a later sweep
+    finally:
+        holder.remove(force=True)
+        volume.remove(force=True)
 
 
 def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_cells_path, devshell_profile,
