@@ -772,6 +772,12 @@ class Engine:
         found: list[dict[str, Any]] = self._call("GET", f"/containers/json?{_query(query)}")
         return found
 
+    def list_images(self, reference: str) -> list[dict[str, Any]]:
+        """Every image whose name matches reference (e.g. a repository: all its tags)."""
+        query = _query({"filters": json.dumps({"reference": [reference]})})
+        found: list[dict[str, Any]] = self._call("GET", f"/images/json?{query}")
+        return found
+
     def list_volumes(self, label: str | None = None) -> list[dict[str, Any]]:
         """Every volume (with label: only those carrying it)."""
         query = f"?{_query({'filters': json.dumps({'label': [label]})})}" if label else ""

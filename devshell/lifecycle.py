@@ -28,6 +28,7 @@ from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
 from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
 from .spec import (
+    BAKED_REPO,
     NEVER_REUSED,
     STATE_DIR,
     ContainerSpec,
@@ -494,6 +495,18 @@ def stray_objects(containers: Sequence[dict[str, Any]], volumes: Sequence[dict[s
     return found
 
 
+def unused_baked(images: Sequence[dict[str, Any]], containers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The locked profile's baked images (spec.BAKED_REPO) that no container, running or not,
+    was made from: a new bake (another init, setup or uid) leaves the old one behind, and
+    nothing else removes it. Housekeeping, not a problem: each takes disk, none is in the way."""
+    used = {c.get("ImageID") for c in containers}
+    unused = [i for i in images if i.get("Id") not in used]
+    tags = sorted(t for i in unused for t in i.get("RepoTags") or [] if t.startswith(f"{BAKED_REPO}:"))
+    # (No size: each shares its base layers with the cell's image, so its Size would overstate
+    # what removing it frees.)
+    return {"images": len(images), "unused": tags}
+
+
 def disk_free(engine_root: str | None, local: bool) -> dict[str, Any]:
     """Free space where the engine keeps images and volumes: its root dir if this machine can
     read it, else /var/lib/docker, else unknown (an engine elsewhere: its disk is not ours)."""
@@ -536,12 +549,14 @@ def doctor(argv: Sequence[str]) -> int:
     if disk["free"] is not None and disk["free"] < LOW_DISK:
         problems.append(Finding(f"disk {disk['path']}", f"only {human_size(disk['free'])} free",
                                 "free space there (docker image prune removes unused images)"))
-    problems += stray_objects(engine.list_containers(), engine.list_volumes(), os.uname().nodename, pid_alive)
+    containers = engine.list_containers()
+    problems += stray_objects(containers, engine.list_volumes(), os.uname().nodename, pid_alive)
+    baked = unused_baked(engine.list_images(BAKED_REPO), containers)
     engine_doc = {"host": engine.host, "version": version.get("Version"),
                   "api_version": version.get("ApiVersion"),
                   "storage_driver": info.get("Driver"), "runtimes": sorted(info.get("Runtimes") or {}),
                   "default_runtime": info.get("DefaultRuntime"), "root_dir": info.get("DockerRootDir")}
-    doc = {"healthy": not problems, "engine": engine_doc, "disk": disk, "images": images,
+    doc = {"healthy": not problems, "engine": engine_doc, "disk": disk, "images": images, "baked": baked,
            "problems": [f._asdict() for f in problems],
            "notes": ["a missing image is not a problem until its cell is used"]
            if any(i["state"] == "missing" for i in images) else []}
@@ -560,6 +575,12 @@ def doctor_lines(doc: dict[str, Any]) -> list[str]:
     for image in doc["images"]:
         lines.append(f"image     {image['cell']}: {image['state']} ({image['image']})"
                      + (f"; fix: {image['fix']}" if image["fix"] else ""))
+    baked = doc["baked"]
+    if baked["images"]:
+        unused = baked["unused"]
+        lines.append(f"baked     {baked['images']} locked image{'s' if baked['images'] > 1 else ''}, "
+                     f"{len(unused)} unused by any container"
+                     + (f"; to free it: docker image rm {' '.join(unused)}" if unused else ""))
     for problem in doc["problems"]:
         lines += [f"PROBLEM   {problem['object']}: {problem['problem']}", f"  fix:    {problem['fix']}"]
     n = len(doc["problems"])

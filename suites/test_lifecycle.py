@@ -4,6 +4,7 @@ and every --json output is exactly one JSON document."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -215,6 +216,26 @@ def test_doctor_json_is_one_document_and_lists_a_planted_foreign_volume(planted,
     assert not [p for p in after["problems"] if p["object"] == f"volume {name}"]
     text = devshell_cli(None, "doctor")
     assert text.returncode in (0, 1) and text.stdout.splitlines()[0].startswith("engine")
+
+
+def test_doctor_names_a_baked_image_no_container_uses_and_not_one_in_use(devshell_factory, devshell_cli,
+                                                                        devshell_engine, devshell_instance):
+    # A locked devshell runs a baked image: in use, never offered for removal. An image of its
+    # own (the cell's image with a label: a new id) under the baked repository, which no
+    # container was made from, stands for the bake an older init or setup left behind.
+    shell = devshell_factory(profile="locked")
+    in_use = devshell_engine.inspect(shell.name)["Config"]["Image"]
+    assert in_use.startswith("devshell/locked:"), in_use
+    left_behind = f"devshell/locked:doctor-{devshell_instance()}"
+    dockerfile = io.BytesIO(f"FROM {shell.spec.image}\nLABEL devshell.test=doctor\n".encode())
+    devshell_engine.client.images.build(fileobj=dockerfile, tag=left_behind, rm=True)
+    try:
+        doc = one_document(devshell_cli(None, "doctor", "--json"))
+        assert left_behind in doc["baked"]["unused"] and in_use not in doc["baked"]["unused"], doc["baked"]
+        text = devshell_cli(None, "doctor").stdout
+        assert "docker image rm " in text and left_behind in text, text
+    finally:
+        devshell_engine.client.images.remove(left_behind)
 
 
 # --- --json everywhere, --list with a broken cell file ---------------------------------------

@@ -167,7 +167,7 @@ def doctor_doc(problems: list[dict[str, str]]) -> dict[str, Any]:
     return {"healthy": not problems, "engine": engine,
             "disk": {"path": "/var/lib/docker", "free": 5 << 30, "total": 10 << 30},
             "images": [{"cell": "bookworm", "image": "devshell/bookworm:1", "state": "present", "fix": None}],
-            "problems": problems, "notes": []}
+            "baked": {"images": 0, "unused": []}, "problems": problems, "notes": []}
 
 
 def test_doctor_text_ends_with_its_verdict():
@@ -175,6 +175,27 @@ def test_doctor_text_ends_with_its_verdict():
     lines = lifecycle.doctor_lines(doctor_doc([{"object": "volume devshell-v", "problem": "p", "fix": "f"}]))
     assert lines[-3:] == ["PROBLEM   volume devshell-v: p", "  fix:    f", "1 problem (exit 1)"]
     assert "5.0 GiB free of 10.0 GiB at /var/lib/docker" in lines[3]
+
+
+def test_unused_baked_images_are_those_no_container_was_made_from():
+    images = [{"Id": "sha256:a", "RepoTags": ["devshell/locked:aaa"]},
+              {"Id": "sha256:b", "RepoTags": ["devshell/locked:bbb", "mine:kept"]},
+              {"Id": "sha256:c", "RepoTags": ["devshell/locked:ccc"]}]
+    containers = [{"ImageID": "sha256:a"}, {"ImageID": "sha256:other"}]
+    # only devshell's own tags are offered for removal, never another name the image has
+    assert lifecycle.unused_baked(images, containers) == {"images": 3, "unused": ["devshell/locked:bbb",
+                                                                                "devshell/locked:ccc"]}
+    assert lifecycle.unused_baked([], containers) == {"images": 0, "unused": []}
+
+
+def test_doctor_names_unused_baked_images_with_the_command_to_free_them():
+    doc = doctor_doc([])
+    assert not [line for line in lifecycle.doctor_lines(doc) if line.startswith("baked")]
+    doc["baked"] = {"images": 2, "unused": ["devshell/locked:bbb"]}
+    [line] = [line for line in lifecycle.doctor_lines(doc) if line.startswith("baked")]
+    assert line == "baked     2 locked images, 1 unused by any container; to free it: docker image rm " \
+                   "devshell/locked:bbb"
+    assert lifecycle.doctor_lines(doc)[-1] == "healthy"  # housekeeping, not a problem
 
 
 # --- formatting ------------------------------------------------------------------------------
