@@ -555,27 +555,30 @@ class Engine:
         volumes = self.client.api.volumes(filters={"label": label}).get("Volumes") or []
         return [x.get("Labels") or {} for x in [*containers, *volumes]]
 
-    def remove_all(self, filters: dict[str, str]) -> tuple[int, int]:
+    def remove_all(self, filters: dict[str, str]) -> list[str]:
         """Remove every container, then every volume, matching docker filters (label, name).
-        Idempotent: what another process removed meanwhile counts as removed, and what it is
-        removing still (409: a container's removal in progress, a volume its container still
-        holds) is left to it; a later sweep finds whatever it left."""
+        Idempotent: what another process removed meanwhile counts as removed. What the engine
+        will not remove yet (409: a container's removal in progress, a volume a container still
+        holds) is left and named in the list returned, for the caller to say: an error there
+        would fail whatever called, and silence would leave it unseen."""
         from docker.errors import APIError
 
-        def remove(call: Callable[..., object], name: str) -> None:
+        left: list[str] = []
+
+        def remove(call: Callable[..., object], ref: str, name: str) -> None:
             try:
-                call(name, force=True)
+                call(ref, force=True)
             except APIError as e:
-                if e.status_code not in (404, 409):
+                if e.status_code == 409:
+                    left.append(name)
+                elif e.status_code != 404:
                     raise
 
-        containers = self.client.api.containers(all=True, filters=filters)
-        for c in containers:
-            remove(self.client.api.remove_container, c["Id"])
-        volumes = self.client.api.volumes(filters=filters).get("Volumes") or []
-        for v in volumes:
-            remove(self.client.api.remove_volume, v["Name"])
-        return len(containers), len(volumes)
+        for c in self.client.api.containers(all=True, filters=filters):
+            remove(self.client.api.remove_container, c["Id"], (c.get("Names") or [c["Id"]])[0].lstrip("/"))
+        for v in self.client.api.volumes(filters=filters).get("Volumes") or []:
+            remove(self.client.api.remove_volume, v["Name"], v["Name"])
+        return left
 
     # --- exec -----------------------------------------------------------------------------
 

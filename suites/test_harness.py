@@ -85,22 +85,28 @@ def test_a_leftover_the_engine_will_not_remove_yet_does_not_fail_the_next_run(
     process has begun) answers the sweep with 409: left for a later sweep, not an error in
     every test of the next run."""
     from docker.errors import APIError
+    from docker.types import Mount
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    labels = {LABEL_RUN: "deadbee2", LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
-    volume = devshell_engine.client.volumes.create("devshell-orphan-tdeadbee2-1", labels=labels)
-    holder = devshell_engine.client.containers.run(  # of no run: the sweep leaves it alone
-        devshell.spec.image, ["sleep", "300"], detach=True, network_mode="none",
-        volumes={volume.name: {"bind": "/held", "mode": "ro"}}, name=f"devshell-holder-{dead}")
+    run = os.urandom(4).hex()  # of its own: runs beside this one sweep dead runs too
+    labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
+    # Made by the holder's mount, so that it is held from its first moment: no sweep can take
+    # it before. The holder belongs to no run, and the sweep leaves it alone.
+    holder = devshell_engine.client.containers.run(
+        devshell.spec.image, ["sleep", "300"], detach=True, network_mode="none", name=f"holder-t{run}",
+        mounts=[Mount("/held", f"devshell-orphan-t{run}-1", type="volume", labels=labels)])
+    volume = devshell_engine.client.volumes.get(f"devshell-orphan-t{run}-1")
     try:
         with pytest.raises(APIError) as refused:  # the premise: the engine refuses it now
             devshell_engine.client.api.remove_volume(volume.name, force=True)
         assert refused.value.status_code == 409
         pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
         args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
-        pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
-        assert leftovers(devshell_engine, "deadbee2") == [volume.name]  # left, for a later sweep
+        result = pytester.runpytest_subprocess(*args)
+        result.assert_outcomes(passed=1)
+        assert leftovers(devshell_engine, run) == [volume.name]  # left, and said
+        assert f"the engine is still removing or using {volume.name}" in result.stdout.str()
     finally:
         holder.remove(force=True)
         volume.remove(force=True)
