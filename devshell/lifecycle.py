@@ -500,11 +500,15 @@ def unused_baked(images: Sequence[dict[str, Any]], containers: Sequence[dict[str
     was made from: a new bake (another init, setup or uid) leaves the old one behind, and
     nothing else removes it. Housekeeping, not a problem: each takes disk, none is in the way."""
     used = {c.get("ImageID") for c in containers}
-    unused = [i for i in images if i.get("Id") not in used]
-    tags = sorted(t for i in unused for t in i.get("RepoTags") or [] if t.startswith(f"{BAKED_REPO}:"))
-    # (No size: each shares its base layers with the cell's image, so its Size would overstate
-    # what removing it frees.)
-    return {"images": len(images), "unused": tags}
+
+    def baked_tags(found: Sequence[dict[str, Any]]) -> list[str]:
+        return sorted(t for i in found for t in i.get("RepoTags") or [] if t.startswith(f"{BAKED_REPO}:"))
+
+    # Tags, not image ids, on both counts: a tag is what `docker image rm` takes. (No size:
+    # each shares its base layers with the cell's image, so its Size would overstate what
+    # removing it frees.)
+    return {"images": len(baked_tags(images)),
+            "unused": baked_tags([i for i in images if i.get("Id") not in used])}
 
 
 def disk_free(engine_root: str | None, local: bool) -> dict[str, Any]:
@@ -578,9 +582,12 @@ def doctor_lines(doc: dict[str, Any]) -> list[str]:
     baked = doc["baked"]
     if baked["images"]:
         unused = baked["unused"]
+        # The current bake of a cell is unused too once its devshells are gone; removing it
+        # only costs the next locked launch a bake.
+        free = (f"; to free {'them' if len(unused) > 1 else 'it'}: docker image rm {' '.join(unused)} "
+                "(a later locked launch bakes again what it needs)")
         lines.append(f"baked     {baked['images']} locked image{'s' if baked['images'] > 1 else ''}, "
-                     f"{len(unused)} unused by any container"
-                     + (f"; to free it: docker image rm {' '.join(unused)}" if unused else ""))
+                     f"{len(unused)} unused by any container" + (free if unused else ""))
     for problem in doc["problems"]:
         lines += [f"PROBLEM   {problem['object']}: {problem['problem']}", f"  fix:    {problem['fix']}"]
     n = len(doc["problems"])

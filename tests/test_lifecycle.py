@@ -185,6 +185,12 @@ def test_unused_baked_images_are_those_no_container_was_made_from():
     # only devshell's own tags are offered for removal, never another name the image has
     assert lifecycle.unused_baked(images, containers) == {"images": 3, "unused": ["devshell/locked:bbb",
                                                                                 "devshell/locked:ccc"]}
+    # one image under two baked tags: both counts are of tags
+    twice = [{"Id": "sha256:d", "RepoTags": ["devshell/locked:d1", "devshell/locked:d2"]}]
+    assert lifecycle.unused_baked(twice, []) == {"images": 2,
+                                                 "unused": ["devshell/locked:d1", "devshell/locked:d2"]}
+    odd = [{"Id": None, "RepoTags": None}, {"RepoTags": ["<none>:<none>"]}]
+    assert lifecycle.unused_baked(odd, [{}]) == {"images": 0, "unused": []}
     assert lifecycle.unused_baked([], containers) == {"images": 0, "unused": []}
 
 
@@ -194,7 +200,7 @@ def test_doctor_names_unused_baked_images_with_the_command_to_free_them():
     doc["baked"] = {"images": 2, "unused": ["devshell/locked:bbb"]}
     [line] = [line for line in lifecycle.doctor_lines(doc) if line.startswith("baked")]
     assert line == "baked     2 locked images, 1 unused by any container; to free it: docker image rm " \
-                   "devshell/locked:bbb"
+                   "devshell/locked:bbb (a later locked launch bakes again what it needs)"
     assert lifecycle.doctor_lines(doc)[-1] == "healthy"  # housekeeping, not a problem
 
 
