@@ -13,7 +13,7 @@ import posixpath
 from typing import Any, Literal, NamedTuple
 
 from . import labels
-from .cells import CACHE, CHECKOUT, PATCHES, Cell
+from .cells import CACHE, CHECKOUT, DEFAULT_NETWORK, PATCHES, Cell
 from .errors import DevshellError
 from .options import Options
 from .seccomp import CAP_DROP
@@ -151,7 +151,7 @@ class ContainerSpec(NamedTuple):
     pids_limit: int = 0
     memory_limit: int = 0
     # open: the engine's default network; none: loopback only (the engine's "none" network).
-    network: str = "open"
+    network: str = DEFAULT_NETWORK
 
     @property
     def locked(self) -> bool:

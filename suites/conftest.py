@@ -8,6 +8,7 @@ import pytest
 
 from devshell import cells
 from devshell.errors import DevshellError
+from devshell.spec import host_binds
 
 pytest_plugins = ["pytester"]
 
@@ -229,3 +230,13 @@ def connect():
         argv = ["timeout", "-s", "KILL", "60", "bash", "-c", script]
         return shell.exec(argv, user=user or str(shell.opts.uid))
     return run
+
+
+@pytest.fixture(scope="session")
+def memory_mount():
+    """memory_mount(shell): (where this checkout's AI memory is mounted inside, its host path),
+    read off the spec: memory is a bind of its own below /cache/ai."""
+    def find(shell) -> tuple[str, str]:
+        [bind] = [b for b in host_binds(shell.opts) if b.role == "memory"]
+        return bind.target, bind.source
+    return find

@@ -39,7 +39,7 @@ import yaml
 
 from devshell.errors import DevshellError
 from devshell.launcher import settled
-from devshell.spec import HOME_IN_VOLUME, INIT_PATH, host_binds
+from devshell.spec import HOME_IN_VOLUME, INIT_PATH
 
 PROFILES = ("locked", "standard")
 PIDS_LIMIT = 256  # small, so that a bomb meets it at once; above cells.MIN_PIDS_LIMIT
@@ -566,11 +566,11 @@ def test_control_standard_root_writes_the_root_filesystem(standard, directory):
     assert standard.exec(["rm", target]).exit_code == 0
 
 
-def test_locked_dev_writes_the_writable_places(locked, memory_dir):
+def test_locked_dev_writes_the_writable_places(locked, memory_mount):
     """The writable places of locked take dev's writes, each a real write that the volume or
     the host keeps: dev's home, /tmp, the workspace, /patches and the memory dir."""
     token = os.urandom(4).hex()
-    inside_memory, host_memory = memory_dir(locked)
+    inside_memory, host_memory = memory_mount(locked)
     places = {"home": "~", "tmp": "/tmp", "workspace": locked.spec.workspace, "patches": "/patches",
               "memory": inside_memory}
     script = "".join(f'echo {token} > {where}/{label}-{token} && echo "{label} ok"\n'
@@ -584,15 +584,6 @@ def test_locked_dev_writes_the_writable_places(locked, memory_dir):
     # /patches and the memory dir are the host's
     assert Path(locked.opts.patches_out, f"patches-{token}").read_text() == f"{token}\n"
     assert Path(host_memory, f"memory-{token}").read_text() == f"{token}\n"
-
-
-@pytest.fixture(scope="module")
-def memory_dir():
-    """memory_dir(shell): (this checkout's AI memory inside, its host path)."""
-    def find(shell) -> tuple[str, str]:
-        [bind] = [b for b in host_binds(shell.opts) if b.role == "memory"]
-        return bind.target, bind.source
-    return find
 
 
 # The container's own IPC mounts: private to it, gone with it, and what programs expect
@@ -613,15 +604,15 @@ def writable_elsewhere(shell, *places: str) -> list[str]:
 
 
 @pytest.mark.attack("write", "dev writes anywhere outside the writable places")
-def test_locked_dev_can_write_nothing_else(locked, memory_dir):
-    inside_memory, _ = memory_dir(locked)
+def test_locked_dev_can_write_nothing_else(locked, memory_mount):
+    inside_memory, _ = memory_mount(locked)
     places = (locked.spec.workspace, "/patches", inside_memory, *PRIVATE_IPC)
     assert writable_elsewhere(locked, *places) == []
 
 
 @pytest.mark.control("write", "dev writes anywhere outside the writable places")
-def test_control_standard_dev_can_write_its_home_on_the_root_filesystem(standard, memory_dir):
-    inside_memory, _ = memory_dir(standard)
+def test_control_standard_dev_can_write_its_home_on_the_root_filesystem(standard, memory_mount):
+    inside_memory, _ = memory_mount(standard)
     places = (standard.spec.workspace, "/patches", inside_memory, *PRIVATE_IPC)
     found = writable_elsewhere(standard, *places)
     assert "/home/dev" in found, found

@@ -22,7 +22,6 @@ import subprocess
 import pytest
 
 from devshell.plugin import tree_state
-from devshell.spec import host_binds
 
 # --- helpers shared by the modules (fixtures, so that no module imports another) -------------
 
@@ -83,16 +82,6 @@ def plain_docker():
                                shell.spec.image, "bash", "-c", script],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     return run
-
-
-@pytest.fixture(scope="session")
-def memory_mount():
-    """memory_mount(shell): (where this checkout's AI memory is mounted inside, its host path),
-    read off the spec: memory is a bind of its own below /cache/ai."""
-    def find(shell) -> tuple[str, str]:
-        [bind] = [b for b in host_binds(shell.opts) if b.role == "memory"]
-        return bind.target, bind.source
-    return find
 
 
 @pytest.fixture(scope="session")
