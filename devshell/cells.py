@@ -34,8 +34,9 @@ RESERVED_MOUNTS = (PATCHES, CHECKOUT, CACHE)
 # lets the session be root (no sudo, no-new-privileges, no capabilities, read-only root).
 PROFILES = ("standard", "locked")
 # What a devshell's network reaches (docs/trust-model.md): open is the engine's default
-# network (anything the host reaches); none is loopback only.
-NETWORK_MODES = ("open", "none")
+# network (anything the host reaches); allow is the names in the cell's network.allow, through
+# its egress proxy (egress.py); none is loopback only.
+NETWORK_MODES = ("open", "allow", "none")
 DEFAULT_NETWORK = "open"
 DEFAULT_PROFILE = "standard"
 # Limits every devshell gets unless its cell says otherwise (`limits:`): enough for a parallel
@@ -113,7 +114,9 @@ SCHEMA: dict[str, Any] = {
         "network": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"mode": {"enum": list(NETWORK_MODES)}},
+            "properties": {"mode": {"enum": list(NETWORK_MODES)},
+                           # host names, *.suffix, either with :port (egress.parse_rule)
+                           "allow": {"type": "array", "items": {"type": "string"}}},
         },
         "limits": {
             "type": "object",
@@ -163,6 +166,8 @@ class Cell(NamedTuple):
     description: str = ""
     profile: str = DEFAULT_PROFILE
     network: str = DEFAULT_NETWORK
+    # What --network allow lets through (egress.Rule), whatever the cell's own mode.
+    allow: tuple[Any, ...] = ()
     pids_limit: int = DEFAULT_PIDS_LIMIT
     memory_limit: int = DEFAULT_MEMORY_LIMIT
 
@@ -383,6 +388,14 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
     if memory > MAX_MEMORY_LIMIT:
         raise bad("limits.memory", f"{memory} bytes is above {MAX_MEMORY_LIMIT >> 30} GiB, more than "
                   "any host devshell runs on (a typo?)")
+    from .egress import parse_rule  # egress builds on cells (its recipe): imported here
+
+    allow = []
+    for n, entry in enumerate(data.get("network", {}).get("allow", [])):
+        try:
+            allow.append(parse_rule(entry))
+        except ValueError as e:
+            raise bad(f"network.allow.{n}", str(e)) from None
     return Cell(
         name=name,
         source=source,
@@ -398,6 +411,7 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         description=data.get("description", ""),
         profile=data.get("profile", DEFAULT_PROFILE),
         network=data.get("network", {}).get("mode", DEFAULT_NETWORK),
+        allow=tuple(allow),
         pids_limit=int(limits.get("pids", DEFAULT_PIDS_LIMIT)),
         memory_limit=memory,
     )

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .labels import MAKER, MANAGED, PROFILE, RUNTIME, owner_of
+from .egress import NO_HOST_ADDRESS, PROXY_RECIPE, ROLE_PROXY, EgressSpec, proxy_image
+from .labels import CELL, MAKER, MANAGED, PROFILE, ROLE, RUNTIME, owner_of
 from .spec import (
     BAKE_COMMAND,
     LABEL_CELL,
@@ -264,16 +265,18 @@ class Engine:
         )
 
     def build(self, cell: Cell, tag: str, progress: Progress) -> None:
-        import time
-
-        recipe = cell.recipe
-        assert recipe is not None
-        arch = cell.platform.split("/")[1]
+        assert cell.recipe is not None
         if cell.platform != host_platform():
             raise DevshellError(
                 f"cell {cell.name} is {cell.platform}, this host builds {host_platform()} only",
                 "docker load the image built on a matching machine",
             )
+        self._build_recipe(cell.recipe, cell.platform, tag, progress)
+
+    def _build_recipe(self, recipe: Recipe, platform: str, tag: str, progress: Progress) -> None:
+        import time
+
+        arch = platform.split("/")[1]
         base = f"devshell/base-{recipe.suite}:{recipe.base_hash()[:16]}"
         started = time.monotonic()
         if not self.image_present(base):
@@ -339,6 +342,103 @@ class Engine:
                     progress(f"  {text}")
         except DockerException as e:
             raise DevshellError(f"building {tag} failed ({_reason(e)})", "check the Docker daemon") from None
+
+    # --- egress (--network allow): the devshell's network and its proxy --------------------
+
+    def ensure_proxy_image(self, progress: Progress) -> str:
+        """The egress proxy's image (egress.PROXY_RECIPE), built offline once per machine."""
+        tag = proxy_image()
+        if self.image_present(tag):
+            return tag
+        with _lock(f"build-{tag.replace('/', '_').replace(':', '_')}", BUILD_LOCK_TIMEOUT):
+            if not self.image_present(tag):
+                self._build_recipe(PROXY_RECIPE, host_platform(), tag, progress)
+        return tag
+
+    def egress_network(self, name: str, cell: str) -> dict[str, Any] | None:
+        """The egress network's inspect document, or None; refused unless devshell made it as
+        one (labels) and the engine holds it to what one is: internal, no host address, no IPv6.
+        A network that is not all of these would give the devshell more than asked for."""
+        info: dict[str, Any] | None = self._call("GET", f"/networks/{_q(name)}", missing=(404,))
+        if info is None:
+            return None
+        found = info.get("Labels") or {}
+        if owner_of(found, cell) != "devshell" or found.get(ROLE) != ROLE_PROXY:
+            raise DevshellError(f"network {name} was not made by devshell for cell {cell}'s egress",
+                                f"see docker network inspect {name}; remove it if it is not needed")
+        key, value = NO_HOST_ADDRESS
+        if not info.get("Internal") or (info.get("Options") or {}).get(key) != value or info.get("EnableIPv6"):
+            raise DevshellError(f"network {name} is not internal, has an address on the host or IPv6: "
+                                "the egress policy cannot hold on it",
+                                f"devshell down {cell} (it goes with the devshell), then launch again")
+        return info
+
+    def ensure_egress_network(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        cell = body["Labels"][CELL]
+        info = self.egress_network(name, cell)
+        if info is None:
+            try:
+                self._call("POST", "/networks/create", body)
+            except EngineError as e:
+                if e.status != 409:  # 409: another launch made it meanwhile
+                    raise DevshellError(f"cannot create network {name} ({e.reason})",
+                                        "check the Docker daemon (docker network ls)") from None
+            info = self.egress_network(name, cell)
+        if info is None or not (info.get("IPAM") or {}).get("Config"):
+            raise DevshellError(f"network {name} has no subnet", f"docker network rm {name}, then launch again")
+        return info
+
+    def ensure_proxy(self, spec: EgressSpec, *, again: bool = True) -> str:
+        """A running proxy for spec: reused (same hash), started, or (re)created. Returns what
+        was done: reused, started, created or recreated."""
+        info = self.inspect(spec.name)
+        state = "created"
+        if info is not None:
+            found = info["Config"].get("Labels") or {}
+            _check_owner("container", spec.name, found, spec.cell)
+            if found.get(ROLE) != ROLE_PROXY:
+                raise DevshellError(f"container {spec.name} is not an egress proxy",
+                                    f"see docker inspect {spec.name}")
+            status = info["State"]["Status"]
+            if found.get(LABEL_HASH) == spec.hash() and status not in NEVER_REUSED:
+                if info["State"]["Running"] and not info["State"]["Paused"]:
+                    return "reused"
+                if info["State"]["Paused"]:
+                    self._call("POST", f"/containers/{info['Id']}/unpause", ok=(204, 304))
+                else:
+                    self.start(info["Id"])
+                return "started"
+            self._call("DELETE", f"/containers/{info['Id']}?force=1", missing=(404,))
+            state = "recreated"
+        try:
+            cid = self._call("POST", f"/containers/create?{_query({'name': spec.name})}",
+                             spec.api_create())["Id"]
+        except EngineError as e:
+            if e.status == 409 and again:  # another launch made it meanwhile: judge theirs
+                return self.ensure_proxy(spec, again=False)
+            raise DevshellError(f"cannot create the egress proxy {spec.name} ({e.reason})",
+                                "check the Docker daemon") from None
+        try:
+            # Its second network, the way out: the engine's default bridge.
+            self._call("POST", "/networks/bridge/connect", {"Container": cid})
+            self.start(cid)
+        except EngineError as e:
+            self.remove_container(cid)
+            raise DevshellError(f"cannot start the egress proxy {spec.name} ({e.reason}); the devshell "
+                                "is not started with more network than asked",
+                                "check the Docker daemon and its default bridge") from None
+        return state
+
+    def remove_egress(self, name: str, cell: str) -> bool:
+        """The proxy and network of a devshell (down): only what devshell made for cell."""
+        info = self.inspect(name)
+        gone = False
+        if info is not None and owner_of(info["Config"].get("Labels"), cell) == "devshell":
+            gone = self.remove_container(info["Id"])
+        net: dict[str, Any] | None = self._call("GET", f"/networks/{_q(name)}", missing=(404,))
+        if net is not None and owner_of(net.get("Labels"), cell) == "devshell":
+            self._call("DELETE", f"/networks/{net['Id']}", ok=(204,), missing=(404, 409))
+        return gone
 
     # --- runtimes and the locked image -----------------------------------------------------
 

@@ -47,6 +47,9 @@ SUDOERS=/etc/sudoers.d/devshell
 SUDOERS_LINE="$DEV ALL=(ALL:ALL) NOPASSWD: ALL"
 SETUP=/usr/local/libexec/devshell-setup
 STATE=${DEVSHELL_STATE_DIR:?DEVSHELL_STATE_DIR is not set}
+# host:port of the egress proxy under --network allow (egress.PROXY_ENV); empty otherwise.
+PROXY=${DEVSHELL_PROXY:-}
+APT_PROXY_CONF=/etc/apt/apt.conf.d/80devshell-egress
 # Filesystems that already present host ownership: chown there is useless or slow.
 MAPPED_FS=" virtiofs fakeowner osxfs fuse.grpcfuse "
 # Filesystems whose inode numbers are not the host's: gVisor serves binds over 9p (its gofer),
@@ -505,9 +508,40 @@ verify_ai() {
     done
 }
 
+# --- egress (--network allow): the only way out is the proxy. The launcher made the network
+# (internal, no host address) and checks from the host that the devshell is on it alone; here,
+# at every entry: the proxy answers, and IPv6 is off. apt reads its proxy from its own
+# configuration (sudo drops http_proxy from the environment). ---
+init_egress() {
+    [ -n "$PROXY" ] && [ "$PROFILE" != locked ] && [ -d /etc/apt/apt.conf.d ] || return 0
+    local line="Acquire::http::Proxy \"http://$PROXY\"; Acquire::https::Proxy \"http://$PROXY\";"
+    [ "$(cat "$APT_PROXY_CONF" 2>/dev/null)" = "$line" ] || echo "$line" > "$APT_PROXY_CONF"
+}
+proxy_answers() {  # a connect (bash's /dev/tcp: no fork); squid takes a moment after its start
+    local tries=0 fd
+    while [ $tries -lt 50 ]; do
+        if { exec {fd}<>"/dev/tcp/${PROXY%:*}/${PROXY##*:}"; } 2>/dev/null; then
+            exec {fd}>&-
+            return 0
+        fi
+        tries=$((tries + 1))
+        sleep 0.2
+    done
+    return 1
+}
+verify_egress() {
+    [ -n "$PROXY" ] || return 0
+    proxy_answers || fail egress-proxy "the egress proxy $PROXY does not answer: nothing gets out (launch again to restart it)"
+    local off=1
+    { read -r off </proc/sys/net/ipv6/conf/all/disable_ipv6; } 2>/dev/null
+    [ "$off" = 1 ] || fail egress-ipv6 "IPv6 is on: it would bypass the egress proxy"
+    [ "$PROFILE" = locked ] || [ ! -d /etc/apt/apt.conf.d ] || [ -s "$APT_PROXY_CONF" ] \
+        || fail egress-apt "$APT_PROXY_CONF is missing: apt would not use the egress proxy"
+}
+
 # Root's part, then dev's part as dev: dev's part cannot change anything dev could not.
 init_all() {
-    init_group && init_user && init_sudoers && init_checkout_trust && init_workspace || return
+    init_group && init_user && init_sudoers && init_checkout_trust && init_workspace && init_egress || return
     setpriv --reuid="$DEV_UID" --regid="$DEV_GID" --init-groups -- "$0" --as-dev-init
 }
 init_as_dev() { cd / && init_workdirs && init_home_in_volume && init_ai; }
@@ -518,7 +552,7 @@ bake() {
     init_group && init_user && init_sudoers && init_checkout_trust && init_home_link || return
     [ ! -x "$SETUP" ] || "$SETUP" || { echo "devshell-init: the cell's setup script failed" >&2; return 1; }
 }
-verify_all() { verify_group; verify_user; verify_sudoers; verify_seccomp; verify_patches; verify_workspace; verify_ai; }
+verify_all() { verify_group; verify_user; verify_sudoers; verify_seccomp; verify_patches; verify_workspace; verify_ai; verify_egress; }
 
 binds_verified() {
     FAILURES=0

@@ -22,6 +22,9 @@ MAKER = "devshell.maker"
 # runtime's configuration (e.g. "runsc: gVisor, no network"), for the session line, --list and
 # status without asking the engine's configuration again.
 PROFILE = "devshell.profile"
+# What an object is for, where it is not a devshell itself: the egress proxy of a devshell
+# under --network allow, and its network (egress.py), carry "egress-proxy".
+ROLE = "devshell.role"
 RUNTIME = "devshell.runtime"
 # The pytest plugin's run id and the host:pid that owns the run (a dead owner's objects are swept).
 TEST_RUN = "devshell.test-run"

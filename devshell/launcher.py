@@ -15,6 +15,7 @@ from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_p
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, read_regular, strict_problem
 from .labels import RUNTIME
+from .egress import EgressSpec, plan_egress, proxy_name
 from .options import HostFacts, Options, check_binds
 from .spec import (
     INIT_PATH,
@@ -298,8 +299,10 @@ def read_script(path: str) -> str:
 
 
 def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str, str] | None = None,
-                  progress: Progress = stderr_progress) -> Devshell:
-    """Image, volume and container for opts (already checked by check_host_paths)."""
+                  progress: Progress = stderr_progress, learn: bool = False) -> Devshell:
+    """Image, volume and container for opts (already checked by check_host_paths); under
+    --network allow its network and proxy too (learn: a proxy that lets everything through
+    and logs it, for `devshell net learn`)."""
     # Warm path: a running container made from this very spec implies its image and volume,
     # and (the spec holds their identities) that it binds these very directories.
     ids = bind_ids(opts)
@@ -307,10 +310,12 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         spec = plan(opts._replace(bind_ids=ids), cell, labels=labels)
         info = engine.inspect(spec.name)
         if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
-                and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()):
+                and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()
+                and (spec.network != "allow" or egress_holds(engine, spec, info, opts, cell, labels, learn))):
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine,
                             (info["Config"].get("Labels") or {}).get(RUNTIME, "default"))
     name = container_name(cell.name, opts.instance)
+    allow = (opts.network or cell.network) == "allow"
     profile = profile_of(opts, cell)  # --as-root under a locked cell: refused before anything is made
     engine.refuse_foreign(name, cell.name)
     runtime = engine.runtime(opts.runtime or "")
@@ -321,12 +326,20 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
                             "apply the seccomp profile to sessions, and the filter devshell installs "
                             "itself needs no-new-privileges, which rules out sudo",
                             "add --profile locked, or pick another --runtime")
+    if allow and not runtime.network:
+        raise DevshellError(f"--network allow needs a network, and runtime {runtime} has none",
+                            "pass --network none, or another --runtime")
     image = engine.ensure_image(cell, opts.image, progress)
+    proxy_image = engine.ensure_proxy_image(progress) if allow else None
     # The lock first: a lock that cannot be taken (an unwritable cache dir) leaves no trace.
     with launch_lock(name):
         opts = prepare_host_dirs(opts)  # only now: bad input must leave no trace
         spec = plan(opts, cell, image=image, labels=labels)
         baked = engine.ensure_baked(spec, progress) if spec.locked else None
+        if proxy_image is not None:
+            # Before the devshell's container, which is made on the network this makes: a proxy
+            # that cannot start stops the launch here, never a devshell with more network.
+            ensure_egress(engine, spec, opts, cell, labels, learn)
         created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
         try:
             outcome = engine.ensure_container(spec, image=baked, runtime=runtime)
@@ -334,6 +347,8 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             if outcome.started:  # the engine binds by path at every start
                 info = check_alive(engine, spec, outcome)
                 check_mounts_from_host(engine, spec, opts, info)
+            if allow:
+                check_attached(engine, spec, info or engine.inspect(spec.name) or {})
         except DevshellError:
             if created:  # an error leaves nothing behind that this run made
                 engine.remove_volume(spec.volume)
@@ -345,6 +360,62 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         info = info or engine.inspect(spec.name) or {}
         described = (info.get("Config", {}).get("Labels") or {}).get(RUNTIME, "default")
     return Devshell(spec, opts, outcome, created, engine, described)
+
+
+# --- egress (--network allow) -----------------------------------------------------------------
+
+
+def _proxy_user(opts: Options) -> tuple[int, int]:
+    """Who the proxy runs as, and so who owns its log: whoever owns the log dir devshell makes."""
+    return _dev_owner(opts) or (os.getuid(), os.getgid())
+
+
+def _egress_spec(spec: ContainerSpec, opts: Options, cell: Cell, network: dict[str, Any],
+                 labels: dict[str, str] | None, learn: bool) -> EgressSpec:
+    subnet = network["IPAM"]["Config"][0]["Subnet"]
+    log_dir = HostFacts.current().egress_dir(spec.name)
+    return plan_egress(spec.name, cell, subnet, log_dir, _proxy_user(opts), labels=labels, learn=learn)
+
+
+def egress_holds(engine: Engine, spec: ContainerSpec, info: dict[str, Any], opts: Options, cell: Cell,
+                 labels: dict[str, str] | None, learn: bool) -> bool:
+    """The warm path's check of allow: the devshell is on its egress network alone, and that
+    network's proxy runs with this policy. False sends the launch down the cold path, which
+    starts or remakes what is missing (or refuses)."""
+    name = proxy_name(spec.name)
+    if set((info.get("NetworkSettings") or {}).get("Networks") or {}) != {name}:
+        return False
+    network = engine.egress_network(name, cell.name)
+    if network is None:
+        return False
+    proxy = engine.inspect(name)
+    return (proxy is not None and proxy["State"]["Running"] and not proxy["State"]["Paused"]
+            and (proxy["Config"].get("Labels") or {}).get(LABEL_HASH)
+            == _egress_spec(spec, opts, cell, network, labels, learn).hash())
+
+
+def ensure_egress(engine: Engine, spec: ContainerSpec, opts: Options, cell: Cell,
+                  labels: dict[str, str] | None, learn: bool) -> str:
+    """The devshell's egress network, log dir and running proxy (under the launch lock)."""
+    name = proxy_name(spec.name)
+    log_dir = HostFacts.current().egress_dir(spec.name)
+    parent = os.path.realpath(os.path.dirname(log_dir))
+    with open_dir(os.path.join(parent, os.path.basename(log_dir)), create=0o700, owner=_dev_owner(opts)):
+        pass
+    probe = plan_egress(spec.name, cell, "0.0.0.0/0", log_dir, _proxy_user(opts), labels=labels)
+    network = engine.ensure_egress_network(name, probe.network_body())
+    return engine.ensure_proxy(_egress_spec(spec, opts, cell, network, labels, learn))
+
+
+def check_attached(engine: Engine, spec: ContainerSpec, info: dict[str, Any]) -> None:
+    """Fail closed: a devshell under allow attached to any network besides its egress network
+    (someone ran docker network connect) has a way out that bypasses the proxy."""
+    attached = sorted((info.get("NetworkSettings") or {}).get("Networks") or {})
+    if attached != [proxy_name(spec.name)]:
+        engine.remove_container(spec.name)
+        raise DevshellError(f"{spec.name} is on networks {', '.join(attached) or 'none'}, not its egress "
+                            f"network alone; the container was removed, its volume kept",
+                            "launch again: a new container is made on its egress network only")
 
 
 def enter(shell: Devshell, *, script: str | None, tty: bool) -> int:

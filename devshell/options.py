@@ -20,6 +20,7 @@ from .errors import DevshellError
 DEFAULT_HOST_CACHE = "~/.cache/devshell/host-cache"
 # Drop dirs live below here, one per checkout: devshell creates them, so it may give them to dev.
 DROPS = "patches"
+EGRESS_LOGS = "egress"  # below the state dir: one directory per devshell under --network allow
 _RUNTIME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_INSTANCE = 40  # devshell-CELL-INSTANCE stays a comfortable container and volume name
 # Host uid/gid 0 must never become dev's: map to the first ordinary id instead.
@@ -66,6 +67,12 @@ class HostFacts(NamedTuple):
         # compare: XDG_STATE_HOME may be spelled /a//b/../c.
         digest = hashlib.sha256(checkout.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return absolute(posixpath.join(state, DROPS, f"{ai_key(checkout)}.{digest}"), self)
+
+
+    def egress_dir(self, devshell: str) -> str:
+        """Where the egress proxy of a devshell logs (on the host, out of the agent's reach)."""
+        state = self.state or state_dir(self.home, {})
+        return absolute(posixpath.join(state, EGRESS_LOGS, devshell), self)
 
 
 class Options(NamedTuple):

@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 from . import labels
 from .cells import CACHE, CHECKOUT, DEFAULT_NETWORK, PATCHES, Cell
+from .egress import DNS_NOWHERE, DNS_OPTIONS, PROXY_ENV_KEYS, proxy_env, proxy_name
 from .errors import DevshellError
 from .options import Options
 from .seccomp import CAP_DROP
@@ -53,6 +54,10 @@ HOME_IN_VOLUME_ENV = "DEVSHELL_HOME_IN_VOLUME"
 BAKED_REPO = "devshell/locked"
 BAKE_COMMAND = (INIT_PATH, "--bake")
 
+
+# Under allow, IPv6 is off in the devshell's namespace (the internal network has none, and a
+# link-local address would reach the bridge's); a namespaced sysctl root inside cannot change.
+NO_IPV6 = (("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1"))
 
 # Where a devshell without a network finds its own hostname (the engine writes no address for
 # it then): Debian's address for the host's own name, so sudo and the like can resolve it.
@@ -150,7 +155,8 @@ class ContainerSpec(NamedTuple):
     runtime: str = ""
     pids_limit: int = 0
     memory_limit: int = 0
-    # open: the engine's default network; none: loopback only (the engine's "none" network).
+    # open: the engine's default network; allow: its own internal network, shared only with
+    # its egress proxy (egress.py); none: loopback only (the engine's "none" network).
     network: str = DEFAULT_NETWORK
 
     @property
@@ -175,7 +181,8 @@ class ContainerSpec(NamedTuple):
                 "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_STATE_DIR",
                 WORKSPACE_ENV, PROFILE_ENV, HOME_IN_VOLUME_ENV)
         env = dict(self.env)
-        cell_keys = [k for k in env if not k.startswith("DEVSHELL_") and k != "HOME"]
+        # (not the proxy's: a bake runs where the network is, and allow's proxy is not there)
+        cell_keys = [k for k in env if not k.startswith("DEVSHELL_") and k != "HOME" and k not in PROXY_ENV_KEYS]
         return {k: env[k] for k in (*keep, *cell_keys) if k in env}
 
     def baked_image(self, base_id: str) -> str:
@@ -241,6 +248,10 @@ class ContainerSpec(NamedTuple):
             argv.append(f"--runtime={self.runtime}")
         if self.network == "none":
             argv += ["--network=none", "--add-host", f"{self.name}:{NO_NETWORK_SELF}"]
+        elif self.network == "allow":
+            argv += [f"--network={proxy_name(self.name)}", "--dns", DNS_NOWHERE,
+                     *(f"--dns-option={o}" for o in DNS_OPTIONS),
+                     *(f"--sysctl={k}={v}" for k, v in NO_IPV6)]
         # Under locked the container runs the baked image (baked_image), made from this one.
         return [*argv, self.image, *self.command]
 
@@ -266,6 +277,8 @@ class ContainerSpec(NamedTuple):
             body["HostConfig"]["NetworkMode"] = k["network_mode"]
         if k.get("extra_hosts"):
             body["HostConfig"]["ExtraHosts"] = [f"{h}:{a}" for h, a in k["extra_hosts"].items()]
+        if k.get("dns"):
+            body["HostConfig"].update(Dns=k["dns"], DnsOptions=k["dns_opt"], Sysctls=k["sysctls"])
         return {"name": k["name"], "platform": k["platform"]}, body
 
     def sdk_kwargs(self) -> dict[str, Any]:
@@ -293,6 +306,8 @@ class ContainerSpec(NamedTuple):
             **({"runtime": self.runtime} if self.runtime else {}),
             **({"network_mode": "none", "extra_hosts": {self.name: NO_NETWORK_SELF}}
                if self.network == "none" else {}),
+            **({"network_mode": proxy_name(self.name), "dns": [DNS_NOWHERE], "dns_opt": list(DNS_OPTIONS),
+                "sysctls": dict(NO_IPV6)} if self.network == "allow" else {}),
             "detach": True,
         }
 
@@ -399,6 +414,9 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
     if opts.host_cache is not None:
         env["DEVSHELL_CACHE_MOUNT"] = CACHE
         env["DEVSHELL_AI_CONFIG"] = "ro" if opts.ai_config_ro else "rw"
+    network = opts.network or cell.network
+    if network == "allow":
+        env.update(proxy_env())
     if opts.bind_ids:
         env["DEVSHELL_BIND_IDS"] = " ".join(f"{role}={ident}" for role, ident in opts.bind_ids)
     files = [(INIT_PATH, init if init is not None else init_script())]
@@ -418,7 +436,7 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
         seccomp=seccomp_profile(),
         profile=profile,
         runtime=opts.runtime or "",
-        network=opts.network or cell.network,
+        network=network,
         pids_limit=cell.pids_limit,
         memory_limit=cell.memory_limit,
     )

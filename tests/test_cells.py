@@ -285,16 +285,36 @@ def test_each_network_mode_is_taken(mode):
     assert cells.parse(doc(network={"mode": mode}), source="x", stem="x").network == mode
 
 
+def test_network_allow_is_read_into_rules():
+    from devshell.egress import Rule
+
+    cell = cells.parse(doc(network={"mode": "allow", "allow": ["Deb.Debian.org", "*.pythonhosted.org",
+                                                                "git.example.com:8443"]}),
+                       source="x", stem="x")
+    assert cell.network == "allow"
+    assert cell.allow == (Rule("deb.debian.org"), Rule("pythonhosted.org", True),
+                          Rule("git.example.com", False, 8443))
+    assert [str(r) for r in cell.allow] == ["deb.debian.org", "*.pythonhosted.org", "git.example.com:8443"]
+
+
 def test_network_defaults_to_open():
     assert cells.parse(doc(), source="x", stem="x").network == "open"
     assert cells.parse(doc(network={}), source="x", stem="x").network == "open"
 
 
 @pytest.mark.parametrize("network, key, why", [
-    ({"mode": "host"}, "network.mode", "expected one of open, none"),
-    ({"mode": "bridge"}, "network.mode", "expected one of open, none"),
-    ({"mode": None}, "network.mode", "expected one of open, none"),
-    ({"allow": ["deb.debian.org"]}, "network", "unknown key ('allow'"),
+    ({"mode": "host"}, "network.mode", "expected one of open, allow, none"),
+    ({"mode": "bridge"}, "network.mode", "expected one of open, allow, none"),
+    ({"mode": None}, "network.mode", "expected one of open, allow, none"),
+    ({"deny": ["pypi.org"]}, "network", "unknown key ('deny'"),
+    ({"allow": "deb.debian.org"}, "network.allow", "expected array"),
+    ({"allow": [7]}, "network.allow.0", "expected string"),
+    ({"allow": ["https://pypi.org"]}, "network.allow.0", "is not a host name"),
+    ({"allow": ["10.0.0.1"]}, "network.allow.0", "is an address"),
+    ({"allow": ["*.org"]}, "network.allow.0", "whole top-level domain"),
+    ({"allow": ["pypi.org:0"]}, "network.allow.0", "outside 1..65535"),
+    ({"allow": ["pypi.org:70000"]}, "network.allow.0", "outside 1..65535"),
+    ({"allow": ["ok.org", "bad host"]}, "network.allow.1", "is not a host name"),
     ("none", "network", "expected object"),
 ])
 def test_a_bad_network_block_is_refused(tmp_path, network, key, why):

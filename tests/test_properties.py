@@ -23,7 +23,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from test_spec import read_mount  # the strict --mount reader, one copy for both
 
-from devshell import cells, seccomp
+from devshell import cells, egress, seccomp
 from devshell.errors import DevshellError
 from devshell.options import HostFacts, Options, parse, to_argv
 from devshell.spec import (
@@ -780,8 +780,10 @@ def test_ai_repo_is_one_nonempty_component(path):
 @given(valid_invocations, network_flags, st.sampled_from(cells.NETWORK_MODES), st.data())
 def test_the_network_mode_reaches_every_rendering(inv, flag, cell_network, data):
     """The network in force is --network's, else the cell's; none reaches the engine as its
-    "none" network in argv, SDK kwargs and API body alike, open as the engine's default (no
-    setting at all); it is part of the identity, so a change recreates the container."""
+    "none" network in argv, SDK kwargs and API body alike, allow as the devshell's own egress
+    network (with DNS to nowhere, IPv6 off and the proxy in the environment), open as the
+    engine's default (no setting at all); it is part of the identity, so a change recreates
+    the container."""
     groups = list(inv.groups)
     if flag:
         groups.insert(data.draw(st.integers(0, len(groups))), (f"--network={flag}",))
@@ -793,12 +795,19 @@ def test_the_network_mode_reaches_every_rendering(inv, flag, cell_network, data)
     network = flag or cell_network
     argv, sdk, host_config = spec.run_argv(), spec.sdk_kwargs(), spec.api_create()[1]["HostConfig"]
     assert spec.network == spec.identity()["network"] == network
-    none = network == "none"
-    assert [a for a in argv if a.startswith("--network")] == (["--network=none"] if none else [])
-    assert sdk.get("network_mode") == host_config.get("NetworkMode") == ("none" if none else None)
+    none, allow = network == "none", network == "allow"
+    engine_network = "none" if none else egress.proxy_name(spec.name) if allow else None
+    assert [a for a in argv if a.startswith("--network")] == ([f"--network={engine_network}"] if engine_network else [])
+    assert sdk.get("network_mode") == host_config.get("NetworkMode") == engine_network
     # without a network the engine writes no address for the hostname: it is given one on lo
     own_name = [f"{spec.name}:127.0.1.1"] if none else []
     assert flag_values(argv, "--add-host") == host_config.get("ExtraHosts", []) == own_name
     assert sdk.get("extra_hosts", {}) == dict(h.split(":") for h in own_name)
-    other = spec._replace(network="open" if none else "none")
+    dns = [egress.DNS_NOWHERE] if allow else []
+    assert flag_values(argv, "--dns") == host_config.get("Dns", []) == sdk.get("dns", []) == dns
+    assert (host_config.get("Sysctls", {}).get("net.ipv6.conf.all.disable_ipv6") == "1") == allow
+    env = dict(spec.env)
+    assert {k for k in egress.PROXY_ENV_KEYS if k in env} == (set(egress.PROXY_ENV_KEYS) if allow else set())
+    assert not set(egress.PROXY_ENV_KEYS) & set(spec.bake_env())  # a bake runs where the proxy is not
+    other = spec._replace(network="open" if network != "open" else "none")
     assert other.hash() != spec.hash() and "network" in differences(spec.identity(), other.identity())

@@ -1,0 +1,133 @@
+"""The egress policy's pure parts: rules, squid's configuration, the proxy as a value, the log."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from devshell import cells, egress, labels
+from devshell.egress import Entry, Rule, parse_rule
+from devshell.spec import container_name
+
+CELL = cells.parse({"platform": "linux/amd64", "image": {"ref": "x"}, "workspace": "/home/runner/w",
+                    "network": {"mode": "allow", "allow": ["deb.debian.org", "*.pythonhosted.org",
+                                                            "git.example.com:8443"]}},
+                   source="cells/c.yaml", stem="c")
+
+
+def test_a_rule_is_a_name_a_suffix_or_either_with_a_port():
+    assert parse_rule("deb.debian.org") == Rule("deb.debian.org")
+    assert parse_rule("*.debian.org") == Rule("debian.org", True)
+    assert parse_rule("localhost:8080") == Rule("localhost", False, 8080)
+    assert parse_rule("*.example.com:443") == Rule("example.com", True, 443)
+
+
+@pytest.mark.parametrize("text", ["", "*", "*.", "a..b", "-a.b", "a b", "http://a.b", "a.b/c", "a.b:", "a.b:x",
+                                  "1.2.3.4", "[::1]", "*.com", "a.b:0", "a.b:65536", "a_b.c", "*.*.a.b"])
+def test_anything_else_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_rule(text)
+
+
+def test_squid_allows_the_rules_on_their_ports_and_denies_the_rest_with_the_policy_page():
+    conf = egress.squid_conf(CELL.allow, "172.30.0.0/16")
+    lines = conf.splitlines()
+    # only the devshell's own network may use it, before anything is allowed
+    assert lines.index("acl devshell src 172.30.0.0/16") < lines.index("http_access deny !devshell")
+    assert lines.index("http_access deny !devshell") < min(n for n, ln in enumerate(lines)
+                                                           if ln.startswith("http_access allow"))
+    assert "acl name0 dstdomain -n deb.debian.org" in lines and "acl port0 port 80 443" in lines
+    assert r"acl name1 dstdom_regex -n -i \.pythonhosted\.org$" in lines and "acl port1 port 80 443" in lines
+    assert "acl name2 dstdomain -n git.example.com" in lines and "acl port2 port 8443" in lines
+    assert [ln for ln in lines if ln.startswith("http_access allow")] == [
+        f"http_access allow name{n} port{n}" for n in range(3)]
+    assert lines[-4:-2] == [f"deny_info 403:{egress.ERROR_PAGE} policy", "http_access deny policy"]
+    assert "http_access allow devshell" not in lines
+
+
+def test_learning_allows_everything_from_the_devshell_only():
+    lines = egress.squid_conf((), "10.0.0.0/24", learn=True).splitlines()
+    assert lines.index("http_access deny !devshell") < lines.index("http_access allow devshell")
+
+
+def test_the_error_page_names_the_policy_and_the_fix_and_escapes_what_squid_would_expand():
+    page = egress.error_page("c<1>", "cells/100%.yaml")
+    assert "%H" in page and "network.allow in cells/100%%.yaml" in page
+    assert "devshell net learn c&lt;1&gt;" in page and "<1>" not in page
+
+
+@given(st.from_regex(cells.NAME_PATTERN, fullmatch=True),
+       st.none() | st.text("abcXYZ019._-", min_size=1, max_size=40))
+def test_a_proxy_is_never_named_like_a_devshell(cell, instance):
+    proxy = egress.proxy_name(container_name(cell, instance))
+    assert not proxy.startswith("devshell-")  # every devshell's name does
+
+
+def test_the_proxy_is_a_locked_down_container_on_its_internal_network_first():
+    spec = egress.plan_egress("devshell-c", CELL, "172.30.0.0/16", "/state/egress/devshell-c", (1000, 1000),
+                              labels={labels.TEST_RUN: "r1"})
+    body = spec.api_create()
+    host = body["HostConfig"]
+    assert spec.name == "devshell_egress-c" and host["NetworkMode"] == spec.name
+    assert body["NetworkingConfig"]["EndpointsConfig"][spec.name]["Aliases"] == [egress.PROXY_ALIAS]
+    assert body["User"] == "1000:1000" and host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Mounts"] == [{"Type": "bind", "Source": "/state/egress/devshell-c", "Target": "/log",
+                               "ReadOnly": False}]
+    assert body["Labels"][labels.ROLE] == egress.ROLE_PROXY and body["Labels"][labels.TEST_RUN] == "r1"
+    net = spec.network_body()
+    assert net["Internal"] is True and net["EnableIPv6"] is False
+    assert net["Options"] == {"com.docker.network.bridge.inhibit_ipv4": "true"}
+    assert net["Labels"][labels.TEST_RUN] == "r1"
+
+
+def test_a_policy_change_changes_the_proxy_hash_and_nothing_else_does():
+    def hashed(cell=CELL, subnet="172.30.0.0/16", learn=False, run="r1"):
+        return egress.plan_egress("devshell-c", cell, subnet, "/l", (1, 1), labels={labels.TEST_RUN: run},
+                                  learn=learn).hash()
+
+    base = hashed()
+    assert hashed(run="r2") == base
+    assert hashed(learn=True) != base
+    assert hashed(subnet="172.31.0.0/16") != base
+    assert hashed(cell=CELL._replace(allow=CELL.allow[:1])) != base
+
+
+LOG = b"""1796612927.467 - - - 0 NONE_NONE
+1796612927.595 GET deb.debian.org 80 200 TCP_MISS
+1796612933.849 CONNECT pypi.org 443 403 TCP_DENIED
+1796612934.000 CONNECT Evil\x1b[2J.org 443 403 TCP_DENIED
+1796612935.000 CONNECT git.example.com 8443 200 TCP_TUNNEL
+garbage line
+1796612936.000 GET deb.debian.org 80 200 TCP_MI"""
+
+
+def test_the_log_reads_as_entries_and_skips_what_is_not_a_request():
+    assert egress.parse_log(LOG) == [
+        Entry(1796612927.595, "GET", "deb.debian.org", 80, 200, "allowed"),
+        Entry(1796612933.849, "CONNECT", "pypi.org", 443, 403, "denied"),
+        Entry(1796612935.0, "CONNECT", "git.example.com", 8443, 200, "allowed"),
+    ]
+    entry = egress.parse_log(LOG)[1]
+    assert entry.as_dict("devshell-c") == {"time": "2026-12-07T03:08:53.849Z", "devshell": "devshell-c",
+                                          "method": "CONNECT", "host": "pypi.org", "port": 443,
+                                          "status": 403, "verdict": "denied"}
+    assert entry.line("devshell-c") == "2026-12-07T03:08:53.849Z  devshell-c  denied   CONNECT pypi.org:443 (403)"
+
+
+def test_learn_prints_a_block_that_loads_as_the_same_policy():
+    import yaml
+
+    block = egress.allow_block(egress.parse_log(LOG))
+    assert block == ("network:\n  mode: allow\n  allow:\n    - deb.debian.org\n    - git.example.com:8443\n"
+                     "    - pypi.org\n")
+    cell = cells.parse({**yaml.safe_load(block), "platform": "linux/amd64", "image": {"ref": "x"},
+                        "workspace": "/home/runner/w"}, source="x", stem="x")
+    assert [str(r) for r in cell.allow] == ["deb.debian.org", "git.example.com:8443", "pypi.org"]
+    assert egress.allow_block([]) == "network:\n  mode: allow\n  allow: []\n"
+
+
+def test_the_proxy_recipe_shares_the_bookworm_cells_base():
+    bookworm = cells.load("cells/bookworm.yaml")
+    assert egress.PROXY_RECIPE.base_key() == bookworm.recipe.base_key()
