@@ -42,14 +42,23 @@ def run(argv: Sequence[str]) -> int:
         from . import lifecycle
 
         return lifecycle.main(argv[0], argv[1:])
+    if argv and argv[0] == "net":
+        from . import net
+
+        return net.main(argv[1:])
     if argv and argv[0] in cells.RESERVED_NAMES:
         raise DevshellError(f"{argv[0]!r} is reserved for a subcommand this version does not have",
-                            "see devshell --help; subcommands: patches, status, down, doctor")
+                            "see devshell --help; subcommands: patches, status, down, doctor, net")
     opts = parse(argv, HostFacts.current())
     if opts.list:
         from . import lifecycle
 
         return lifecycle.list_cells(opts)
+    return launch(opts)
+
+
+def launch(opts: Options, *, learn: bool = False) -> int:
+    """A launch (or --rm, --verify) for parsed options; learn: net learn's session."""
     path = cells.search_path(opts.cells_dirs)
     cell = cells.find(opts.cell, path)
     if opts.rm:
@@ -67,7 +76,8 @@ def run(argv: Sequence[str]) -> int:
     # With --json the session's summary is the one thing on stderr: notes and build progress
     # go into it rather than beside it (stdout stays the script's).
     notes = list(opts.notes)
-    shell = open_devshell(opts, cell, engine, progress=notes.append if opts.json else stderr_progress)
+    shell = open_devshell(opts, cell, engine, progress=notes.append if opts.json else stderr_progress,
+                          learn=learn)
     spec = shell.spec
     if not opts.json:
         for note in opts.notes:
@@ -84,7 +94,11 @@ def run(argv: Sequence[str]) -> int:
         + f" · profile {spec.profile} · runtime {shell.runtime} · network {shell.network}"
         + f" · limits {spec.pids_limit} pids, {spec.memory_limit >> 20} MiB")
     tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()
-    return enter(shell, script=script, tty=tty)
+    if not learn:
+        return enter(shell, script=script, tty=tty)
+    from .net import learned
+
+    return learned(shell, lambda: enter(shell, script=script, tty=tty))
 
 
 def say(opts: Options, data: dict[str, object], text: str) -> None:

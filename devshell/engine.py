@@ -649,14 +649,15 @@ class Engine:
         return self._call("DELETE", f"/containers/{_q(name)}?force=1", missing=(404,)) is not None
 
     def labelled(self, label: str) -> list[dict[str, str]]:
-        """Labels of every container and volume carrying label, from one list call each:
+        """Labels of every container, volume and network carrying label, from one list call each:
         what other processes remove meanwhile must not turn into errors."""
         containers = self.client.api.containers(all=True, filters={"label": label})
         volumes = self.client.api.volumes(filters={"label": label}).get("Volumes") or []
-        return [x.get("Labels") or {} for x in [*containers, *volumes]]
+        networks = self.client.api.networks(filters={"label": label})
+        return [x.get("Labels") or {} for x in [*containers, *volumes, *networks]]
 
     def remove_all(self, filters: dict[str, str]) -> list[str]:
-        """Remove every container, then every volume, matching docker filters (label, name).
+        """Remove every container, then every volume and network, matching docker filters (label, name).
         Idempotent: what another process removed meanwhile counts as removed. What the engine
         will not remove yet (409: a container's removal in progress, a volume a container still
         holds) is left and named in the list returned, for the caller to say: an error there
@@ -678,6 +679,9 @@ class Engine:
             remove(self.client.api.remove_container, c["Id"], (c.get("Names") or [c["Id"]])[0].lstrip("/"))
         for v in self.client.api.volumes(filters=filters).get("Volumes") or []:
             remove(self.client.api.remove_volume, v["Name"], v["Name"])
+        # ... and the egress networks, once their devshell and proxy are gone
+        for n in self.client.api.networks(filters=filters):
+            remove(lambda ref, force: self.client.api.remove_network(ref), n["Id"], n["Name"])
         return left
 
     # --- exec -----------------------------------------------------------------------------

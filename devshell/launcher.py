@@ -46,6 +46,7 @@ class Devshell(NamedTuple):
     # The runtime it runs under, as the launch that made it read the engine's configuration
     # (labels.RUNTIME): "runc", "runsc (gVisor, no network)".
     runtime: str = "default"
+    cell: Cell | None = None
 
     @property
     def gvisor(self) -> bool:
@@ -313,7 +314,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
                 and (info["Config"].get("Labels") or {}).get(LABEL_HASH) == spec.hash()
                 and (spec.network != "allow" or egress_holds(engine, spec, info, opts, cell, labels, learn))):
             return Devshell(spec, opts._replace(bind_ids=ids), Outcome("reused"), False, engine,
-                            (info["Config"].get("Labels") or {}).get(RUNTIME, "default"))
+                            (info["Config"].get("Labels") or {}).get(RUNTIME, "default"), cell)
     name = container_name(cell.name, opts.instance)
     allow = (opts.network or cell.network) == "allow"
     profile = profile_of(opts, cell)  # --as-root under a locked cell: refused before anything is made
@@ -359,7 +360,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         # daemon.json does not reach a running sandbox): its label says how.
         info = info or engine.inspect(spec.name) or {}
         described = (info.get("Config", {}).get("Labels") or {}).get(RUNTIME, "default")
-    return Devshell(spec, opts, outcome, created, engine, described)
+    return Devshell(spec, opts, outcome, created, engine, described, cell)
 
 
 # --- egress (--network allow) -----------------------------------------------------------------
@@ -405,6 +406,13 @@ def ensure_egress(engine: Engine, spec: ContainerSpec, opts: Options, cell: Cell
     probe = plan_egress(spec.name, cell, "0.0.0.0/0", log_dir, _proxy_user(opts), labels=labels)
     network = engine.ensure_egress_network(name, probe.network_body())
     return engine.ensure_proxy(_egress_spec(spec, opts, cell, network, labels, learn))
+
+
+def restore_policy(shell: Devshell) -> None:
+    """After net learn's session: the proxy goes back to the cell's policy."""
+    assert shell.cell is not None
+    with launch_lock(shell.name):
+        ensure_egress(shell.engine, shell.spec, shell.opts, shell.cell, dict(shell.spec.labels), False)
 
 
 def check_attached(engine: Engine, spec: ContainerSpec, info: dict[str, Any]) -> None:

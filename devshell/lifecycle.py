@@ -26,6 +26,7 @@ from .cells import Cell
 from .engine import Engine, launch_lock, pid_alive
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
+from .egress import proxy_name
 from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
 from .spec import (
     BAKED_REPO,
@@ -161,15 +162,22 @@ def list_cells(opts: Options) -> int:
             "profile": found_labels.get(labels.PROFILE, cell.profile),
             "runtime": runtime,
             "network": network_in_force(network, runtime),
+            # Under allow, its egress proxy's state (a stopped one lets nothing out).
+            "proxy": _proxy_state(engine, name) if network == "allow" else None,
             "limits": {"pids": cell.pids_limit, "memory": cell.memory_limit},
             "source": cell.source,
         })
     doc = {"cells": rows, "notes": [f"skipped a cell file: {p}" for p in problems]}
     columns = [("cell", "cell"), ("image_state", "image_state"), ("container", "container"),
                ("volume", "volume"), ("profile", "profile"), ("runtime", "runtime"), ("network", "network"),
-               ("image", "image")]
+               ("proxy", "proxy"), ("image", "image")]
     emit(doc, table(columns, rows), opts.json)
     return 0
+
+
+def _proxy_state(engine: Engine, devshell: str) -> str:
+    info = engine.inspect(proxy_name(devshell))
+    return info["State"]["Status"] if info else "absent"
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -435,6 +443,8 @@ def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
             raise DevshellError(f"{name} was replaced while down asked; nothing was removed",
                                 "run down again")
         removed = engine.remove_container(info["Id"]) if info is not None else False
+        # Its egress proxy and network (--network allow) go with it: they serve it alone.
+        engine.remove_egress(proxy_name(name), ns.cell)
         if volume is None:
             volume_state = "absent"
         elif ns.volume:
