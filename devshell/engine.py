@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .errors import DevshellError
-from .egress import NO_HOST_ADDRESS, PROXY_RECIPE, ROLE_PROXY, EgressSpec, proxy_image
+from .egress import NO_HOST_ADDRESS, PROXY_PORT, PROXY_RECIPE, ROLE_PROXY, EgressSpec, proxy_image
 from .labels import CELL, MAKER, MANAGED, PROFILE, ROLE, RUNTIME, owner_of
 from .spec import (
     BAKE_COMMAND,
@@ -407,6 +407,7 @@ class Engine:
                     self._call("POST", f"/containers/{info['Id']}/unpause", ok=(204, 304))
                 else:
                     self.start(info["Id"])
+                    self._wait_listening(info["Id"])
                 return "started"
             self._call("DELETE", f"/containers/{info['Id']}?force=1", missing=(404,))
             state = "recreated"
@@ -427,7 +428,29 @@ class Engine:
             raise DevshellError(f"cannot start the egress proxy {spec.name} ({e.reason}); the devshell "
                                 "is not started with more network than asked",
                                 "check the Docker daemon and its default bridge") from None
+        self._wait_listening(cid)
         return state
+
+    def _wait_listening(self, container: str, bound: float = 10.0) -> None:
+        """Until squid listens (about half a second after its start): a request made sooner
+        would fail. Asked from the host, at the proxy's address on the default bridge (the
+        devshell's side has no host address); only for a local engine, whose bridge this host
+        routes to. Not listening in time is not an error here: the session's verify waits too,
+        and fails the session if it never does."""
+        import socket
+        import time
+
+        if not self.host.startswith("unix://"):
+            return
+        info = self.inspect(container) or {}
+        address = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get("bridge", {}).get("IPAddress")
+        deadline = time.monotonic() + bound
+        while address and time.monotonic() < deadline:
+            try:
+                with socket.create_connection((address, PROXY_PORT), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
 
     def remove_egress(self, name: str, cell: str) -> bool:
         """The proxy and network of a devshell (down): only what devshell made for cell."""
