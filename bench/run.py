@@ -5,8 +5,10 @@
 Not a test: nothing here asserts a time. Ratios are against floors measured in the same run on
 the same machine, so they travel between machines better than milliseconds do.
 
-Also, unless --no-profiles: cold start and warm re-entry under --profile locked, and under gVisor
-(--runtime runsc, standard and locked) when the engine has runsc registered. Each is a ratio to
+Also, unless --no-profiles: cold start and warm re-entry under --network allow (warm: the
+proxy's checks and verify's self-test; cold: a new network and proxy besides the devshell),
+under --profile locked, and under gVisor (--runtime runsc, locked) when the engine has runsc
+registered. Each is a ratio to
 the raw docker floor with the same runtime (devshell's own overhead there) and a difference
 in ms to the standard profile under the default runtime (what the profile or runtime adds).
 """
@@ -71,7 +73,8 @@ def sample(reps: int, once: Callable[[], float], before: Callable[[], None] = la
 # engine runtime they run under; "" is the default).
 # gVisor runs devshells only under locked (the launcher refuses standard there: the filter
 # devshell installs on gVisor's sessions needs no-new-privileges, which rules out sudo).
-VARIANTS = (("locked", ("--profile", "locked"), ""),
+VARIANTS = (("allow", ("--network", "allow"), ""),  # cold: a new proxy and network too
+            ("locked", ("--profile", "locked"), ""),
             ("locked_runsc", ("--profile", "locked", "--runtime", "runsc"), "runsc"))
 
 
@@ -101,6 +104,10 @@ def drop(cell: str, instance: str, remove: list[str]) -> None:
     """Remove the devshell's container (devshell --rm) and its volume."""
     timed(remove)
     subprocess.run(["docker", "volume", "rm", "-f", f"devshell-{cell}-{instance}"], capture_output=True)
+    # ... and its egress proxy and network, where it ran under --network allow
+    proxy = f"devshell_egress-{cell}-{instance}"
+    subprocess.run(["docker", "rm", "-f", proxy], capture_output=True)
+    subprocess.run(["docker", "network", "rm", proxy], capture_output=True)
 
 
 class Variants(NamedTuple):
@@ -156,7 +163,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-profiles", action="store_true",
-                    help="skip the locked profile and runsc rows (standard profile only)")
+                    help="skip the allow, locked profile and runsc rows (standard profile only)")
     args = ap.parse_args()
 
     # pip compiles an installed package's bytecode; an editable checkout relies on Python writing

@@ -221,8 +221,9 @@ def plan_egress(devshell: str, cell: Any, subnet: str, log_dir: str, user: tuple
                 labels: dict[str, str] | None = None, learn: bool = False) -> EgressSpec:
     """The proxy of devshell (a cells.Cell's policy) for its network's subnet. Pure."""
     return EgressSpec(name=proxy_name(devshell), cell=cell.name, image=proxy_image(),
-                      conf=squid_conf(cell.allow, subnet, learn=learn), page=error_page(cell.name, cell.source),
-                      log_dir=log_dir, user=f"{user[0]}:{user[1]}", labels=tuple(sorted((labels or {}).items())))
+                      conf=squid_conf(cell.allow, subnet, learn=learn),
+                      page=error_page(cell.name, cell.source), log_dir=log_dir, user=f"{user[0]}:{user[1]}",
+                      labels=tuple(sorted((labels or {}).items())))
 
 
 # --- the audit log ----------------------------------------------------------------------------

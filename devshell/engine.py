@@ -21,8 +21,8 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
-from .errors import DevshellError
 from .egress import NO_HOST_ADDRESS, PROXY_PORT, PROXY_RECIPE, ROLE_PROXY, EgressSpec, proxy_image
+from .errors import DevshellError
 from .labels import CELL, MAKER, MANAGED, PROFILE, ROLE, RUNTIME, owner_of
 from .spec import (
     BAKE_COMMAND,
@@ -367,7 +367,8 @@ class Engine:
             raise DevshellError(f"network {name} was not made by devshell for cell {cell}'s egress",
                                 f"see docker network inspect {name}; remove it if it is not needed")
         key, value = NO_HOST_ADDRESS
-        if not info.get("Internal") or (info.get("Options") or {}).get(key) != value or info.get("EnableIPv6"):
+        options = info.get("Options") or {}
+        if not info.get("Internal") or options.get(key) != value or info.get("EnableIPv6"):
             raise DevshellError(f"network {name} is not internal, has an address on the host or IPv6: "
                                 "the egress policy cannot hold on it",
                                 f"devshell down {cell} (it goes with the devshell), then launch again")
@@ -385,7 +386,8 @@ class Engine:
                                         "check the Docker daemon (docker network ls)") from None
             info = self.egress_network(name, cell)
         if info is None or not (info.get("IPAM") or {}).get("Config"):
-            raise DevshellError(f"network {name} has no subnet", f"docker network rm {name}, then launch again")
+            raise DevshellError(f"network {name} has no subnet",
+                                f"docker network rm {name}, then launch again")
         return info
 
     def ensure_proxy(self, spec: EgressSpec, *, again: bool = True) -> str:
@@ -443,7 +445,8 @@ class Engine:
         if not self.host.startswith("unix://"):
             return
         info = self.inspect(container) or {}
-        address = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get("bridge", {}).get("IPAddress")
+        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        address = networks.get("bridge", {}).get("IPAddress")
         deadline = time.monotonic() + bound
         while address and time.monotonic() < deadline:
             try:

@@ -11,11 +11,11 @@ import stat
 from typing import Any, NamedTuple
 
 from .cells import PATCHES, Cell
+from .egress import EgressSpec, plan_egress, proxy_name
 from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_progress
 from .errors import DevshellError, VerifyFailed
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, read_regular, strict_problem
 from .labels import RUNTIME
-from .egress import EgressSpec, plan_egress, proxy_name
 from .options import HostFacts, Options, check_binds
 from .spec import (
     INIT_PATH,

@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 from . import cells, labels
 from .cells import Cell
+from .egress import proxy_name
 from .engine import Engine, launch_lock, pid_alive
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
-from .egress import proxy_name
 from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
 from .spec import (
     BAKED_REPO,

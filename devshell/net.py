@@ -64,7 +64,8 @@ def log(argv: Sequence[str]) -> int:
     path = log_path(ns.cell, ns.instance)
     if not os.path.lexists(path):
         raise DevshellError(f"{name} has no egress log ({path}): it never ran under --network allow",
-                            f"launch it with --network allow (or mode: allow in its cell), then net log {ns.cell}")
+                            "launch it with --network allow (or mode: allow in its cell), "
+                            f"then net log {ns.cell}")
 
     def show(entries: list[Entry]) -> None:
         for e in entries:

@@ -182,7 +182,8 @@ class ContainerSpec(NamedTuple):
                 WORKSPACE_ENV, PROFILE_ENV, HOME_IN_VOLUME_ENV)
         env = dict(self.env)
         # (not the proxy's: a bake runs where the network is, and allow's proxy is not there)
-        cell_keys = [k for k in env if not k.startswith("DEVSHELL_") and k != "HOME" and k not in PROXY_ENV_KEYS]
+        cell_keys = [k for k in env
+                     if not k.startswith("DEVSHELL_") and k != "HOME" and k not in PROXY_ENV_KEYS]
         return {k: env[k] for k in (*keep, *cell_keys) if k in env}
 
     def baked_image(self, base_id: str) -> str:

@@ -39,7 +39,8 @@ def open_shell(devshell_factory, networked_runtime):
 @pytest.fixture(scope="module")
 def mirror(open_shell):
     """The host the image's apt sources name (deb.debian.org for the shipped cells)."""
-    out = open_shell.exec(["sh", "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null"]).stdout
+    sources = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null"
+    out = open_shell.exec(["sh", "-c", sources]).stdout
     hosts = re.findall(r"^(?:deb|URIs:)\s+(?:\[[^]]*\]\s+)?https?://([^/\s]+)", out, re.M)
     assert hosts, out
     return hosts[0]
@@ -49,10 +50,11 @@ def mirror(open_shell):
 def egress_cell(devshell_cell, mirror, tmp_path_factory):
     """The --cell cell as a file of its own (the CLI re-enters by name) whose policy allows the
     mirror alone."""
-    data = yaml.safe_load(open(devshell_cell.source).read()) if os.path.isfile(devshell_cell.source) else None
-    if data is None:
+    if not os.path.isfile(devshell_cell.source):
         pytest.skip(f"cell {devshell_cell.name} has no file to derive the egress cell from")
     name = f"{devshell_cell.name}-egress"
+    with open(devshell_cell.source) as f:
+        data = yaml.safe_load(f)
     data.pop("name", None)
     data["network"] = {"mode": "allow", "allow": [mirror]}
     if "workspace" in data:
@@ -104,8 +106,8 @@ def resolve(shell, name: str) -> str:
 
 @pytest.mark.standard_profile
 def test_apt_installs_a_package_through_the_proxy(allow_shell, mirror, devshell_cli):
-    result = allow_shell.run("sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends iproute2 "
-                             "&& ip -V")
+    result = allow_shell.run("sudo apt-get update -q && "
+                             "sudo apt-get install -y -q --no-install-recommends iproute2 && ip -V")
     assert result.exit_code == 0 and "iproute2" in result.stdout, result
     allowed = [e for e in net_log(devshell_cli, allow_shell) if e["verdict"] == "allowed"]
     assert {e["host"] for e in allowed} == {mirror}, allowed
@@ -116,7 +118,8 @@ def test_the_proxy_answers_the_policy_page_and_names_the_fix(allow_shell):
     out = as_user(allow_shell, via_proxy(f"GET http://{DENIED}/simple/ HTTP/1.1")).stdout
     assert out.startswith("HTTP/1.1 403"), out
     assert f"the egress policy of cell {allow_shell.spec.cell} does not allow {DENIED}" in out, out
-    assert f"network.allow in {allow_shell.cell.source}" in out and f"devshell net learn {allow_shell.spec.cell}" in out
+    assert f"network.allow in {allow_shell.cell.source}" in out, out
+    assert f"devshell net learn {allow_shell.spec.cell}" in out, out
 
 
 @pytest.mark.attack(CLASS, "reach a name outside the policy (the Python package index)")
@@ -225,7 +228,8 @@ def test_control_an_open_devshell_resolves_names(open_shell):
 
 NETWORK_CHANGES = [
     ("a default route through the proxy", "ip route replace default via {proxy}"),
-    ("a raw socket", "perl -MSocket -e 'socket(my $s, PF_INET, SOCK_RAW, 1) or die \"$!\\n\"; print \"raw\\n\"'"),
+    ("a raw socket",
+     "perl -MSocket -e 'socket(my $s, PF_INET, SOCK_RAW, 1) or die \"$!\\n\"; print \"raw\\n\"'"),
 ]
 
 

@@ -797,7 +797,8 @@ def test_the_network_mode_reaches_every_rendering(inv, flag, cell_network, data)
     assert spec.network == spec.identity()["network"] == network
     none, allow = network == "none", network == "allow"
     engine_network = "none" if none else egress.proxy_name(spec.name) if allow else None
-    assert [a for a in argv if a.startswith("--network")] == ([f"--network={engine_network}"] if engine_network else [])
+    rendered = [f"--network={engine_network}"] if engine_network else []
+    assert [a for a in argv if a.startswith("--network")] == rendered
     assert sdk.get("network_mode") == host_config.get("NetworkMode") == engine_network
     # without a network the engine writes no address for the hostname: it is given one on lo
     own_name = [f"{spec.name}:127.0.1.1"] if none else []
