@@ -345,7 +345,9 @@ def devshell_rows(containers: Sequence[dict[str, Any]], volumes: Sequence[dict[s
 
 def status_all(as_json: bool) -> int:
     engine = Engine.connect()
-    containers = engine.list_containers(labels.MANAGED)
+    # Devshells only: an egress proxy (labels.ROLE) serves one, and `--list` shows its state.
+    containers = [c for c in engine.list_containers(labels.MANAGED)
+                  if labels.ROLE not in (c.get("Labels") or {})]
     names = [(c.get("Names") or ["/?"])[0].lstrip("/") for c in containers if c.get("State") == "running"]
     # Each measure is bounded (10 s), and they run side by side: k hostile devshells must not
     # make status wait k times as long.

@@ -355,6 +355,9 @@ def test_the_session_line_and_list_state_allow_and_the_proxy(allow_shell, devshe
                           f"--cells-dir={os.path.dirname(allow_shell.cell.source)}")
     [row] = [r for r in json.loads(listed.stdout)["cells"] if r["cell"] == allow_shell.spec.cell]
     assert (row["network"], row["proxy"]) == ("allow", "running"), row
+    # status lists devshells; the proxy is its devshell's, shown by --list
+    every = {r["name"] for r in json.loads(devshell_cli(None, "status", "--json").stdout)["devshells"]}
+    assert allow_shell.name in every and egress.proxy_name(allow_shell.name) not in every, every
 
 
 def test_net_learn_prints_what_a_session_asked_for_then_restores_the_policy(allow_shell, mirror,
