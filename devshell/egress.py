@@ -35,6 +35,8 @@ PROXY_ENV = "DEVSHELL_PROXY"
 PROXY_ENV_KEYS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY", PROXY_ENV)
 # A name with no port may be reached on these (HTTP, and HTTPS through CONNECT).
 DEFAULT_PORTS = (80, 443)
+# The request methods the proxy passes on (others are denied: squid_conf).
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT")
 # The devshell's DNS upstream: its own loopback, where nothing listens. The engine's embedded
 # DNS still answers the proxy's alias (a name on the network it owns), and forwards every
 # other name there, inside the devshell's namespace: to nobody. Engines before 26 forward
@@ -87,7 +89,8 @@ def parse_rule(text: str) -> Rule:
     if found is None or len(found.group(2)) > 253:
         raise ValueError(f"{text!r} is not a host name, *.suffix or either with :port")
     wildcard, host, port = bool(found.group(1)), found.group(2), found.group(3)
-    if re.fullmatch(r"[0-9.]+", host):
+    if not re.search(r"[a-z]", host.rsplit(".", 1)[-1]) or host.startswith("0x") or ".0x" in host:
+        # 10.0.0.1, and the C library's other spellings of an address (0x7f000001, 0x7f.1)
         raise ValueError(f"{text!r} is an address: name the host (the proxy checks names)")
     if wildcard and "." not in host:
         raise ValueError(f"{text!r} would allow a whole top-level domain")
@@ -123,11 +126,28 @@ def squid_conf(rules: tuple[Rule, ...], client_subnet: str, *, learn: bool = Fal
         "pid_filename none", "cache deny all", "cache_mem 0 MB", "cache_log stdio:/dev/stderr",
         "logfile_rotate 0", "coredump_dir none", "shutdown_lifetime 0 seconds", "pinger_enable off",
         "via off", "forwarded_for delete", "httpd_suppress_version_string on",
+        # Nothing about the proxy or its host in answers: not its container id, not its cache.
+        f"visible_hostname {PROXY_ALIAS}", "reply_header_access X-Cache deny all",
+        "reply_header_access X-Cache-Lookup deny all",
         f"acl devshell src {client_subnet}",
         "http_access deny !devshell",
+        # squid's cache manager (cache_object://) answers on any allowed name and tells who
+        # its clients are and what it resolved: never.
+        "http_access deny manager",
+        # Methods a tool uses; anything else is refused (and logged as such) rather than
+        # forwarded under a name the log cannot read back.
+        f"acl std_methods method {' '.join(METHODS)}",
+        "http_access deny !std_methods",
+        # The proxy's own loopback is no destination, under any policy.
+        "http_access deny to_localhost",
     ]
     if learn:
-        lines.append("http_access allow devshell")
+        # Every name, and nothing that is not one: no address (the host's bridge, another
+        # container, a private network) is learned or reached while learning.
+        lines += [r"acl address dstdom_regex -n ^[0-9.]+$ ^\[?[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?$",
+                  "acl private dst 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 100.64.0.0/10 "
+                  "fc00::/7 fe80::/10",
+                  "http_access deny address", "http_access deny private", "http_access allow devshell"]
     for n, rule in enumerate(rules):
         # -n: a destination given as an address is not looked up in reverse (its PTR record
         # would otherwise choose the verdict, and whoever owns the address writes that).
@@ -207,6 +227,8 @@ class EgressSpec(NamedTuple):
                 "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,mode=1777"},
                 "PidsLimit": PROXY_LIMITS["pids"], "Memory": PROXY_LIMITS["memory"],
                 "MemorySwap": PROXY_LIMITS["memory"],
+                # It sits between two networks: it relays, it never routes.
+                "Sysctls": {"net.ipv4.ip_forward": "0"},
             },
             "NetworkingConfig": {"EndpointsConfig": {self.name: {"Aliases": [PROXY_ALIAS]}}},
         }
@@ -253,29 +275,48 @@ class Entry(NamedTuple):
         return f"{d['time']}  {devshell}  {self.verdict:<7}  {self.method} {where} ({self.status})"
 
 
-_LOG_LINE = re.compile(r"^([0-9]{1,12}\.[0-9]{3}) ([A-Z_]{1,32}) ([A-Za-z0-9._:\[\]-]{1,255}) "
-                       r"([0-9]{1,5}|-) ([0-9]{3}) ([A-Z_]{1,40})$")
+_LOG_LINE = re.compile(r"^([0-9]{1,12}\.[0-9]{3}) ([A-Z_-]{1,32}) ([A-Za-z0-9._:\[\]%-]{1,255}) "
+                       r"([0-9]{1,5}|-) ([0-9]{1,3}) ([A-Z_]{1,40})$")
+# What squid logs for a connection that sent no request (verify's "does it answer" probe).
+_PROBE = re.compile(r"^[0-9.]+ - - - 0 NONE_NONE$")
 
 
-def parse_log(data: bytes) -> list[Entry]:
+def parse_log(data: bytes, unreadable: list[str] | None = None) -> list[Entry]:
     """The requests in a proxy log. The proxy writes what the agent asked for, so every line
-    is checked against the one shape squid_conf logs; anything else (a connection that sent
-    no request, a line cut by a full disk, one without its newline yet) is left out."""
+    is checked against the one shape squid_conf logs. A line that does not fit (cut by a full
+    disk, say) is not a request: it goes to unreadable, for the caller to report, and a
+    connection that sent no request is left out. Only whole lines: the last one may be one
+    squid is still writing. Verdicts: denied (by the policy), error (squid could not read the
+    request, or it failed before reaching anyone), allowed (passed on)."""
     out = []
-    # Only whole lines: the last one may be one squid is still writing.
     for raw in data.split(b"\n")[:-1]:
-        found = _LOG_LINE.fullmatch(raw.decode("ascii", "replace"))
-        if found is None:
+        text = raw.decode("ascii", "replace")
+        if _PROBE.fullmatch(text):
             continue
-        stamp, method, host, port, status, verdict = found.groups()
+        found = _LOG_LINE.fullmatch(text)
+        if found is None:
+            if unreadable is not None and text.strip():
+                unreadable.append(text)
+            continue
+        stamp, method, host, port, status, tag = found.groups()
+        verdict = ("denied" if tag.startswith("TCP_DENIED") else
+                   "error" if tag.startswith("NONE") or host == "-" or method == "-" else "allowed")
         out.append(Entry(float(stamp), method, host.lower(), None if port == "-" else int(port),
-                         int(status), "denied" if verdict == "TCP_DENIED" else "allowed"))
+                         int(status), verdict))
     return out
 
 
 def allow_block(entries: list[Entry]) -> str:
-    """The `network:` block that allows what entries asked for (net learn), names sorted;
-    a port other than DEFAULT_PORTS is written with the name."""
-    names = sorted({e.host + ("" if e.port in (None, *DEFAULT_PORTS) else f":{e.port}") for e in entries})
+    """The `network:` block that allows what entries were let through for (net learn), names
+    sorted; a port other than DEFAULT_PORTS is written with the name."""
+    names = set()
+    for e in entries:
+        name = e.host + ("" if e.port in (None, *DEFAULT_PORTS) else f":{e.port}")
+        try:
+            parse_rule(name)  # only what a cell would take: names, never addresses
+        except ValueError:
+            continue
+        if e.verdict == "allowed":
+            names.add(name)
     lines = ["network:", "  mode: allow", "  allow:" + ("" if names else " []")]
-    return "\n".join(lines + [f"    - {n}" for n in names]) + "\n"
+    return "\n".join(lines + [f"    - {n}" for n in sorted(names)]) + "\n"

@@ -411,6 +411,7 @@ class Engine:
                     self.start(info["Id"])
                     self._wait_listening(info["Id"])
                 return "started"
+            self._stop_proxy(info["Id"])
             self._call("DELETE", f"/containers/{info['Id']}?force=1", missing=(404,))
             state = "recreated"
         try:
@@ -455,11 +456,17 @@ class Engine:
             except OSError:
                 time.sleep(0.05)
 
+    def _stop_proxy(self, container: str) -> None:
+        """Stop before removing: squid logs a request when it ends, so a tunnel still open
+        reaches the log only if squid is let close it (SIGTERM; shutdown_lifetime is 0)."""
+        self._call("POST", f"/containers/{container}/stop?t=3", ok=(204, 304), missing=(404,))
+
     def remove_egress(self, name: str, cell: str) -> bool:
         """The proxy and network of a devshell (down): only what devshell made for cell."""
         info = self.inspect(name)
         gone = False
         if info is not None and owner_of(info["Config"].get("Labels"), cell) == "devshell":
+            self._stop_proxy(info["Id"])
             gone = self.remove_container(info["Id"])
         net: dict[str, Any] | None = self._call("GET", f"/networks/{_q(name)}", missing=(404,))
         if net is not None and owner_of(net.get("Labels"), cell) == "devshell":

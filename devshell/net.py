@@ -67,10 +67,14 @@ def log(argv: Sequence[str]) -> int:
                             "launch it with --network allow (or mode: allow in its cell), "
                             f"then net log {ns.cell}")
 
-    def show(entries: list[Entry]) -> None:
+    def show(entries: list[Entry], unreadable: list[str]) -> None:
         for e in entries:
             print(json.dumps(e.as_dict(name)) if ns.json else for_terminal(e.line(name), backslash=False),
                   flush=True)
+        if unreadable:  # never silently: a line the parser left out may be a request
+            print(f"devshell: note: {len(unreadable)} line(s) of {path} are not in the proxy's log "
+                  f"format and are not shown; the first: {for_terminal(unreadable[0][:200])}",
+                  file=sys.stderr, flush=True)
 
     offset = tail(path, show)
     if not ns.follow:
@@ -83,7 +87,7 @@ def log(argv: Sequence[str]) -> int:
         return 0
 
 
-def tail(path: str, show: Callable[[list[Entry]], None], offset: int | None = None) -> int:
+def tail(path: str, show: Callable[[list[Entry], list[str]], None], offset: int | None = None) -> int:
     """Show the whole lines from offset (None: the last MAX_LOG_BYTES) on; returns where the
     next read starts (after the last whole line). Only a regular file, never through a link."""
     try:
@@ -104,7 +108,9 @@ def tail(path: str, show: Callable[[list[Entry]], None], offset: int | None = No
         f.seek(offset)
         data = f.read(MAX_LOG_BYTES)
     whole = data[: data.rfind(b"\n") + 1]
-    show(parse_log(whole))
+    unreadable: list[str] = []
+    entries = parse_log(whole, unreadable)
+    show(entries, unreadable)
     return offset + len(whole)
 
 
@@ -136,9 +142,9 @@ def learned(shell: object, session: Callable[[], int]) -> int:
         restore_policy(shell)
     entries: list[Entry] = []
     if os.path.exists(path):
-        tail(path, entries.extend, start)
+        tail(path, lambda found, _unreadable: entries.extend(found), start)
     sys.stdout.write(allow_block(entries))
     print(f"devshell: {len(entries)} request(s) to {len({e.host for e in entries})} name(s); the block "
-          f"above allows them: put it in cell {shell.spec.cell}'s file. The proxy is back to the cell's "
-          "policy.", file=sys.stderr)
+          f"above allows the names that were let through (never an address): put it in cell "
+          f"{shell.spec.cell}'s file. The proxy is back to the cell's policy.", file=sys.stderr)
     return code

@@ -122,6 +122,12 @@ def test_the_proxy_answers_the_policy_page_and_names_the_fix(allow_shell):
     assert f"devshell net learn {allow_shell.spec.cell}" in out, out
 
 
+def test_the_proxy_tells_nothing_about_itself(allow_shell, mirror):
+    # squid's cache manager answers on any allowed name: who its clients are, what it resolved.
+    out = as_user(allow_shell, via_proxy(f"GET cache_object://{mirror}/client_list HTTP/1.1")).stdout
+    assert out.startswith("HTTP/1.1 403"), out
+
+
 @pytest.mark.attack(CLASS, "reach a name outside the policy (the Python package index)")
 def test_the_package_index_is_denied_and_logged(allow_shell, devshell_cli):
     out = as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1")).stdout
@@ -360,9 +366,12 @@ def test_the_session_line_and_list_state_allow_and_the_proxy(allow_shell, devshe
     assert allow_shell.name in every and egress.proxy_name(allow_shell.name) not in every, every
 
 
-def test_net_learn_prints_what_a_session_asked_for_then_restores_the_policy(allow_shell, mirror,
+def test_net_learn_prints_what_a_session_asked_for_then_restores_the_policy(allow_shell, open_shell,
                                                                              devshell_cli):
-    script = _script(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1"))
+    # ... and an address (the engine's bridge gateway: this host), which learning never lets through
+    gateway = gateways(open_shell)[0]
+    script = _script(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1") + "\n"
+                     + via_proxy(f"GET http://{gateway}:9/ HTTP/1.1"))
     argv = ["net", "learn", allow_shell.spec.cell, f"--instance={allow_shell.opts.instance}",
             f"--checkout={allow_shell.opts.checkout}", f"--patches-out={allow_shell.opts.patches_out}",
             f"--uid={allow_shell.opts.uid}", f"--gid={allow_shell.opts.gid}",
@@ -377,7 +386,8 @@ def test_net_learn_prints_what_a_session_asked_for_then_restores_the_policy(allo
     assert learned.returncode == 0, learned.stderr
     assert "HTTP/1.1 200" in learned.stdout, learned.stdout  # let through while learning
     block = yaml.safe_load(learned.stdout[learned.stdout.index("network:"):])
-    assert block["network"]["mode"] == "allow" and DENIED in block["network"]["allow"], learned.stdout
+    assert block["network"]["mode"] == "allow" and block["network"]["allow"] == [DENIED], learned.stdout
+    assert "HTTP/1.1 403" in learned.stdout, learned.stdout  # the address, denied while learning
     # ... and afterwards the cell's policy again
     out = as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1")).stdout
     assert out.startswith("HTTP/1.1 403"), out

@@ -25,7 +25,7 @@ def test_a_rule_is_a_name_a_suffix_or_either_with_a_port():
 
 @pytest.mark.parametrize("text", ["", "*", "*.", "a..b", "-a.b", "a b", "http://a.b", "a.b/c", "a.b:",
                                   "a.b:x", "1.2.3.4", "[::1]", "*.com", "a.b:0", "a.b:65536", "a_b.c",
-                                  "*.*.a.b"])
+                                  "*.*.a.b", "0x7f000001", "0x7f.1", "127.1", "10.0.0.1:80"])
 def test_anything_else_is_refused(text):
     with pytest.raises(ValueError):
         parse_rule(text)
@@ -47,9 +47,29 @@ def test_squid_allows_the_rules_on_their_ports_and_denies_the_rest_with_the_poli
     assert "http_access allow devshell" not in lines
 
 
-def test_learning_allows_everything_from_the_devshell_only():
+def test_learning_allows_every_name_from_the_devshell_only_and_never_an_address():
     lines = egress.squid_conf((), "10.0.0.0/24", learn=True).splitlines()
-    assert lines.index("http_access deny !devshell") < lines.index("http_access allow devshell")
+    allow = lines.index("http_access allow devshell")
+    for deny in ("deny !devshell", "deny manager", "deny !std_methods", "deny to_localhost", "deny address",
+                 "deny private"):
+        assert lines.index(f"http_access {deny}") < allow, deny
+    [address] = [ln for ln in lines if ln.startswith("acl address ")]
+    import re
+
+    patterns = address.split()[4:]
+    for literal in ("172.17.0.1", "10.0.0.1", "[::1]", "::1", "fe80::1"):
+        assert any(re.search(p, literal) for p in patterns), literal
+    for name in ("cafe.be", "deb.debian.org", "bad.cafe"):
+        assert not any(re.search(p, name) for p in patterns), name
+
+
+def test_under_any_policy_the_cache_manager_odd_methods_and_loopback_are_denied_first():
+    lines = egress.squid_conf(CELL.allow, "172.30.0.0/16").splitlines()
+    first_allow = min(n for n, ln in enumerate(lines) if ln.startswith("http_access allow"))
+    for deny in ("deny manager", "deny !std_methods", "deny to_localhost"):
+        assert lines.index(f"http_access {deny}") < first_allow, deny
+    assert f"acl std_methods method {' '.join(egress.METHODS)}" in lines
+    assert f"visible_hostname {egress.PROXY_ALIAS}" in lines
 
 
 def test_the_error_page_names_the_policy_and_the_fix_and_escapes_what_squid_would_expand():
@@ -104,12 +124,15 @@ garbage line
 1796612936.000 GET deb.debian.org 80 200 TCP_MI"""
 
 
-def test_the_log_reads_as_entries_and_skips_what_is_not_a_request():
-    assert egress.parse_log(LOG) == [
+def test_the_log_reads_as_entries_and_reports_what_is_not_a_request():
+    unreadable: list[str] = []
+    assert egress.parse_log(LOG, unreadable) == [
         Entry(1796612927.595, "GET", "deb.debian.org", 80, 200, "allowed"),
         Entry(1796612933.849, "CONNECT", "pypi.org", 443, 403, "denied"),
         Entry(1796612935.0, "CONNECT", "git.example.com", 8443, 200, "allowed"),
     ]
+    # the probe (no request) is no entry and nothing to report; the cut last line waits
+    assert [line[:18] for line in unreadable] == ["1796612934.000 CON", "garbage line"]
     entry = egress.parse_log(LOG)[1]
     assert entry.as_dict("devshell-c") == {"time": "2026-12-07T03:08:53.849Z", "devshell": "devshell-c",
                                           "method": "CONNECT", "host": "pypi.org", "port": 443,
@@ -118,12 +141,24 @@ def test_the_log_reads_as_entries_and_skips_what_is_not_a_request():
                                         "CONNECT pypi.org:443 (403)")
 
 
+def test_verdicts_are_denied_error_or_allowed():
+    log = (b"1.000 GET deb.debian.org 80 0 TCP_MISS_ABORTED\n"
+           b"2.000 GET - - 400 NONE_NONE\n"
+           b"3.000 M-SEARCH deb.debian.org 80 403 TCP_DENIED_REPLY\n"
+           b"4.000 GET x.org 80 503 NONE_NONE\n")
+    assert [(e.method, e.status, e.verdict) for e in egress.parse_log(log)] == [
+        ("GET", 0, "allowed"), ("GET", 400, "error"), ("M-SEARCH", 403, "denied"), ("GET", 503, "error")]
+
+
 def test_learn_prints_a_block_that_loads_as_the_same_policy():
     import yaml
 
     block = egress.allow_block(egress.parse_log(LOG))
-    assert block == ("network:\n  mode: allow\n  allow:\n    - deb.debian.org\n    - git.example.com:8443\n"
-                     "    - pypi.org\n")
+    # what was let through, by name: pypi.org was denied there, an address is never learned
+    assert block == "network:\n  mode: allow\n  allow:\n    - deb.debian.org\n    - git.example.com:8443\n"
+    learned = egress.parse_log(LOG.replace(b"403 TCP_DENIED", b"200 TCP_TUNNEL")
+                               + b"9.000 GET 172.17.0.1 18777 200 TCP_MISS\n")
+    block = egress.allow_block(learned)
     cell = cells.parse({**yaml.safe_load(block), "platform": "linux/amd64", "image": {"ref": "x"},
                         "workspace": "/home/runner/w"}, source="x", stem="x")
     assert [str(r) for r in cell.allow] == ["deb.debian.org", "git.example.com:8443", "pypi.org"]
