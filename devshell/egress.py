@@ -194,6 +194,7 @@ class EgressSpec(NamedTuple):
     log_dir: str  # on the host
     user: str  # uid:gid the proxy runs as (owns the log dir)
     labels: tuple[tuple[str, str], ...] = ()
+    learn: bool = False  # net learn's: every name let through (the conf says so too)
 
     def hash(self) -> str:
         key = {"image": self.image, "conf": self.conf, "page": self.page, "log": self.log_dir,
@@ -202,7 +203,8 @@ class EgressSpec(NamedTuple):
 
     def all_labels(self) -> dict[str, str]:
         return {**dict(self.labels), labels.MANAGED: "1", labels.CELL: self.cell,
-                labels.ROLE: ROLE_PROXY, labels.SPEC_HASH: self.hash()}
+                labels.ROLE: ROLE_PROXY, labels.SPEC_HASH: self.hash(),
+                **({labels.LEARNING: "1"} if self.learn else {})}
 
     def network_body(self) -> dict[str, Any]:
         return {"Name": self.name, "Driver": "bridge", "Internal": True, "EnableIPv6": False,
@@ -245,7 +247,7 @@ def plan_egress(devshell: str, cell: Any, subnet: str, log_dir: str, user: tuple
     return EgressSpec(name=proxy_name(devshell), cell=cell.name, image=proxy_image(),
                       conf=squid_conf(cell.allow, subnet, learn=learn),
                       page=error_page(cell.name, cell.source), log_dir=log_dir, user=f"{user[0]}:{user[1]}",
-                      labels=tuple(sorted((labels or {}).items())))
+                      labels=tuple(sorted((labels or {}).items())), learn=learn)
 
 
 # --- the audit log ----------------------------------------------------------------------------

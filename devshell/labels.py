@@ -25,6 +25,9 @@ PROFILE = "devshell.profile"
 # What an object is for, where it is not a devshell itself: the egress proxy of a devshell
 # under --network allow, and its network (egress.py), carry "egress-proxy".
 ROLE = "devshell.role"
+# On an egress proxy that lets every name through for `devshell net learn` ("1"): --list says
+# so, since a learning session the CLI could not finish leaves it so until the next launch.
+LEARNING = "devshell.egress-learning"
 RUNTIME = "devshell.runtime"
 # The pytest plugin's run id and the host:pid that owns the run (a dead owner's objects are swept).
 TEST_RUN = "devshell.test-run"

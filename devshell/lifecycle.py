@@ -177,7 +177,11 @@ def list_cells(opts: Options) -> int:
 
 def _proxy_state(engine: Engine, devshell: str) -> str:
     info = engine.inspect(proxy_name(devshell))
-    return info["State"]["Status"] if info else "absent"
+    if info is None:
+        return "absent"
+    state: str = info["State"]["Status"]
+    learning = labels.LEARNING in (info["Config"].get("Labels") or {})
+    return state + (" (learning: every name let through)" if learning else "")
 
 
 # --- status -----------------------------------------------------------------------------------

@@ -124,8 +124,17 @@ def learn(argv: Sequence[str]) -> int:
     if opts.network not in (None, "allow"):
         raise DevshellError(f"net learn runs under --network allow, and was given --network {opts.network}",
                             "drop --network")
+    import signal
+
     from .cli import launch
 
+    # A TERM or HUP unwinds (SystemExit), so learned() puts the cell's policy back on the way
+    # out; only a KILL leaves the proxy learning, which --list then says, until the next launch.
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, leave)
     return launch(opts._replace(network="allow"), learn=True)
 
 

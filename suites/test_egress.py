@@ -338,6 +338,31 @@ def test_the_log_survives_rm_and_shows_both_verdicts(allow_shell, mirror, devshe
     assert os.stat(path).st_uid == allow_shell.opts.uid  # the proxy writes as dev's uid, never root
 
 
+def test_net_log_follow_prints_requests_as_they_come(allow_shell):
+    import random
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = random.randrange(20000, 30000)  # names this request's line; denied, it reaches nothing
+    follow = subprocess.Popen([sys.executable, "-m", "devshell", "net", "log", allow_shell.spec.cell,
+                               f"--instance={allow_shell.opts.instance}", "--json", "--follow"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # it has printed what was there, and follows
+        as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:{port} HTTP/1.1"))
+        seen, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e["port"] == port for e in seen):
+            if select.select([follow.stdout], [], [], 1)[0]:
+                seen.append(json.loads(follow.stdout.readline()))
+        assert any(e["port"] == port and e["verdict"] == "denied" for e in seen), seen
+    finally:
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0, follow.stderr.read()
+
+
 def test_a_policy_change_recreates_the_proxy_and_keeps_the_devshell(devshell_factory, egress_cell,
                                                                     networked_runtime, devshell_engine):
     first = devshell_factory(egress_cell, runtime=networked_runtime)

@@ -111,6 +111,10 @@ def test_a_policy_change_changes_the_proxy_hash_and_nothing_else_does():
     base = hashed()
     assert hashed(run="r2") == base
     assert hashed(learn=True) != base
+    def proxy_labels(learn):
+        return egress.plan_egress("devshell-c", CELL, "172.30.0.0/16", "/l", (1, 1), learn=learn).all_labels()
+
+    assert proxy_labels(True)[labels.LEARNING] == "1" and labels.LEARNING not in proxy_labels(False)
     assert hashed(subnet="172.31.0.0/16") != base
     assert hashed(cell=CELL._replace(allow=CELL.allow[:1])) != base
 
