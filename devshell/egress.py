@@ -89,7 +89,8 @@ def parse_rule(text: str) -> Rule:
     if found is None or len(found.group(2)) > 253:
         raise ValueError(f"{text!r} is not a host name, *.suffix or either with :port")
     wildcard, host, port = bool(found.group(1)), found.group(2), found.group(3)
-    if not re.search(r"[a-z]", host.rsplit(".", 1)[-1]) or host.startswith("0x") or ".0x" in host:
+    numeric = all(re.fullmatch(r"0x[0-9a-f]*|[0-9]+", label) for label in host.split("."))
+    if numeric or not re.search(r"[a-z]", host.rsplit(".", 1)[-1]):
         # 10.0.0.1, and the C library's other spellings of an address (0x7f000001, 0x7f.1)
         raise ValueError(f"{text!r} is an address: name the host (the proxy checks names)")
     if wildcard and "." not in host:
@@ -138,13 +139,12 @@ def squid_conf(rules: tuple[Rule, ...], client_subnet: str, *, learn: bool = Fal
         # forwarded under a name the log cannot read back.
         f"acl std_methods method {' '.join(METHODS)}",
         "http_access deny !std_methods",
-        # The proxy's own loopback is no destination, under any policy.
-        "http_access deny to_localhost",
     ]
     if learn:
         # Every name, and nothing that is not one: no address (the host's bridge, another
         # container, a private network) is learned or reached while learning.
-        lines += [r"acl address dstdom_regex -n ^[0-9.]+$ ^\[?[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?$",
+        lines += ["http_access deny to_localhost",
+                  r"acl address dstdom_regex -n ^[0-9.]+$ ^\[?[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?$",
                   "acl private dst 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 100.64.0.0/10 "
                   "fc00::/7 fe80::/10",
                   "http_access deny address", "http_access deny private", "http_access allow devshell"]
@@ -156,7 +156,10 @@ def squid_conf(rules: tuple[Rule, ...], client_subnet: str, *, learn: bool = Fal
         else:
             lines.append(f"acl name{n} dstdomain -n {rule.host}")
         ports = " ".join(str(p) for p in ((rule.port,) if rule.port else DEFAULT_PORTS))
-        lines += [f"acl port{n} port {ports}", f"http_access allow name{n} port{n}"]
+        # The proxy's own loopback is no destination, whatever an allowed name resolves to.
+        # Last in the rule: squid resolves a name to judge to_localhost, and a name it is
+        # about to deny must never be looked up (the lookup alone would carry data out).
+        lines += [f"acl port{n} port {ports}", f"http_access allow name{n} port{n} !to_localhost"]
     lines += [
         "acl policy src all",
         f"deny_info 403:{ERROR_PAGE} policy",
@@ -312,7 +315,7 @@ def allow_block(entries: list[Entry]) -> str:
     """The `network:` block that allows what entries were let through for (net learn), names
     sorted; a port other than DEFAULT_PORTS is written with the name."""
     names = set()
-    for e in entries:
+    for e in entries:  # (net learn says how many it left out: learned_names)
         name = e.host + ("" if e.port in (None, *DEFAULT_PORTS) else f":{e.port}")
         try:
             parse_rule(name)  # only what a cell would take: names, never addresses

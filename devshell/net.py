@@ -145,15 +145,25 @@ def learned(shell: object, session: Callable[[], int]) -> int:
     assert isinstance(shell, Devshell)
     path = log_path(shell.spec.cell, shell.opts.instance)
     start = os.stat(path).st_size if os.path.exists(path) else 0
+    import signal
+
     try:
         code = session()
     finally:
+        # A second signal must not cut the restore short.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         restore_policy(shell)
     entries: list[Entry] = []
     if os.path.exists(path):
         tail(path, lambda found, _unreadable: entries.extend(found), start)
-    sys.stdout.write(allow_block(entries))
-    print(f"devshell: {len(entries)} request(s) to {len({e.host for e in entries})} name(s); the block "
-          f"above allows the names that were let through (never an address): put it in cell "
-          f"{shell.spec.cell}'s file. The proxy is back to the cell's policy.", file=sys.stderr)
+    block = allow_block(entries)
+    sys.stdout.write(block)
+    kept = block.count("\n    - ")
+    through = {e.host for e in entries if e.verdict == "allowed"}
+    print(f"devshell: {len(entries)} request(s); {kept} name(s) let through are in the block above "
+          f"(put it in cell {shell.spec.cell}'s file)"
+          + (f"; {len(through) - kept} let through that a cell cannot name were left out"
+             if len(through) > kept else "")
+          + ". The proxy is back to the cell's policy.", file=sys.stderr)
     return code
