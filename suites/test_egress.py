@@ -349,18 +349,22 @@ def test_net_log_follow_prints_requests_as_they_come(allow_shell):
     port = random.randrange(20000, 30000)  # names this request's line; denied, it reaches nothing
     follow = subprocess.Popen([sys.executable, "-m", "devshell", "net", "log", allow_shell.spec.cell,
                                f"--instance={allow_shell.opts.instance}", "--json", "--follow"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         time.sleep(1)  # it has printed what was there, and follows
         as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:{port} HTTP/1.1"))
-        seen, deadline = [], time.monotonic() + 30
+        # Raw reads: a buffered readline would keep lines select cannot see.
+        seen, pending, deadline = [], b"", time.monotonic() + 60
+        fd = follow.stdout.fileno()
         while time.monotonic() < deadline and not any(e["port"] == port for e in seen):
-            if select.select([follow.stdout], [], [], 1)[0]:
-                seen.append(json.loads(follow.stdout.readline()))
+            if select.select([fd], [], [], 1)[0]:
+                pending += os.read(fd, 1 << 16)
+                *lines, pending = pending.split(b"\n")
+                seen += [json.loads(line) for line in lines]
         assert any(e["port"] == port and e["verdict"] == "denied" for e in seen), seen
     finally:
         follow.send_signal(signal.SIGINT)
-        assert follow.wait(timeout=10) == 0, follow.stderr.read()
+        assert follow.wait(timeout=10) == 0, follow.stderr.read().decode()
 
 
 def test_a_policy_change_recreates_the_proxy_and_keeps_the_devshell(devshell_factory, egress_cell,
