@@ -219,6 +219,15 @@ def bridge_listener():
         listener.close()
 
 
+@pytest.fixture
+def host_listener():
+    """A Listener on every address of this host: whatever of the host a container reaches
+    (egress's attacks and their controls). Closed after the test."""
+    listener = Listener("0.0.0.0")
+    yield listener
+    listener.close()
+
+
 @pytest.fixture(scope="session")
 def connect():
     """connect(shell, listener, user=dev's uid): a raw `docker exec` that opens a TCP connection

@@ -146,16 +146,6 @@ def test_control_an_open_devshell_reaches_the_package_index(open_shell):
 # --- what does not get out: direct connections, DNS, the network's configuration ------------
 
 
-@pytest.fixture
-def host_listener():
-    """A listener on every address of this host: whatever of the host a container reaches."""
-    from conftest import Listener  # suites/conftest.py
-
-    listener = Listener("0.0.0.0")
-    yield listener
-    listener.close()
-
-
 def gateways(shell) -> list[str]:
     networks = shell.engine.inspect(shell.name)["NetworkSettings"]["Networks"]
     return [n["Gateway"] for n in networks.values() if n.get("Gateway")]
