@@ -409,7 +409,7 @@ class Engine:
                     self._call("POST", f"/containers/{info['Id']}/unpause", ok=(204, 304))
                 else:
                     self.start(info["Id"])
-                    self._wait_listening(info["Id"])
+                    self._wait_listening(info["Id"], spec)
                 return "started"
             self._stop_proxy(info["Id"])
             self._call("DELETE", f"/containers/{info['Id']}?force=1", missing=(404,))
@@ -431,25 +431,34 @@ class Engine:
             raise DevshellError(f"cannot start the egress proxy {spec.name} ({e.reason}); the devshell "
                                 "is not started with more network than asked",
                                 "check the Docker daemon and its default bridge") from None
-        self._wait_listening(cid)
+        self._wait_listening(cid, spec)
         return state
 
-    def _wait_listening(self, container: str, bound: float = 10.0) -> None:
+    def _wait_listening(self, container: str, spec: EgressSpec, bound: float = 10.0) -> None:
         """Until squid listens (about half a second after its start): a request made sooner
         would fail. Asked from the host, at the proxy's address on the default bridge (the
         devshell's side has no host address); only for a local engine, whose bridge this host
-        routes to. Not listening in time is not an error here: the session's verify waits too,
-        and fails the session if it never does."""
+        routes to. A proxy that stopped meanwhile (squid refused its configuration or its log)
+        stops the launch, with squid's last words; one still starting when the bound is up is
+        left to the session's verify, which waits too and fails the session if it never answers."""
         import socket
         import time
 
-        if not self.host.startswith("unix://"):
-            return
-        info = self.inspect(container) or {}
-        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
-        address = networks.get("bridge", {}).get("IPAddress")
         deadline = time.monotonic() + bound
-        while address and time.monotonic() < deadline:
+        while True:
+            info = self.inspect(container) or {}
+            if not info.get("State", {}).get("Running"):
+                _, logs = self._request("GET", f"/containers/{container}/logs?stdout=1&stderr=1&tail=30")
+                lines = _log_lines(logs)
+                why = [line for line in lines if "FATAL" in line] or lines[-1:] or ["no output"]
+                raise DevshellError(f"the egress proxy {spec.name} stopped as it started ({why[0]}); "
+                                    "nothing gets out, and no session starts",
+                                    f"see docker logs {spec.name}; then devshell down {spec.cell} and "
+                                    "launch again")
+            networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            address = networks.get("bridge", {}).get("IPAddress")
+            if not address or not self.host.startswith("unix://") or time.monotonic() > deadline:
+                return
             try:
                 with socket.create_connection((address, PROXY_PORT), timeout=0.5):
                     return

@@ -366,8 +366,16 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
 # --- egress (--network allow) -----------------------------------------------------------------
 
 
-def _proxy_user(opts: Options) -> tuple[int, int]:
-    """Who the proxy runs as, and so who owns its log: whoever owns the log dir devshell makes."""
+def _proxy_user(opts: Options, log_dir: str) -> tuple[int, int]:
+    """Who the proxy runs as: whoever owns its log dir (an earlier launch with other --uid may
+    have made it), else whom devshell gives the one it makes. Never root: squid as root would
+    change to its own user, who could not write the log."""
+    try:
+        st = os.stat(log_dir)
+    except OSError:
+        st = None
+    if st is not None and st.st_uid != 0:
+        return st.st_uid, st.st_gid
     return _dev_owner(opts) or (os.getuid(), os.getgid())
 
 
@@ -375,7 +383,8 @@ def _egress_spec(spec: ContainerSpec, opts: Options, cell: Cell, network: dict[s
                  labels: dict[str, str] | None, learn: bool) -> EgressSpec:
     subnet = network["IPAM"]["Config"][0]["Subnet"]
     log_dir = HostFacts.current().egress_dir(spec.name)
-    return plan_egress(spec.name, cell, subnet, log_dir, _proxy_user(opts), labels=labels, learn=learn)
+    return plan_egress(spec.name, cell, subnet, log_dir, _proxy_user(opts, log_dir), labels=labels,
+                       learn=learn)
 
 
 def egress_holds(engine: Engine, spec: ContainerSpec, info: dict[str, Any], opts: Options, cell: Cell,
@@ -403,7 +412,7 @@ def ensure_egress(engine: Engine, spec: ContainerSpec, opts: Options, cell: Cell
     parent = os.path.realpath(os.path.dirname(log_dir))
     with open_dir(os.path.join(parent, os.path.basename(log_dir)), create=0o700, owner=_dev_owner(opts)):
         pass
-    probe = plan_egress(spec.name, cell, "0.0.0.0/0", log_dir, _proxy_user(opts), labels=labels)
+    probe = plan_egress(spec.name, cell, "0.0.0.0/0", log_dir, _proxy_user(opts, log_dir), labels=labels)
     network = engine.ensure_egress_network(name, probe.network_body())
     return engine.ensure_proxy(_egress_spec(spec, opts, cell, network, labels, learn))
 

@@ -288,6 +288,29 @@ def _script(shell, text: str) -> str:
     return os.path.realpath(path)
 
 
+@pytest.mark.fault("the egress proxy cannot start")
+def test_a_proxy_that_cannot_start_stops_the_launch_in_one_line(devshell_factory, egress_cell,
+                                                                networked_runtime, devshell_cli):
+    shell = devshell_factory(egress_cell, runtime=networked_runtime)
+    log_dir = HostFacts.current().egress_dir(shell.name)
+    shell.engine.remove_container(egress.proxy_name(shell.name))
+    log = os.path.join(log_dir, egress.LOG_FILE)
+    for path, mode in ((log, 0o400), (log_dir, 0o500)):  # squid cannot open its log: it exits at once
+        if os.path.exists(path):
+            os.chmod(path, mode)
+    try:
+        refused = cli(devshell_cli, shell, "--script", _script(shell, "echo the session ran"))
+    finally:
+        for path, mode in ((log_dir, 0o700), (log, 0o640)):
+            if os.path.exists(path):
+                os.chmod(path, mode)
+    assert refused.returncode == 2 and "the session ran" not in refused.stdout, refused
+    [line] = refused.stderr.splitlines()
+    assert "stopped as it started" in line and "Cannot open" in line and "no session starts" in line, line
+    again = cli(devshell_cli, shell, "--script", _script(shell, "echo the session ran"))
+    assert again.returncode == 0 and again.stdout == "the session ran\n", again.stderr
+
+
 def test_a_devshell_put_on_another_network_is_refused_and_removed(devshell_factory, egress_cell,
                                                                  networked_runtime):
     shell = devshell_factory(egress_cell, runtime=networked_runtime)
