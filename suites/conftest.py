@@ -5,6 +5,7 @@ import socket
 import threading
 
 import pytest
+from hostuser import tester, tester_base, tester_python  # noqa: F401  (an ordinary host user's fixtures)
 
 from devshell import cells
 from devshell.errors import DevshellError

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 
 import pytest
 import yaml
@@ -378,6 +379,46 @@ def test_net_log_follow_prints_requests_as_they_come(allow_shell):
     finally:
         follow.send_signal(signal.SIGINT)
         assert follow.wait(timeout=10) == 0, follow.stderr.read().decode()
+
+
+def test_a_non_root_user_gets_the_policy_and_a_log_of_its_own(tester, tester_python, tester_base, egress_cell,
+                                                              devshell_instance, mirror, networked_runtime):
+    """The real CLI, run by an ordinary host user in the docker group: the proxy runs as that
+    user, the log is in its own state dir, and the policy is the same."""
+    from hostuser import as_tester
+
+    cells_dir, checkout = os.path.join(tester_base, "cells"), os.path.join(tester_base, "checkout")
+    for d in (cells_dir, checkout):
+        os.mkdir(d, 0o755)
+        os.chown(d, tester.pw_uid, tester.pw_gid)
+    with open(egress_cell.source) as src, open(os.path.join(cells_dir, os.path.basename(egress_cell.source)),
+                                               "w") as dst:
+        dst.write(src.read())
+    script = os.path.join(tester_base, "s.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/bash\n" + via_proxy(f"GET http://{mirror}/debian/ HTTP/1.1") + "\n"
+                + via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1") + "\n")
+    python, env = tester_python
+    instance = devshell_instance()
+    common = [f"--cells-dir={cells_dir}", f"--instance={instance}"]
+    runtime = [f"--runtime={networked_runtime}"] if networked_runtime else []
+    log_dir = os.path.join(tester.pw_dir, ".local/state/devshell/egress",
+                           f"devshell-{egress_cell.name}-{instance}")
+    try:
+        done = as_tester(tester, python, "-m", "devshell", egress_cell.name, "--script", script, *common,
+                         *runtime, cwd=checkout, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0].startswith("HTTP/1.1 200") and "HTTP/1.1 403" in done.stdout, done
+        logged = as_tester(tester, python, "-m", "devshell", "net", "log", egress_cell.name,
+                           f"--instance={instance}", "--json", cwd=checkout, env=env)
+        assert logged.returncode == 0, logged.stderr
+        verdicts = {(e["host"], e["verdict"]) for e in map(json.loads, logged.stdout.splitlines())}
+        assert {(mirror, "allowed"), (DENIED, "denied")} <= verdicts, verdicts
+        assert os.stat(os.path.join(log_dir, egress.LOG_FILE)).st_uid == tester.pw_uid
+    finally:
+        as_tester(tester, python, "-m", "devshell", "down", egress_cell.name, f"--instance={instance}",
+                  "--volume", "--yes", cwd=checkout, env=env)
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def test_a_policy_change_recreates_the_proxy_and_keeps_the_devshell(devshell_factory, egress_cell,
