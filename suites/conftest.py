@@ -24,6 +24,15 @@ STANDARD_DESELECTED = pytest.StashKey[int]()
 
 
 def pytest_configure(config):
+    # A run started in the background (`cmd &` in a script: an asynchronous list starts with
+    # SIGINT ignored, and every child inherits that across exec) would hand the CLIs these
+    # suites interrupt an ignored SIGINT, and Python then never installs its handler: the
+    # signal tests would wait on a CLI that never heard them. Ours is the default handler, so
+    # the children get the default disposition.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "fault(name): a fault the devshell must recover from (fault table)")
     config.addinivalue_line("markers", "attack(cls, attempt): an attempt that must fail (attack table)")
     config.addinivalue_line("markers", "control(cls, attempt): the same attempt, where the guard is absent")
