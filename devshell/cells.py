@@ -102,7 +102,7 @@ SCHEMA: dict[str, Any] = {
         "dirs": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"src": _SUBDIR, "build": _SUBDIR, "ccache": _SUBDIR},
+            "properties": {"src": _SUBDIR, "build": _SUBDIR, "ccache": _SUBDIR, "install": _SUBDIR},
         },
         "env": {
             "type": "object",
@@ -160,6 +160,8 @@ class Cell(NamedTuple):
     build: str
     ccache: str
     image_ref: str | None = None
+    # The install tree a build cache carries (buildcache.py): a workspace subdir, like src.
+    install: str = ""
     recipe: Recipe | None = None
     env: tuple[tuple[str, str], ...] = ()
     setup: str | None = None
@@ -404,6 +406,7 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         src=posixpath.join(workspace, dirs.get("src", "src")),
         build=posixpath.join(workspace, dirs.get("build", "build")),
         ccache=posixpath.join(workspace, dirs.get("ccache", "ccache")),
+        install=posixpath.join(workspace, dirs.get("install", "install")),
         image_ref=image.get("ref"),
         recipe=recipe,
         env=env,

@@ -46,9 +46,13 @@ def run(argv: Sequence[str]) -> int:
         from . import net
 
         return net.main(argv[1:])
+    if argv and argv[0] == "cache":
+        from . import cache
+
+        return cache.main(argv[1:])
     if argv and argv[0] in cells.RESERVED_NAMES:
         raise DevshellError(f"{argv[0]!r} is reserved for a subcommand this version does not have",
-                            "see devshell --help; subcommands: patches, status, down, doctor, net")
+                            "see devshell --help; subcommands: patches, status, down, doctor, net, cache")
     opts = parse(argv, HostFacts.current())
     if opts.list:
         from . import lifecycle

@@ -482,6 +482,21 @@ class Engine:
             self._call("DELETE", f"/networks/{net['Id']}", ok=(204,), missing=(404, 409))
         return gone
 
+    def archive(self, container: str, path: str) -> Iterator[bytes] | None:
+        """A tar stream of path in the container (the engine's archive API: nothing is bound or
+        unpacked here), or None when there is no such path."""
+        from docker.errors import DockerException, NotFound
+
+        try:
+            stream, _ = self.client.api.get_archive(container, path, chunk_size=1 << 20)
+        except NotFound:
+            return None
+        except DockerException as e:
+            raise DevshellError(f"cannot read {path} in {container} ({_reason(e)})",
+                                "check the container's state") from None
+        chunks: Iterator[bytes] = iter(stream)
+        return chunks
+
     # --- runtimes and the locked image -----------------------------------------------------
 
     def runtime(self, name: str) -> Runtime:

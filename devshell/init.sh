@@ -433,7 +433,7 @@ init_workspace() {
 }
 init_workdirs() {  # as dev
     local d
-    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
+    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}" "${DEVSHELL_INSTALL:-}"; do
         [ -z "$d" ] || [ -d "$d" ] || mkdir -p "$d"
     done
 }
@@ -443,7 +443,7 @@ verify_workspace() {
             || fail workspace-owner "$WORKSPACE is ${ST_OWNER[$WORKSPACE]:-missing}, want $DEV_UID:$DEV_GID"
     fi
     local d
-    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}"; do
+    for d in "${DEVSHELL_SRC:-}" "${DEVSHELL_BUILD:-}" "${DEVSHELL_CCACHE:-}" "${DEVSHELL_INSTALL:-}"; do
         [ -z "$d" ] || [ -d "$d" ] || fail workspace-dirs "$d is missing"
     done
 }

@@ -408,6 +408,16 @@ ROWS: dict[str, Callable[[Place], Case]] = {
                                                ("c.yaml", "key 'network.allow.0'", "is an address")),
     "network allow a URL": lambda p: Case(p.cell("c", VALID_CELL + "network: {mode: allow, allow: ['https://x.org']}\n"),
                                           ("c.yaml", "key 'network.allow.0'", "not a host name")),
+    # cache: the build cache
+    "cache without a subcommand": lambda p: Case(["cache"], ("cache needs a subcommand",)),
+    "cache frob": lambda p: Case(["cache", "frob"], ("'frob' is not a cache subcommand",)),
+    "cache pack without --out": lambda p: Case(["cache", "pack", "c"], ("needs a cell and --out DIR",)),
+    "cache pack a bad cell name": lambda p: Case(["cache", "pack", "../x", "--out", str(p.root / "o")],
+                                                 ("'../x' is not a cell name",)),
+    "cache pack a bad key": lambda p: Case(["cache", "pack", "c", "--out", str(p.root / "o"),
+                                            "--key", "a/b"], ("'a/b' is not a build cache key",)),
+    "cache pack --out a file": lambda p: Case(["cache", "pack", "c", "--out", str(p.checkout / "README")],
+                                              ("is not a directory",)),
     # net: the egress log's subcommands
     "net without a subcommand": lambda p: Case(["net"], ("net needs a subcommand",)),
     "net frob": lambda p: Case(["net", "frob"], ("'frob' is not a net subcommand",)),

@@ -279,7 +279,8 @@ def test_a_broken_file_still_shadows_a_later_one(tmp_path: Path):
     (["status", "bookworm", "--rm"], "--rm is not one"),
     (["status", "bookworm", "--list"], "--list is not one"),
     (["doctor", "bookworm"], "unrecognized arguments"),
-    (["cache"], "reserved for a subcommand"),
+    (["shell"], "reserved for a subcommand"),
+    (["cache"], "cache needs a subcommand"),
 ])
 def test_bad_input_is_one_error_naming_the_problem_and_a_fix(argv, needle, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")  # reaching the engine would be a bug

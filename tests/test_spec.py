@@ -68,7 +68,7 @@ LOCKED_CELL = cells.parse(
 )
 CONTRACT = {"HOME", "DEVSHELL_CELL", "DEVSHELL_DEV_UID", "DEVSHELL_DEV_GID", "DEVSHELL_DEV_HOME",
             "DEVSHELL_PATCHES_MOUNT", "DEVSHELL_CHECKOUT_MOUNT", "DEVSHELL_WORKSPACE",
-            "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_AI_REPO",
+            "DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_INSTALL", "DEVSHELL_AI_REPO",
             "DEVSHELL_AI_REPO_ENCODED", "DEVSHELL_STATE_DIR", "DEVSHELL_PROFILE"}
 
 
@@ -331,8 +331,8 @@ def test_env_contract_values():
     assert env["DEVSHELL_CHECKOUT_MOUNT"] == CHECKOUT
     assert env["DEVSHELL_CELL"] == "cellx"
     assert env["DEVSHELL_WORKSPACE"] == "/workspaces/cellx"
-    assert (env["DEVSHELL_SRC"], env["DEVSHELL_BUILD"], env["DEVSHELL_CCACHE"]) == (
-        "/workspaces/cellx/src", "/workspaces/cellx/build", "/workspaces/cellx/ccache")
+    dirs = ("DEVSHELL_SRC", "DEVSHELL_BUILD", "DEVSHELL_CCACHE", "DEVSHELL_INSTALL")
+    assert [env[k] for k in dirs] == [f"/workspaces/cellx/{d}" for d in ("src", "build", "ccache", "install")]
 
 
 def test_ai_repo_env_describes_the_checkout():

@@ -1,0 +1,198 @@
+"""`devshell cache pack`: a devshell's install tree and ccache, as a build cache entry.
+
+The trees are streamed out of the volume through the engine (its archive API), compressed with
+zstandard on the host and hashed as they are written; nothing of the volume is ever bound or
+unpacked on the host. The source commit is read by git inside the container, never by host git
+on a tree the agent could have written. Whatever comes out of the volume is the agent's: it is
+copied as bytes into archives, and the words that reach the manifest (commit, repository) are
+checked against their shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import buildcache, cells
+from .engine import Engine
+from .errors import DevshellError, for_terminal
+from .options import _once_flag, _safe_name
+from .spec import container_name
+
+USAGE = "devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json]"
+_REPO = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable, no spaces: a URL or a path
+# ccache's settings that decide whether a seeded cache hits: recorded with the entry.
+CCACHE_SETTINGS = ("CCACHE_BASEDIR", "CCACHE_COMPILERCHECK", "CCACHE_HASHDIR", "CCACHE_NOHASHDIR",
+                   "CCACHE_SLOPPINESS", "CCACHE_COMPRESS", "CCACHE_MAXSIZE")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DevshellError(message, f"see {self.prog} --help")
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "pack":
+        got = f"{argv[0]!r} is not a cache subcommand" if argv else "cache needs a subcommand"
+        raise DevshellError(got, USAGE)
+    return pack(argv[1:])
+
+
+def pack(argv: Sequence[str]) -> int:
+    p = _Parser(prog="devshell cache pack", allow_abbrev=False,
+                description="Pack a devshell's install tree and ccache into a build cache entry.")
+    p.add_argument("cell", nargs="?", default=None, help="the cell whose devshell to pack")
+    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    _once_flag(p, "--out", metavar="DIR", help="where the entry's three files go (created if missing)")
+    _once_flag(p, "--key", metavar="KEY", help="the entry's key (default: CELL-<commit>)")
+    _once_flag(p, "--json", action="store_true", help="one JSON document on stdout")
+    ns = p.parse_args(list(argv))
+    if ns.cell is None or not ns.out:
+        raise DevshellError("cache pack needs a cell and --out DIR", USAGE)
+    if not re.fullmatch(cells.NAME_PATTERN, ns.cell) or ns.cell in cells.RESERVED_NAMES:
+        raise DevshellError(f"{ns.cell!r} is not a cell name", "see devshell --list")
+    if ns.instance is not None and not _safe_name(ns.instance):
+        raise DevshellError(f"--instance {ns.instance!r} is not an instance name",
+                            "pass the --instance it was opened with (devshell status lists them)")
+    if ns.key is not None:
+        buildcache.check_key(ns.key)
+    out = os.path.abspath(os.path.expanduser(ns.out))
+    if os.path.lexists(out) and (os.path.islink(out) or not os.path.isdir(out)):
+        raise DevshellError(f"--out {out} is not a directory", "pass a directory (it is created if missing)")
+    engine = Engine.connect()
+    name = container_name(ns.cell, ns.instance)
+    info = engine.inspect_own(name, ns.cell)
+    if info is None or not info["State"]["Running"]:
+        state = "not there" if info is None else "not running"
+        instance = f" --instance {ns.instance}" if ns.instance else ""
+        raise DevshellError(f"{name} is {state}: there is nothing to pack",
+                            f"open it first (devshell {ns.cell}{instance})")
+    env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
+    workspace = env.get("DEVSHELL_WORKSPACE", "")
+    install, ccache = env.get("DEVSHELL_INSTALL", ""), env.get("DEVSHELL_CCACHE", "")
+    src = env.get("DEVSHELL_SRC", "")
+    if not all(path.startswith(workspace + "/") for path in (install, ccache, src)) or not workspace:
+        raise DevshellError(f"{name} was made by a devshell that did not record its install dir",
+                            f"launch it once with this version (devshell {ns.cell}), then pack again")
+    repo, commit = source_of(engine, name, src, env.get("DEVSHELL_DEV_UID", "0"))
+    key = ns.key or buildcache.default_key(ns.cell, commit)
+    buildcache.check_key(key)
+    files = buildcache.names(key)
+    taken = [f for f in files if os.path.lexists(os.path.join(out, f))]
+    if taken:
+        raise DevshellError(f"{out} already holds {taken[0]}: an entry is never overwritten",
+                            "pass another --key or --out, or remove the old entry")
+    os.makedirs(out, mode=0o755, exist_ok=True)
+    notes: list[str] = []
+    written: list[str] = []
+    try:
+        install_archive = write_archive(engine.archive(name, install), out, files[0], written)
+        if install_archive is None:
+            raise DevshellError(f"{name} has no install tree at {install}", "install the build there "
+                                "(e.g. cmake --install build --prefix $DEVSHELL_INSTALL)")
+        ccache_archive = write_archive(engine.archive(name, ccache), out, files[1], written)
+        if ccache_archive is None:
+            notes.append(f"{name} has no ccache dir at {ccache}: the entry has no ccache archive "
+                         "(a devshell seeded from it starts with a cold ccache)")
+        settings = {k: v for k, v in env.items() if k in CCACHE_SETTINGS}
+        doc = buildcache.manifest(
+            key=key, cell=ns.cell, platform=platform_of(info), workspace=workspace,
+            install=os.path.basename(install), ccache_dir=os.path.basename(ccache),
+            ccache_settings=settings, repo=repo, commit=commit,
+            install_archive=install_archive, ccache_archive=ccache_archive)
+        data = buildcache.dumps(doc)
+        _write_new(os.path.join(out, files[2]), data, written)  # last: an entry without it is not one
+    except BaseException:
+        for path in written:
+            with _quiet():
+                os.unlink(path)
+        raise
+    digest = hashlib.sha256(data).hexdigest()
+    result = {"key": key, "out": out, "files": [f for f in files if os.path.exists(os.path.join(out, f))],
+              "manifest_sha256": digest, "source": doc["source"], "archives": doc["archives"], "notes": notes}
+    if ns.json:
+        print(json.dumps(result, indent=2))
+    else:
+        sizes = ", ".join(f"{role} {_mib(a['size'])}" for role, a in doc["archives"].items() if a)
+        print(for_terminal(f"packed {key} into {out} ({sizes}); manifest sha256 {digest}", backslash=False))
+        for note in notes:
+            print(f"devshell: note: {for_terminal(note, backslash=False)}", file=sys.stderr)
+    return 0
+
+
+def source_of(engine: Engine, name: str, src: str, dev_uid: str) -> tuple[str | None, str | None]:
+    """The source repository and commit, as git inside reads them (as dev: the src tree is
+    dev's); each checked against its shape, since anything in the volume may be the agent's."""
+    commit_out = engine.exec(name, ["git", "-C", src, "rev-parse", "--verify", "-q", "HEAD"],
+                             user=dev_uid)
+    commit = commit_out.stdout.strip()
+    repo_out = engine.exec(name, ["git", "-C", src, "config", "--get", "remote.origin.url"], user=dev_uid)
+    repo = repo_out.stdout.strip()
+    return (repo if repo_out.exit_code == 0 and _REPO.fullmatch(repo) else None,
+            commit if commit_out.exit_code == 0 and re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit)
+            else None)
+
+
+def platform_of(info: dict[str, Any]) -> str:
+    try:
+        found = json.loads((info["Config"].get("Labels") or {}).get("devshell.spec", "{}")).get("platform")
+    except ValueError:
+        found = None
+    return found if isinstance(found, str) and found else "linux/amd64"
+
+
+def write_archive(chunks: Iterable[bytes] | None, out: str, file: str,
+                  written: list[str]) -> dict[str, Any] | None:
+    """The tar stream compressed with zstd into out/file (through a partial name, renamed when
+    whole), hashed as it is written; None when there was no such tree."""
+    if chunks is None:
+        return None
+    import zstandard
+
+    path = os.path.join(out, file)
+    partial = os.path.join(out, f".{file}.partial")
+    digest = hashlib.sha256()
+    size = 0
+
+    class Hashing:
+        def write(self, data: bytes) -> int:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+            return sink.write(data)
+
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    written.append(partial)
+    compressor = zstandard.ZstdCompressor(level=3, threads=-1)
+    hashing: Any = Hashing()  # a writer, as stream_writer takes one
+    with os.fdopen(fd, "wb") as sink, compressor.stream_writer(hashing, closefd=False) as z:
+        for chunk in chunks:
+            z.write(chunk)
+    if os.path.lexists(path):
+        raise DevshellError(f"{path} appeared while packing", "pass another --key or --out")
+    os.rename(partial, path)
+    written[written.index(partial)] = path
+    return {"file": file, "sha256": digest.hexdigest(), "size": size}
+
+
+def _write_new(path: str, data: bytes, written: list[str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    written.append(path)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _quiet() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)
