@@ -25,7 +25,8 @@ from .errors import DevshellError, for_terminal
 from .options import _once_flag, _safe_name
 from .spec import container_name
 
-USAGE = "devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json]"
+USAGE = ("devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json] | "
+         "devshell cache fetch FROM KEY --sha256 SHA | devshell cache prune")
 _REPO = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable, no spaces: a URL or a path
 # ccache's settings that decide whether a seeded cache hits: recorded with the entry.
 CCACHE_SETTINGS = ("CCACHE_BASEDIR", "CCACHE_COMPILERCHECK", "CCACHE_HASHDIR", "CCACHE_NOHASHDIR",
@@ -38,10 +39,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str]) -> int:
-    if not argv or argv[0] != "pack":
+    if not argv or argv[0] not in ("pack", "fetch", "prune"):
         got = f"{argv[0]!r} is not a cache subcommand" if argv else "cache needs a subcommand"
         raise DevshellError(got, USAGE)
-    return pack(argv[1:])
+    return {"pack": pack, "fetch": fetch, "prune": prune}[argv[0]](argv[1:])
+
+
+def fetch(argv: Sequence[str]) -> int:
+    """Download and verify an entry into the host's seed cache (what seeding a volume starts
+    with), e.g. to warm that cache before going offline."""
+    from . import seeds
+
+    p = _Parser(prog="devshell cache fetch", allow_abbrev=False,
+                description="Fetch a build cache entry into the host's seed cache, verified.")
+    p.add_argument("source", nargs="?", default=None,
+                   help="a directory, file://, http:// or https:// base")
+    p.add_argument("key", nargs="?", default=None, help="the entry's key")
+    _once_flag(p, "--sha256", metavar="SHA", help="the sha256 of the entry's manifest (its pin)")
+    ns = p.parse_args(list(argv))
+    if ns.source is None or ns.key is None or not ns.sha256:
+        raise DevshellError("cache fetch needs a source, a key and --sha256", USAGE)
+    fetched = seeds.fetch(ns.source, ns.key, ns.sha256, progress=seeds.terminal_progress())
+    print(for_terminal(f"fetched {ns.key} ({seeds.describe(fetched)}) into {seeds.seeds_dir()}",
+                       backslash=False))
+    return 0
+
+
+def prune(argv: Sequence[str]) -> int:
+    from . import seeds
+
+    if argv:
+        raise DevshellError(f"cache prune takes no arguments, and was given {argv[0]!r}",
+                            "devshell cache prune")
+    count, freed = seeds.prune()
+    print(f"removed {count} file(s), {_mib(freed)}, from {seeds.seeds_dir()}")
+    return 0
 
 
 def pack(argv: Sequence[str]) -> int:

@@ -1,0 +1,178 @@
+"""Fetching a build cache entry to the host: the first half of seeding (docs/design.md
+"Build caches").
+
+An entry is fetched by its key and its manifest's sha256 from a directory, a file:// URL or an
+http(s):// base. The manifest is checked against that sha256 before it is read, and every
+archive against the manifest's sha256 as it is downloaded, so a server (or a mirror, or a disk)
+cannot substitute one. Downloads land in a content-addressed cache on the host
+(~/.cache/devshell/seeds/<sha256>), written through a partial name and renamed only when whole
+and verified: what is in the cache under a name is that content. Nothing here touches a
+container or a volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from . import buildcache
+from .cells import cache_dir
+from .errors import DevshellError, for_terminal
+
+FETCH_TIMEOUT = 30.0  # seconds a server may stay silent
+CHUNK = 1 << 20
+Progress = Callable[[str, int, int | None, float], None]  # file, bytes so far, total, seconds
+
+
+class Fetched(NamedTuple):
+    """A verified entry in the host's seed cache."""
+
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    install: str  # path of the install archive
+    ccache: str | None  # path of the ccache archive; None: the entry has none
+
+
+def seeds_dir() -> str:
+    return os.path.join(cache_dir(), "seeds")
+
+
+def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | None = None) -> Fetched:
+    """The entry key at source, verified, in the seed cache. DevshellError (one line) for an
+    unreachable source, a checksum mismatch or a malformed manifest; then nothing new is left
+    in the cache."""
+    buildcache.check_key(key)
+    if len(manifest_sha256) != 64 or any(c not in "0123456789abcdef" for c in manifest_sha256):
+        raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
+    store = seeds_dir()  # made by the first download that arrives whole, not before
+    manifest_name = buildcache.names(key)[2]
+    manifest_path = os.path.join(store, manifest_sha256)
+    if not os.path.isfile(manifest_path):
+        _download(_url(source, manifest_name), manifest_path, manifest_sha256, None,
+                  limit=buildcache.MAX_MANIFEST_BYTES)
+    with open(manifest_path, "rb") as f:
+        data = f.read(buildcache.MAX_MANIFEST_BYTES + 1)
+    doc = buildcache.loads(data, f"{_url(source, manifest_name)}")
+    if doc["key"] != key:
+        raise DevshellError(f"the manifest pinned for {key} is the entry {doc['key']}'s",
+                            "pin the sha256 of this key's manifest")
+    paths: dict[str, str | None] = {}
+    for role, archive in doc["archives"].items():
+        if archive is None:
+            paths[role] = None
+            continue
+        path = os.path.join(store, archive["sha256"])
+        if not (os.path.isfile(path) and os.path.getsize(path) == archive["size"]):
+            _download(_url(source, archive["file"]), path, archive["sha256"], archive["size"],
+                      limit=archive["size"], progress=progress)
+        paths[role] = path
+    install = paths["install"]
+    assert install is not None
+    return Fetched(doc, manifest_sha256, install, paths["ccache"])
+
+
+def prune() -> tuple[int, int]:
+    """Empty the seed cache: (files removed, bytes freed). Partial downloads included."""
+    store = seeds_dir()
+    count = freed = 0
+    if not os.path.isdir(store) or os.path.islink(store):
+        return 0, 0
+    for name in os.listdir(store):
+        path = os.path.join(store, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            freed += os.path.getsize(path)
+            os.unlink(path)
+            count += 1
+    return count, freed
+
+
+def _url(source: str, file: str) -> str:
+    return source.rstrip("/") + "/" + file
+
+
+def _open(url: str) -> tuple[IO[bytes], int | None]:
+    """A reader of url and its length when known: a local path, file://, http:// or https://."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme in ("", "file"):
+            path = unquote(parts.path) if parts.scheme == "file" else url
+            f = open(path, "rb")  # noqa: SIM115 (handed to the caller, who closes it)
+            return f, os.fstat(f.fileno()).st_size
+        if parts.scheme in ("http", "https"):
+            import urllib.request
+
+            answer = urllib.request.urlopen(url, timeout=FETCH_TIMEOUT)  # (schemes checked above)
+            length = answer.headers.get("Content-Length")
+            return answer, int(length) if length and length.isdigit() else None
+    except OSError as e:
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise DevshellError(f"cannot fetch {for_terminal(url)} ({reason})",
+                            "check the seed's from: (a directory, file://, http:// or https://) "
+                            "and the network") from None
+    raise DevshellError(f"cannot fetch {for_terminal(url)}: {parts.scheme}: is not a way devshell fetches",
+                        "use a directory, file://, http:// or https://")
+
+
+def _download(url: str, path: str, sha256: str, size: int | None, *, limit: int,
+              progress: Progress | None = None) -> None:
+    """url into path, only if its bytes hash to sha256 (and number size, when known): through a
+    partial file, renamed when whole; nothing is left behind otherwise."""
+    reader, length = _open(url)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    digest, got, started = hashlib.sha256(), 0, time.monotonic()
+    try:
+        with reader, open(partial, "wb") as out:
+            while chunk := reader.read(CHUNK):
+                got += len(chunk)
+                if got > limit:
+                    raise DevshellError(f"{for_terminal(url)} is larger than its manifest says "
+                                        f"({limit} bytes): not the entry's file",
+                                        "check the seed's from: and key")
+                digest.update(chunk)
+                out.write(chunk)
+                if progress:
+                    progress(os.path.basename(url), got, size or length, time.monotonic() - started)
+        if digest.hexdigest() != sha256 or (size is not None and got != size):
+            raise DevshellError(f"checksum mismatch for {for_terminal(url)}: expected sha256 {sha256}, "
+                                f"got {digest.hexdigest()} ({got} bytes)",
+                                "the entry at the source is not the one pinned: pin the right sha256, "
+                                "or publish the entry again")
+        os.replace(partial, path)
+    except OSError as e:
+        raise DevshellError(f"cannot fetch {for_terminal(url)} ({e.strerror or e})",
+                            "check the network, and the disk space in ~/.cache/devshell") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def terminal_progress(stream: Any = sys.stderr) -> Progress:
+    """On a terminal, one line that updates (bytes, rate); otherwise a line per finished file."""
+    tty = stream.isatty()
+    last: dict[str, float] = {}
+
+    def show(file: str, got: int, total: int | None, seconds: float) -> None:
+        rate = got / seconds / (1 << 20) if seconds > 0 else 0.0
+        of = f"/{total / (1 << 20):.1f}" if total else ""
+        text = f"devshell: seed {file}: {got / (1 << 20):.1f}{of} MiB at {rate:.1f} MiB/s"
+        if tty:
+            if time.monotonic() - last.get(file, 0.0) > 0.2 or (total and got >= total):
+                last[file] = time.monotonic()
+                stream.write("\r" + text + ("\n" if total and got >= total else ""))
+                stream.flush()
+        elif total and got >= total:
+            print(text, file=stream)
+
+    return show
+
+
+def describe(fetched: Fetched) -> str:
+    sizes = {role: a["size"] for role, a in fetched.manifest["archives"].items() if a}
+    return ", ".join(f"{role} {size / (1 << 20):.1f} MiB" for role, size in sizes.items())
+
