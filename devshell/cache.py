@@ -27,6 +27,8 @@ from .spec import container_name
 
 USAGE = ("devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json] | "
          "devshell cache fetch FROM KEY --sha256 SHA | devshell cache prune")
+# What the agent's volume may make pack write at most, by default: the trees are its to fill.
+DEFAULT_MAX_GIB = 64
 _REPO = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable, no spaces: a URL or a path
 # ccache's settings that decide whether a seeded cache hits: recorded with the entry.
 CCACHE_SETTINGS = ("CCACHE_BASEDIR", "CCACHE_COMPILERCHECK", "CCACHE_HASHDIR", "CCACHE_NOHASHDIR",
@@ -72,7 +74,7 @@ def prune(argv: Sequence[str]) -> int:
         raise DevshellError(f"cache prune takes no arguments, and was given {argv[0]!r}",
                             "devshell cache prune")
     count, freed = seeds.prune()
-    print(f"removed {count} file(s), {_mib(freed)}, from {seeds.seeds_dir()}")
+    print(for_terminal(f"removed {count} file(s), {_mib(freed)}, from {seeds.seeds_dir()}", backslash=False))
     return 0
 
 
@@ -83,6 +85,8 @@ def pack(argv: Sequence[str]) -> int:
     _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
     _once_flag(p, "--out", metavar="DIR", help="where the entry's three files go (created if missing)")
     _once_flag(p, "--key", metavar="KEY", help="the entry's key (default: CELL-<commit>)")
+    _once_flag(p, "--max-size", metavar="GIB", type=int, default=DEFAULT_MAX_GIB,
+               help=f"refuse to write more than GIB GiB of archives (default {DEFAULT_MAX_GIB})")
     _once_flag(p, "--json", action="store_true", help="one JSON document on stdout")
     ns = p.parse_args(list(argv))
     if ns.cell is None or not ns.out:
@@ -120,15 +124,19 @@ def pack(argv: Sequence[str]) -> int:
     if taken:
         raise DevshellError(f"{out} already holds {taken[0]}: an entry is never overwritten",
                             "pass another --key or --out, or remove the old entry")
+    if ns.max_size is None or ns.max_size < 1:
+        raise DevshellError("--max-size takes a whole number of GiB, at least 1", "pass --max-size GIB")
+    budget = [ns.max_size << 30]
+    made = _missing_parents(out)
     os.makedirs(out, mode=0o755, exist_ok=True)
     notes: list[str] = []
     written: list[str] = []
     try:
-        install_archive = write_archive(engine.archive(name, install), out, files[0], written)
+        install_archive = write_archive(engine.archive(name, install), out, files[0], written, budget)
         if install_archive is None:
             raise DevshellError(f"{name} has no install tree at {install}", "install the build there "
                                 "(e.g. cmake --install build --prefix $DEVSHELL_INSTALL)")
-        ccache_archive = write_archive(engine.archive(name, ccache), out, files[1], written)
+        ccache_archive = write_archive(engine.archive(name, ccache), out, files[1], written, budget)
         if ccache_archive is None:
             notes.append(f"{name} has no ccache dir at {ccache}: the entry has no ccache archive "
                          "(a devshell seeded from it starts with a cold ccache)")
@@ -144,6 +152,9 @@ def pack(argv: Sequence[str]) -> int:
         for path in written:
             with _quiet():
                 os.unlink(path)
+        for path in reversed(made):  # what pack made, and only if still empty
+            with _quiet():
+                os.rmdir(path)
         raise
     digest = hashlib.sha256(data).hexdigest()
     result = {"key": key, "out": out, "files": [f for f in files if os.path.exists(os.path.join(out, f))],
@@ -161,14 +172,13 @@ def pack(argv: Sequence[str]) -> int:
 def source_of(engine: Engine, name: str, src: str, dev_uid: str) -> tuple[str | None, str | None]:
     """The source repository and commit, as git inside reads them (as dev: the src tree is
     dev's); each checked against its shape, since anything in the volume may be the agent's."""
-    commit_out = engine.exec(name, ["git", "-C", src, "rev-parse", "--verify", "-q", "HEAD"],
-                             user=dev_uid)
-    commit = commit_out.stdout.strip()
-    repo_out = engine.exec(name, ["git", "-C", src, "config", "--get", "remote.origin.url"], user=dev_uid)
-    repo = repo_out.stdout.strip()
-    return (repo if repo_out.exit_code == 0 and _REPO.fullmatch(repo) else None,
-            commit if commit_out.exit_code == 0 and re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit)
-            else None)
+    # Bounded reads: git inside is the agent's to replace, and may flood or hang.
+    commit = engine.bounded_exec(name, ["git", "-C", src, "rev-parse", "--verify", "-q", "HEAD"],
+                                 limit=66, user=dev_uid).decode("ascii", "replace").strip()
+    repo = engine.bounded_exec(name, ["git", "-C", src, "config", "--get", "remote.origin.url"],
+                               limit=2050, user=dev_uid).decode("ascii", "replace").strip()
+    return (repo if _REPO.fullmatch(repo) else None,
+            commit if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit) else None)
 
 
 def platform_of(info: dict[str, Any]) -> str:
@@ -179,18 +189,21 @@ def platform_of(info: dict[str, Any]) -> str:
     return found if isinstance(found, str) and found else "linux/amd64"
 
 
-def write_archive(chunks: Iterable[bytes] | None, out: str, file: str,
-                  written: list[str]) -> dict[str, Any] | None:
-    """The tar stream compressed with zstd into out/file (through a partial name, renamed when
-    whole), hashed as it is written; None when there was no such tree."""
+def write_archive(chunks: Iterable[bytes] | None, out: str, file: str, written: list[str],
+                  budget: list[int]) -> dict[str, Any] | None:
+    """The tar stream compressed with zstd into out/file (through a partial file of its own,
+    linked to its name when whole: a file that appeared meanwhile is never replaced), hashed as
+    it is written, within budget[0] bytes of tar (what is left of it is put back); None when
+    there was no such tree."""
     if chunks is None:
         return None
+    import tempfile
+
     import zstandard
 
     path = os.path.join(out, file)
-    partial = os.path.join(out, f".{file}.partial")
     digest = hashlib.sha256()
-    size = 0
+    size = unpacked = 0
 
     class Hashing:
         def write(self, data: bytes) -> int:
@@ -199,18 +212,43 @@ def write_archive(chunks: Iterable[bytes] | None, out: str, file: str,
             size += len(data)
             return sink.write(data)
 
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd, partial = tempfile.mkstemp(prefix=f".{file}.", suffix=".partial", dir=out)
     written.append(partial)
     compressor = zstandard.ZstdCompressor(level=3, threads=-1)
     hashing: Any = Hashing()  # a writer, as stream_writer takes one
-    with os.fdopen(fd, "wb") as sink, compressor.stream_writer(hashing, closefd=False) as z:
-        for chunk in chunks:
-            z.write(chunk)
-    if os.path.lexists(path):
-        raise DevshellError(f"{path} appeared while packing", "pass another --key or --out")
-    os.rename(partial, path)
-    written[written.index(partial)] = path
+    try:
+        with os.fdopen(fd, "wb") as sink, compressor.stream_writer(hashing, closefd=False) as z:
+            for chunk in chunks:
+                unpacked += len(chunk)
+                if unpacked > budget[0]:
+                    raise DevshellError(f"the trees to pack are larger than --max-size "
+                                        f"({budget[0] >> 30} GiB left); nothing was kept",
+                                        "pass a larger --max-size, or clean the tree")
+                z.write(chunk)
+    except zstandard.ZstdError as e:
+        raise DevshellError(f"compressing {file} failed ({e})", "check the disk space of --out") from None
+    budget[0] -= unpacked
+    os.chmod(partial, 0o644)
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise DevshellError(f"{path} appeared while packing", "pass another --key or --out") from None
+    written.append(path)
+    os.unlink(partial)
+    written.remove(partial)
     return {"file": file, "sha256": digest.hexdigest(), "size": size}
+
+
+def _missing_parents(path: str) -> list[str]:
+    """The directories from the first missing one down to path, outermost first."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
 
 
 def _write_new(path: str, data: bytes, written: list[str]) -> None:

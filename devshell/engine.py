@@ -971,7 +971,7 @@ class Engine:
             return None
         import re
 
-        out = self._bounded_exec(info["Id"], ["du", "-sxB1", workspace])
+        out = self.bounded_exec(info["Id"], ["du", "-sxB1", workspace])
         found = re.match(rb"(\d{1,20})\t", out)
         return int(found[1]) if found else None
 
@@ -982,22 +982,22 @@ class Engine:
         import re
         import time
 
-        out = self._bounded_exec(container, ["find", path, "-maxdepth", "0", "-printf", "%T@\\n"])
+        out = self.bounded_exec(container, ["find", path, "-maxdepth", "0", "-printf", "%T@\\n"])
         found = re.match(rb"(\d{1,12})(\.\d+)?\n", out)
         if not found:
             return None
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(found[1])))
 
-    def _bounded_exec(self, container: str, argv: list[str]) -> bytes:
-        """What argv prints as root in the container, read on the host's terms: at most 64
-        bytes, within USAGE_TIMEOUT, then the docker CLI is killed (what runs inside is the
-        agent's to replace: it may hang or flood). b"" when it cannot run."""
+    def bounded_exec(self, container: str, argv: list[str], *, limit: int = 64, user: str = "0") -> bytes:
+        """What argv prints (as user, root by default) in the container, read on the host's
+        terms: at most limit bytes, within USAGE_TIMEOUT, then the docker CLI is killed (what
+        runs inside is the agent's to replace: it may hang or flood). b"" when it cannot run."""
         import selectors
         import subprocess
         import time
 
         try:
-            proc = subprocess.Popen(["docker", "exec", "--user", "0", container, *argv],
+            proc = subprocess.Popen(["docker", "exec", "--user", user, container, *argv],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL)
         except OSError:
@@ -1008,8 +1008,8 @@ class Engine:
         try:  # the CLI goes with us, a ^C or a signal-turned-exit included (lifecycle.main)
             with selectors.DefaultSelector() as sel:
                 sel.register(proc.stdout, selectors.EVENT_READ)
-                while len(out) < 64 and (left := deadline - time.monotonic()) > 0 and sel.select(left):
-                    chunk = os.read(proc.stdout.fileno(), 64)
+                while len(out) < limit and (left := deadline - time.monotonic()) > 0 and sel.select(left):
+                    chunk = os.read(proc.stdout.fileno(), limit - len(out))
                     if not chunk:
                         break
                     out += chunk

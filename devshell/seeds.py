@@ -49,14 +49,14 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     buildcache.check_key(key)
     if len(manifest_sha256) != 64 or any(c not in "0123456789abcdef" for c in manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
-    store = seeds_dir()  # made by the first download that arrives whole, not before
+    store = seeds_dir()  # made by the first download, not before
     manifest_name = buildcache.names(key)[2]
     manifest_path = os.path.join(store, manifest_sha256)
-    if not os.path.isfile(manifest_path):
+    data = _cached(manifest_path, buildcache.MAX_MANIFEST_BYTES)
+    if data is None or hashlib.sha256(data).hexdigest() != manifest_sha256:  # small: checked every time
         _download(_url(source, manifest_name), manifest_path, manifest_sha256, None,
                   limit=buildcache.MAX_MANIFEST_BYTES)
-    with open(manifest_path, "rb") as f:
-        data = f.read(buildcache.MAX_MANIFEST_BYTES + 1)
+        data = _cached(manifest_path, buildcache.MAX_MANIFEST_BYTES) or b""
     doc = buildcache.loads(data, f"{_url(source, manifest_name)}")
     if doc["key"] != key:
         raise DevshellError(f"the manifest pinned for {key} is the entry {doc['key']}'s",
@@ -92,42 +92,88 @@ def prune() -> tuple[int, int]:
 
 
 def _url(source: str, file: str) -> str:
+    try:
+        scheme = urlsplit(source).scheme
+    except ValueError as e:
+        raise DevshellError(f"cannot fetch from {for_terminal(source)} ({e})",
+                            "check the seed's from: (a directory, file://, http:// or https://)") from None
+    if not scheme:
+        source = os.path.expanduser(source)
     return source.rstrip("/") + "/" + file
+
+
+def _cached(path: str, limit: int) -> bytes | None:
+    """A file of the seed cache (which _store has checked is the user's alone), or None."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except OSError:
+        return None
+
+
+def _store(path: str) -> None:
+    """The seed cache's directory, made if missing, and refused unless it is a plain directory
+    only this user can write: what is in it under a sha256 is taken to be that content."""
+    import stat
+
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise DevshellError(f"the seed cache {path} is not a directory that only you can write",
+                            "remove it (devshell makes it again), or set XDG_CACHE_HOME elsewhere")
 
 
 def _open(url: str) -> tuple[IO[bytes], int | None]:
     """A reader of url and its length when known: a local path, file://, http:// or https://."""
-    parts = urlsplit(url)
+    import http.client
+    import stat
+
+    parts = urlsplit(url) if "://" in url else None
     try:
-        if parts.scheme in ("", "file"):
-            path = unquote(parts.path) if parts.scheme == "file" else url
-            f = open(path, "rb")  # noqa: SIM115 (handed to the caller, who closes it)
-            return f, os.fstat(f.fileno()).st_size
+        if parts is None or parts.scheme == "file":
+            path = unquote(parts.path) if parts is not None else url
+            # Non-blocking, then only a regular file: a FIFO there would hang the fetch.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise DevshellError(f"cannot fetch {for_terminal(url)}: not a regular file",
+                                    "point the seed's from: at the entry's directory")
+            return os.fdopen(fd, "rb"), st.st_size
         if parts.scheme in ("http", "https"):
             import urllib.request
 
             answer = urllib.request.urlopen(url, timeout=FETCH_TIMEOUT)  # (schemes checked above)
             length = answer.headers.get("Content-Length")
             return answer, int(length) if length and length.isdigit() else None
-    except OSError as e:
-        reason = getattr(e, "reason", None) or e.strerror or e
-        raise DevshellError(f"cannot fetch {for_terminal(url)} ({reason})",
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise DevshellError(f"cannot fetch {for_terminal(url)} ({for_terminal(str(reason))})",
                             "check the seed's from: (a directory, file://, http:// or https://) "
                             "and the network") from None
-    raise DevshellError(f"cannot fetch {for_terminal(url)}: {parts.scheme}: is not a way devshell fetches",
-                        "use a directory, file://, http:// or https://")
+    raise DevshellError(f"cannot fetch {for_terminal(url)}: {for_terminal(parts.scheme)}: is not a way "
+                        "devshell fetches", "use a directory, file://, http:// or https://")
 
 
 def _download(url: str, path: str, sha256: str, size: int | None, *, limit: int,
               progress: Progress | None = None) -> None:
     """url into path, only if its bytes hash to sha256 (and number size, when known): through a
     partial file, renamed when whole; nothing is left behind otherwise."""
+    import http.client
+    import tempfile
+
     reader, length = _open(url)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    partial = f"{path}.{os.getpid()}.partial"
+    try:
+        _store(os.path.dirname(path))
+        # A name of its own, made exclusively (never through a link someone put there).
+        fd, partial = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.", suffix=".partial",
+                                       dir=os.path.dirname(path))
+    except BaseException:
+        reader.close()
+        raise
     digest, got, started = hashlib.sha256(), 0, time.monotonic()
     try:
-        with reader, open(partial, "wb") as out:
+        with reader, os.fdopen(fd, "wb") as out:
             while chunk := reader.read(CHUNK):
                 got += len(chunk)
                 if got > limit:
@@ -144,8 +190,9 @@ def _download(url: str, path: str, sha256: str, size: int | None, *, limit: int,
                                 "the entry at the source is not the one pinned: pin the right sha256, "
                                 "or publish the entry again")
         os.replace(partial, path)
-    except OSError as e:
-        raise DevshellError(f"cannot fetch {for_terminal(url)} ({e.strerror or e})",
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise DevshellError(f"cannot fetch {for_terminal(url)} ({for_terminal(str(reason))})",
                             "check the network, and the disk space in ~/.cache/devshell") from None
     finally:
         if os.path.exists(partial):

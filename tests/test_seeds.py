@@ -172,3 +172,66 @@ def test_prune_empties_the_seed_cache(tmp_path, cache_home):
     count, freed = seeds.prune()
     assert count == 3 and freed > 13000 and cached(cache_home) == []
     assert seeds.prune() == (0, 0)
+
+
+def test_a_fifo_in_a_directory_source_is_refused_not_waited_on(tmp_path):
+    (tmp_path / "e").mkdir()
+    os.mkfifo(tmp_path / "e" / f"{KEY}.manifest.json")
+    with pytest.raises(DevshellError, match="not a regular file"):
+        seeds.fetch(str(tmp_path / "e"), KEY, "a" * 64)
+
+
+def test_a_server_that_does_not_speak_http_is_one_error(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer():
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"GARBAGE\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with pytest.raises(DevshellError, match="cannot fetch"):
+        seeds.fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/e", KEY, "a" * 64)
+    listener.close()
+
+
+@pytest.mark.parametrize("url", ["http://[::1/e", "http://127.0.0.1:abc/e"])
+def test_a_malformed_url_is_one_error(url):
+    with pytest.raises(DevshellError, match="cannot fetch"):
+        seeds.fetch(url, KEY, "a" * 64)
+
+
+def test_a_seed_cache_others_can_write_is_refused(tmp_path, cache_home):
+    pin = make_entry(tmp_path / "e")
+    store = cache_home / "devshell" / "seeds"
+    store.mkdir(parents=True)
+    store.chmod(0o777)
+    with pytest.raises(DevshellError, match="only you can write"):
+        seeds.fetch(str(tmp_path / "e"), KEY, pin)
+
+
+def test_a_cached_manifest_is_checked_again_every_time(tmp_path, cache_home):
+    pin = make_entry(tmp_path / "e")
+    seeds.fetch(str(tmp_path / "e"), KEY, pin)
+    (cache_home / "devshell" / "seeds" / pin).write_bytes(b'{"planted": true}')
+    assert seeds.fetch(str(tmp_path / "e"), KEY, pin).manifest["key"] == KEY  # fetched again
+
+
+def test_pack_writes_no_more_than_its_budget_and_leaves_nothing(tmp_path):
+    from devshell.cache import write_archive
+
+    written: list[str] = []
+    with pytest.raises(DevshellError, match="larger than --max-size"):
+        write_archive(iter([b"x" * 600, b"y" * 600]), str(tmp_path), "k.tar.zst", written, [1000])
+    for path in written:
+        os.unlink(path)
+    assert os.listdir(tmp_path) == []
+    budget = [1000]
+    done = write_archive(iter([b"x" * 600]), str(tmp_path), "k.tar.zst", [], budget)
+    assert budget == [400] and os.listdir(tmp_path) == ["k.tar.zst"]
+    assert done["sha256"] == hashlib.sha256((tmp_path / "k.tar.zst").read_bytes()).hexdigest()
