@@ -337,7 +337,10 @@ def test_a_runtime_without_a_network_refuses_allow(devshell_engine, devshell_fac
 # --- the audit log and the policy's life ------------------------------------------------------
 
 
-def test_the_log_survives_rm_and_shows_both_verdicts(allow_shell, mirror, devshell_cli):
+def test_the_log_survives_rm_and_shows_both_verdicts(devshell_factory, egress_cell, networked_runtime, mirror,
+                                                      devshell_cli):
+    # A devshell of its own: --rm takes its container away, and the module's is shared.
+    allow_shell = devshell_factory(egress_cell, runtime=networked_runtime)
     as_user(allow_shell, via_proxy(f"GET http://{mirror}/debian/ HTTP/1.1"))
     as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1"))
     before = net_log(devshell_cli, allow_shell)
