@@ -10,7 +10,6 @@ checked against their shape.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -19,11 +18,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import buildcache, cells
+from . import buildcache
 from .engine import Engine
 from .errors import DevshellError, for_terminal
-from .options import _once_flag, _safe_name
-from .spec import container_name
+from .options import SubcommandParser, _once_flag, devshell_by_name, devshell_parser
 
 USAGE = ("devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json] | "
          "devshell cache fetch FROM KEY --sha256 SHA | devshell cache prune")
@@ -33,11 +31,6 @@ _REPO = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable, no spaces: a URL or a
 # ccache's settings that decide whether a seeded cache hits: recorded with the entry.
 CCACHE_SETTINGS = ("CCACHE_BASEDIR", "CCACHE_COMPILERCHECK", "CCACHE_HASHDIR", "CCACHE_NOHASHDIR",
                    "CCACHE_SLOPPINESS", "CCACHE_COMPRESS", "CCACHE_MAXSIZE")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DevshellError(message, f"see {self.prog} --help")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -52,7 +45,7 @@ def fetch(argv: Sequence[str]) -> int:
     with), e.g. to warm that cache before going offline."""
     from . import seeds
 
-    p = _Parser(prog="devshell cache fetch", allow_abbrev=False,
+    p = SubcommandParser(prog="devshell cache fetch", allow_abbrev=False,
                 description="Fetch a build cache entry into the host's seed cache, verified.")
     p.add_argument("source", nargs="?", default=None,
                    help="a directory, file://, http:// or https:// base")
@@ -79,10 +72,9 @@ def prune(argv: Sequence[str]) -> int:
 
 
 def pack(argv: Sequence[str]) -> int:
-    p = _Parser(prog="devshell cache pack", allow_abbrev=False,
-                description="Pack a devshell's install tree and ccache into a build cache entry.")
-    p.add_argument("cell", nargs="?", default=None, help="the cell whose devshell to pack")
-    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    p = devshell_parser("devshell cache pack",
+                        "Pack a devshell's install tree and ccache into a build cache entry.",
+                        "the cell whose devshell to pack")
     _once_flag(p, "--out", metavar="DIR", help="where the entry's three files go (created if missing)")
     _once_flag(p, "--key", metavar="KEY", help="the entry's key (default: CELL-<commit>)")
     _once_flag(p, "--max-size", metavar="GIB", type=int, default=DEFAULT_MAX_GIB,
@@ -91,18 +83,13 @@ def pack(argv: Sequence[str]) -> int:
     ns = p.parse_args(list(argv))
     if ns.cell is None or not ns.out:
         raise DevshellError("cache pack needs a cell and --out DIR", USAGE)
-    if not re.fullmatch(cells.NAME_PATTERN, ns.cell) or ns.cell in cells.RESERVED_NAMES:
-        raise DevshellError(f"{ns.cell!r} is not a cell name", "see devshell --list")
-    if ns.instance is not None and not _safe_name(ns.instance):
-        raise DevshellError(f"--instance {ns.instance!r} is not an instance name",
-                            "pass the --instance it was opened with (devshell status lists them)")
+    name = devshell_by_name(ns.cell, ns.instance)
     if ns.key is not None:
         buildcache.check_key(ns.key)
     out = os.path.abspath(os.path.expanduser(ns.out))
     if os.path.lexists(out) and (os.path.islink(out) or not os.path.isdir(out)):
         raise DevshellError(f"--out {out} is not a directory", "pass a directory (it is created if missing)")
     engine = Engine.connect()
-    name = container_name(ns.cell, ns.instance)
     info = engine.inspect_own(name, ns.cell)
     if info is None or not info["State"]["Running"]:
         state = "not there" if info is None else "not running"

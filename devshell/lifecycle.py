@@ -27,7 +27,16 @@ from .egress import proxy_name
 from .engine import Engine, launch_lock, pid_alive
 from .errors import DevshellError, for_terminal
 from .launcher import bind_ids, check_host_paths
-from .options import HostFacts, Options, _once_flag, _safe_name, parse, parser
+from .options import (
+    HostFacts,
+    Options,
+    SubcommandParser,
+    _once_flag,
+    devshell_by_name,
+    devshell_parser,
+    parse,
+    parser,
+)
 from .spec import (
     BAKED_REPO,
     NEVER_REUSED,
@@ -63,11 +72,6 @@ def main(command: str, argv: Sequence[str]) -> int:
     if command == "down":
         return down(argv)
     return doctor(argv)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DevshellError(message, f"see {self.prog} --help")
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -380,10 +384,8 @@ def status_all(as_json: bool) -> int:
 
 
 def down_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="devshell down", allow_abbrev=False,
-                description="Remove a cell's container (and with --volume its volume).")
-    p.add_argument("cell", nargs="?", default=None, help="the cell whose devshell goes")
-    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    p = devshell_parser("devshell down", "Remove a cell's container (and with --volume its volume).",
+                        "the cell whose devshell goes")
     _once_flag(p, "--volume", action="store_true",
                help="also remove the volume (sources, build tree, ccache): asks on a terminal")
     _once_flag(p, "--yes", action="store_true", help="remove the volume without asking")
@@ -396,16 +398,11 @@ def down(argv: Sequence[str]) -> int:
     if ns.cell is None:
         whose = " (--volume removes that cell's volume)" if ns.volume else ""
         raise DevshellError(f"down needs a cell{whose}", "devshell down CELL [--instance NAME] [--volume]")
-    if not re.fullmatch(cells.NAME_PATTERN, ns.cell) or ns.cell in cells.RESERVED_NAMES:
-        raise DevshellError(f"{ns.cell!r} is not a cell name", "see devshell --list")
     # The cell file itself is not needed: a devshell can be taken down after its cell is gone.
-    if ns.instance is not None and not _safe_name(ns.instance):
-        raise DevshellError(f"--instance {ns.instance!r} is not an instance name",
-                            "pass the --instance it was opened with (devshell status lists them)")
+    name = devshell_by_name(ns.cell, ns.instance)
     if ns.yes and not ns.volume:
         raise DevshellError("--yes answers the question --volume asks, and there is no --volume",
                             "drop --yes, or add --volume to remove the volume too")
-    name = container_name(ns.cell, ns.instance)
     engine = Engine.connect()
     return _down(engine, ns, name)
 
@@ -543,7 +540,7 @@ def disk_free(engine_root: str | None, local: bool) -> dict[str, Any]:
 
 
 def doctor(argv: Sequence[str]) -> int:
-    p = _Parser(prog="devshell doctor", allow_abbrev=False,
+    p = SubcommandParser(prog="devshell doctor", allow_abbrev=False,
                 description="Check the engine, images and devshell's objects; exit 1 on problems.")
     p.add_argument("--cells-dir", action="append", default=[], metavar="DIR",
                    help="also look for cells in DIR")

@@ -8,28 +8,20 @@ terminal before they are printed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import cells
 from .egress import LOG_FILE, MAX_LOG_BYTES, Entry, allow_block, parse_log
 from .errors import DevshellError, for_terminal
-from .options import HostFacts, _once_flag, _safe_name, parse
+from .options import HostFacts, _once_flag, devshell_by_name, devshell_parser, parse
 from .spec import container_name
 
 FOLLOW_INTERVAL = 0.5  # seconds between looks at a followed log
 USAGE = "devshell net log CELL [--instance NAME] [--json] [--follow] | devshell net learn CELL [launch flags]"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DevshellError(message, f"see {self.prog} --help")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -46,21 +38,14 @@ def log_path(cell: str, instance: str | None) -> str:
 
 
 def log(argv: Sequence[str]) -> int:
-    p = _Parser(prog="devshell net log", allow_abbrev=False,
-                description="Print what a devshell's egress proxy allowed and denied.")
-    p.add_argument("cell", nargs="?", default=None, help="the cell whose devshell's log to print")
-    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    p = devshell_parser("devshell net log", "Print what a devshell's egress proxy allowed and denied.",
+                        "the cell whose devshell's log to print")
     _once_flag(p, "--json", action="store_true", help="one JSON object per request (JSON Lines)")
     _once_flag(p, "--follow", action="store_true", help="keep printing requests as they come (Ctrl-C ends)")
     ns = p.parse_args(list(argv))
     if ns.cell is None:
         raise DevshellError("net log needs a cell", USAGE)
-    if not re.fullmatch(cells.NAME_PATTERN, ns.cell) or ns.cell in cells.RESERVED_NAMES:
-        raise DevshellError(f"{ns.cell!r} is not a cell name", "see devshell --list")
-    if ns.instance is not None and not _safe_name(ns.instance):
-        raise DevshellError(f"--instance {ns.instance!r} is not an instance name",
-                            "pass the --instance it was opened with (devshell status lists them)")
-    name = container_name(ns.cell, ns.instance)
+    name = devshell_by_name(ns.cell, ns.instance)
     path = log_path(ns.cell, ns.instance)
     if not os.path.lexists(path):
         raise DevshellError(f"{name} has no egress log ({path}): it never ran under --network allow",

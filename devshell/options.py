@@ -124,6 +124,39 @@ class _Parser(argparse.ArgumentParser):
         raise DevshellError(message, "see devshell --help")
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's grammar (down, doctor, net, cache): its errors are one line that points
+    at its own help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DevshellError(message, f"see {self.prog} --help")
+
+
+def devshell_parser(prog: str, description: str, cell_help: str) -> SubcommandParser:
+    """A subcommand that acts on one devshell, named by CELL and --instance (devshell_by_name)."""
+    p = SubcommandParser(prog=prog, allow_abbrev=False, description=description)
+    p.add_argument("cell", nargs="?", default=None, help=cell_help)
+    _once_flag(p, "--instance", metavar="NAME", help="the devshell devshell-CELL-NAME")
+    return p
+
+
+def devshell_by_name(cell: str, instance: str | None) -> str:
+    """The devshell a subcommand names by cell and instance, checked as names only (its cell
+    file need not exist: a devshell outlives it): its container name."""
+    import re
+
+    from .cells import NAME_PATTERN, RESERVED_NAMES
+
+    if not re.fullmatch(NAME_PATTERN, cell) or cell in RESERVED_NAMES:
+        raise DevshellError(f"{cell!r} is not a cell name", "see devshell --list")
+    if instance is not None and not _safe_name(instance):
+        raise DevshellError(f"--instance {instance!r} is not an instance name",
+                            "pass the --instance it was opened with (devshell status lists them)")
+    from .spec import container_name
+
+    return container_name(cell, instance)
+
+
 class _Once(argparse.Action):
     """A flag that may be given once: argparse keeps the last of two silently, so
     `--script a.sh … --script b.sh` would run only one of them without a word."""
