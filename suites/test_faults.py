@@ -36,6 +36,14 @@ def launch(shell, *args, env=None, **options):
                             text=True, env={**os.environ, **(env or {})}, start_new_session=True)
 
 
+def interpreter_starting(child, err: str, sig) -> bool:
+    """A SIGINT that landed while the interpreter itself was importing `site`, before any of
+    devshell ran: Python reports that in its own words (exit 1, "Fatal Python error"), which is
+    not devshell's to change."""
+    return (sig == signal.SIGINT and child.returncode == 1
+            and err.startswith("Fatal Python error: init_import_site"))
+
+
 def interrupt(child, sig):
     """sig to the CLI's whole process group, as a terminal sends ^C or ^\\ (the docker CLI it
     started gets it too)."""
@@ -249,7 +257,7 @@ def test_signal_during_cold_start_recovers(precious, devshell_cli, script, sig, 
     time.sleep(delay)
     interrupt(child, sig)
     _, err = child.communicate(timeout=60)
-    assert "Traceback" not in err
+    assert "Traceback" not in err or interpreter_starting(child, err, sig), err
     precious.check(again(devshell_cli, precious, script))
 
 
@@ -278,8 +286,9 @@ def test_signal_at_any_point_of_a_session_leaves_nothing_running(precious, devsh
     _, err = child.communicate(timeout=30)
     # Before the CLI has set its handlers (Python is still starting), the signal's default
     # action ends it: a shell reports that as 128 + the signal too.
-    assert child.returncode in (128 + sig, -sig), err
-    assert "Traceback" not in err
+    if not interpreter_starting(child, err, sig):
+        assert child.returncode in (128 + sig, -sig), err
+        assert "Traceback" not in err
     # Even a signal that came before the exec had started inside leaves nothing behind.
     _wait_for(lambda: not processes(precious, "sleep 64 $"), timeout=15)
     precious.check(again(devshell_cli, precious, script))
