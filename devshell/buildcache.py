@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any
 
+from .cells import ABSOLUTE_PATH, SUBDIR
 from .errors import DevshellError
 
 FORMAT = 1
@@ -22,14 +23,15 @@ INSTALL_SUFFIX = ".tar.zst"
 CCACHE_SUFFIX = ".ccache.tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
 MAX_MANIFEST_BYTES = 64 << 10  # a manifest is a few hundred bytes; anything near this is not one
-_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+# A git commit id: SHA-1 (40 hex digits) or SHA-256 (64).
+COMMIT_PATTERN = "^[0-9a-f]{40}([0-9a-f]{24})?$"
+_SHA256 = {"type": "string", "pattern": SHA256_PATTERN}
 _ARCHIVE = {
     "type": "object", "additionalProperties": False, "required": ["file", "sha256", "size"],
     "properties": {"file": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\.tar\.zst$"},
                    "sha256": _SHA256, "size": {"type": "integer", "minimum": 0}},
 }
-_ABSOLUTE = {"type": "string", "pattern": r"^/[^\s]*[^/\s]$"}
-_SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
 MANIFEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -42,16 +44,16 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "platform": {"type": "string"},
         # Where the tree was built: a seed must land at the same path, or ccache's keys (and
         # every absolute path in the install tree) would not match.
-        "workspace": _ABSOLUTE,
-        "install": _SUBDIR,
+        "workspace": ABSOLUTE_PATH,
+        "install": SUBDIR,
         "ccache": {"type": "object", "additionalProperties": False, "required": ["dir", "settings"],
-                   "properties": {"dir": _SUBDIR,
+                   "properties": {"dir": SUBDIR,
                                   "settings": {"type": "object",
                                                "additionalProperties": {"type": "string"}}}},
         "source": {"type": "object", "additionalProperties": False, "required": ["repo", "commit"],
                    "properties": {"repo": {"type": ["string", "null"]},
                                   "commit": {"type": ["string", "null"],
-                                             "pattern": "^[0-9a-f]{40}([0-9a-f]{24})?$"}}},
+                                             "pattern": COMMIT_PATTERN}}},
         "archives": {"type": "object", "additionalProperties": False, "required": ["install", "ccache"],
                      "properties": {"install": _ARCHIVE, "ccache": {"oneOf": [_ARCHIVE, {"type": "null"}]}}},
     },

@@ -165,7 +165,7 @@ def source_of(engine: Engine, name: str, src: str, dev_uid: str) -> tuple[str | 
     repo = engine.bounded_exec(name, ["git", "-C", src, "config", "--get", "remote.origin.url"],
                                limit=2050, user=dev_uid).decode("ascii", "replace").strip()
     return (repo if _REPO.fullmatch(repo) else None,
-            commit if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit) else None)
+            commit if re.fullmatch(buildcache.COMMIT_PATTERN, commit) else None)
 
 
 def platform_of(info: dict[str, Any]) -> str:

@@ -59,7 +59,10 @@ MAX_CELL_BYTES = 1 << 20  # a cell file is a page of YAML; anything near this is
 WORKSPACE_ROOTS = ("/home", "/workspaces", "/srv", "/opt")
 DEV_HOME = "/home/dev"
 
-_SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
+# One directory name below the workspace, and an absolute path: the schemas' words for them
+# (a build cache manifest names the same dirs: buildcache.py).
+SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
+ABSOLUTE_PATH = {"type": "string", "pattern": r"^/[^\s]*[^/\s]$"}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -98,11 +101,11 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "workspace": {"type": "string", "pattern": r"^/[^\s]*[^/\s]$"},
+        "workspace": ABSOLUTE_PATH,
         "dirs": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"src": _SUBDIR, "build": _SUBDIR, "ccache": _SUBDIR, "install": _SUBDIR},
+            "properties": {"src": SUBDIR, "build": SUBDIR, "ccache": SUBDIR, "install": SUBDIR},
         },
         "env": {
             "type": "object",

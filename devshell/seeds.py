@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     unreachable source, a checksum mismatch or a malformed manifest; then nothing new is left
     in the cache."""
     buildcache.check_key(key)
-    if len(manifest_sha256) != 64 or any(c not in "0123456789abcdef" for c in manifest_sha256):
+    if not re.fullmatch(buildcache.SHA256_PATTERN, manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
     store = seeds_dir()  # made by the first download, not before
     manifest_name = buildcache.names(key)[2]
