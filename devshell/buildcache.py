@@ -14,18 +14,17 @@ import json
 import re
 from typing import Any
 
-from .cells import ABSOLUTE_PATH, SUBDIR
+from .cells import ABSOLUTE_PATH, COMMIT_PATTERN, LOCATION, SHA256_PATTERN, SUBDIR
+from .cells import CACHE_KEY_PATTERN as KEY_PATTERN
 from .errors import DevshellError
 
 FORMAT = 1
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 INSTALL_SUFFIX = ".tar.zst"
 CCACHE_SUFFIX = ".ccache.tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
+# What one entry's trees may unpack to: pack's default --max-size, and the most a seed unpacks.
+MAX_TREE_GIB = 64
 MAX_MANIFEST_BYTES = 64 << 10  # a manifest is a few hundred bytes; anything near this is not one
-SHA256_PATTERN = "^[0-9a-f]{64}$"
-# A git commit id: SHA-1 (40 hex digits) or SHA-256 (64).
-COMMIT_PATTERN = "^[0-9a-f]{40}([0-9a-f]{24})?$"
 _SHA256 = {"type": "string", "pattern": SHA256_PATTERN}
 _ARCHIVE = {
     "type": "object", "additionalProperties": False, "required": ["file", "sha256", "size"],
@@ -51,7 +50,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                                   "settings": {"type": "object",
                                                "additionalProperties": {"type": "string"}}}},
         "source": {"type": "object", "additionalProperties": False, "required": ["repo", "commit"],
-                   "properties": {"repo": {"type": ["string", "null"]},
+                   "properties": {"repo": {"type": ["string", "null"], "pattern": LOCATION["pattern"]},
                                   "commit": {"type": ["string", "null"],
                                              "pattern": COMMIT_PATTERN}}},
         "archives": {"type": "object", "additionalProperties": False, "required": ["install", "ccache"],

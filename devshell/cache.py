@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import buildcache
+from .cells import COMMIT_PATTERN, LOCATION
 from .engine import Engine
 from .errors import DevshellError, for_terminal
 from .options import SubcommandParser, _once_flag, devshell_by_name, devshell_parser
@@ -26,8 +27,7 @@ from .options import SubcommandParser, _once_flag, devshell_by_name, devshell_pa
 USAGE = ("devshell cache pack CELL [--instance NAME] --out DIR [--key KEY] [--json] | "
          "devshell cache fetch FROM KEY --sha256 SHA | devshell cache prune")
 # What the agent's volume may make pack write at most, by default: the trees are its to fill.
-DEFAULT_MAX_GIB = 64
-_REPO = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable, no spaces: a URL or a path
+DEFAULT_MAX_GIB = buildcache.MAX_TREE_GIB
 # ccache's settings that decide whether a seeded cache hits: recorded with the entry.
 CCACHE_SETTINGS = ("CCACHE_BASEDIR", "CCACHE_COMPILERCHECK", "CCACHE_HASHDIR", "CCACHE_NOHASHDIR",
                    "CCACHE_SLOPPINESS", "CCACHE_COMPRESS", "CCACHE_MAXSIZE")
@@ -164,8 +164,8 @@ def source_of(engine: Engine, name: str, src: str, dev_uid: str) -> tuple[str | 
                                  limit=66, user=dev_uid).decode("ascii", "replace").strip()
     repo = engine.bounded_exec(name, ["git", "-C", src, "config", "--get", "remote.origin.url"],
                                limit=2050, user=dev_uid).decode("ascii", "replace").strip()
-    return (repo if _REPO.fullmatch(repo) else None,
-            commit if re.fullmatch(buildcache.COMMIT_PATTERN, commit) else None)
+    return (repo if re.fullmatch(LOCATION["pattern"], repo) else None,
+            commit if re.fullmatch(COMMIT_PATTERN, commit) else None)
 
 
 def platform_of(info: dict[str, Any]) -> str:

@@ -63,6 +63,13 @@ DEV_HOME = "/home/dev"
 # (a build cache manifest names the same dirs: buildcache.py).
 SUBDIR = {"type": "string", "pattern": r"^(?!\.\.?$)(?!.*/)[^\s]+$"}
 ABSOLUTE_PATH = {"type": "string", "pattern": r"^/[^\s]*[^/\s]$"}
+# The build cache's words a cell pins a seed with (buildcache.py uses the same): an entry's key,
+# a sha256, and a git commit id (SHA-1's 40 hex digits or SHA-256's 64).
+CACHE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+COMMIT_PATTERN = "^[0-9a-f]{40}([0-9a-f]{24})?$"
+# Where a seed or a source comes from: printable, no spaces (a URL or a path).
+LOCATION = {"type": "string", "pattern": r"^[\x21-\x7e]{1,2048}$"}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -113,6 +120,34 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": ["string", "number", "boolean"]},
         },
         "setup": {"type": "string"},
+        # How the cell's source builds, for the harness and bench (suites/test_warm_build.py):
+        # shell commands run as dev in the src dir, and a source tree beside the cell file the
+        # harness builds when no source: is pinned.
+        "build": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["configure", "compile", "install"],
+            "properties": {"project": SUBDIR,
+                           "configure": {"type": "string", "minLength": 1},
+                           "compile": {"type": "string", "minLength": 1},
+                           "install": {"type": "string", "minLength": 1}},
+        },
+        # A build cache entry a new volume is seeded from (seeding.py), pinned by its manifest.
+        "seed": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["from", "key", "manifest_sha256"],
+            "properties": {"from": LOCATION,
+                           "key": {"type": "string", "pattern": CACHE_KEY_PATTERN},
+                           "manifest_sha256": {"type": "string", "pattern": SHA256_PATTERN}},
+        },
+        # The source a seed's build came from, for an entry whose manifest names none.
+        "source": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["repo", "commit"],
+            "properties": {"repo": LOCATION, "commit": {"type": "string", "pattern": COMMIT_PATTERN}},
+        },
         "profile": {"enum": list(PROFILES)},
         "network": {
             "type": "object",
@@ -154,6 +189,30 @@ class Recipe(NamedTuple):
         return _digest({"base": self.base_key(), "run": list(self.run)})
 
 
+class Seed(NamedTuple):
+    """A cell's seed: the build cache entry KEY at FROM whose manifest hashes to manifest_sha256."""
+
+    source: str
+    key: str
+    manifest_sha256: str
+
+
+class Source(NamedTuple):
+    """A git repository and the one commit of it a seeded src dir is fetched at."""
+
+    repo: str
+    commit: str
+
+
+class BuildSteps(NamedTuple):
+    """A cell's build: (key build:) commands run as dev in its src dir; project, a source tree on the host."""
+
+    configure: str
+    compile: str
+    install: str
+    project: str | None = None
+
+
 class Cell(NamedTuple):
     name: str
     source: str
@@ -175,6 +234,9 @@ class Cell(NamedTuple):
     allow: tuple[Any, ...] = ()
     pids_limit: int = DEFAULT_PIDS_LIMIT
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    seed: Seed | None = None
+    source_pin: Source | None = None
+    build_steps: BuildSteps | None = None
 
     @property
     def built_tag(self) -> str | None:
@@ -265,7 +327,7 @@ def available(path: Iterable[str], problems: list[DevshellError] | None = None) 
 
 # Raise when the checks beyond the schema (parse_yaml, build) change: a remembered cell was
 # validated by the rules of its day, and must meet today's.
-CHECKS_VERSION = 4
+CHECKS_VERSION = 5
 _SCHEMA_ID = hashlib.sha256(json.dumps([SCHEMA, CHECKS_VERSION], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -382,9 +444,10 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
                         run=tuple(r.get("run", ())))
     dirs = data.get("dirs", {})
     env = tuple(sorted((k, _env_str(v)) for k, v in data.get("env", {}).items()))
-    reserved_env = [k for k, _ in env if k.startswith("DEVSHELL_") or k == "HOME"]
+    reserved_env = [k for k, _ in env if k.startswith("DEVSHELL_") or k in ("HOME", "CCACHE_BASEDIR")]
     if reserved_env:
-        raise bad(f"env.{reserved_env[0]}", "HOME and DEVSHELL_* belong to the launcher")
+        raise bad(f"env.{reserved_env[0]}", "HOME, CCACHE_BASEDIR and DEVSHELL_* belong to the launcher "
+                  "(CCACHE_BASEDIR is the workspace)")
     limits = data.get("limits", {})
     memory = memory_bytes(limits.get("memory", DEFAULT_MEMORY_LIMIT))
     if memory < MIN_MEMORY_LIMIT:
@@ -401,6 +464,12 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
             allow.append(parse_rule(entry))
         except ValueError as e:
             raise bad(f"network.allow.{n}", str(e)) from None
+    seed = data.get("seed")
+    source_pin = data.get("source")
+    build_ = data.get("build")
+    project = None
+    if build_ and "project" in build_:
+        project = os.path.join(os.path.dirname(os.path.abspath(source)), build_["project"])
     return Cell(
         name=name,
         source=source,
@@ -420,6 +489,10 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         allow=tuple(allow),
         pids_limit=int(limits.get("pids", DEFAULT_PIDS_LIMIT)),
         memory_limit=memory,
+        seed=Seed(seed["from"], seed["key"], seed["manifest_sha256"]) if seed else None,
+        source_pin=Source(source_pin["repo"], source_pin["commit"]) if source_pin else None,
+        build_steps=(BuildSteps(build_["configure"], build_["compile"], build_["install"], project)
+                     if build_ else None),
     )
 
 

@@ -91,12 +91,14 @@ def launch(opts: Options, *, learn: bool = False) -> int:
                "checkout": opts.checkout, "patches": opts.patches_out, "cache": opts.host_cache,
                "uid": opts.uid, "gid": opts.gid, "user": "root" if opts.as_root else "dev",
                "profile": spec.profile, "runtime": shell.runtime, "network": shell.network,
-               "limits": {"pids": spec.pids_limit, "memory": spec.memory_limit}, "notes": notes},
+               "limits": {"pids": spec.pids_limit, "memory": spec.memory_limit},
+               "seed": shell.seed.describe() if shell.seed else None, "notes": notes},
         f"{spec.name} {shell.outcome} · /checkout={opts.checkout} (read-only) · /patches={opts.patches_out}"
         + (f" · /cache={opts.host_cache}" if opts.host_cache else "")
         + f" · {'root' if opts.as_root else f'dev {opts.uid}:{opts.gid}'}"
         + f" · profile {spec.profile} · runtime {shell.runtime} · network {shell.network}"
-        + f" · limits {spec.pids_limit} pids, {spec.memory_limit >> 20} MiB")
+        + f" · limits {spec.pids_limit} pids, {spec.memory_limit >> 20} MiB"
+        + (f" · {shell.seed.describe()}" if shell.seed else ""))
     tty = script is None and sys.stdin.isatty() and sys.stdout.isatty()
     if not learn:
         return enter(shell, script=script, tty=tty)

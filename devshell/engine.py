@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,6 +47,8 @@ WATCH_INTERVAL = 0.5  # seconds between looks at a watched container during a se
 USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
+# ... and a seed's tree on its way into a volume, between two chunks (a full disk answers at once).
+ARCHIVE_TIMEOUT = 600.0
 
 Progress = Callable[[str], None]
 _DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
@@ -496,6 +498,54 @@ class Engine:
                                 "check the container's state") from None
         chunks: Iterator[bytes] = iter(stream)
         return chunks
+
+    def read_file(self, container: str, path: str, limit: int) -> bytes | None:
+        """The content of the regular file path in the container (running or not), at most
+        limit bytes of it; None when it is missing, not a regular file, or larger."""
+        import io
+        import tarfile
+
+        chunks = self.archive(container, path)
+        if chunks is None:
+            return None
+        data = b""
+        for chunk in chunks:  # a file of limit bytes is a tar of a few blocks more
+            data += chunk
+            if len(data) > limit + 4 * tarfile.BLOCKSIZE + 1024:
+                return None
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                member = tar.next()
+                if member is None or not member.isreg() or member.size > limit:
+                    return None
+                reader = tar.extractfile(member)
+                return reader.read(limit) if reader is not None else None
+        except tarfile.TarError:
+            return None
+
+    def put_archive(self, container: str, path: str, chunks: Iterable[bytes]) -> None:
+        """Unpack a tar stream into path in the container (running or not), as the engine does
+        it: in the container's own filesystem, the tar's owners kept. Streamed (chunked), so a
+        tree of any size passes through a chunk at a time."""
+        import requests
+
+        api = self.client.api
+        try:
+            answer = api.put(f"{api.base_url}/containers/{_q(container)}/archive", params={"path": path},
+                             data=iter(chunks), headers={"Content-Type": "application/x-tar"},
+                             timeout=ARCHIVE_TIMEOUT)
+        except requests.RequestException as e:
+            raise DevshellError(f"writing into {path} in {container} failed ({_reason(e)})",
+                                "check the container and the engine's disk space; the next launch "
+                                "starts the seed again") from None
+        if answer.status_code != 200:
+            try:
+                message = json.loads(answer.content).get("message", "")
+            except ValueError:
+                message = answer.content[:200].decode(errors="replace")
+            raise DevshellError(f"writing into {path} in {container} failed ({message})",
+                                "check the container and the engine's disk space; the next launch "
+                                "starts the seed again")
 
     # --- runtimes and the locked image -----------------------------------------------------
 

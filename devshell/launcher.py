@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import PATCHES, Cell
 from .egress import EgressSpec, plan_egress, proxy_name
@@ -31,6 +31,9 @@ from .spec import (
     session,
 )
 
+if TYPE_CHECKING:
+    from .seeding import Marker
+
 MAX_SCRIPT_BYTES = 100 * 1024  # the script travels as one exec argument (spec.MAX_EXEC_ARG)
 VERIFY_FAILED = 86  # init's exit code when the promised state does not hold
 
@@ -47,6 +50,8 @@ class Devshell(NamedTuple):
     # (labels.RUNTIME): "runc", "runsc (gVisor, no network)".
     runtime: str = "default"
     cell: Cell | None = None
+    # The volume's seed as the launch left it (cold path, a cell with a seed: only then is it read).
+    seed: Marker | None = None
 
     @property
     def gvisor(self) -> bool:
@@ -307,7 +312,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     # Warm path: a running container made from this very spec implies its image and volume,
     # and (the spec holds their identities) that it binds these very directories.
     ids = bind_ids(opts)
-    if ids is not None:
+    if ids is not None and not opts.reseed and not _seed_unfinished(cell, opts):
         spec = plan(opts._replace(bind_ids=ids), cell, labels=labels)
         info = engine.inspect(spec.name)
         if (info is not None and info["State"]["Running"] and not info["State"]["Paused"]
@@ -330,6 +335,17 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     if allow and not runtime.network:
         raise DevshellError(f"--network allow needs a network, and runtime {runtime} has none",
                             "pass --network none, or another --runtime")
+    if opts.reseed and cell.seed is None:
+        raise DevshellError(f"--reseed: cell {cell.name} declares no seed",
+                            f"add seed: {{from: DIR-or-URL, key: KEY, manifest_sha256: SHA}} to "
+                            f"{cell.source}")
+    # A new volume's seed (or --reseed's) is fetched and checked before anything is made: a
+    # bad checksum, source or manifest leaves no volume, and an old one as it was.
+    fetched = None
+    if cell.seed is not None and (opts.reseed or engine.volume_own(name, cell.name) is None):
+        from .seeding import fetch  # (for a cell with a seed only: the warm path stays light)
+
+        fetched = fetch(cell, progress)
     image = engine.ensure_image(cell, opts.image, progress)
     proxy_image = engine.ensure_proxy_image(progress) if allow else None
     # The lock first: a lock that cannot be taken (an unwritable cache dir) leaves no trace.
@@ -354,13 +370,31 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             if created:  # an error leaves nothing behind that this run made
                 engine.remove_volume(spec.volume)
             raise
+        seed = None
+        if cell.seed is not None:
+            from .seeding import ensure
+
+            # After the checks above, and outside their cleanup: a seed that fails halfway
+            # leaves its marker partial, and the next launch does it again.
+            seed = ensure(engine, container=spec.name, volume=spec.volume, cell=cell, uid=opts.uid,
+                          gid=opts.gid, locked=spec.locked, fetched=fetched, created=created,
+                          reseed=opts.reseed, clean=opts.clean, progress=progress)
     described = str(runtime)
     if outcome.state == "reused":
         # Kept from an earlier launch, it runs under the runtime as registered then (a changed
         # daemon.json does not reach a running sandbox): its label says how.
         info = info or engine.inspect(spec.name) or {}
         described = (info.get("Config", {}).get("Labels") or {}).get(RUNTIME, "default")
-    return Devshell(spec, opts, outcome, created, engine, described, cell)
+    return Devshell(spec, opts, outcome, created, engine, described, cell, seed)
+
+
+def _seed_unfinished(cell: Cell, opts: Options) -> bool:
+    """A cell with a seed whose last seeding a killed launch left half done: never reused warm."""
+    if cell.seed is None:
+        return False
+    from .seeding import unfinished
+
+    return unfinished(cell, container_name(cell.name, opts.instance))
 
 
 # --- egress (--network allow) -----------------------------------------------------------------

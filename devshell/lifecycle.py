@@ -152,6 +152,7 @@ def list_cells(opts: Options) -> int:
     for cell in found:
         name = container_name(cell.name, opts.instance)
         info = engine.inspect(name)
+        volume = engine.volume_info(name)
         found_labels = (info or {}).get("Config", {}).get("Labels") or {}
         runtime = found_labels.get(labels.RUNTIME, "default")
         # (a container made before network modes, or with no readable spec, had the open one)
@@ -161,7 +162,8 @@ def list_cells(opts: Options) -> int:
             "image": cell.image,
             "image_state": image_state(cell, partial(engine.image_present, platform=cell.platform)),
             "container": info["State"]["Status"] if info else "absent",
-            "volume": "present" if engine.volume_present(name) else "absent",
+            "volume": "present" if volume is not None else "absent",
+            "seed": seed_state(name, volume),
             # The container's, as its launch recorded them; without one, what a launch would use.
             "profile": found_labels.get(labels.PROFILE, cell.profile),
             "runtime": runtime,
@@ -174,9 +176,20 @@ def list_cells(opts: Options) -> int:
     doc = {"cells": rows, "notes": [f"skipped a cell file: {p}" for p in problems]}
     columns = [("cell", "cell"), ("image_state", "image_state"), ("container", "container"),
                ("volume", "volume"), ("profile", "profile"), ("runtime", "runtime"), ("network", "network"),
-               ("proxy", "proxy"), ("image", "image")]
+               ("proxy", "proxy"), ("seed", "seed"), ("image", "image")]
     emit(doc, table(columns, rows), opts.json)
     return 0
+
+
+def seed_state(volume: str, info: dict[str, Any] | None) -> str:
+    """none, seeded KEY or partial KEY: the launcher's record of this very volume (seeding.py),
+    read without starting anything."""
+    if info is None:
+        return "none"
+    from .seeding import read_record, volume_identity
+
+    record = read_record(volume, volume_identity(info))
+    return record.describe() if record else "none"
 
 
 def _proxy_state(engine: Engine, devshell: str) -> str:

@@ -107,6 +107,9 @@ class Options(NamedTuple):
     runtime: str | None = None
     # The network mode (open, none); None: the cell's (else open).
     network: str | None = None
+    # Seed the volume again (reseed) from the cell's seed, emptied first (clean).
+    reseed: bool = False
+    clean: bool = False
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -221,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
                        "(loopback only); default: the cell's, else open")
     _once_flag(p, "--runtime", metavar="NAME",
                   help="an engine runtime registered in daemon.json, e.g. runsc (gVisor)")
+    _once_flag(p, "--reseed", action="store_true",
+                  help="seed the volume again from the cell's seed: (keeps the rest of the volume)")
+    _once_flag(p, "--clean", action="store_true", help="with --reseed: empty the volume first")
     _once_flag(p, "--list", action="store_true", help="list cells with image/container/volume state")
     _once_flag(p, "--json", action="store_true", help="machine-readable --list and session summary")
     return p
@@ -252,6 +258,11 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
                                      ("--verify", ns.verify), ("--list", ns.list)) if on]
     if len(actions) > 1:
         raise DevshellError(f"{' and '.join(actions)} cannot be combined", "pick one")
+    if ns.reseed and (ns.rm or ns.verify or ns.list):
+        flag = "--rm" if ns.rm else "--verify" if ns.verify else "--list"
+        raise DevshellError(f"--reseed and {flag} cannot be combined", "pick one")
+    if ns.clean and not ns.reseed:
+        raise DevshellError("--clean empties the volume only for a seed", "pass --reseed --clean")
     if ns.ai_config_ro and ns.ai_config_rw:
         raise DevshellError("--ai-config-ro and --ai-config-rw contradict each other", "pick one")
     if ns.as_root and ns.profile == "locked":
@@ -314,6 +325,8 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
         profile=ns.profile,
         runtime=ns.runtime,
         network=ns.network,
+        reseed=ns.reseed,
+        clean=ns.clean,
     )
 
 
@@ -436,7 +449,8 @@ def to_argv(opts: Options) -> list[str]:
         if value is not None:
             argv.append(f"{flag}={value}")
     for flag, on in (("--rm", opts.rm), ("--as-root", opts.as_root), ("--verify", opts.verify),
-                     ("--json", opts.json), ("--ai-config-rw", not opts.ai_config_ro)):
+                     ("--json", opts.json), ("--ai-config-rw", not opts.ai_config_ro),
+                     ("--reseed", opts.reseed), ("--clean", opts.clean)):
         if on:
             argv.append(flag)
     argv += [f"--cells-dir={d}" for d in opts.cells_dirs]

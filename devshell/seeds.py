@@ -22,7 +22,7 @@ from typing import IO, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from . import buildcache
-from .cells import cache_dir
+from .cells import SHA256_PATTERN, cache_dir
 from .errors import DevshellError, for_terminal
 
 FETCH_TIMEOUT = 30.0  # seconds a server may stay silent
@@ -48,7 +48,7 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     unreachable source, a checksum mismatch or a malformed manifest; then nothing new is left
     in the cache."""
     buildcache.check_key(key)
-    if not re.fullmatch(buildcache.SHA256_PATTERN, manifest_sha256):
+    if not re.fullmatch(SHA256_PATTERN, manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
     store = seeds_dir()  # made by the first download, not before
     manifest_name = buildcache.names(key)[2]

@@ -394,6 +394,9 @@ def plan(opts: Options, cell: Cell, *, image: str | None = None,
     mounts = [Mount("volume", name, cell.workspace),
               *(Mount("bind", b.source, b.target, b.read_only) for b in host_binds(opts))]
     env = {
+        # ccache hashes paths below the workspace relative to it, as a seed's were (seeding.py):
+        # the same everywhere, so a cell's env may not change it (cells.build).
+        "CCACHE_BASEDIR": cell.workspace,
         "HOME": DEV_HOME,
         "DEVSHELL_CELL": cell.name,
         "DEVSHELL_DEV_UID": str(opts.uid),

@@ -1,0 +1,360 @@
+"""Seeding a devshell's volume from a build cache entry (docs/design.md "Build caches").
+
+The entry is fetched and verified on the host first (seeds.py), and its archives are read
+through once before anything reaches the volume: a member that is not a plain file, directory
+or link inside its tree, or a tree larger than MAX_TREE_BYTES, refuses the seed with the volume
+as it was. Then, through the engine's archive API (nothing of the volume is bound on the host):
+
+    1. a marker `partial` (and the host's record of it)     <- from here on, an interrupted
+    2. the trees the seed replaces are removed                 seed is redone at the next entry
+    3. the install tree and the ccache, owned by dev, without set-id bits or extended attributes
+    4. the source commit, fetched inside the container into an empty src dir
+    5. the marker `complete`, last
+
+The marker lives in the volume (`WORKSPACE/.devshell-seed`): it is what decides whether a seed
+is whole. The host's record (state dir, seeds/<volume>.json) mirrors it for what cannot look
+into a volume without a container: `--list`, and the warm path, which must not reuse a running
+container whose seed a killed launch left half done. Both are the agent's to forge at most for
+itself: the marker is read bounded and shape-checked, and anything unreadable counts as no seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import buildcache, seeds
+from .cells import CACHE_KEY_PATTERN, SHA256_PATTERN, Cell
+from .engine import Engine, Progress, stderr_progress
+from .errors import DevshellError, for_terminal
+from .labels import MAKER
+from .options import HostFacts, state_dir
+from .spec import INIT_PATH
+
+if TYPE_CHECKING:  # tarfile is imported where a seed is made: the warm path only asks unfinished()
+    import tarfile
+
+MARKER = ".devshell-seed"
+MAX_MARKER_BYTES = 4096
+# What one tree of a seed may unpack to: the size `cache pack` refuses to write by default.
+MAX_TREE_BYTES = buildcache.MAX_TREE_GIB << 30
+STATES = ("partial", "complete")
+RECORDS = "seeds"  # below the state dir: the host's record of each volume's seed
+_BLOCK = 512  # tar's block
+_CHUNK = 1 << 20
+
+
+class Marker(NamedTuple):
+    state: str  # partial or complete
+    key: str
+    manifest_sha256: str
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"state": self.state, "key": self.key,
+                            "manifest_sha256": self.manifest_sha256}, sort_keys=True) + "\n").encode()
+
+    def describe(self) -> str:
+        """--list's words: seeded KEY, or partial KEY."""
+        return f"{'seeded' if self.state == 'complete' else 'partial'} {self.key}"
+
+
+def parse_marker(data: bytes | None) -> Marker | None:
+    """A marker (or record) as written, else None: it sits where the agent can write."""
+    if not data or len(data) > MAX_MARKER_BYTES:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    state, key, sha = doc.get("state"), doc.get("key"), doc.get("manifest_sha256")
+    if (state not in STATES or not isinstance(key, str) or not isinstance(sha, str)
+            or not re.fullmatch(CACHE_KEY_PATTERN, key) or not re.fullmatch(SHA256_PATTERN, sha)):
+        return None
+    return Marker(state, key, sha)
+
+
+# --- the host's record ---------------------------------------------------------------------
+
+
+def record_path(volume: str) -> str:
+    host = HostFacts.current()
+    return posixpath.join(host.state or state_dir(host.home, {}), RECORDS, f"{volume}.json")
+
+
+def volume_identity(info: dict[str, Any]) -> str:
+    """What tells one volume from another of the same name made later: the launch that made it
+    (its MAKER label: host:pid). Not CreatedAt, which the engine reads off the volume's
+    directory, and which moves when its content does."""
+    return str((info.get("Labels") or {}).get(MAKER, ""))
+
+
+def read_record(volume: str, identity: str | None = None) -> Marker | None:
+    """The launcher's record of volume's seed; with identity (volume_identity), only a record
+    of that very volume (one removed and made again has a seed of its own, or none)."""
+    try:
+        with open(record_path(volume), "rb") as f:
+            data = f.read(MAX_MARKER_BYTES + 1)
+    except OSError:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if identity is not None and (not isinstance(doc, dict) or doc.get("volume") != identity):
+        return None
+    return parse_marker(data)
+
+
+def write_record(volume: str, marker: Marker, identity: str) -> None:
+    path = record_path(volume)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    doc = json.loads(marker.to_bytes())
+    doc["volume"] = identity
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(doc, f, sort_keys=True)
+    os.replace(partial, path)
+
+
+def unfinished(cell: Cell, volume: str) -> bool:
+    """The warm path's question: did a launch start seeding this volume and not finish?"""
+    if cell.seed is None:
+        return False
+    record = read_record(volume)
+    return record is not None and record.state == "partial"
+
+
+# --- checking an entry before it reaches the volume ----------------------------------------
+
+
+def check_fits(cell: Cell, manifest: dict[str, Any]) -> None:
+    """The entry was built where this cell builds: the same workspace (ccache's keys and every
+    absolute path in the install tree name it) and platform."""
+    if manifest["workspace"] != cell.workspace:
+        raise DevshellError(f"the seed {manifest['key']} was built at {manifest['workspace']}, and cell "
+                            f"{cell.name} works at {cell.workspace}: ccache's keys would not match",
+                            f"set workspace: {manifest['workspace']} in {cell.source}, or seed from an "
+                            "entry built by this cell")
+    if manifest["platform"] != cell.platform:
+        raise DevshellError(f"the seed {manifest['key']} is for {manifest['platform']}, cell {cell.name} "
+                            f"runs {cell.platform}", "seed from an entry built for the cell's platform")
+
+
+def _members(path: str, top: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The members of a zstd-compressed tar, each checked to be a plain file, directory or
+    link strictly inside top (the tree's own directory), within MAX_TREE_BYTES in all."""
+    import tarfile
+
+    import zstandard
+
+    total = 0
+    where = os.path.basename(path)
+    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+                for member in tar:
+                    why = member_problem(member, top)
+                    if why:
+                        raise DevshellError(f"the seed archive {where} holds {for_terminal(member.name)}: "
+                                            f"{why}", "seed from an entry devshell cache pack made")
+                    total += member.size
+                    if total > MAX_TREE_BYTES:
+                        raise DevshellError(f"the seed archive {where} unpacks to more than "
+                                            f"{MAX_TREE_BYTES >> 30} GiB", "seed from a smaller entry")
+                    yield tar, member
+        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+            raise DevshellError(f"the seed archive {where} is not a zstd-compressed tar ({e})",
+                                "run devshell cache prune, then launch again") from None
+
+
+def member_problem(member: tarfile.TarInfo, top: str) -> str | None:
+    """Why a tar member may not reach the volume, or None. Pure: unit tests feed it TarInfos."""
+    if not _inside(member.name, top):
+        return f"not a path inside {top}/"
+    if member.isreg() or member.isdir():
+        return None
+    if member.islnk():
+        return None if _inside(member.linkname, top) else "a hard link to outside the tree"
+    if member.issym():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        if member.linkname.startswith("/") or not _inside(target, top):
+            return "a symbolic link that leaves the tree"
+        return None
+    return "not a file, directory or link"
+
+
+def _inside(name: str, top: str) -> bool:
+    parts = name.rstrip("/").split("/")
+    return parts[0] == top and all(p not in ("", ".", "..") for p in parts)
+
+
+def scan(path: str, top: str) -> int:
+    """Read a tree's archive through once (nothing written): the member count, or the one-line
+    refusal of its first bad member."""
+    count = 0
+    for tar, member in _members(path, top):
+        if member.isreg():
+            reader = tar.extractfile(member)
+            assert reader is not None
+            while reader.read(_CHUNK):
+                pass
+        count += 1
+    return count
+
+
+def rewrite(path: str, top: str, new_top: str, uid: int, gid: int) -> Iterator[bytes]:
+    """The tree's archive as a plain tar for the engine: renamed under new_top, owned by
+    uid:gid, permission bits only (no set-id, sticky, extended attributes or capabilities),
+    every directory and file usable by its owner. Streams: a chunk at a time."""
+    import tarfile
+
+    for tar, member in _members(path, top):
+        info = tarfile.TarInfo(new_top + member.name[len(top):])
+        info.type = member.type
+        info.mtime = member.mtime
+        info.uid, info.gid = uid, gid
+        info.mode = (member.mode & 0o777) | (0o700 if member.isdir() else 0o600)
+        if member.islnk():
+            info.linkname = new_top + member.linkname[len(top):]
+        elif member.issym():
+            info.linkname = member.linkname
+        info.size = member.size if member.isreg() else 0
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        if member.isreg():
+            reader = tar.extractfile(member)
+            assert reader is not None
+            while chunk := reader.read(_CHUNK):
+                yield chunk
+            if member.size % _BLOCK:
+                yield b"\0" * (_BLOCK - member.size % _BLOCK)
+    yield b"\0" * (2 * _BLOCK)
+
+
+def one_file(name: str, data: bytes, mode: int = 0o644) -> Iterator[bytes]:
+    """A tar of one root-owned file."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    yield info.tobuf(tarfile.PAX_FORMAT)
+    yield data + b"\0" * (-len(data) % _BLOCK)
+    yield b"\0" * (2 * _BLOCK)
+
+
+def fetch(cell: Cell, progress: Progress = stderr_progress) -> seeds.Fetched:
+    """The cell's seed on the host, verified, fitting the cell, and every member checked: what
+    can go wrong before the volume is touched goes wrong here."""
+    assert cell.seed is not None
+    seed = cell.seed
+    shown = seeds.terminal_progress() if progress is stderr_progress else _lines(progress)
+    fetched = seeds.fetch(seed.source, seed.key, seed.manifest_sha256, progress=shown)
+    manifest = fetched.manifest
+    check_fits(cell, manifest)
+    scan(fetched.install, manifest["install"])
+    if fetched.ccache is not None:
+        scan(fetched.ccache, manifest["ccache"]["dir"])
+    return fetched
+
+
+def _lines(progress: Progress) -> seeds.Progress:
+    def show(file: str, got: int, total: int | None, seconds: float) -> None:
+        if total and got >= total:
+            progress(f"seed {file}: {got / (1 << 20):.1f} MiB in {seconds:.1f} s")
+    return show
+
+
+# --- seeding a volume ----------------------------------------------------------------------
+
+
+def read_marker(engine: Engine, container: str, workspace: str) -> Marker | None:
+    return parse_marker(engine.read_file(container, posixpath.join(workspace, MARKER), MAX_MARKER_BYTES))
+
+
+def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int, gid: int, locked: bool,
+           fetched: seeds.Fetched | None, created: bool, reseed: bool, clean: bool,
+           progress: Progress = stderr_progress) -> Marker | None:
+    """Seed the volume when it is new, when asked (reseed), or when a seed was left partial;
+    else leave it. The seed state the volume is in afterwards."""
+    assert cell.seed is not None
+    marker = read_marker(engine, container, cell.workspace)
+    if not (created or reseed or (marker is not None and marker.state == "partial")):
+        if marker is not None and marker.manifest_sha256 != cell.seed.manifest_sha256:
+            progress(f"note: the volume holds the seed {marker.key}; {cell.name} now pins "
+                     f"{cell.seed.key} (devshell {cell.name} --reseed takes it)")
+        return marker
+    if fetched is None:
+        fetched = fetch(cell, progress)
+    identity = volume_identity(engine.volume_info(volume) or {})
+    started = time.monotonic()
+    partial = Marker("partial", cell.seed.key, cell.seed.manifest_sha256)
+    write_record(volume, partial, identity)
+    engine.put_archive(container, cell.workspace, one_file(MARKER, partial.to_bytes()))
+    # What the seed replaces goes first (the whole volume under --clean), as dev under locked,
+    # where root has no capability to remove dev's files; rm never follows a link.
+    remove = (["find", cell.workspace, "-mindepth", "1", "-maxdepth", "1", "!", "-name", MARKER,
+               "-exec", "rm", "-rf", "--", "{}", "+"] if clean
+              else ["rm", "-rf", "--", cell.install, cell.ccache])
+    result = engine.exec(container, remove, user=f"{uid}:{gid}" if locked else "0")
+    if result.exit_code:
+        raise DevshellError(f"cannot empty {cell.workspace} for the seed: {_last_line(result.stderr)}",
+                            f"launch again (the seed is redone), or devshell down {cell.name}")
+    # init, as every session's entry runs it: dev, the workspace's dirs given to dev, and
+    # /checkout trusted by git (a source may be fetched from it).
+    result = engine.exec(container, [INIT_PATH])
+    if result.exit_code:
+        raise DevshellError(f"init failed in {container} before the seed: {_last_line(result.stderr)}",
+                            f"see docker exec {container} {INIT_PATH} --verify; the next launch tries again")
+    manifest = fetched.manifest
+    for archive, top, into in ((fetched.install, manifest["install"], cell.install),
+                               (fetched.ccache, manifest["ccache"]["dir"], cell.ccache)):
+        if archive is not None:
+            engine.put_archive(container, cell.workspace,
+                               rewrite(archive, top, posixpath.basename(into), uid, gid))
+    if fetched.ccache is None:
+        progress(f"note: the seed {cell.seed.key} has no ccache archive: the ccache starts cold")
+    fetch_source(engine, container, cell, manifest, uid, gid)
+    complete = partial._replace(state="complete")
+    engine.put_archive(container, cell.workspace, one_file(MARKER, complete.to_bytes()))
+    write_record(volume, complete, identity)
+    progress(f"seeded {volume} from {cell.seed.key} ({seeds.describe(fetched)}) in "
+             f"{time.monotonic() - started:.1f} s")
+    return complete
+
+
+def fetch_source(engine: Engine, container: str, cell: Cell, manifest: dict[str, Any], uid: int,
+                 gid: int) -> None:
+    """The source commit the entry was built from (the manifest's, else the cell's source:),
+    fetched shallowly inside the container, as dev, into a src dir that holds no repository yet."""
+    named = manifest["source"]
+    repo, commit = ((named["repo"], named["commit"]) if named["repo"] and named["commit"]
+                    else cell.source_pin or (None, None))
+    if not repo or not commit:
+        return
+    dev = f"{uid}:{gid}"
+    # A src dir with a commit checked out is the user's (kept by --reseed); one a fetch left
+    # without (an interrupted seed) is fetched into again.
+    if engine.exec(container, ["git", "-C", cell.src, "rev-parse", "-q", "--verify", "HEAD"],
+                   user=dev).exit_code == 0:
+        return
+    script = ('set -e; cd "$1"; git init -q; '
+              'git fetch -q --depth 1 "$2" "$3"; git checkout -q --detach FETCH_HEAD')
+    result = engine.exec(container, ["sh", "-c", script, "sh", cell.src, repo, commit], user=dev)
+    if result.exit_code:
+        raise DevshellError(f"fetching the source {for_terminal(repo)} at {commit[:12]} into {cell.src} "
+                            f"failed: {_last_line(result.stderr)}",
+                            "check the repository and the devshell's network; the next launch tries again")
+
+
+def _last_line(stderr: str) -> str:
+    """What a failed command said, in one line: its first fatal:/error: line, else its last."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    said = (fatal or lines or ["?"])[0 if fatal else -1]
+    return for_terminal(said[:300])
