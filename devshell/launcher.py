@@ -357,6 +357,10 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             # Before the devshell's container, which is made on the network this makes: a proxy
             # that cannot start stops the launch here, never a devshell with more network.
             ensure_egress(engine, spec, opts, cell, labels, learn)
+        if fetched is not None:
+            from .seeding import begin
+
+            begin(engine, spec.volume, cell)
         created = engine.ensure_volume(spec.volume, {**dict(spec.labels), LABEL_CELL: cell.name})
         try:
             outcome = engine.ensure_container(spec, image=baked, runtime=runtime)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import buildcache, seeds
 from .cells import CACHE_KEY_PATTERN, SHA256_PATTERN, Cell
-from .engine import Engine, Progress, stderr_progress
+from .engine import Engine, Progress, stderr_progress, this_maker
 from .errors import DevshellError, for_terminal
 from .labels import MAKER
 from .options import HostFacts, state_dir
@@ -273,6 +273,16 @@ def _lines(progress: Progress) -> seeds.Progress:
 # --- seeding a volume ----------------------------------------------------------------------
 
 
+def begin(engine: Engine, volume: str, cell: Cell) -> None:
+    """Record, before the volume is made (or reseeded), that its seed has begun: a launch
+    killed anywhere from here on leaves a record the next launch finds, even where no marker
+    reached the volume yet. A volume this launch makes will carry its MAKER label."""
+    assert cell.seed is not None
+    info = engine.volume_info(volume)
+    identity = volume_identity(info) if info is not None else this_maker()
+    write_record(volume, Marker("partial", cell.seed.key, cell.seed.manifest_sha256), identity)
+
+
 def read_marker(engine: Engine, container: str, workspace: str) -> Marker | None:
     return parse_marker(engine.read_file(container, posixpath.join(workspace, MARKER), MAX_MARKER_BYTES))
 
@@ -284,14 +294,17 @@ def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int,
     else leave it. The seed state the volume is in afterwards."""
     assert cell.seed is not None
     marker = read_marker(engine, container, cell.workspace)
-    if not (created or reseed or (marker is not None and marker.state == "partial")):
+    identity = volume_identity(engine.volume_info(volume) or {})
+    record = read_record(volume, identity)
+    # A launch killed after begin() and before its marker reached the volume left only the record.
+    begun = marker is None and record is not None and record.state == "partial"
+    if not (created or reseed or begun or (marker is not None and marker.state == "partial")):
         if marker is not None and marker.manifest_sha256 != cell.seed.manifest_sha256:
             progress(f"note: the volume holds the seed {marker.key}; {cell.name} now pins "
                      f"{cell.seed.key} (devshell {cell.name} --reseed takes it)")
         return marker
     if fetched is None:
         fetched = fetch(cell, progress)
-    identity = volume_identity(engine.volume_info(volume) or {})
     started = time.monotonic()
     partial = Marker("partial", cell.seed.key, cell.seed.manifest_sha256)
     write_record(volume, partial, identity)

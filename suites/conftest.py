@@ -16,6 +16,7 @@ pytest_plugins = ["pytester"]
 MUTATIONS: list[tuple[str, str, bool, bool]] = []
 ATTEMPTS: list[tuple[str, str, str, bool | None]] = []  # (kind, class, attempt, passed or skipped)
 FAULTS: list[tuple[str, bool | None]] = []  # (fault, recovered with nothing lost, or skipped)
+WARM_BUILD: list[tuple[str, str]] = []  # (measurement, value): test_warm_build.py's numbers
 
 
 # How many tests the locked profile deselected: counted where the items are collected (each
@@ -40,16 +41,32 @@ def pytest_configure(config):
                                        "or a writable root filesystem")
 
 
+def cell_in_force(config):
+    """The --cell cell, or None where it does not load (the devshell_cell fixture says why)."""
+    name = config.getoption("--cell") or cells.DEFAULT_CELL
+    dirs = [os.path.abspath(d) for d in config.getoption("devshell_cells_dirs")]
+    try:
+        return cells.find(name, cells.search_path(dirs))
+    except DevshellError:
+        return None
+
+
+def pytest_ignore_collect(collection_path, config):
+    # The warm-build loop is the contract of a cell that declares its build, and of no other:
+    # not collected at all elsewhere (nothing is skipped, there is nothing to run).
+    if collection_path.name == "test_warm_build.py":
+        cell = cell_in_force(config)
+        return cell is None or cell.build_steps is None
+    return None
+
+
 def profile_in_force(config):
     """--profile, else the --cell cell's own profile (as the plugin's devshell_profile fixture)."""
     if config.getoption("devshell_profile"):
         return config.getoption("devshell_profile")
-    name = config.getoption("--cell") or cells.DEFAULT_CELL
-    dirs = [os.path.abspath(d) for d in config.getoption("devshell_cells_dirs")]
-    try:
-        return cells.find(name, cells.search_path(dirs)).profile
-    except DevshellError:
-        return cells.DEFAULT_PROFILE  # the devshell_cell fixture fails the tests with the reason
+    cell = cell_in_force(config)
+    # (a cell that does not load: the devshell_cell fixture fails the tests with the reason)
+    return cell.profile if cell is not None else cells.DEFAULT_PROFILE
 
 
 def pytest_collection_modifyitems(config, items):
@@ -109,6 +126,8 @@ def pytest_runtest_logreport(report):
         MUTATIONS.extend(tuple(v) for k, v in report.user_properties if k == "mutation")
     ATTEMPTS.extend((kind, *value) for kind, value in report.user_properties if kind in ("attack", "control"))
     FAULTS.extend(tuple(value) for kind, value in report.user_properties if kind == "fault")
+    if report.when == "call":
+        WARM_BUILD.extend(tuple(value) for kind, value in report.user_properties if kind == "warm-build")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -118,6 +137,11 @@ def pytest_terminal_summary(terminalreporter, config):
             "--as-root, writable root) deselected; test_profiles.py proves their premise cannot arise")
     attack_table(terminalreporter)
     fault_table(terminalreporter)
+    if WARM_BUILD:
+        terminalreporter.section("warm build")
+        width = max(len(name) for name, _ in WARM_BUILD)
+        for name, value in WARM_BUILD:
+            terminalreporter.write_line(f"{name.ljust(width)}  {value}")
     if not MUTATIONS:
         return
     tr = terminalreporter

@@ -1,0 +1,328 @@
+"""Warm workspaces: a devshell seeded from a build cache entry rebuilds from its ccache.
+
+The whole loop, with real containers, for a cell that declares its build (`build:`; collected
+for no other cell): a cold build in one devshell, `devshell cache pack`, a second devshell on a
+new volume seeded from that entry, and rebuilds read off ccache's own statistics. Then the ways
+a seed goes wrong: fetched over HTTP from a server on loopback, pinned to the wrong manifest, and
+interrupted halfway (the launcher killed, the container killed). Each leaves a correct volume.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from devshell import seeding
+from devshell.cells import Seed
+from devshell.errors import DevshellError
+
+pytestmark = pytest.mark.xdist_group("warm-build")  # one cold build, shared by the module
+
+HIT_RATE = 0.95
+
+
+def build_script(cell, *, clean: bool, touch: str | None = None) -> str:
+    """As dev in the devshell: (clone the source,) configure, build and install with the cell's
+    own commands, ccache's statistics zeroed first; prints the build's seconds, the objects it
+    compiled and ccache's counts."""
+    steps = cell.build_steps
+    return f"""#!/bin/bash
+set -euo pipefail
+cd "$DEVSHELL_SRC"
+[ -e .git ] || git clone -q file:///checkout .
+{'rm -rf "$DEVSHELL_BUILD"' if clean else ''}
+{f'echo "int calc_changed_$(date +%s%N) = 1;" >> {touch}' if touch else ''}
+{steps.configure} >/dev/null
+ccache -z >/dev/null
+start=$(date +%s%N)
+{steps.compile} >/tmp/compile.log
+end=$(date +%s%N)
+{steps.install} >/dev/null
+echo "nanoseconds $((end - start))"
+echo "compiled $(grep -c 'Building' /tmp/compile.log || true)"
+ccache --print-stats | grep -E '^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\\s'
+git rev-parse HEAD | sed 's/^/commit /'
+"""
+
+
+def build(shell, **how) -> dict[str, float]:
+    done = shell.run(build_script(shell.cell, **how))
+    assert done.exit_code == 0, done.stdout + done.stderr
+    found = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line or "\t" in line)
+    hits = int(found["direct_cache_hit"]) + int(found["preprocessed_cache_hit"])
+    misses = int(found["cache_miss"])
+    return {"seconds": int(found["nanoseconds"]) / 1e9, "compiled": int(found["compiled"]),
+            "hits": hits, "misses": misses, "hit_rate": hits / max(1, hits + misses),
+            "commit": found["commit"].strip()}
+
+
+def report(record_property, name: str, value: str) -> None:
+    """A line of the warm-build table printed at the end of the run (conftest.py)."""
+    record_property("warm-build", (name, value))
+
+
+@pytest.fixture(scope="module")
+def project(devshell_cell, tmp_path_factory):
+    """The cell's project as a git repository on the host, readable by dev: the checkout."""
+    steps = devshell_cell.build_steps
+    if steps.project is None:
+        pytest.fail(f"cell {devshell_cell.name} declares build: without a project", pytrace=False)
+    repo = tmp_path_factory.mktemp("project") / "repo"
+    shutil.copytree(steps.project, repo)
+    git = ["git", "-C", str(repo), "-c", "user.name=devshell", "-c", "user.email=devshell@localhost"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "the project"], check=True)
+    for path in (repo.parent, *repo.rglob("*"), repo):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return repo, commit.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def cold(devshell_factory, project):
+    """A devshell that built the project from nothing."""
+    repo, _ = project
+    shell = devshell_factory(checkout=repo)
+    return shell, build(shell, clean=True)
+
+
+@pytest.fixture(scope="module")
+def entry(cold, devshell_cli, tmp_path_factory):
+    """The cold devshell packed: the entry's directory, key and manifest sha256."""
+    shell, _ = cold
+    out = tmp_path_factory.mktemp("entry") / "cache"
+    done = devshell_cli(None, "cache", "pack", shell.spec.cell, f"--instance={shell.opts.instance}",
+                        f"--out={out}", "--json")
+    assert done.returncode == 0, done.stderr
+    packed = json.loads(done.stdout)
+    return out, packed["key"], packed["manifest_sha256"]
+
+
+def seeded_cell(cell, source: str, key: str, sha: str):
+    return cell._replace(seed=Seed(source, key, sha))
+
+
+def pin(source, key: str, sha: str) -> dict[str, str]:
+    """A cell file's seed: block."""
+    return {"from": str(source), "key": key, "manifest_sha256": sha}
+
+
+def cell_file(cell, directory, **seed) -> str:
+    """The --cell cell's file again, in directory, with seed: as given (for the real CLI)."""
+    with open(cell.source, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    doc["seed"] = seed
+    doc.get("build", {}).pop("project", None)  # relative to the shipped file: not needed here
+    directory.mkdir(exist_ok=True)
+    (directory / f"{cell.name}.yaml").write_text(yaml.safe_dump(doc))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def warm(devshell_factory, devshell_cell, project, entry):
+    """A second devshell, on a new volume seeded from file:// of the entry."""
+    repo, _ = project
+    out, key, sha = entry
+    return devshell_factory(seeded_cell(devshell_cell, f"file://{out}", key, sha), checkout=repo)
+
+
+@pytest.fixture
+def noop(tmp_path):
+    """A script that does nothing: a launch that only opens (and seeds) the devshell."""
+    script = tmp_path / "noop.sh"
+    script.write_text("true\n")
+    return script
+
+
+def workspace_state(shell) -> str:
+    """Every path in the volume with its type, size, mode and owner (and the marker's content):
+    equal before and after means the volume was left as it was."""
+    listing = shell.exec(["sh", "-c", f'cd "{shell.spec.workspace}" && find . -printf "%y %s %m %U:%G %p\\n" '
+                          f'| sort; cat {seeding.MARKER} 2>/dev/null'])
+    assert listing.exit_code == 0, listing.stderr
+    return listing.stdout
+
+
+def test_a_seeded_volume_rebuilds_from_the_ccache(cold, warm, project, record_property):
+    _, cold_build = cold
+    seeded = build(warm, clean=True)
+    report(record_property, "cold build", f"{cold_build['seconds']:.1f} s, {cold_build['compiled']} objects, "
+           f"ccache hit rate {cold_build['hit_rate']:.0%}")
+    report(record_property, "seeded clean rebuild", f"{seeded['seconds']:.1f} s, ccache hit rate "
+           f"{seeded['hit_rate']:.1%} ({seeded['hits']} hits, {seeded['misses']} misses)")
+    assert cold_build["misses"] == cold_build["compiled"] > 0  # the control: a cold cache misses
+    assert seeded["hit_rate"] >= HIT_RATE, seeded
+    # The source came with the seed: the manifest's commit, fetched inside into src.
+    assert seeded["commit"] == project[1]
+
+
+def test_the_seed_is_dev_s_and_marked_complete(warm, entry):
+    _, key, sha = entry
+    marker = seeding.read_marker(warm.engine, warm.name, warm.spec.workspace)
+    assert marker == seeding.Marker("complete", key, sha)
+    assert warm.seed == marker
+    owners = warm.exec(["sh", "-c", f'find "$0" "$1" ! -user {warm.opts.uid} -o -perm /6000 | head -3',
+                        warm.cell.install, warm.cell.ccache])
+    assert owners.exit_code == 0 and owners.stdout == "", owners.stdout  # all dev's, no set-id bit
+    ran = warm.run('"$DEVSHELL_INSTALL/bin/calc-demo"')
+    assert ran.exit_code == 0 and "values:" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_one_changed_file_recompiles_one_translation_unit(warm, record_property):
+    build(warm, clean=False)  # settled: nothing to do
+    changed = build(warm, clean=False, touch="lib/stage05.cpp")
+    report(record_property, "one file changed", f"{changed['seconds']:.2f} s, {changed['compiled']} object")
+    assert (changed["compiled"], changed["misses"]) == (1, 1), changed
+
+
+def test_the_ccache_stays_warm_across_rm(warm, devshell_cli, record_property, tmp_path):
+    removed = devshell_cli(warm, "--rm")
+    assert removed.returncode == 0, removed.stderr
+    script = tmp_path / "rebuild.sh"
+    script.write_text(build_script(warm.cell, clean=True))
+    entered = devshell_cli(warm, f"--script={script}")
+    assert entered.returncode == 0, entered.stderr
+    assert "seeded" not in entered.stderr  # a new container on the seeded volume: not seeded again
+    found = dict(line.split(None, 1) for line in entered.stdout.splitlines() if line.strip())
+    hits = int(found["direct_cache_hit"]) + int(found["preprocessed_cache_hit"])
+    rate = hits / max(1, hits + int(found["cache_miss"]))
+    report(record_property, "after --rm, clean rebuild", f"ccache hit rate {rate:.1%}")
+    assert rate >= HIT_RATE, entered.stdout
+
+
+class _Counting(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # quiet; the server counts instead
+        self.server.requests.append(self.path)
+
+
+@pytest.fixture
+def http_entry(entry):
+    """The entry served over HTTP on loopback by a server this test starts."""
+    out, key, sha = entry
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_Counting, directory=str(out)))
+    server.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", key, sha, server.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_seed_over_http_is_downloaded_by_the_host(devshell_factory, devshell_cell, project, http_entry,
+                                                    monkeypatch, tmp_path):
+    url, key, sha, requests = http_entry
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # an empty seed cache: it must download
+    shell = devshell_factory(seeded_cell(devshell_cell, url, key, sha), checkout=project[0])
+    assert sorted(requests) == sorted(f"/{f}" for f in (f"{key}.manifest.json", f"{key}.tar.zst",
+                                                         f"{key}.ccache.tar.zst"))
+    assert shell.seed == seeding.Marker("complete", key, sha)
+    assert (tmp_path / "xdg" / "devshell" / "seeds" / sha).is_file()
+
+
+def test_a_wrong_pin_is_refused_and_the_volume_left_as_it_was(noop, warm, entry, devshell_cli,
+                                                               devshell_instance, devshell_engine, tmp_path):
+    out, key, sha = entry
+    wrong = sha[:-1] + ("0" if sha[-1] != "0" else "1")
+    cells_dir = cell_file(warm.cell, tmp_path / "cells", **pin(out, key, wrong))
+    before = workspace_state(warm)
+    reseed = devshell_cli(warm, "--reseed", f"--script={noop}", cells_dirs=(cells_dir,))
+    assert reseed.returncode == 2, reseed.stderr
+    said = reseed.stderr.strip().splitlines()
+    assert len(said) == 1 and "checksum mismatch" in said[0], reseed.stderr
+    assert workspace_state(warm) == before
+    # The control: the right pin reseeds that volume (and keeps the rest of it).
+    cells_dir = cell_file(warm.cell, tmp_path / "right", **pin(out, key, sha))
+    warm.exec(["sh", "-c", f'echo mine > "{warm.spec.workspace}/kept"'], user=str(warm.opts.uid))
+    right = devshell_cli(warm, "--reseed", f"--script={noop}", cells_dirs=(cells_dir,))
+    assert right.returncode == 0 and "seeded" in right.stderr, right.stderr
+    assert warm.exec(["cat", f"{warm.spec.workspace}/kept"]).stdout == "mine\n"
+    # ... and a new devshell with the wrong pin is never made: no container, no volume.
+    instance = devshell_instance()
+    fresh = devshell_cli(warm, f"--script={noop}", cells_dirs=(str(tmp_path / "cells"),), instance=instance)
+    assert fresh.returncode == 2 and "checksum mismatch" in fresh.stderr, fresh.stderr
+    name = f"devshell-{warm.cell.name}-{instance}"
+    assert devshell_engine.inspect(name) is None and devshell_engine.volume_info(name) is None
+
+
+def test_reseed_clean_empties_the_volume_first(noop, warm, entry, devshell_cli, tmp_path):
+    out, key, sha = entry
+    cells_dir = cell_file(warm.cell, tmp_path / "cells", **pin(out, key, sha))
+    warm.exec(["sh", "-c", f'echo mine > "{warm.spec.workspace}/gone"'], user=str(warm.opts.uid))
+    done = devshell_cli(warm, "--reseed", "--clean", f"--script={noop}", cells_dirs=(cells_dir,))
+    assert done.returncode == 0 and "seeded" in done.stderr, done.stderr
+    assert warm.exec(["test", "-e", f"{warm.spec.workspace}/gone"]).exit_code == 1
+    assert warm.exec(["test", "-x", f"{warm.cell.install}/bin/calc-demo"]).exit_code == 0
+
+
+def test_a_workspace_mismatch_names_both_paths(devshell_cell, entry):
+    out, key, sha = entry
+    elsewhere = devshell_cell._replace(workspace="/home/runner/work/other/other",
+                                       seed=Seed(str(out), key, sha))
+    with pytest.raises(DevshellError) as refused:
+        seeding.fetch(elsewhere, progress=lambda line: None)
+    assert devshell_cell.workspace in str(refused.value) and elsewhere.workspace in str(refused.value)
+
+
+def listed_seed(devshell_cli, cell, cells_dir, instance) -> str:
+    shown = devshell_cli(None, "--list", "--json", f"--cells-dir={cells_dir}", f"--instance={instance}")
+    assert shown.returncode == 0, shown.stderr
+    return next(row["seed"] for row in json.loads(shown.stdout)["cells"] if row["cell"] == cell)
+
+
+@pytest.mark.fault("seed interrupted")
+@pytest.mark.parametrize("kill", ["launcher", "container"])
+def test_an_interrupted_seed_is_redone_at_the_next_entry(noop, kill, entry, project, devshell_cli,
+                                                         devshell_cell, devshell_instance, devshell_engine,
+                                                         tmp_path):
+    out, key, sha = entry
+    cells_dir = cell_file(devshell_cell, tmp_path / "cells",
+                          **pin(out, key, sha))
+    instance = devshell_instance()
+    name = f"devshell-{devshell_cell.name}-{instance}"
+    argv = [sys.executable, "-m", "devshell", devshell_cell.name, f"--cells-dir={cells_dir}",
+            f"--instance={instance}", f"--checkout={project[0]}", f"--patches-out={tmp_path / 'patches'}",
+            "--uid=1000", "--gid=1000", f"--script={noop}"]
+    launch = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    # Interrupted once the seed is under way in the volume: its marker says partial.
+    begun = seeding.Marker("partial", key, sha)
+    while seeding.read_marker(devshell_engine, name, devshell_cell.workspace) != begun:
+        assert launch.poll() is None, f"the launch ended before its seed began: {launch.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    if kill == "launcher":
+        launch.send_signal(signal.SIGKILL)
+    else:
+        subprocess.run(["docker", "kill", name], capture_output=True, check=False)
+    launch.wait(timeout=120)
+    assert launch.returncode != 0  # it did not get to finish
+    assert listed_seed(devshell_cli, devshell_cell.name, cells_dir, instance) == f"partial {key}"
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "seeded" in again.stderr
+    assert listed_seed(devshell_cli, devshell_cell.name, cells_dir, instance) == f"seeded {key}"
+    marker = seeding.read_marker(devshell_engine, name, devshell_cell.workspace)
+    assert marker == seeding.Marker("complete", key, sha)
+    # The install tree is the entry's, whole.
+    with open(out / f"{key}.tar.zst", "rb") as f:
+        import tarfile
+
+        import zstandard
+
+        with zstandard.ZstdDecompressor().stream_reader(f) as z, tarfile.open(fileobj=z, mode="r|") as tar:
+            packed = sorted(m.name for m in tar if m.isfile())
+    listing = devshell_engine.exec(name, ["find", "install", "-type", "f"], workdir=devshell_cell.workspace)
+    assert sorted(listing.stdout.split()) == packed
