@@ -69,7 +69,8 @@ CACHE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 COMMIT_PATTERN = "^[0-9a-f]{40}([0-9a-f]{24})?$"
 # Where a seed or a source comes from: printable, no spaces (a URL or a path).
-LOCATION = {"type": "string", "pattern": r"^[\x21-\x7e]{1,2048}$"}
+# Never one starting with '-': git inside takes the source's as an argument.
+LOCATION = {"type": "string", "pattern": r"^(?!-)[\x21-\x7e]{1,2048}$"}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from . import cells
 from .engine import Engine, require_docker_cli, stderr_progress
 from .errors import DevshellError, for_terminal
-from .launcher import check_host_paths, enter, open_devshell, read_script, remove
+from .launcher import check_host_paths, check_seed_flags, enter, open_devshell, read_script, remove
 from .options import HostFacts, Options, parse
 from .spec import INIT_PATH, container_name
 
@@ -73,6 +73,7 @@ def launch(opts: Options, *, learn: bool = False) -> int:
         return 0
     if opts.verify:
         return verify(Engine.connect(), cell.name, container_name(cell.name, opts.instance))
+    check_seed_flags(opts, cell)
     opts = check_host_paths(opts)
     script = read_script(opts.script) if opts.script else None
     require_docker_cli()

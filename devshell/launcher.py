@@ -309,6 +309,7 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     """Image, volume and container for opts (already checked by check_host_paths); under
     --network allow its network and proxy too (learn: a proxy that lets everything through
     and logs it, for `devshell net learn`)."""
+    check_seed_flags(opts, cell)
     # Warm path: a running container made from this very spec implies its image and volume,
     # and (the spec holds their identities) that it binds these very directories.
     ids = bind_ids(opts)
@@ -335,10 +336,6 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
     if allow and not runtime.network:
         raise DevshellError(f"--network allow needs a network, and runtime {runtime} has none",
                             "pass --network none, or another --runtime")
-    if opts.reseed and cell.seed is None:
-        raise DevshellError(f"--reseed: cell {cell.name} declares no seed",
-                            f"add seed: {{from: DIR-or-URL, key: KEY, manifest_sha256: SHA}} to "
-                            f"{cell.source}")
     # A new volume's seed (or --reseed's) is fetched and checked before anything is made: a
     # bad checksum, source or manifest leaves no volume, and an old one as it was.
     fetched = None
@@ -390,6 +387,14 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
         info = info or engine.inspect(spec.name) or {}
         described = (info.get("Config", {}).get("Labels") or {}).get(RUNTIME, "default")
     return Devshell(spec, opts, outcome, created, engine, described, cell, seed)
+
+
+def check_seed_flags(opts: Options, cell: Cell) -> None:
+    """--reseed needs a seed to take: refused before anything, the engine included, is asked."""
+    if opts.reseed and cell.seed is None:
+        raise DevshellError(f"--reseed: cell {cell.name} declares no seed",
+                            f"add seed: {{from: DIR-or-URL, key: KEY, manifest_sha256: SHA}} to "
+                            f"{cell.source}")
 
 
 def _seed_unfinished(cell: Cell, opts: Options) -> bool:

@@ -426,6 +426,33 @@ ROWS: dict[str, Callable[[Place], Case]] = {
                                                 "--sha256", "a" * 64],
                                                ("cannot fetch", "none/k.manifest.json")),
     "cache prune with an argument": lambda p: Case(["cache", "prune", "all"], ("takes no arguments",)),
+    # seeds: a cell's seed:, source: and build:, and the flags that take a seed
+    "--clean without --reseed": lambda p: Case(["--clean", *p.script()], ("--clean", "--reseed --clean")),
+    "--reseed with --rm": lambda p: Case(["--reseed", "--rm"], ("--reseed and --rm cannot be combined",)),
+    "--reseed a cell without a seed": lambda p: Case([*p.cell("c", VALID_CELL), "--reseed", *p.script()],
+                                                     ("cell c declares no seed", "seed:")),
+    "seed with a sha that is not one": lambda p: Case(
+        p.cell("c", VALID_CELL + "seed: {from: /x, key: k, manifest_sha256: abc}\n"),
+        ("c.yaml", "key 'seed.manifest_sha256'")),
+    "seed without a pin": lambda p: Case(p.cell("c", VALID_CELL + "seed: {from: /x, key: k}\n"),
+                                         ("c.yaml", "missing: 'manifest_sha256'")),
+    "seed from a place with a space": lambda p: Case(
+        p.cell("c", VALID_CELL + f"seed: {{from: '/a b', key: k, manifest_sha256: {'a' * 64}}}\n"),
+        ("c.yaml", "key 'seed.from'")),
+    "seed from an option": lambda p: Case(
+        p.cell("c", VALID_CELL + f"seed: {{from: '--upload-pack=x', key: k, manifest_sha256: {'a' * 64}}}\n"),
+        ("c.yaml", "key 'seed.from'")),
+    "source with a short commit": lambda p: Case(
+        p.cell("c", VALID_CELL + "source: {repo: 'https://x.org/r.git', commit: abc123}\n"),
+        ("c.yaml", "key 'source.commit'")),
+    "build without a compile step": lambda p: Case(
+        p.cell("c", VALID_CELL + "build: {configure: 'cmake .', install: 'make install'}\n"),
+        ("c.yaml", "missing: 'compile'")),
+    "build project outside the cells dir": lambda p: Case(
+        p.cell("c", VALID_CELL + "build: {project: ../x, configure: a, compile: b, install: c}\n"),
+        ("c.yaml", "key 'build.project'")),
+    "env CCACHE_BASEDIR": lambda p: Case(p.cell("c", VALID_CELL + "env: {CCACHE_BASEDIR: /tmp}\n"),
+                                         ("c.yaml", "CCACHE_BASEDIR")),
     # net: the egress log's subcommands
     "net without a subcommand": lambda p: Case(["net"], ("net needs a subcommand",)),
     "net frob": lambda p: Case(["net", "frob"], ("'frob' is not a net subcommand",)),

@@ -541,3 +541,28 @@ def test_a_key_that_is_not_text_is_an_error_not_a_traceback(tmp_path):
     path.write_text("platform: linux/amd64\nimage: {ref: x}\nworkspace: /home/runner/w\nenv: {1: a}\n")
     with pytest.raises(DevshellError, match=r"line 4: key 1 is not text"):
         cells.load(str(path))
+
+
+def test_seed_source_and_build_are_read_into_the_cell(tmp_path):
+    sha, commit = "a" * 64, "b" * 40
+    cell = cells.parse(doc(seed={"from": "https://cache.example/c", "key": "c-1", "manifest_sha256": sha},
+                           source={"repo": "https://git.example/r.git", "commit": commit},
+                           build={"project": "proj", "configure": "cmake .", "compile": "make",
+                                  "install": "make install"}),
+                       source=str(tmp_path / "c.yaml"), stem="c")
+    assert cell.seed == cells.Seed("https://cache.example/c", "c-1", sha)
+    assert cell.source_pin == cells.Source("https://git.example/r.git", commit)
+    # project is beside the cell file
+    assert cell.build_steps == cells.BuildSteps("cmake .", "make", "make install", str(tmp_path / "proj"))
+
+
+def test_without_them_a_cell_has_no_seed_source_or_build():
+    cell = cells.parse(doc(), source="x", stem="x")
+    assert (cell.seed, cell.source_pin, cell.build_steps) == (None, None, None)
+
+
+def test_the_shipped_c_ccache_cell_builds_the_project_beside_it():
+    cell = cells.find("c-ccache", [cells.shipped_cells_dir()])
+    assert cell.build_steps is not None and cell.seed is None
+    assert os.path.isfile(os.path.join(cell.build_steps.project, "CMakeLists.txt"))
+    assert dict(cell.env)["CMAKE_CXX_COMPILER_LAUNCHER"] == "ccache"
