@@ -1,6 +1,7 @@
 """Benchmark: devshell's hot paths side by side with the raw docker floor, in one run.
 
     python bench/run.py [--cell bookworm] [--reps 10] [--json] [--no-profiles]
+    python bench/run.py --ccache [--cell c-ccache] [--reps 3] [--json]
 
 Not a test: nothing here asserts a time. Ratios are against floors measured in the same run on
 the same machine, so they travel between machines better than milliseconds do.
@@ -11,6 +12,10 @@ under --profile locked, and under gVisor (--runtime runsc, locked) when the engi
 registered. Each is a ratio to
 the raw docker floor with the same runtime (devshell's own overhead there) and a difference
 in ms to the standard profile under the default runtime (what the profile or runtime adds).
+
+With --ccache, only warm workspaces (docs/performance.md): the cell's project built cold, packed,
+and rebuilt clean in a devshell seeded from that entry: cold_build_s, warm_rebuild_s and
+ccache_hit_rate (read from ccache's own statistics).
 """
 
 from __future__ import annotations
@@ -157,14 +162,104 @@ def measure_variant(args: argparse.Namespace, root: str, script: str, instance: 
     return first_ms if "devshell: baking " in err else None
 
 
+def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """A cold build in one devshell, `cache pack`, a second devshell seeded from the entry, and
+    clean rebuilds there (--reps of them; the median): all timed inside, with ccache's own
+    count of hits. The cell must declare build: with a project (the c-ccache cell does)."""
+    import yaml
+
+    from devshell import cells
+
+    cell = cells.find(args.cell, cells.search_path())
+    steps = cell.build_steps
+    if steps is None or steps.project is None:
+        raise SystemExit(f"bench: cell {cell.name} declares no build: with a project; "
+                         "try --cell c-ccache")
+    work = tempfile.mkdtemp(prefix="devshell-bench-ccache-")
+    os.chmod(work, 0o755)
+    repo = os.path.join(work, "checkout")
+    shutil.copytree(steps.project, repo)
+    git = ["git", "-C", repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for argv in (["git", "init", "-q", repo], [*git, "add", "-A"], [*git, "commit", "-qm", "bench"]):
+        subprocess.run(argv, check=True, capture_output=True)
+    scripts = {}
+    for what, clean in (("cold", True), ("warm", True)):
+        scripts[what] = os.path.join(work, f"{what}.sh")
+        with open(scripts[what], "w") as f:
+            f.write(steps.script(clean=clean))
+    cold_instance, warm_instance = f"benchcold{os.getpid()}", f"benchwarm{os.getpid()}"
+
+    def launch(instance: str, script: str, *more: str) -> tuple[float, dict[str, Any]]:
+        argv = [*DEVSHELL, cell.name, "--instance", instance, "--checkout", repo, "--patches-out",
+                os.path.join(work, f"patches-{instance}"), "--uid", "1000", "--gid", "1000", *more,
+                "--script", script]
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode:
+            raise SystemExit(f"bench: {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+        return time.perf_counter() - start, steps.read_report(done.stdout)
+
+    try:
+        launch(cold_instance, scripts["warm"])  # the image, once; not timed
+        subprocess.run([*DEVSHELL, "down", cell.name, "--instance", cold_instance, "--volume", "--yes"],
+                       capture_output=True, check=True)
+        _, cold = launch(cold_instance, scripts["cold"])
+        out = os.path.join(work, "entry")
+        packed = subprocess.run([*DEVSHELL, "cache", "pack", cell.name, "--instance", cold_instance,
+                                 "--out", out, "--json"], capture_output=True, text=True, check=True)
+        entry = json.loads(packed.stdout)
+        with open(cell.source, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        doc["seed"] = {"from": out, "key": entry["key"], "manifest_sha256": entry["manifest_sha256"]}
+        doc["build"].pop("project", None)
+        cells_dir = os.path.join(work, "cells")
+        os.makedirs(cells_dir)
+        with open(os.path.join(cells_dir, f"{cell.name}.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(doc, f)
+        seeded_s, first = launch(warm_instance, scripts["warm"], "--cells-dir", cells_dir)
+        rebuilds = [first] + [launch(warm_instance, scripts["warm"], "--cells-dir", cells_dir)[1]
+                              for _ in range(max(0, args.reps - 1))]
+    finally:
+        for instance in (cold_instance, warm_instance):
+            subprocess.run([*DEVSHELL, "down", cell.name, "--instance", instance, "--volume", "--yes"],
+                           capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    warm = statistics.median(r["seconds"] for r in rebuilds)
+    return {
+        "cell": cell.name,
+        "reps": len(rebuilds),
+        "objects": cold["compiled"],
+        "cold_build_s": round(cold["seconds"], 2),
+        "warm_rebuild_s": round(warm, 2),
+        "warm_to_cold": round(warm / cold["seconds"], 3),
+        # the first rebuild after the seed: what the issue measures (later ones hit the same)
+        "ccache_hit_rate": round(first["hit_rate"], 4),
+        "seeded_launch_s": round(seeded_s - first["seconds"], 2),  # launch with the seed, less its build
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="bookworm")
+    ap.add_argument("--cell", default=None, help="default: bookworm, or c-ccache with --ccache")
+    ap.add_argument("--ccache", action="store_true",
+                    help="only the warm-workspace rows: cold build, seeded clean rebuild, ccache hit rate")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-profiles", action="store_true",
                     help="skip the allow, locked profile and runsc rows (standard profile only)")
     args = ap.parse_args()
+    args.cell = args.cell or ("c-ccache" if args.ccache else "bookworm")
+    if args.ccache:
+        found = ccache_bench(args)
+        if args.json:
+            print(json.dumps(found))
+        else:
+            print(f"{found['cell']}: {found['objects']} objects; cold build {found['cold_build_s']} s; "
+                  f"seeded clean rebuild {found['warm_rebuild_s']} s (median of {found['reps']}, "
+                  f"{found['warm_to_cold']:.1%} of cold) at a ccache hit rate of "
+                  f"{found['ccache_hit_rate']:.1%}; "
+                  f"a launch that seeds takes {found['seeded_launch_s']} s")
+        return 0
 
     # pip compiles an installed package's bytecode; an editable checkout relies on Python writing
     # it at first import, which PYTHONDONTWRITEBYTECODE (set on some machines) prevents, and

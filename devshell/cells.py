@@ -213,6 +213,35 @@ class BuildSteps(NamedTuple):
     install: str
     project: str | None = None
 
+    def script(self, *, clean: bool, change: str | None = None) -> str:
+        """The build as a script for the devshell (as dev): the source cloned from /checkout
+        when src has none, the build dir emptied (clean), one line added to the file change,
+        then configure, compile and install, ccache's statistics zeroed before the compile.
+        It prints what read_report reads."""
+        return "\n".join([
+            "#!/bin/bash", "set -euo pipefail", 'cd "$DEVSHELL_SRC"',
+            f"[ -e .git ] || git clone -q file://{CHECKOUT} .",
+            'rm -rf "$DEVSHELL_BUILD"' if clean else "",
+            # A definition, not a comment: ccache's preprocessor mode would hit a comment's change.
+            f'echo "int devshell_changed_$(date +%s%N) = 1;" >> {change}' if change else "",
+            f"{self.configure} >/dev/null", "ccache -z >/dev/null", "start=$(date +%s%N)",
+            f"{self.compile} >/tmp/devshell-compile.log", "end=$(date +%s%N)", f"{self.install} >/dev/null",
+            'echo "nanoseconds $((end - start))"',
+            # CMake's and make's words for a compiled object; ninja prints CMake's
+            "echo \"compiled $(grep -c -E 'Building (C|CXX) object' /tmp/devshell-compile.log || true)\"",
+            "ccache --print-stats | grep -E '^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\\s'",
+            "echo \"commit $(git rev-parse HEAD)\"", ""])
+
+    @staticmethod
+    def read_report(stdout: str) -> dict[str, Any]:
+        """What script() printed: seconds, compiled, hits, misses, hit_rate, commit."""
+        found = dict(line.split(None, 1) for line in stdout.splitlines() if len(line.split(None, 1)) == 2)
+        hits = int(found["direct_cache_hit"]) + int(found["preprocessed_cache_hit"])
+        misses = int(found["cache_miss"])
+        return {"seconds": int(found["nanoseconds"]) / 1e9, "compiled": int(found["compiled"]),
+                "hits": hits, "misses": misses, "hit_rate": hits / max(1, hits + misses),
+                "commit": found["commit"].strip()}
+
 
 class Cell(NamedTuple):
     name: str

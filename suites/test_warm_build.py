@@ -31,39 +31,11 @@ pytestmark = pytest.mark.xdist_group("warm-build")  # one cold build, shared by 
 HIT_RATE = 0.95
 
 
-def build_script(cell, *, clean: bool, touch: str | None = None) -> str:
-    """As dev in the devshell: (clone the source,) configure, build and install with the cell's
-    own commands, ccache's statistics zeroed first; prints the build's seconds, the objects it
-    compiled and ccache's counts."""
-    steps = cell.build_steps
-    return f"""#!/bin/bash
-set -euo pipefail
-cd "$DEVSHELL_SRC"
-[ -e .git ] || git clone -q file:///checkout .
-{'rm -rf "$DEVSHELL_BUILD"' if clean else ''}
-{f'echo "int calc_changed_$(date +%s%N) = 1;" >> {touch}' if touch else ''}
-{steps.configure} >/dev/null
-ccache -z >/dev/null
-start=$(date +%s%N)
-{steps.compile} >/tmp/compile.log
-end=$(date +%s%N)
-{steps.install} >/dev/null
-echo "nanoseconds $((end - start))"
-echo "compiled $(grep -c 'Building' /tmp/compile.log || true)"
-ccache --print-stats | grep -E '^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\\s'
-git rev-parse HEAD | sed 's/^/commit /'
-"""
-
-
 def build(shell, **how) -> dict[str, float]:
-    done = shell.run(build_script(shell.cell, **how))
+    """The cell's build in shell (BuildSteps.script), and what it reported."""
+    done = shell.run(shell.cell.build_steps.script(**how))
     assert done.exit_code == 0, done.stdout + done.stderr
-    found = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line or "\t" in line)
-    hits = int(found["direct_cache_hit"]) + int(found["preprocessed_cache_hit"])
-    misses = int(found["cache_miss"])
-    return {"seconds": int(found["nanoseconds"]) / 1e9, "compiled": int(found["compiled"]),
-            "hits": hits, "misses": misses, "hit_rate": hits / max(1, hits + misses),
-            "commit": found["commit"].strip()}
+    return shell.cell.build_steps.read_report(done.stdout)
 
 
 def report(record_property, name: str, value: str) -> None:
@@ -181,7 +153,7 @@ def test_the_seed_is_dev_s_and_marked_complete(warm, entry):
 
 def test_one_changed_file_recompiles_one_translation_unit(warm, record_property):
     build(warm, clean=False)  # settled: nothing to do
-    changed = build(warm, clean=False, touch="lib/stage05.cpp")
+    changed = build(warm, clean=False, change="lib/stage05.cpp")
     report(record_property, "one file changed", f"{changed['seconds']:.2f} s, {changed['compiled']} object")
     assert (changed["compiled"], changed["misses"]) == (1, 1), changed
 
@@ -190,13 +162,11 @@ def test_the_ccache_stays_warm_across_rm(warm, devshell_cli, record_property, tm
     removed = devshell_cli(warm, "--rm")
     assert removed.returncode == 0, removed.stderr
     script = tmp_path / "rebuild.sh"
-    script.write_text(build_script(warm.cell, clean=True))
+    script.write_text(warm.cell.build_steps.script(clean=True))
     entered = devshell_cli(warm, f"--script={script}")
     assert entered.returncode == 0, entered.stderr
     assert "seeded" not in entered.stderr  # a new container on the seeded volume: not seeded again
-    found = dict(line.split(None, 1) for line in entered.stdout.splitlines() if line.strip())
-    hits = int(found["direct_cache_hit"]) + int(found["preprocessed_cache_hit"])
-    rate = hits / max(1, hits + int(found["cache_miss"]))
+    rate = warm.cell.build_steps.read_report(entered.stdout)["hit_rate"]
     report(record_property, "after --rm, clean rebuild", f"ccache hit rate {rate:.1%}")
     assert rate >= HIT_RATE, entered.stdout
 
