@@ -63,6 +63,9 @@ def tester_python(tester):
             shutil.copytree(site, copy, ignore=dev_only, dirs_exist_ok=True)
         shutil.copytree(os.path.join(code, "devshell"), os.path.join(copy, "devshell"),
                         ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        if os.path.isdir(os.path.join(code, "cells")):  # the shipped cells, as a wheel carries them
+            shutil.copytree(os.path.join(code, "cells"), os.path.join(copy, "devshell", "cells"),
+                            dirs_exist_ok=True)
         for dirpath, dirnames, filenames in os.walk(copy):
             for name in dirnames:
                 os.chmod(os.path.join(dirpath, name), 0o755)
