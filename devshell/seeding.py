@@ -254,9 +254,9 @@ def fetch(cell: Cell, progress: Progress = stderr_progress) -> seeds.Fetched:
     assert cell.seed is not None
     seed = cell.seed
     shown = seeds.terminal_progress() if progress is stderr_progress else _lines(progress)
-    fetched = seeds.fetch(seed.source, seed.key, seed.manifest_sha256, progress=shown)
+    fetched = seeds.fetch(seed.source, seed.key, seed.manifest_sha256, progress=shown,
+                          check=lambda manifest: check_fits(cell, manifest))
     manifest = fetched.manifest
-    check_fits(cell, manifest)
     scan(fetched.install, manifest["install"])
     if fetched.ccache is not None:
         scan(fetched.ccache, manifest["ccache"]["dir"])

@@ -43,10 +43,12 @@ def seeds_dir() -> str:
     return os.path.join(cache_dir(), "seeds")
 
 
-def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | None = None) -> Fetched:
+def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | None = None,
+          check: Callable[[dict[str, Any]], None] | None = None) -> Fetched:
     """The entry key at source, verified, in the seed cache. DevshellError (one line) for an
     unreachable source, a checksum mismatch or a malformed manifest; then nothing new is left
-    in the cache."""
+    in the cache. check: called with the verified manifest before any archive is downloaded
+    (an entry the caller cannot take costs no download)."""
     buildcache.check_key(key)
     if not re.fullmatch(SHA256_PATTERN, manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
@@ -62,6 +64,8 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     if doc["key"] != key:
         raise DevshellError(f"the manifest pinned for {key} is the entry {doc['key']}'s",
                             "pin the sha256 of this key's manifest")
+    if check is not None:
+        check(doc)
     paths: dict[str, str | None] = {}
     for role, archive in doc["archives"].items():
         if archive is None:

@@ -105,6 +105,17 @@ def test_over_http_with_progress_and_a_second_fetch_downloads_nothing(tmp_path, 
     assert len(server.asked) == 3  # all three were in the cache already
 
 
+def test_an_entry_the_caller_refuses_on_its_manifest_costs_no_archive_download(tmp_path, server):
+    pin = make_entry(tmp_path / "www" / "entries")
+
+    def refuse(manifest):
+        raise DevshellError(f"built at {manifest['workspace']}", "seed from another entry")
+
+    with pytest.raises(DevshellError, match="built at /home/runner/w"):
+        seeds.fetch(server.url, KEY, pin, check=refuse)
+    assert server.asked == [f"/entries/{KEY}.manifest.json"]
+
+
 def test_an_entry_without_a_ccache_fetches_without_one(tmp_path):
     pin = make_entry(tmp_path / "e", ccache=False)
     assert seeds.fetch(str(tmp_path / "e"), KEY, pin).ccache is None
