@@ -302,6 +302,10 @@ def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int,
         if marker is not None and marker.manifest_sha256 != cell.seed.manifest_sha256:
             progress(f"note: the volume holds the seed {marker.key}; {cell.name} now pins "
                      f"{cell.seed.key} (devshell {cell.name} --reseed takes it)")
+        if marker is not None and record != marker:
+            # A launch killed between the marker and the record, or another user's seed: the
+            # volume is right, and the record follows it (else every launch would come this way).
+            write_record(volume, marker, identity)
         return marker
     if fetched is None:
         fetched = fetch(cell, progress)
