@@ -166,9 +166,7 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
     """A cold build in one devshell, `cache pack`, a second devshell seeded from the entry, and
     clean rebuilds there (--reps of them; the median): all timed inside, with ccache's own
     count of hits. The cell must declare build: with a project (the c-ccache cell does)."""
-    import yaml
-
-    from devshell import cells
+    from devshell import cells, seeds
 
     cell = cells.find(args.cell, cells.search_path())
     steps = cell.build_steps
@@ -178,10 +176,7 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="devshell-bench-ccache-")
     os.chmod(work, 0o755)
     repo = os.path.join(work, "checkout")
-    shutil.copytree(steps.project, repo)
-    git = ["git", "-C", repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for argv in (["git", "init", "-q", repo], [*git, "add", "-A"], [*git, "commit", "-qm", "bench"]):
-        subprocess.run(argv, check=True, capture_output=True)
+    steps.repository(repo)
     scripts = {}
     for what, text in (("cold", steps.script(clean=True)), ("warm", steps.script(clean=True)),
                        ("noop", "#!/bin/sh\ntrue\n")):
@@ -189,8 +184,10 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
         with open(scripts[what], "w") as f:
             f.write(text)
     cold_instance, warm_instance = f"benchcold{os.getpid()}", f"benchwarm{os.getpid()}"
+    entry: dict[str, Any] | None = None
 
-    def launch(instance: str, script: str, *more: str) -> tuple[float, dict[str, Any]]:
+    def launch(instance: str, script: str, *more: str,
+               report: bool = True) -> tuple[float, dict[str, Any]]:
         argv = [*DEVSHELL, cell.name, "--instance", instance, "--checkout", repo, "--patches-out",
                 os.path.join(work, f"patches-{instance}"), "--uid", "1000", "--gid", "1000", *more,
                 "--script", script]
@@ -198,30 +195,22 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode:
             raise SystemExit(f"bench: {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-        return time.perf_counter() - start, steps.read_report(done.stdout)
+        return time.perf_counter() - start, steps.read_report(done.stdout) if report else {}
 
     try:
-        launch(cold_instance, scripts["warm"])  # the image, once; not timed
+        launch(cold_instance, scripts["noop"], report=False)  # the image, once; not timed
         subprocess.run([*DEVSHELL, "down", cell.name, "--instance", cold_instance, "--volume", "--yes"],
                        capture_output=True, check=True)
         _, cold = launch(cold_instance, scripts["cold"])
         out = os.path.join(work, "entry")
         packed = subprocess.run([*DEVSHELL, "cache", "pack", cell.name, "--instance", cold_instance,
-                                 "--out", out, "--json"], capture_output=True, text=True, check=True)
+                                 "--out", out, "--json"], capture_output=True, text=True)
+        if packed.returncode:
+            raise SystemExit(f"bench: cache pack failed: {packed.stderr.strip()}")
         entry = json.loads(packed.stdout)
-        with open(cell.source, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-        doc["seed"] = {"from": out, "key": entry["key"], "manifest_sha256": entry["manifest_sha256"]}
-        doc["build"].pop("project", None)
-        cells_dir = os.path.join(work, "cells")
-        os.makedirs(cells_dir)
-        with open(os.path.join(cells_dir, f"{cell.name}.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(doc, f)
-        start = time.perf_counter()
-        timed([*DEVSHELL, cell.name, "--instance", warm_instance, "--checkout", repo, "--patches-out",
-               os.path.join(work, f"patches-{warm_instance}"), "--uid", "1000", "--gid", "1000",
-               "--cells-dir", cells_dir, "--script", scripts["noop"]])
-        seeded_s = time.perf_counter() - start
+        cells_dir = cells.seeded_copy(cell, os.path.join(work, "cells"), out, entry["key"],
+                                      entry["manifest_sha256"])
+        seeded_s, _ = launch(warm_instance, scripts["noop"], "--cells-dir", cells_dir, report=False)
         rebuilds = [launch(warm_instance, scripts["warm"], "--cells-dir", cells_dir)[1]
                     for _ in range(max(1, args.reps))]
         first = rebuilds[0]
@@ -230,6 +219,8 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run([*DEVSHELL, "down", cell.name, "--instance", instance, "--volume", "--yes"],
                            capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+        if entry is not None:
+            seeds.forget(entry["manifest_sha256"])  # what this run put in the host's seed cache
     warm = statistics.median(r["seconds"] for r in rebuilds)
     return {
         "cell": cell.name,

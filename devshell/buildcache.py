@@ -22,7 +22,8 @@ FORMAT = 1
 INSTALL_SUFFIX = ".tar.zst"
 CCACHE_SUFFIX = ".ccache.tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
-# What one entry's trees may unpack to: pack's default --max-size, and the most a seed unpacks.
+# pack's default --max-size (its archives' uncompressed bytes, both trees together), and the
+# most a seed unpacks of each tree: an entry pack made within the default always seeds.
 MAX_TREE_GIB = 64
 MAX_MANIFEST_BYTES = 64 << 10  # a manifest is a few hundred bytes; anything near this is not one
 _SHA256 = {"type": "string", "pattern": SHA256_PATTERN}

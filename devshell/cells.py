@@ -122,8 +122,8 @@ SCHEMA: dict[str, Any] = {
         },
         "setup": {"type": "string"},
         # How the cell's source builds, for the harness and bench (suites/test_warm_build.py):
-        # shell commands run as dev in the src dir, and a source tree beside the cell file the
-        # harness builds when no source: is pinned.
+        # shell commands run as dev in the src dir, and a source tree beside the cell file that
+        # the harness and bench build (from a git repository they make of it).
         "build": {
             "type": "object",
             "additionalProperties": False,
@@ -193,7 +193,7 @@ class Recipe(NamedTuple):
 class Seed(NamedTuple):
     """A cell's seed: the build cache entry KEY at FROM whose manifest hashes to manifest_sha256."""
 
-    source: str
+    location: str  # the cell file's from: (a directory, file:// or http(s):// base)
     key: str
     manifest_sha256: str
 
@@ -231,6 +231,27 @@ class BuildSteps(NamedTuple):
             "echo \"compiled $(grep -c -E 'Building (C|CXX) object' /tmp/devshell-compile.log || true)\"",
             "ccache --print-stats | grep -E '^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\\s'",
             "echo \"commit $(git rev-parse HEAD)\"", ""])
+
+    def repository(self, dest: str) -> str:
+        """The project as a new git repository at dest (one commit; readable by every user, as
+        a checkout dev reads must be): its commit id. For the harness and bench/run.py."""
+        import shutil
+        import subprocess
+
+        if self.project is None:
+            raise DevshellError("this cell's build: names no project",
+                                "add build.project, or pass a checkout")
+        shutil.copytree(self.project, dest)
+        git = ["git", "-C", dest, "-c", "user.name=devshell", "-c", "user.email=devshell@localhost"]
+        for argv in (["git", "init", "-q", dest], [*git, "add", "-A"],
+                     [*git, "commit", "-qm", "the project"]):
+            subprocess.run(argv, check=True, capture_output=True)
+        for root, _, files in os.walk(dest):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        done = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+        return done.stdout.strip()
 
     @staticmethod
     def read_report(stdout: str) -> dict[str, Any]:
@@ -495,6 +516,9 @@ def build(data: dict[str, Any], *, source: str, stem: str) -> Cell:
         except ValueError as e:
             raise bad(f"network.allow.{n}", str(e)) from None
     seed = data.get("seed")
+    if seed and "://" not in seed["from"] and not os.path.isabs(os.path.expanduser(seed["from"])):
+        # a relative directory is the cell file's, as build.project is: never the caller's cwd
+        seed = {**seed, "from": os.path.join(os.path.dirname(os.path.abspath(source)), seed["from"])}
     source_pin = data.get("source")
     build_ = data.get("build")
     project = None
@@ -561,3 +585,19 @@ def _expected(error: Any) -> str:
     if v == "pattern":
         return f"expected a value matching {error.validator_value}, got {error.instance!r}"
     return str(error.message)
+
+
+def seeded_copy(cell: Cell, directory: str, source: str, key: str, manifest_sha256: str) -> str:
+    """The cell's file again, in directory (made if missing), with this seed: block and without
+    build.project (a path beside the original): the directory, for --cells-dir. For the harness
+    and bench/run.py, which seed from entries they have just packed."""
+    import yaml
+
+    with open(cell.source, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    doc["seed"] = {"from": source, "key": key, "manifest_sha256": manifest_sha256}
+    doc.get("build", {}).pop("project", None)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{cell.name}.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(doc, f)
+    return directory

@@ -509,10 +509,15 @@ class Engine:
         if chunks is None:
             return None
         data = b""
-        for chunk in chunks:  # a file of limit bytes is a tar of a few blocks more
-            data += chunk
-            if len(data) > limit + 4 * tarfile.BLOCKSIZE + 1024:
-                return None
+        try:
+            for chunk in chunks:  # a file of limit bytes is a tar of a few blocks more
+                data += chunk
+                if len(data) > limit + 4 * tarfile.BLOCKSIZE + 1024:
+                    return None
+        finally:
+            close = getattr(chunks, "close", None)  # the engine's stream, when left early
+            if close is not None:
+                close()
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 member = tar.next()

@@ -354,6 +354,12 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             # Before the devshell's container, which is made on the network this makes: a proxy
             # that cannot start stops the launch here, never a devshell with more network.
             ensure_egress(engine, spec, opts, cell, labels, learn)
+        if fetched is not None or _seed_unfinished(cell, opts):
+            # A seed is written only into a container no session runs in: a new one (an agent in
+            # an old one could swap a tree for a link while the engine writes into it).
+            found = engine.inspect_own(spec.name, cell.name)
+            if found is not None:
+                engine.remove_container(found["Id"])
         if fetched is not None:
             from .seeding import begin
 
@@ -379,6 +385,8 @@ def open_devshell(opts: Options, cell: Cell, engine: Engine, *, labels: dict[str
             # leaves its marker partial, and the next launch does it again.
             seed = ensure(engine, container=spec.name, volume=spec.volume, cell=cell, uid=opts.uid,
                           gid=opts.gid, locked=spec.locked, fetched=fetched, created=created,
+                          # (a stopped container that was started again runs no session either)
+                          fresh=outcome.state != "reused" or outcome.why == "started",
                           reseed=opts.reseed, clean=opts.clean, progress=progress)
     described = str(runtime)
     if outcome.state == "reused":

@@ -152,7 +152,7 @@ def list_cells(opts: Options) -> int:
     for cell in found:
         name = container_name(cell.name, opts.instance)
         info = engine.inspect(name)
-        volume = engine.volume_info(name)
+        volume_info = engine.volume_info(name)
         found_labels = (info or {}).get("Config", {}).get("Labels") or {}
         runtime = found_labels.get(labels.RUNTIME, "default")
         # (a container made before network modes, or with no readable spec, had the open one)
@@ -162,8 +162,8 @@ def list_cells(opts: Options) -> int:
             "image": cell.image,
             "image_state": image_state(cell, partial(engine.image_present, platform=cell.platform)),
             "container": info["State"]["Status"] if info else "absent",
-            "volume": "present" if volume is not None else "absent",
-            "seed": seed_state(name, volume),
+            "volume": "present" if volume_info is not None else "absent",
+            "seed": seed_state(name, volume_info),
             # The container's, as its launch recorded them; without one, what a launch would use.
             "profile": found_labels.get(labels.PROFILE, cell.profile),
             "runtime": runtime,
@@ -465,6 +465,9 @@ def _down(engine: Engine, ns: argparse.Namespace, name: str) -> int:
             volume_state = "absent"
         elif ns.volume:
             volume_state = "removed" if engine.remove_volume(name) else "absent"
+            from .seeding import forget_record
+
+            forget_record(name)  # the host's record of its seed goes with it
         else:
             volume_state = "kept"
     doc = down_doc(name, removed, volume_state, size)

@@ -20,6 +20,7 @@ itself: the marker is read bounded and shape-checked, and anything unreadable co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -123,6 +124,12 @@ def write_record(volume: str, marker: Marker, identity: str) -> None:
     os.replace(partial, path)
 
 
+def forget_record(volume: str) -> None:
+    """The host's record of a volume that is gone (devshell down --volume)."""
+    with contextlib.suppress(OSError):
+        os.unlink(record_path(volume))
+
+
 def unfinished(cell: Cell, volume: str) -> bool:
     """The warm path's question: did a launch start seeding this volume and not finish?"""
     if cell.seed is None:
@@ -142,6 +149,11 @@ def check_fits(cell: Cell, manifest: dict[str, Any]) -> None:
                             f"{cell.name} works at {cell.workspace}: ccache's keys would not match",
                             f"set workspace: {manifest['workspace']} in {cell.source}, or seed from an "
                             "entry built by this cell")
+    ccache_dir = dict(cell.env).get("CCACHE_DIR", cell.ccache)
+    if posixpath.normpath(ccache_dir) != cell.ccache:
+        raise DevshellError(f"cell {cell.name} sets CCACHE_DIR to {ccache_dir}, not its dirs.ccache "
+                            f"{cell.ccache}, where the seed's ccache goes: it would never be read",
+                            f"set CCACHE_DIR to {cell.ccache} in {cell.source}, or drop it")
     if manifest["platform"] != cell.platform:
         raise DevshellError(f"the seed {manifest['key']} is for {manifest['platform']}, cell {cell.name} "
                             f"runs {cell.platform}", "seed from an entry built for the cell's platform")
@@ -195,18 +207,59 @@ def _inside(name: str, top: str) -> bool:
     return parts[0] == top and all(p not in ("", ".", "..") for p in parts)
 
 
+def link_problem(names: list[str], links: dict[str, str], hard: dict[str, str]) -> tuple[str, str] | None:
+    """(member, why) for the first member that would be written, or a link that would resolve,
+    through a symbolic link of the same archive, else None. Each link checked on its own can
+    stay inside the tree (install/a/b -> .., install/c -> a/b/../..) while the chain leaves it:
+    the engine writes through links it has made, so nothing may pass through one. links: each
+    symbolic link's name and target; hard: each hard link's name and target. Pure."""
+    for name in names:
+        parts = name.rstrip("/").split("/")
+        for n in range(1, len(parts)):
+            if "/".join(parts[:n]) in links:
+                return name, f"it lies below the symbolic link {'/'.join(parts[:n])}"
+    for name, target in hard.items():
+        parts = target.split("/")
+        for n in range(1, len(parts)):
+            if "/".join(parts[:n]) in links:
+                return name, f"a hard link through the symbolic link {'/'.join(parts[:n])}"
+    for name, target in links.items():
+        path = name.split("/")[:-1]
+        steps = target.split("/")
+        for n, step in enumerate(steps):
+            if step in ("", "."):
+                continue
+            if step == "..":
+                path = path[:-1]
+                continue
+            path.append(step)
+            if n < len(steps) - 1 and "/".join(path) in links:
+                return name, f"a symbolic link through another ({'/'.join(path)})"
+    return None
+
+
 def scan(path: str, top: str) -> int:
     """Read a tree's archive through once (nothing written): the member count, or the one-line
     refusal of its first bad member."""
-    count = 0
+    names: list[str] = []
+    links: dict[str, str] = {}
+    hard: dict[str, str] = {}
     for tar, member in _members(path, top):
         if member.isreg():
             reader = tar.extractfile(member)
             assert reader is not None
             while reader.read(_CHUNK):
                 pass
-        count += 1
-    return count
+        elif member.issym():
+            links[member.name.rstrip("/")] = member.linkname
+        elif member.islnk():
+            hard[member.name] = member.linkname
+        names.append(member.name)
+    found = link_problem(names, links, hard)
+    if found is not None:
+        raise DevshellError(f"the seed archive {os.path.basename(path)} holds {for_terminal(found[0])}: "
+                            f"{found[1]}", "seed from an entry devshell cache pack made")
+    return len(names)
 
 
 def rewrite(path: str, top: str, new_top: str, uid: int, gid: int) -> Iterator[bytes]:
@@ -254,7 +307,7 @@ def fetch(cell: Cell, progress: Progress = stderr_progress) -> seeds.Fetched:
     assert cell.seed is not None
     seed = cell.seed
     shown = seeds.terminal_progress() if progress is stderr_progress else _lines(progress)
-    fetched = seeds.fetch(seed.source, seed.key, seed.manifest_sha256, progress=shown,
+    fetched = seeds.fetch(seed.location, seed.key, seed.manifest_sha256, progress=shown,
                           check=lambda manifest: check_fits(cell, manifest))
     manifest = fetched.manifest
     scan(fetched.install, manifest["install"])
@@ -287,46 +340,78 @@ def read_marker(engine: Engine, container: str, workspace: str) -> Marker | None
     return parse_marker(engine.read_file(container, posixpath.join(workspace, MARKER), MAX_MARKER_BYTES))
 
 
+class Decision(NamedTuple):
+    """What a launch does about a volume's seed (decide)."""
+
+    seed: bool  # seed it now
+    note: str | None = None  # a line for the user
+    record: Marker | None = None  # bring the host's record in line with the volume's marker
+
+
+def decide(cell: Cell, *, created: bool, reseed: bool, marker: Marker | None,
+           record: Marker | None) -> Decision:
+    """Seed a new volume, one --reseed asks for, and one whose seed was left partial (its marker
+    says so, or, killed before the marker reached the volume, only the host's record); leave
+    any other volume as it is. Pure."""
+    assert cell.seed is not None
+    begun = marker is None and record is not None and record.state == "partial"
+    if created or reseed or begun or (marker is not None and marker.state == "partial"):
+        return Decision(True)
+    note = None
+    if marker is not None and marker.manifest_sha256 != cell.seed.manifest_sha256:
+        note = (f"note: the volume holds the seed {marker.key}; {cell.name} now pins {cell.seed.key} "
+                f"(devshell {cell.name} --reseed takes it)")
+    # A launch killed between the marker and the record, or another user's seed: the volume is
+    # right, and the record follows it (else every launch would take the cold path).
+    return Decision(False, note, marker if marker is not None and record != marker else None)
+
+
 def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int, gid: int, locked: bool,
-           fetched: seeds.Fetched | None, created: bool, reseed: bool, clean: bool,
+           fetched: seeds.Fetched | None, created: bool, fresh: bool, reseed: bool, clean: bool,
            progress: Progress = stderr_progress) -> Marker | None:
-    """Seed the volume when it is new, when asked (reseed), or when a seed was left partial;
-    else leave it. The seed state the volume is in afterwards."""
+    """Seed the volume if decide() says so (fresh: the container was made by this launch, so no
+    session runs in it); the seed state the volume is in afterwards."""
     assert cell.seed is not None
     marker = read_marker(engine, container, cell.workspace)
     identity = volume_identity(engine.volume_info(volume) or {})
-    record = read_record(volume, identity)
-    # A launch killed after begin() and before its marker reached the volume left only the record.
-    begun = marker is None and record is not None and record.state == "partial"
-    if not (created or reseed or begun or (marker is not None and marker.state == "partial")):
-        if marker is not None and marker.manifest_sha256 != cell.seed.manifest_sha256:
-            progress(f"note: the volume holds the seed {marker.key}; {cell.name} now pins "
-                     f"{cell.seed.key} (devshell {cell.name} --reseed takes it)")
-        if marker is not None and record != marker:
-            # A launch killed between the marker and the record, or another user's seed: the
-            # volume is right, and the record follows it (else every launch would come this way).
-            write_record(volume, marker, identity)
+    decision = decide(cell, created=created, reseed=reseed, marker=marker,
+                      record=read_record(volume, identity))
+    if decision.note:
+        progress(decision.note)
+    if decision.record is not None:
+        write_record(volume, decision.record, identity)
+    if not decision.seed:
         return marker
+    if not fresh:
+        # Never into a container a session may run in: an agent there could swap a tree for a
+        # link while the engine writes into it. The launcher makes a new one for --reseed and for
+        # a seed it recorded as begun; this is a partial seed another user's launch left.
+        raise DevshellError(f"the seed of {volume} was left partial by another launch",
+                            f"devshell {cell.name} --reseed seeds it again in a new container")
     if fetched is None:
         fetched = fetch(cell, progress)
     started = time.monotonic()
     partial = Marker("partial", cell.seed.key, cell.seed.manifest_sha256)
     write_record(volume, partial, identity)
     engine.put_archive(container, cell.workspace, one_file(MARKER, partial.to_bytes()))
-    # What the seed replaces goes first (the whole volume under --clean), as dev under locked,
-    # where root has no capability to remove dev's files; rm never follows a link.
-    remove = (["find", cell.workspace, "-mindepth", "1", "-maxdepth", "1", "!", "-name", MARKER,
-               "-exec", "rm", "-rf", "--", "{}", "+"] if clean
-              else ["rm", "-rf", "--", cell.install, cell.ccache])
-    result = engine.exec(container, remove, user=f"{uid}:{gid}" if locked else "0")
+    # What the seed replaces goes first (the whole volume under --clean). Under locked as dev,
+    # where root has no capability to remove dev's files, after giving dev write permission on
+    # what it owns (a read-only module cache would stop rm, and then every launch). rm never
+    # follows a link, nor does chmod -R below its arguments.
+    what = ('cd "$1" && shift && for p in * .[!.]* ..?*; do [ -e "$p" ] || [ -L "$p" ] || continue; '
+            f'[ "$p" = {MARKER} ] || set -- "$@" "$p"; done; ' if clean else 'shift; ')
+    fix = 'chmod -R u+w -- "$@" 2>/dev/null; ' if locked else ""
+    script = f'{what}[ $# = 0 ] || {{ {fix}rm -rf -- "$@"; }}'
+    argv = ["sh", "-c", script, "sh", cell.workspace] + ([] if clean else [cell.install, cell.ccache])
+    result = engine.exec(container, argv, user=f"{uid}:{gid}" if locked else "0")
     if result.exit_code:
-        raise DevshellError(f"cannot empty {cell.workspace} for the seed: {_last_line(result.stderr)}",
-                            f"launch again (the seed is redone), or devshell down {cell.name}")
+        raise DevshellError(f"cannot empty {cell.workspace} for the seed: {_said(result.stderr)}",
+                            f"launch again (the seed is redone), or devshell down {cell.name} --volume")
     # init, as every session's entry runs it: dev, the workspace's dirs given to dev, and
     # /checkout trusted by git (a source may be fetched from it).
     result = engine.exec(container, [INIT_PATH])
     if result.exit_code:
-        raise DevshellError(f"init failed in {container} before the seed: {_last_line(result.stderr)}",
+        raise DevshellError(f"init failed in {container} before the seed: {_said(result.stderr)}",
                             f"see docker exec {container} {INIT_PATH} --verify; the next launch tries again")
     manifest = fetched.manifest
     for archive, top, into in ((fetched.install, manifest["install"], cell.install),
@@ -336,41 +421,46 @@ def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int,
                                rewrite(archive, top, posixpath.basename(into), uid, gid))
     if fetched.ccache is None:
         progress(f"note: the seed {cell.seed.key} has no ccache archive: the ccache starts cold")
-    fetch_source(engine, container, cell, manifest, uid, gid)
+    missed = fetch_source(engine, container, cell, manifest, uid, gid)
     complete = partial._replace(state="complete")
     engine.put_archive(container, cell.workspace, one_file(MARKER, complete.to_bytes()))
     write_record(volume, complete, identity)
     progress(f"seeded {volume} from {cell.seed.key} ({seeds.describe(fetched)}) in "
              f"{time.monotonic() - started:.1f} s")
+    if missed:
+        progress(missed)
     return complete
 
 
 def fetch_source(engine: Engine, container: str, cell: Cell, manifest: dict[str, Any], uid: int,
-                 gid: int) -> None:
+                 gid: int) -> str | None:
     """The source commit the entry was built from (the manifest's, else the cell's source:),
-    fetched shallowly inside the container, as dev, into a src dir that holds no repository yet."""
+    fetched shallowly inside the container, as dev, into a src dir that holds no commit yet; a
+    note when that fails. Never a failure of the seed: the trees are whole without it, and a
+    source that cannot be reached (no network, a checkout without the commit) would otherwise
+    fail every launch."""
     named = manifest["source"]
     repo, commit = ((named["repo"], named["commit"]) if named["repo"] and named["commit"]
                     else cell.source_pin or (None, None))
     if not repo or not commit:
-        return
+        return None
     dev = f"{uid}:{gid}"
     # A src dir with a commit checked out is the user's (kept by --reseed); one a fetch left
     # without (an interrupted seed) is fetched into again.
     if engine.exec(container, ["git", "-C", cell.src, "rev-parse", "-q", "--verify", "HEAD"],
                    user=dev).exit_code == 0:
-        return
+        return None
     script = ('set -e; cd "$1"; git init -q; '
               'git fetch -q --depth 1 "$2" "$3"; git checkout -q --detach FETCH_HEAD')
     result = engine.exec(container, ["sh", "-c", script, "sh", cell.src, repo, commit], user=dev)
     if result.exit_code:
-        raise DevshellError(f"fetching the source {for_terminal(repo)} at {commit[:12]} into {cell.src} "
-                            f"failed: {_last_line(result.stderr)}",
-                            "check the repository and the devshell's network; the next launch tries again")
+        return (f"note: the source {for_terminal(repo)} at {commit[:12]} was not fetched into {cell.src} "
+                f"({_said(result.stderr)}); fetch it there yourself")
+    return None
 
 
-def _last_line(stderr: str) -> str:
-    """What a failed command said, in one line: its first fatal:/error: line, else its last."""
+def _said(stderr: str) -> str:
+    """What a failed command said, in one line: its first fatal: or error: line, else its last."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
     said = (fatal or lines or ["?"])[0 if fatal else -1]

@@ -81,6 +81,22 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     return Fetched(doc, manifest_sha256, install, paths["ccache"])
 
 
+def forget(manifest_sha256: str) -> None:
+    """Remove one entry (its manifest and the archives it names) from the seed cache."""
+    store = seeds_dir()
+    data = _cached(os.path.join(store, manifest_sha256), buildcache.MAX_MANIFEST_BYTES)
+    names = [manifest_sha256]
+    try:
+        doc = buildcache.loads(data or b"", "the cached manifest")
+        names += [a["sha256"] for a in doc["archives"].values() if a]
+    except DevshellError:
+        pass
+    for name in names:
+        path = os.path.join(store, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+
+
 def prune() -> tuple[int, int]:
     """Empty the seed cache: (files removed, bytes freed). Partial downloads included."""
     store = seeds_dir()

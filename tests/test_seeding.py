@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import zstandard
 
 from devshell import seeding
+from devshell.cells import Cell, Seed
 from devshell.errors import DevshellError
 
 
@@ -95,6 +97,29 @@ def test_a_member_that_could_leave_the_tree_refuses_the_whole_seed(tmp_path, bad
         seeding.scan(path, "install")
 
 
+CHAIN = [(member("install", tarfile.DIRTYPE), None), (member("install/a", tarfile.DIRTYPE), None),
+         (member("install/a/b", tarfile.SYMTYPE, link=".."), None)]
+
+
+@pytest.mark.parametrize("then, why", [
+    # each of these is inside the tree by its own text: only the chain leaves it
+    (member("install/c", tarfile.SYMTYPE, link="a/b/../.."), "a symbolic link through another (install/a/b)"),
+    (member("install/a/b/etc/ld.so.preload"), "it lies below the symbolic link install/a/b"),
+    (member("install/h", tarfile.LNKTYPE, link="install/a/b/x"),
+     "a hard link through the symbolic link install/a/b"),
+])
+def test_nothing_is_written_or_resolved_through_a_link_of_the_archive(tmp_path, then, why):
+    assert seeding.member_problem(then, "install") is None  # (the check of one member alone)
+    path = archive(tmp_path / "a.tar.zst", [*CHAIN, (then, b"x" if then.isreg() else None)])
+    with pytest.raises(DevshellError, match=re.escape(why)):
+        seeding.scan(path, "install")
+
+
+def test_a_link_to_a_link_is_taken():
+    links = {"install/x": "y", "install/y": "lib/z"}
+    assert seeding.link_problem(["install", "install/x", "install/y"], links, {}) is None
+
+
 def test_a_symlink_within_the_tree_is_taken():
     assert seeding.member_problem(member("install/a/b", tarfile.SYMTYPE, link="../c"), "install") is None
 
@@ -133,3 +158,37 @@ def test_the_record_is_of_one_volume(tmp_path, monkeypatch):
     assert seeding.read_record("devshell-c", "host:1") == marker
     assert seeding.read_record("devshell-c", "host:2") is None  # the same name, made again since
     assert seeding.read_record("devshell-d") is None
+
+
+CELL = Cell(
+    name="c", source="c.yaml", platform="linux/amd64", workspace="/home/w/c", src="/home/w/c/src",
+    build="/home/w/c/build", ccache="/home/w/c/ccache", install="/home/w/c/install")
+PIN = seeding.Marker("complete", "k-2", "2" * 64)
+SEEDED_CELL = CELL._replace(seed=Seed("/e", "k-2", "2" * 64))
+OLD = seeding.Marker("complete", "k-1", "1" * 64)
+
+
+@pytest.mark.parametrize("created, reseed, marker, record, seed", [
+    (True, False, None, None, True),  # a new volume
+    (False, True, PIN, PIN, True),  # --reseed, whatever the volume holds
+    (False, False, PIN._replace(state="partial"), None, True),  # a seed left partial
+    (False, False, None, PIN._replace(state="partial"), True),  # killed before its marker
+    (False, False, None, None, False),  # a volume made before the cell had a seed: left alone
+    (False, False, PIN, PIN, False),  # seeded: left alone
+    (False, False, None, OLD, False),  # a record of a complete seed, no marker: nothing begun
+])
+def test_which_volumes_are_seeded(created, reseed, marker, record, seed):
+    decided = seeding.decide(SEEDED_CELL, created=created, reseed=reseed, marker=marker, record=record)
+    assert decided.seed is seed
+
+
+def test_a_volume_seeded_from_another_pin_is_kept_with_a_note():
+    decision = seeding.decide(SEEDED_CELL, created=False, reseed=False, marker=OLD, record=OLD)
+    assert not decision.seed and "holds the seed k-1" in decision.note and "--reseed" in decision.note
+
+
+def test_the_record_follows_a_complete_marker():
+    # killed between the marker and the record: the record says partial, the volume is whole
+    decision = seeding.decide(SEEDED_CELL, created=False, reseed=False, marker=PIN,
+                              record=PIN._replace(state="partial"))
+    assert decision == seeding.Decision(False, None, PIN)
