@@ -47,8 +47,6 @@ WATCH_INTERVAL = 0.5  # seconds between looks at a watched container during a se
 USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
-# ... and a seed's tree on its way into a volume, between two chunks (a full disk answers at once).
-ARCHIVE_TIMEOUT = 600.0
 
 Progress = Callable[[str], None]
 _DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
@@ -528,29 +526,43 @@ class Engine:
         except tarfile.TarError:
             return None
 
-    def put_archive(self, container: str, path: str, chunks: Iterable[bytes]) -> None:
-        """Unpack a tar stream into path in the container (running or not), as the engine does
-        it: in the container's own filesystem, the tar's owners kept. Streamed (chunked), so a
-        tree of any size passes through a chunk at a time."""
-        import requests
+    def exec_stdin(self, container: str, argv: list[str], chunks: Iterable[bytes], *,
+                   user: str) -> ExecResult:
+        """Run argv in the container as user with chunks streamed to its stdin (through the docker
+        CLI, which streams both ways); its output, the last 64 KiB of each stream, kept."""
+        import subprocess
+        import threading
 
-        api = self.client.api
+        proc = subprocess.Popen(["docker", "exec", "-i", "--user", user, container, *argv],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        kept: dict[int, bytes] = {}
+
+        def drain(stream: Any) -> None:  # read as it comes: a full pipe would stop the command
+            tail = b""
+            while chunk := stream.read(1 << 16):
+                tail = (tail + chunk)[-(1 << 16):]
+            kept[id(stream)] = tail
+
+        readers = [threading.Thread(target=drain, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
+        for reader in readers:
+            reader.start()
         try:
-            answer = api.put(f"{api.base_url}/containers/{_q(container)}/archive", params={"path": path},
-                             data=iter(chunks), headers={"Content-Type": "application/x-tar"},
-                             timeout=ARCHIVE_TIMEOUT)
-        except requests.RequestException as e:
-            raise DevshellError(f"writing into {path} in {container} failed ({_reason(e)})",
-                                "check the container and the engine's disk space; the next launch "
-                                "starts the seed again") from None
-        if answer.status_code != 200:
-            try:
-                message = json.loads(answer.content).get("message", "")
-            except ValueError:
-                message = answer.content[:200].decode(errors="replace")
-            raise DevshellError(f"writing into {path} in {container} failed ({message})",
-                                "check the container and the engine's disk space; the next launch "
-                                "starts the seed again")
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit code and stderr say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            with suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
+            for reader in readers:
+                reader.join()
+        return ExecResult(code, kept.get(id(proc.stdout), b"").decode(errors="replace"),
+                          kept.get(id(proc.stderr), b"").decode(errors="replace"))
 
     # --- runtimes and the locked image -----------------------------------------------------
 

@@ -2,21 +2,22 @@
 
 The entry is fetched and verified on the host first (seeds.py), and its archives are read
 through once before anything reaches the volume: a member that is not a plain file, directory
-or link inside its tree, or a tree larger than MAX_TREE_BYTES, refuses the seed with the volume
-as it was. Then, through the engine's archive API (nothing of the volume is bound on the host):
+or link inside its tree, anything written or resolved through a link of the archive, or a tree
+larger than MAX_TREE_BYTES refuses the seed with the volume as it was. Then, in a container made
+for the seed (no session runs there), streamed to tar inside as dev (nothing of the volume is
+bound on the host, and nothing is unpacked as root):
 
-    1. a marker `partial` (and the host's record of it)     <- from here on, an interrupted
+    1. a marker `partial` (the host's record of it first)   <- from here on, an interrupted
     2. the trees the seed replaces are removed                 seed is redone at the next entry
-    3. the install tree and the ccache, owned by dev, without set-id bits or extended attributes
-    4. the source commit, fetched inside the container into an empty src dir
+    3. the install tree and the ccache, dev's, without set-id bits or extended attributes
+    4. the source commit, fetched inside the container into a src dir without one
     5. the marker `complete`, last
 
 The marker lives in the volume (`WORKSPACE/.devshell-seed`): it is what decides whether a seed
 is whole. The host's record (state dir, seeds/<volume>.json) mirrors it for what cannot look
 into a volume without a container: `--list`, and the warm path, which must not reuse a running
 container whose seed a killed launch left half done. Both are the agent's to forge at most for
-itself: the marker is read bounded and shape-checked, and anything unreadable counts as no seed.
-"""
+itself: the marker is read bounded and shape-checked, and anything unreadable counts as no seed."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import posixpath
 import re
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from . import buildcache, seeds
 from .cells import CACHE_KEY_PATTERN, SHA256_PATTERN, Cell
@@ -46,6 +47,10 @@ MAX_MARKER_BYTES = 4096
 MAX_TREE_BYTES = buildcache.MAX_TREE_GIB << 30
 STATES = ("partial", "complete")
 RECORDS = "seeds"  # below the state dir: the host's record of each volume's seed
+# A tree of more members is no build tree (and the names kept to check links grow with them);
+# a header longer than this is no path.
+MAX_MEMBERS = 1 << 20
+MAX_HEADER_BYTES = 1 << 20
 _BLOCK = 512  # tar's block
 _CHUNK = 1 << 20
 
@@ -159,38 +164,84 @@ def check_fits(cell: Cell, manifest: dict[str, Any]) -> None:
                             f"runs {cell.platform}", "seed from an entry built for the cell's platform")
 
 
-def _members(path: str, top: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+def _members(path: str, top: str, sha256: str | None = None) -> Iterator[tuple[tarfile.TarFile,
+                                                                             tarfile.TarInfo]]:
     """The members of a zstd-compressed tar, each checked to be a plain file, directory or
-    link strictly inside top (the tree's own directory), within MAX_TREE_BYTES in all."""
+    link strictly inside top (the tree's own directory), at most MAX_MEMBERS of them within
+    MAX_TREE_BYTES in all, no header larger than MAX_HEADER_BYTES; with sha256, the file's bytes
+    must hash to it (checked at the end: the caller has consumed every member by then)."""
+    import hashlib
     import tarfile
 
     import zstandard
 
-    total = 0
     where = os.path.basename(path)
-    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+
+    class BoundedInfo(tarfile.TarInfo):
+        # A pax or GNU long-name header is read whole into memory: a few KiB of zstd can say
+        # a GiB. (tarfile's own hooks for these two headers; everything else is its parsing.)
+        def _proc_pax(self, archive: Any) -> Any:
+            _bounded(self.size)
+            return super()._proc_pax(archive)  # type: ignore[misc]
+
+        def _proc_gnulong(self, archive: Any) -> Any:
+            _bounded(self.size)
+            return super()._proc_gnulong(archive)  # type: ignore[misc]
+
+    def _bounded(size: int) -> None:
+        if size > MAX_HEADER_BYTES:
+            raise DevshellError(f"the seed archive {where} has a header of {size} bytes",
+                                "seed from an entry devshell cache pack made")
+
+    digest = hashlib.sha256()
+
+    class Hashing:
+        def __init__(self, raw: Any) -> None:
+            self.raw = raw
+
+        def read(self, size: int = -1) -> bytes:
+            data: bytes = self.raw.read(size)
+            digest.update(data)
+            return data
+
+    total = count = 0
+    with open(path, "rb") as raw, \
+            zstandard.ZstdDecompressor().stream_reader(cast(Any, Hashing(raw))) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedInfo, encoding="utf-8",
+                              errors="surrogateescape") as tar:
                 for member in tar:
+                    tar.members = []  # type: ignore[attr-defined]  # a stream is read once: nothing needs the members it kept
                     why = member_problem(member, top)
                     if why:
                         raise DevshellError(f"the seed archive {where} holds {for_terminal(member.name)}: "
                                             f"{why}", "seed from an entry devshell cache pack made")
                     total += member.size
-                    if total > MAX_TREE_BYTES:
+                    count += 1
+                    if total > MAX_TREE_BYTES or count > MAX_MEMBERS:
                         raise DevshellError(f"the seed archive {where} unpacks to more than "
-                                            f"{MAX_TREE_BYTES >> 30} GiB", "seed from a smaller entry")
+                                            f"{MAX_TREE_BYTES >> 30} GiB or {MAX_MEMBERS} members",
+                                            "seed from a smaller entry")
                     yield tar, member
+            while stream.read(_CHUNK):  # the rest of the file, for its hash
+                pass
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
             raise DevshellError(f"the seed archive {where} is not a zstd-compressed tar ({e})",
                                 "run devshell cache prune, then launch again") from None
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise DevshellError(f"the seed archive {where} changed in the seed cache since it was checked",
+                            "run devshell cache prune, then launch again")
 
 
 def member_problem(member: tarfile.TarInfo, top: str) -> str | None:
     """Why a tar member may not reach the volume, or None. Pure: unit tests feed it TarInfos."""
+    import tarfile
+
     if not _inside(member.name, top):
         return f"not a path inside {top}/"
-    if member.isreg() or member.isdir():
+    # Exactly these types: tarfile's isreg() also takes contiguous and sparse files, which the
+    # tar inside may not handle (failing with the volume half emptied).
+    if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
         return None
     if member.islnk():
         return None if _inside(member.linkname, top) else "a hard link to outside the tree"
@@ -238,21 +289,29 @@ def link_problem(names: list[str], links: dict[str, str], hard: dict[str, str]) 
     return None
 
 
-def scan(path: str, top: str) -> int:
+def scan(path: str, top: str, sha256: str | None = None) -> int:
     """Read a tree's archive through once (nothing written): the member count, or the one-line
-    refusal of its first bad member."""
+    refusal of its first bad member. With sha256, the archive must still be those bytes."""
     names: list[str] = []
     links: dict[str, str] = {}
     hard: dict[str, str] = {}
-    for tar, member in _members(path, top):
+    files: set[str] = set()
+    for tar, member in _members(path, top, sha256):
         if member.isreg():
             reader = tar.extractfile(member)
             assert reader is not None
             while reader.read(_CHUNK):
                 pass
+            files.add(member.name)
         elif member.issym():
             links[member.name.rstrip("/")] = member.linkname
         elif member.islnk():
+            # Only to a regular file the archive made before: a hard link to a symlink is that
+            # symlink again, its text read from elsewhere (install/h -> a/b/c/s's ../../..).
+            if member.linkname not in files:
+                raise DevshellError(f"the seed archive {os.path.basename(path)} holds "
+                                    f"{for_terminal(member.name)}: a hard link to no file before it",
+                                    "seed from an entry devshell cache pack made")
             hard[member.name] = member.linkname
         names.append(member.name)
     found = link_problem(names, links, hard)
@@ -262,15 +321,16 @@ def scan(path: str, top: str) -> int:
     return len(names)
 
 
-def rewrite(path: str, top: str, new_top: str, uid: int, gid: int) -> Iterator[bytes]:
-    """The tree's archive as a plain tar for the engine: renamed under new_top, owned by
+def rewrite(path: str, top: str, new_top: str, uid: int, gid: int,
+            sha256: str | None = None) -> Iterator[bytes]:
+    """The tree's archive as a plain tar for the tar inside: renamed under new_top, owned by
     uid:gid, permission bits only (no set-id, sticky, extended attributes or capabilities),
     every directory and file usable by its owner. Streams: a chunk at a time."""
     import tarfile
 
-    for tar, member in _members(path, top):
+    for tar, member in _members(path, top, sha256):
         info = tarfile.TarInfo(new_top + member.name[len(top):])
-        info.type = member.type
+        info.type = tarfile.REGTYPE if member.isreg() else member.type
         info.mtime = member.mtime
         info.uid, info.gid = uid, gid
         info.mode = (member.mode & 0o777) | (0o700 if member.isdir() else 0o600)
@@ -291,7 +351,7 @@ def rewrite(path: str, top: str, new_top: str, uid: int, gid: int) -> Iterator[b
 
 
 def one_file(name: str, data: bytes, mode: int = 0o644) -> Iterator[bytes]:
-    """A tar of one root-owned file."""
+    """A tar of one file (dev's, once the tar inside has unpacked it)."""
     import tarfile
 
     info = tarfile.TarInfo(name)
@@ -391,45 +451,70 @@ def ensure(engine: Engine, *, container: str, volume: str, cell: Cell, uid: int,
     if fetched is None:
         fetched = fetch(cell, progress)
     started = time.monotonic()
+    dev = f"{uid}:{gid}"
+    # init first, as every session's entry runs it: dev, and the workspace given to dev (a new
+    # volume's root is root's); /checkout trusted by git (a source may be fetched from it).
+    result = engine.exec(container, [INIT_PATH])
+    if result.exit_code:
+        raise DevshellError(f"init failed in {container} before the seed: {_said(result.stderr)}",
+                            f"see docker exec {container} {INIT_PATH} --verify; the next launch tries again")
     partial = Marker("partial", cell.seed.key, cell.seed.manifest_sha256)
     write_record(volume, partial, identity)
-    engine.put_archive(container, cell.workspace, one_file(MARKER, partial.to_bytes()))
-    # What the seed replaces goes first (the whole volume under --clean). Under locked as dev,
-    # where root has no capability to remove dev's files, after giving dev write permission on
-    # what it owns (a read-only module cache would stop rm, and then every launch). rm never
-    # follows a link, nor does chmod -R below its arguments.
+    unpack(engine, container, cell.workspace, one_file(MARKER, partial.to_bytes()), dev)
+    # What the seed replaces goes (the whole volume but the marker under --clean). Under locked
+    # as dev, where root has no capability to remove dev's files, after giving dev write
+    # permission on what it owns (a read-only module cache would stop rm, and then every
+    # launch). rm never follows a link, nor does chmod -R below its arguments.
     what = ('cd "$1" && shift && for p in * .[!.]* ..?*; do [ -e "$p" ] || [ -L "$p" ] || continue; '
             f'[ "$p" = {MARKER} ] || set -- "$@" "$p"; done; ' if clean else 'shift; ')
     fix = 'chmod -R u+w -- "$@" 2>/dev/null; ' if locked else ""
     script = f'{what}[ $# = 0 ] || {{ {fix}rm -rf -- "$@"; }}'
     argv = ["sh", "-c", script, "sh", cell.workspace] + ([] if clean else [cell.install, cell.ccache])
-    result = engine.exec(container, argv, user=f"{uid}:{gid}" if locked else "0")
+    result = engine.exec(container, argv, user=dev if locked else "0")
     if result.exit_code:
         raise DevshellError(f"cannot empty {cell.workspace} for the seed: {_said(result.stderr)}",
                             f"launch again (the seed is redone), or devshell down {cell.name} --volume")
-    # init, as every session's entry runs it: dev, the workspace's dirs given to dev, and
-    # /checkout trusted by git (a source may be fetched from it).
-    result = engine.exec(container, [INIT_PATH])
-    if result.exit_code:
-        raise DevshellError(f"init failed in {container} before the seed: {_said(result.stderr)}",
-                            f"see docker exec {container} {INIT_PATH} --verify; the next launch tries again")
     manifest = fetched.manifest
     for archive, top, into in ((fetched.install, manifest["install"], cell.install),
                                (fetched.ccache, manifest["ccache"]["dir"], cell.ccache)):
         if archive is not None:
-            engine.put_archive(container, cell.workspace,
-                               rewrite(archive, top, posixpath.basename(into), uid, gid))
+            # (rewrite hashes what it reads: bytes changed since fetch checked them fail the
+            # unpack, and the seed stays partial)
+            sha = manifest["archives"]["install" if into == cell.install else "ccache"]["sha256"]
+            unpack(engine, container, cell.workspace,
+                   rewrite(archive, top, posixpath.basename(into), uid, gid, sha), dev)
     if fetched.ccache is None:
         progress(f"note: the seed {cell.seed.key} has no ccache archive: the ccache starts cold")
     missed = fetch_source(engine, container, cell, manifest, uid, gid)
     complete = partial._replace(state="complete")
-    engine.put_archive(container, cell.workspace, one_file(MARKER, complete.to_bytes()))
+    unpack(engine, container, cell.workspace, one_file(MARKER, complete.to_bytes()), dev)
     write_record(volume, complete, identity)
     progress(f"seeded {volume} from {cell.seed.key} ({seeds.describe(fetched)}) in "
              f"{time.monotonic() - started:.1f} s")
     if missed:
         progress(missed)
     return complete
+
+
+def unpack(engine: Engine, container: str, workspace: str, tar: Iterator[bytes], dev: str) -> None:
+    """A tar stream unpacked into the workspace by tar inside the container, as dev: never by
+    the engine's archive API, which unpacks as root, through links and into a read-only root
+    filesystem alike. Whatever the checks above missed can reach only what dev can write."""
+    result = engine.exec_stdin(container, ["tar", "-x", "-p", "-f", "-", "-C", workspace, "--no-same-owner",
+                                           "--delay-directory-restore"], tar, user=dev)
+    if result.exit_code:
+        raise DevshellError(f"unpacking the seed into {workspace} failed: {_said(result.stderr)}",
+                            "check the engine's disk space; the next launch starts the seed again")
+
+
+# git as the seed runs it in src: with no configuration of the agent's (the repository's own is
+# made new, the global one is not read) and none that runs a program: no hooks, no fsmonitor,
+# only transports that fetch. The system's (/etc/gitconfig, the image's and init's) is kept: it
+# trusts /checkout.
+GIT = ["env", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_TERMINAL_PROMPT=0", "timeout", "300", "git",
+       "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.allow=never",
+       *(arg for name in ("file", "https", "http", "git", "ssh")
+         for arg in ("-c", f"protocol.{name}.allow=always"))]
 
 
 def fetch_source(engine: Engine, container: str, cell: Cell, manifest: dict[str, Any], uid: int,
@@ -445,14 +530,15 @@ def fetch_source(engine: Engine, container: str, cell: Cell, manifest: dict[str,
     if not repo or not commit:
         return None
     dev = f"{uid}:{gid}"
-    # A src dir with a commit checked out is the user's (kept by --reseed); one a fetch left
-    # without (an interrupted seed) is fetched into again.
-    if engine.exec(container, ["git", "-C", cell.src, "rev-parse", "-q", "--verify", "HEAD"],
+    # A src dir with a commit checked out is the user's (kept by --reseed); in one without, any
+    # .git (an interrupted fetch's, or the agent's, with a configuration that could run
+    # programs) is made new.
+    if engine.exec(container, [*GIT, "-C", cell.src, "rev-parse", "-q", "--verify", "HEAD"],
                    user=dev).exit_code == 0:
         return None
-    script = ('set -e; cd "$1"; git init -q; '
-              'git fetch -q --depth 1 "$2" "$3"; git checkout -q --detach FETCH_HEAD')
-    result = engine.exec(container, ["sh", "-c", script, "sh", cell.src, repo, commit], user=dev)
+    script = ('set -e; src=$1 repo=$2 commit=$3; shift 3; mkdir -p "$src"; cd "$src"; rm -rf .git; '
+              '"$@" init -q; "$@" fetch -q --depth 1 "$repo" "$commit"; "$@" checkout -q --detach FETCH_HEAD')
+    result = engine.exec(container, ["sh", "-c", script, "sh", cell.src, repo, commit, *GIT], user=dev)
     if result.exit_code:
         return (f"note: the source {for_terminal(repo)} at {commit[:12]} was not fetched into {cell.src} "
                 f"({_said(result.stderr)}); fetch it there yourself")

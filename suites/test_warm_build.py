@@ -24,6 +24,7 @@ import pytest
 
 from devshell import buildcache, cells, seeding, seeds
 from devshell.cells import Seed, Source
+from devshell.errors import DevshellError
 from devshell.plugin import TEST_GID, TEST_UID
 from devshell.spec import container_name
 
@@ -335,3 +336,53 @@ def test_an_interrupted_seed_is_redone_at_the_next_entry(noop, kill, entry, proj
             packed = sorted(m.name for m in tar if m.isfile())
     listing = devshell_engine.exec(name, ["find", "install", "-type", "f"], workdir=devshell_cell.workspace)
     assert sorted(listing.stdout.split()) == packed
+
+
+def escaping_tree(workspace: str) -> bytes:
+    """A tar no member of which leaves install/ by its own text, which still writes /etc/NAME
+    when unpacked by something that follows what it unpacked: a symlink deep enough to climb
+    to the workspace, and a hard link to it one level down (a hard link to a symlink is that
+    symlink again, its text read from elsewhere: from install/, past /)."""
+    import io
+    import tarfile
+
+    depth = len(workspace.strip("/").split("/")) + 1  # install/ below the workspace
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ["install", *("install/" + "/".join(["d"] * n) for n in range(1, 7))]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        # six levels below install/, six ../: install/ itself, inside by its own text
+        link = tarfile.TarInfo("install/" + "/".join(["d"] * 6) + "/s")
+        link.type, link.linkname = tarfile.SYMTYPE, "/".join([".."] * 6)
+        tar.addfile(link)
+        hard = tarfile.TarInfo("install/h")
+        hard.type, hard.linkname = tarfile.LNKTYPE, link.name
+        tar.addfile(hard)
+        data = b"escaped\n"
+        escape = tarfile.TarInfo("install/h/etc/devshell-seed-escape")
+        escape.size, escape.mode = len(data), 0o644
+        tar.addfile(escape, io.BytesIO(data))
+    assert depth <= 6  # the hard link's six ../, read from install/, climb to /
+    return raw.getvalue()
+
+
+@pytest.mark.attack("seed", "unpack a tree whose links lead out of the volume, into /etc")
+def test_the_tar_inside_unpacks_as_dev_and_never_writes_outside_what_dev_may(devshell_factory):
+    shell = devshell_factory()
+    assert shell.run("true").exit_code == 0  # init has given the workspace to dev
+    tree = escaping_tree(shell.spec.workspace)
+    with pytest.raises(DevshellError):  # tar refuses (or fails on) what it would write through
+        seeding.unpack(shell.engine, shell.name, shell.spec.workspace, iter([tree]),
+                       f"{shell.opts.uid}:{shell.opts.gid}")
+    assert shell.exec(["test", "-e", "/etc/devshell-seed-escape"]).exit_code == 1
+
+
+@pytest.mark.control("seed", "unpack a tree whose links lead out of the volume, into /etc")
+def test_the_engine_s_archive_api_writes_the_same_tree_into_etc(devshell_factory, devshell_engine):
+    shell = devshell_factory()
+    assert shell.run("true").exit_code == 0
+    tree = escaping_tree(shell.spec.workspace)
+    devshell_engine.client.api.put_archive(shell.name, shell.spec.workspace, tree)
+    assert shell.exec(["cat", "/etc/devshell-seed-escape"]).stdout == "escaped\n"

@@ -7,6 +7,7 @@ here starts a container: suites/test_warm_build.py seeds real volumes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -105,14 +106,60 @@ CHAIN = [(member("install", tarfile.DIRTYPE), None), (member("install/a", tarfil
     # each of these is inside the tree by its own text: only the chain leaves it
     (member("install/c", tarfile.SYMTYPE, link="a/b/../.."), "a symbolic link through another (install/a/b)"),
     (member("install/a/b/etc/ld.so.preload"), "it lies below the symbolic link install/a/b"),
-    (member("install/h", tarfile.LNKTYPE, link="install/a/b/x"),
-     "a hard link through the symbolic link install/a/b"),
+    (member("install/h", tarfile.LNKTYPE, link="install/a/b/x"), "a hard link to no file before it"),
 ])
 def test_nothing_is_written_or_resolved_through_a_link_of_the_archive(tmp_path, then, why):
     assert seeding.member_problem(then, "install") is None  # (the check of one member alone)
     path = archive(tmp_path / "a.tar.zst", [*CHAIN, (then, b"x" if then.isreg() else None)])
     with pytest.raises(DevshellError, match=re.escape(why)):
         seeding.scan(path, "install")
+
+
+def test_a_hard_link_to_a_symlink_is_refused(tmp_path):
+    """The engine links the symlink itself: install/h would be install/a/b/c/s's ../../.. read
+    from install/, which is /; install/h/etc/x would be written there."""
+    tree = [(member("install", tarfile.DIRTYPE), None), (member("install/a/b/c", tarfile.DIRTYPE), None),
+            (member("install/a/b/c/s", tarfile.SYMTYPE, link="../../.."), None),
+            (member("install/h", tarfile.LNKTYPE, link="install/a/b/c/s"), None),
+            (member("install/h/etc/x"), b"x")]
+    assert all(seeding.member_problem(m, "install") is None for m, _ in tree)  # each alone passes
+    with pytest.raises(DevshellError, match="install/h: a hard link to no file before it"):
+        seeding.scan(archive(tmp_path / "a.tar.zst", tree), "install")
+
+
+def test_a_hard_link_to_an_earlier_file_is_taken(tmp_path):
+    tree = [(member("t", tarfile.DIRTYPE), None), (member("t/f"), b"x"),
+            (member("t/g", tarfile.LNKTYPE, link="t/f"), None)]
+    assert seeding.scan(archive(tmp_path / "a.tar.zst", tree), "t") == 3
+
+
+@pytest.mark.parametrize("kind", [tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE])
+def test_file_types_the_tar_inside_may_not_take_are_refused(kind):
+    assert seeding.member_problem(member("t/f", kind), "t") == "not a file, directory or link"
+
+
+def test_a_header_that_says_a_gib_is_refused_before_it_is_read(tmp_path):
+    # a pax header declaring 1 GiB of records: tarfile would read it whole into memory
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, 1 << 30
+    raw = head.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 4096
+    (tmp_path / "bomb.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    with pytest.raises(DevshellError, match="has a header of 1073741824 bytes"):
+        seeding.scan(str(tmp_path / "bomb.tar.zst"), "t")
+
+
+def test_too_many_members_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(seeding, "MAX_MEMBERS", 2)
+    tree = [(member("t", tarfile.DIRTYPE), None), (member("t/a"), b""), (member("t/b"), b"")]
+    with pytest.raises(DevshellError, match="or 2 members"):
+        seeding.scan(archive(tmp_path / "a.tar.zst", tree), "t")
+
+
+def test_an_archive_that_changed_since_it_was_verified_is_refused(tmp_path):
+    path = archive(tmp_path / "a.tar.zst", [(member("t", tarfile.DIRTYPE), None)])
+    with pytest.raises(DevshellError, match="changed in the seed cache"):
+        seeding.scan(path, "t", sha256="0" * 64)
+    assert seeding.scan(path, "t", sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest()) == 1
 
 
 def test_a_link_to_a_link_is_taken():
