@@ -52,7 +52,8 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     buildcache.check_key(key)
     if not re.fullmatch(SHA256_PATTERN, manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
-    store = seeds_dir()  # made by the first download, not before
+    store = seeds_dir()
+    _store(store)  # what is taken from it unread (an archive of the right size) must be the user's
     manifest_name = buildcache.names(key)[2]
     manifest_path = os.path.join(store, manifest_sha256)
     data = _cached(manifest_path, buildcache.MAX_MANIFEST_BYTES)
