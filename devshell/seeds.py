@@ -53,7 +53,9 @@ def fetch(source: str, key: str, manifest_sha256: str, *, progress: Progress | N
     if not re.fullmatch(SHA256_PATTERN, manifest_sha256):
         raise DevshellError(f"{manifest_sha256!r} is not a sha256", "pin the manifest's 64 hex digits")
     store = seeds_dir()
-    _store(store)  # what is taken from it unread (an archive of the right size) must be the user's
+    # What is taken from it unread (an archive of the right size) must be the user's; made only
+    # by the first download, so a fetch refused before one leaves nothing behind.
+    _store(store, make=False)
     manifest_name = buildcache.names(key)[2]
     manifest_path = os.path.join(store, manifest_sha256)
     data = _cached(manifest_path, buildcache.MAX_MANIFEST_BYTES)
@@ -133,12 +135,16 @@ def _cached(path: str, limit: int) -> bytes | None:
         return None
 
 
-def _store(path: str) -> None:
-    """The seed cache's directory, made if missing, and refused unless it is a plain directory
-    only this user can write: what is in it under a sha256 is taken to be that content."""
+def _store(path: str, *, make: bool = True) -> None:
+    """The seed cache's directory, made if missing (and asked to), and refused unless it is a
+    plain directory only this user can write: what is in it under a sha256 is taken to be that
+    content."""
     import stat
 
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    if make:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    elif not os.path.lexists(path):
+        return
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise DevshellError(f"the seed cache {path} is not a directory that only you can write",
