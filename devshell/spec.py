@@ -122,9 +122,12 @@ def host_binds(opts: Options) -> list[Bind]:
         memory = memory_dir(opts.checkout)
         # memories (every project's, read-only) is a mount of its own even where ai/ is
         # writable (--ai-config-rw), so it cannot be renamed or replaced from inside either.
-        binds += [Bind("ai", f"{opts.host_cache}/ai", f"{CACHE}/ai", opts.ai_config_ro),
-                  Bind("memories", f"{opts.host_cache}/ai/memory", f"{CACHE}/ai/memory", True),
-                  Bind("memory", f"{opts.host_cache}/ai/{memory}", f"{CACHE}/ai/{memory}", False)]
+        # Joined, not concatenated: a host cache of / (refused for entering, but planned for
+        # --rm) would otherwise be bound as //ai.
+        ai = posixpath.join(opts.host_cache, "ai")
+        binds += [Bind("ai", ai, f"{CACHE}/ai", opts.ai_config_ro),
+                  Bind("memories", f"{ai}/memory", f"{CACHE}/ai/memory", True),
+                  Bind("memory", f"{ai}/{memory}", f"{CACHE}/ai/{memory}", False)]
     return binds
 
 
