@@ -374,6 +374,26 @@ class Engine:
                                 f"devshell down {cell} (it goes with the devshell), then launch again")
         return info
 
+    def network_is_closed(self, name: str) -> bool:
+        """Whether a network leads only to its members, as an egress network does: internal, no
+        address on the host (plain internal still reaches the host's services through the
+        bridge's address on this engine), no IPv6. Refused when there is no such network."""
+        info: dict[str, Any] | None = self._call("GET", f"/networks/{_q(name)}", missing=(404,))
+        if info is None:
+            raise DevshellError(f"network {name} does not exist", "create it before the devshell joins it")
+        key, value = NO_HOST_ADDRESS
+        return bool(info.get("Internal")) and (info.get("Options") or {}).get(key) == value \
+            and not info.get("EnableIPv6")
+
+    def join_network(self, container: str, network: str, aliases: list[str]) -> None:
+        """Connect a running container to a network under aliases (other members' names for it)."""
+        try:
+            self._call("POST", f"/networks/{_q(network)}/connect",
+                       {"Container": container, "EndpointConfig": {"Aliases": aliases}})
+        except EngineError as e:
+            raise DevshellError(f"{container} cannot join network {network} ({e.reason})",
+                                f"see docker network inspect {network}") from None
+
     def ensure_egress_network(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         cell = body["Labels"][CELL]
         info = self.egress_network(name, cell)
