@@ -27,6 +27,12 @@ MAX_INSTANCE = 40  # devshell-CELL-INSTANCE stays a comfortable container and vo
 ROOT_FALLBACK_ID = 1000
 
 
+def dev_ids(uid: int, gid: int) -> tuple[int, int]:
+    """dev's uid and gid for a host user: the user's own, so what dev writes to /patches is
+    theirs to read and remove; never root's."""
+    return uid or ROOT_FALLBACK_ID, gid or ROOT_FALLBACK_ID
+
+
 class HostFacts(NamedTuple):
     """Everything planning needs to know about the host, gathered once at the edge."""
 
@@ -276,8 +282,9 @@ def parse(argv: Sequence[str], host: HostFacts) -> Options:
 
     if ns.uid == 0 or ns.gid == 0:
         raise DevshellError("--uid/--gid 0 would make dev root", "use --as-root for a root shell")
-    uid = ns.uid if ns.uid is not None else host.uid or ROOT_FALLBACK_ID
-    gid = ns.gid if ns.gid is not None else host.gid or ROOT_FALLBACK_ID
+    own_uid, own_gid = dev_ids(host.uid, host.gid)
+    uid = ns.uid if ns.uid is not None else own_uid
+    gid = ns.gid if ns.gid is not None else own_gid
     mapped = [f"{what} 0 -> {new}" for what, given, host_id, new in
               (("uid", ns.uid, host.uid, uid), ("gid", ns.gid, host.gid, gid))
               if given is None and host_id == 0]

@@ -14,24 +14,25 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import cells, labels
 from .cells import Cell
-from .engine import Engine, pid_alive
+from .engine import Engine, ExecResult, pid_alive
 from .errors import DevshellError
 from .launcher import Devshell, check_host_paths, open_devshell
-from .options import Options, to_argv
+from .options import Options, dev_ids, to_argv
 
-# testcontainers' reaper image (Ryuk) cannot be pulled offline; these fixtures clean up after
-# themselves by label instead, and so must any testcontainers use alongside them.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+if TYPE_CHECKING:
+    from .container import DevshellContainer
 
 LABEL_RUN = labels.TEST_RUN
 LABEL_PID = labels.TEST_PID
-TEST_UID = TEST_GID = 1000
+# dev's uid/gid in the fixtures' devshells unless a test passes its own: the user running
+# pytest (root's becomes 1000), so what a devshell writes is theirs to read and remove.
+DEV_UID, DEV_GID = dev_ids(os.getuid(), os.getgid())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,6 +55,16 @@ def pytest_configure(config: pytest.Config) -> None:
             Engine.connect()
         except DevshellError as e:
             raise pytest.UsageError(f"--cell={config.getoption('--cell')}: {e}") from None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # testcontainers' reaper (Ryuk) cannot be pulled offline. A run that uses these fixtures
+    # sweeps by label instead (docs/fixtures.md says how to label your own containers so they
+    # are swept too), so only such a run turns the reaper off, before any container starts
+    # (testcontainers reads the variable when it starts its first); merely installing devshell
+    # changes nothing.
+    if any(name.startswith("devshell") for item in items for name in getattr(item, "fixturenames", ())):
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -83,15 +94,6 @@ def _run_id(config: pytest.Config) -> str:
 def pytest_configure_node(node: Any) -> None:
     """xdist: hand the controller's run id to each worker."""
     node.workerinput["devshell_run"] = _run_id(node.config)
-
-
-class DevshellFactory(Protocol):
-    def __call__(self, cell: str | Cell | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-                 checkout: str | Path | None = None, patches_out: str | Path | None = None,
-                 host_cache: bool | str | Path = True,
-                 image: str | None = None, instance: str | None = None,
-                 ai_config_rw: bool = False, profile: str | None = None,
-                 runtime: str | None = None, network: str | None = None) -> Devshell: ...
 
 
 @pytest.fixture(scope="session")
@@ -182,27 +184,35 @@ def devshell_runtime(pytestconfig: pytest.Config) -> str | None:
     return str(value) if value else None
 
 
-@pytest.fixture(scope="session")
-def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshell_engine: Engine,
-                     devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
-                     tmp_path_factory: pytest.TempPathFactory,
-                     pytestconfig: pytest.Config) -> DevshellFactory:
-    """Open a devshell: by default a new container and volume (named for this run), a temporary
-    checkout, drop dir and host cache, and an explicit uid/gid, under --profile and --runtime
-    (network: the cell's unless given). Removed at the end of the run."""
+class DevshellFactory:
+    """Opens devshells for one test run; the `devshell_factory` fixture is one. Each `open()` is
+    a new container and volume named for the run (or an earlier one's `instance`), removed at
+    the run's end, like the paths it makes below pytest's temporary directory."""
 
-    def open_(cell: str | Cell | None = None, *, uid: int = TEST_UID, gid: int = TEST_GID,
-              checkout: str | Path | None = None, patches_out: str | Path | None = None,
-              host_cache: bool | str | Path = True,
-              image: str | None = None, instance: str | None = None,
-              ai_config_rw: bool = False, profile: str | None = None,
-              runtime: str | None = None, network: str | None = None) -> Devshell:
-        # A Cell as is (a test's variant of the --cell cell, e.g. with other limits), or by name.
-        the_cell = (devshell_cell if cell is None else cell if isinstance(cell, Cell)
-                    else cells.find(cell, devshell_cells_path))
+    def __init__(self, *, cell: Cell, cells_path: list[str], engine: Engine, run_labels: dict[str, str],
+                 new_instance: Callable[[], str], tmp_path_factory: pytest.TempPathFactory,
+                 profile: str | None = None, runtime: str | None = None) -> None:
+        self.cell = cell
+        self.cells_path = cells_path
+        self.engine = engine
+        self.run_labels = run_labels
+        self.new_instance = new_instance
+        self.tmp_path_factory = tmp_path_factory
+        self.profile = profile
+        self.runtime = runtime
+
+    def open(self, cell: str | Cell | None = None, *, uid: int = DEV_UID, gid: int = DEV_GID,
+             checkout: str | Path | None = None, patches_out: str | Path | None = None,
+             host_cache: bool | str | Path = True,
+             image: str | None = None, instance: str | None = None,
+             ai_config_rw: bool = False, profile: str | None = None,
+             runtime: str | None = None, network: str | None = None) -> Devshell:
+        """A devshell of `cell` (default: --cell's; a Cell as is, e.g. a test's variant with other
+        limits, or a name), opened but not yet entered; see docs/fixtures.md for the rest."""
+        the_cell = self._cell(cell)
         # New paths, which devshell creates (and so may give to dev); a checkout readable by
         # dev, as a user's usually is (pytest makes its temporary directories 0700).
-        scratch = tmp_path_factory.mktemp("devshell-")
+        scratch = self.tmp_path_factory.mktemp("devshell-")
         scratch.chmod(0o755)
         if checkout is None:
             checkout = scratch / "checkout"
@@ -212,22 +222,50 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
             host_cache = scratch / "host-cache"
         opts = Options(cell=the_cell.name, checkout=str(checkout), patches_out=str(patches_out),
                        host_cache=str(host_cache) if host_cache else None, image=image,
-                       instance=instance or devshell_instance(), uid=uid, gid=gid,
+                       instance=instance or self.new_instance(), uid=uid, gid=gid,
                        ai_config_ro=not ai_config_rw,
-                       cells_dirs=tuple(str(p) for p in devshell_cells_path[:-1]),
-                       profile=profile or pytestconfig.getoption("devshell_profile"),
-                       runtime=runtime or pytestconfig.getoption("devshell_runtime"), network=network)
-        return open_devshell(check_host_paths(opts), the_cell, devshell_engine,
-                             labels=devshell_run_labels, progress=_progress)
+                       cells_dirs=tuple(str(p) for p in self.cells_path[:-1]),
+                       profile=profile or self.profile, runtime=runtime or self.runtime, network=network)
+        return open_devshell(check_host_paths(opts), the_cell, self.engine,
+                             labels=self.run_labels, progress=_progress)
 
-    return open_
+    def container(self, cell: str | Cell | None = None, **options: Any) -> DevshellContainer:
+        """The same devshell as open(cell, **options) would give, as a testcontainers container
+        (devshell.container.DevshellContainer): opened and entered by start() or `with`, so it
+        can first be put on a testcontainers Network with aliases."""
+        from .container import DevshellContainer  # testcontainers only for those who ask
+
+        the_cell = self._cell(cell)
+        return DevshellContainer(lambda: self.open(the_cell, **options),
+                                 planned_network=options.get("network") or the_cell.network,
+                                 image=the_cell.image)
+
+    def _cell(self, cell: str | Cell | None) -> Cell:
+        # A Cell as is (a test's variant of the --cell cell, e.g. with other limits), or by name.
+        return (self.cell if cell is None else cell if isinstance(cell, Cell)
+                else cells.find(cell, self.cells_path))
+
+
+@pytest.fixture(scope="session")
+def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshell_engine: Engine,
+                     devshell_run_labels: dict[str, str], devshell_instance: Callable[[], str],
+                     tmp_path_factory: pytest.TempPathFactory,
+                     pytestconfig: pytest.Config) -> DevshellFactory:
+    """The DevshellFactory of this run: `devshell_factory.open(...)` under --cell, --profile
+    and --runtime (network: the cell's unless given)."""
+    return DevshellFactory(cell=devshell_cell, cells_path=devshell_cells_path, engine=devshell_engine,
+                           run_labels=devshell_run_labels, new_instance=devshell_instance,
+                           tmp_path_factory=tmp_path_factory,
+                           profile=pytestconfig.getoption("devshell_profile"),
+                           runtime=pytestconfig.getoption("devshell_runtime"))
 
 
 @pytest.fixture(scope="session")
 def devshell(devshell_factory: DevshellFactory) -> Devshell:
-    """The --cell devshell, opened and entered once (init and verify have run): dev is
-    uid/gid 1000, with a temporary patches dir and host cache."""
-    shell = devshell_factory()
+    """The --cell devshell, opened and entered once (init and verify have run): dev has the
+    uid/gid of the user running pytest (root's: 1000), with a temporary checkout, patches dir
+    and host cache."""
+    shell = devshell_factory.open()
     result = shell.run("true")
     if result.exit_code:
         pytest.fail(f"entering {shell.name} failed ({result.exit_code}): {result.stderr.strip()}",
@@ -236,16 +274,18 @@ def devshell(devshell_factory: DevshellFactory) -> Devshell:
 
 
 @pytest.fixture(scope="session")
-def devshell_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+def devshell_cli() -> Callable[..., ExecResult]:
     """Run the real CLI in a subprocess: devshell_cli(shell, "--script", path) re-enters the
-    devshell `shell` with the flags that opened it, plus the given ones."""
+    devshell `shell` with the flags that opened it, plus the given ones. The result is an
+    ExecResult, as Devshell.run's is: one name, exit_code, for the exit status everywhere."""
 
     def run(shell: Devshell | None, *args: str, env: dict[str, str] | None = None,
-            **options: Any) -> subprocess.CompletedProcess[str]:
+            **options: Any) -> ExecResult:
         argv = to_argv(shell.opts._replace(**options)) if shell is not None else []
-        return subprocess.run([sys.executable, "-m", "devshell", *argv, *args],
+        done = subprocess.run([sys.executable, "-m", "devshell", *argv, *args],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, **(env or {})}, timeout=600)
+        return ExecResult(done.returncode, done.stdout, done.stderr)
 
     return run
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from devshell.plugin import TEST_GID, TEST_UID
+from devshell.plugin import DEV_GID, DEV_UID
 
 # Root inside is a premise of the standard profile only: under locked sudo is not there.
 USERS = ["dev", pytest.param("root via sudo", marks=pytest.mark.standard_profile)]
@@ -47,13 +47,13 @@ def test_memory_written_from_each_start_directory_lands_in_the_host_cache(devshe
 
 
 def test_memory_survives_rm_recreation_and_volume_removal(devshell_factory, devshell_cli):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run("echo kept > ~/.claude/projects/-patches/memory/m.md").exit_code == 0
-    assert devshell_cli(shell, "--rm").returncode == 0
+    assert devshell_cli(shell, "--rm").exit_code == 0
     assert shell.engine.remove_volume(shell.spec.volume)
-    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
-                             host_cache=shell.opts.host_cache,
-                             instance=shell.opts.instance)
+    again = devshell_factory.open(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                                  host_cache=shell.opts.host_cache,
+                                  instance=shell.opts.instance)
     assert again.outcome.state == "fresh"
     assert again.run("cat ~/.claude/projects/-patches/memory/m.md").stdout == "kept\n"
 
@@ -70,7 +70,7 @@ def seeded_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("user", USERS)
 def test_ai_config_is_read_only_inside_by_default(devshell_factory, seeded_cache, user):
-    shell = devshell_factory(host_cache=seeded_cache)
+    shell = devshell_factory.open(host_cache=seeded_cache)
     sudo = "sudo -n " if user != "dev" else ""
     for attempt in ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
                     "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
@@ -89,8 +89,8 @@ def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory
     (cache / "ai" / "settings.json").write_text("{}\n")
     # The user hands the configuration to dev's uid; devshell never changes a host file's owner.
     for path in (cache / "ai", cache / "ai" / "skills", cache / "ai" / "settings.json"):
-        os.chown(path, TEST_UID, TEST_GID)
-    shell = devshell_factory(host_cache=cache, ai_config_rw=True)
+        os.chown(path, DEV_UID, DEV_GID)
+    shell = devshell_factory.open(host_cache=cache, ai_config_rw=True)
     result = shell.run("echo new > ~/.claude/skills/s.md && echo '{\"a\": 1}' > ~/.claude/settings.json")
     assert result.exit_code == 0, result.stderr
     assert (cache / "ai" / "skills" / "s.md").read_text() == "new\n"
@@ -102,7 +102,7 @@ def test_settings_link_resolves_when_the_cache_has_settings(devshell_factory, tm
     cache = tmp_path / "cache"
     (cache / "ai").mkdir(parents=True)
     (cache / "ai" / "settings.json").write_text('{"theme": "dark"}\n')
-    shell = devshell_factory(host_cache=cache)
+    shell = devshell_factory.open(host_cache=cache)
     assert shell.run("cat ~/.claude/settings.json").stdout == '{"theme": "dark"}\n'
 
 
@@ -111,7 +111,7 @@ def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache)
         return {str(p): (p.lstat().st_uid, p.lstat().st_mode)
                 for p in [seeded_cache, *seeded_cache.rglob("*")] if "memory" not in p.parts}
     before = owners()
-    shell = devshell_factory(host_cache=seeded_cache)
+    shell = devshell_factory.open(host_cache=seeded_cache)
     assert shell.run("true").exit_code == 0
     assert owners() == before
 
@@ -120,7 +120,7 @@ def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache)
 def test_only_this_checkouts_memory_is_writable(devshell_factory, seeded_cache, user):
     other = seeded_cache / "ai" / "memory" / "other" / "-srv-other"
     other.mkdir(parents=True, exist_ok=True)
-    shell = devshell_factory(host_cache=seeded_cache)
+    shell = devshell_factory.open(host_cache=seeded_cache)
     sudo = "sudo -n " if user != "dev" else ""
     result = shell.run(f"{sudo}touch /cache/ai/memory/other/-srv-other/planted")
     assert result.exit_code != 0, f"another project's memory was writable as {user}"

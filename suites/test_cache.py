@@ -44,7 +44,7 @@ def members(path: str) -> dict[str, bytes | None]:
 @pytest.fixture(scope="module")
 def built(devshell_factory):
     """A devshell with an install tree, a ccache and a source commit, made inside as dev."""
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     made = shell.run(TREES)
     assert made.exit_code == 0, made.stderr
     return shell, made.stdout.strip()
@@ -54,7 +54,7 @@ def test_pack_makes_an_entry_of_the_trees_made_inside(built, devshell_cli, tmp_p
     shell, commit = built
     out = tmp_path / "entry"
     done = pack(devshell_cli, shell, out, "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     result = json.loads(done.stdout)
     key = f"{shell.spec.cell}-{commit[:12]}"
     assert result["key"] == key and sorted(os.listdir(out)) == sorted(buildcache.names(key))
@@ -75,19 +75,19 @@ def test_pack_makes_an_entry_of_the_trees_made_inside(built, devshell_cli, tmp_p
 def test_an_entry_is_never_overwritten(built, devshell_cli, tmp_path):
     shell, _ = built
     out = tmp_path / "entry"
-    assert pack(devshell_cli, shell, out, "--key=k1").returncode == 0
+    assert pack(devshell_cli, shell, out, "--key=k1").exit_code == 0
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
     again = pack(devshell_cli, shell, out, "--key=k1")
-    assert again.returncode == 2 and "never overwritten" in again.stderr, again.stderr
+    assert again.exit_code == 2 and "never overwritten" in again.stderr, again.stderr
     assert len(again.stderr.splitlines()) == 1
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
 
 
 def test_without_a_ccache_the_entry_says_so_and_has_none(devshell_factory, devshell_cli, tmp_path):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run('mkdir -p "$DEVSHELL_INSTALL" && rm -rf "$DEVSHELL_CCACHE"').exit_code == 0
     done = pack(devshell_cli, shell, tmp_path / "e", "--key=nocc", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["archives"]["ccache"] is None and "cold ccache" in result["notes"][0]
     assert sorted(os.listdir(tmp_path / "e")) == ["nocc.manifest.json", "nocc.tar.zst"]
@@ -98,17 +98,17 @@ def test_what_the_agent_wrote_as_the_source_is_recorded_only_in_its_shape(devshe
                                                                          tmp_path):
     # The agent owns the src tree: a remote with a newline and an escape, a HEAD that is not a
     # commit. Neither reaches the manifest.
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     script = ('set -e; mkdir -p "$DEVSHELL_INSTALL"; cd "$DEVSHELL_SRC"; git init -q; '
               'git config remote.origin.url "$(printf "https://x.invalid/a\\n\\033[2Jb")"')
     assert shell.run(script).exit_code == 0
     done = pack(devshell_cli, shell, tmp_path / "e", "--key=hostile", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["source"] == {"repo": None, "commit": None}
 
 
 def test_pack_refuses_a_devshell_that_is_not_there(devshell_cli, devshell_cell, devshell_instance, tmp_path):
     done = devshell_cli(None, "cache", "pack", devshell_cell.name, f"--instance={devshell_instance()}",
                         f"--out={tmp_path / 'e'}")
-    assert done.returncode == 2 and "is not there: there is nothing to pack" in done.stderr, done.stderr
+    assert done.exit_code == 2 and "is not there: there is nothing to pack" in done.stderr, done.stderr
     assert not (tmp_path / "e").exists()

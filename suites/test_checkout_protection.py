@@ -68,7 +68,7 @@ def checkout(devshell_factory, tmp_path_factory):
                                                   "commit", "-q", "--allow-empty", "-m", "init"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
     before = tree_digest(repo / ".git")
-    return devshell_factory(checkout=repo), repo, before
+    return devshell_factory.open(checkout=repo), repo, before
 
 
 @pytest.mark.parametrize("user", USERS)
@@ -107,5 +107,5 @@ def test_launch_says_the_checkout_is_read_only(devshell_cli, checkout, tmp_path)
     script = tmp_path / "t.sh"
     script.write_text("#!/bin/sh\ntrue\n")
     result = devshell_cli(shell, "--script", str(script))
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert f"/checkout={shell.opts.checkout} (read-only)" in result.stderr

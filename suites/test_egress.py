@@ -34,7 +34,7 @@ def networked_runtime(devshell_engine, devshell_runtime):
 
 @pytest.fixture(scope="module")
 def open_shell(devshell_factory, networked_runtime):
-    return devshell_factory(network="open", runtime=networked_runtime)
+    return devshell_factory.open(network="open", runtime=networked_runtime)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def egress_cell(devshell_cell, mirror, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def allow_shell(devshell_factory, egress_cell, networked_runtime):
-    return devshell_factory(egress_cell, runtime=networked_runtime)
+    return devshell_factory.open(egress_cell, runtime=networked_runtime)
 
 
 def cli(devshell_cli, shell, *args, **options):
@@ -77,7 +77,7 @@ def cli(devshell_cli, shell, *args, **options):
 
 def net_log(devshell_cli, shell) -> list[dict]:
     done = devshell_cli(None, "net", "log", shell.spec.cell, f"--instance={shell.opts.instance}", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
@@ -267,7 +267,7 @@ def test_control_with_the_capabilities_root_changes_it(allow_shell, devshell_run
 def test_a_stopped_proxy_lets_nothing_out_and_the_next_launch_restarts_it(devshell_factory, egress_cell,
                                                                            networked_runtime, devshell_cli,
                                                                            open_shell, mirror):
-    shell = devshell_factory(egress_cell, runtime=networked_runtime)
+    shell = devshell_factory.open(egress_cell, runtime=networked_runtime)
     proxy = egress.proxy_name(shell.name)
     shell.engine.client.api.stop(proxy, timeout=1)
     out = as_user(shell, via_proxy(f"GET http://{mirror}/ HTTP/1.1"))
@@ -277,7 +277,7 @@ def test_a_stopped_proxy_lets_nothing_out_and_the_next_launch_restarts_it(devshe
     verify = shell.verify()  # a session starting now would refuse: verify names the proxy
     assert verify.exit_code != 0 and "FAIL egress-proxy" in verify.stdout, verify
     again = cli(devshell_cli, shell, "--script", _script(shell, "true"))
-    assert again.returncode == 0, again.stderr
+    assert again.exit_code == 0, again.stderr
     assert shell.engine.inspect(proxy)["State"]["Running"]
     assert as_user(shell, via_proxy(f"GET http://{mirror}/ HTTP/1.1")).stdout.startswith("HTTP/1.1")
 
@@ -292,7 +292,7 @@ def _script(shell, text: str) -> str:
 @pytest.mark.fault("the egress proxy cannot start")
 def test_a_proxy_that_cannot_start_stops_the_launch_in_one_line(devshell_factory, egress_cell,
                                                                 networked_runtime, devshell_cli):
-    shell = devshell_factory(egress_cell, runtime=networked_runtime)
+    shell = devshell_factory.open(egress_cell, runtime=networked_runtime)
     log_dir = HostFacts.current().egress_dir(shell.name)
     shell.engine.remove_container(egress.proxy_name(shell.name))
     log = os.path.join(log_dir, egress.LOG_FILE)
@@ -305,21 +305,22 @@ def test_a_proxy_that_cannot_start_stops_the_launch_in_one_line(devshell_factory
         for path, mode in ((log_dir, 0o700), (log, 0o640)):
             if os.path.exists(path):
                 os.chmod(path, mode)
-    assert refused.returncode == 2 and "the session ran" not in refused.stdout, refused
+    assert refused.exit_code == 2 and "the session ran" not in refused.stdout, refused
     [line] = refused.stderr.splitlines()
     assert "stopped as it started" in line and "Cannot open" in line and "no session starts" in line, line
     again = cli(devshell_cli, shell, "--script", _script(shell, "echo the session ran"))
-    assert again.returncode == 0 and again.stdout == "the session ran\n", again.stderr
+    assert again.exit_code == 0 and again.stdout == "the session ran\n", again.stderr
 
 
 def test_a_devshell_put_on_another_network_is_refused_and_removed(devshell_factory, egress_cell,
                                                                  networked_runtime):
-    shell = devshell_factory(egress_cell, runtime=networked_runtime)
+    shell = devshell_factory.open(egress_cell, runtime=networked_runtime)
     shell.engine.client.api.connect_container_to_network(shell.name, "bridge")
     o = shell.opts
     with pytest.raises(DevshellError, match="not its egress network alone"):
-        devshell_factory(egress_cell, instance=o.instance, checkout=o.checkout, patches_out=o.patches_out,
-                         host_cache=o.host_cache or False, runtime=networked_runtime)
+        devshell_factory.open(egress_cell, instance=o.instance, checkout=o.checkout,
+                              patches_out=o.patches_out, host_cache=o.host_cache or False,
+                              runtime=networked_runtime)
     assert shell.engine.inspect(shell.name) is None
 
 
@@ -331,7 +332,7 @@ def test_a_runtime_without_a_network_refuses_allow(devshell_engine, devshell_fac
     if not none:
         pytest.skip("no runtime without a network is registered on this engine")
     with pytest.raises(DevshellError, match="--network allow needs a network"):
-        devshell_factory(egress_cell, runtime=none[0], profile="locked")
+        devshell_factory.open(egress_cell, runtime=none[0], profile="locked")
 
 
 # --- the audit log and the policy's life ------------------------------------------------------
@@ -340,12 +341,12 @@ def test_a_runtime_without_a_network_refuses_allow(devshell_engine, devshell_fac
 def test_the_log_survives_rm_and_shows_both_verdicts(devshell_factory, egress_cell, networked_runtime, mirror,
                                                       devshell_cli):
     # A devshell of its own: --rm takes its container away, and the module's is shared.
-    allow_shell = devshell_factory(egress_cell, runtime=networked_runtime)
+    allow_shell = devshell_factory.open(egress_cell, runtime=networked_runtime)
     as_user(allow_shell, via_proxy(f"GET http://{mirror}/debian/ HTTP/1.1"))
     as_user(allow_shell, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1"))
     before = net_log(devshell_cli, allow_shell)
     removed = cli(devshell_cli, allow_shell, "--rm")
-    assert removed.returncode == 0 and allow_shell.engine.inspect(allow_shell.name) is None, removed.stderr
+    assert removed.exit_code == 0 and allow_shell.engine.inspect(allow_shell.name) is None, removed.stderr
     after = net_log(devshell_cli, allow_shell)
     assert after == before
     assert {"allowed", "denied"} <= {e["verdict"] for e in after}
@@ -426,13 +427,13 @@ def test_a_non_root_user_gets_the_policy_and_a_log_of_its_own(tester, tester_pyt
 
 def test_a_policy_change_recreates_the_proxy_and_keeps_the_devshell(devshell_factory, egress_cell,
                                                                     networked_runtime, devshell_engine):
-    first = devshell_factory(egress_cell, runtime=networked_runtime)
+    first = devshell_factory.open(egress_cell, runtime=networked_runtime)
     proxy = egress.proxy_name(first.name)
     before = devshell_engine.inspect(proxy)["Id"]
     o = first.opts
     wider = egress_cell._replace(allow=(*egress_cell.allow, egress.parse_rule(DENIED)))
-    again = devshell_factory(wider, instance=o.instance, checkout=o.checkout, patches_out=o.patches_out,
-                             host_cache=o.host_cache or False, runtime=networked_runtime)
+    again = devshell_factory.open(wider, instance=o.instance, checkout=o.checkout, patches_out=o.patches_out,
+                                  host_cache=o.host_cache or False, runtime=networked_runtime)
     assert again.outcome.state == "reused", again.outcome
     assert devshell_engine.inspect(proxy)["Id"] != before
     out = as_user(again, via_proxy(f"CONNECT {DENIED}:443 HTTP/1.1")).stdout
@@ -441,7 +442,7 @@ def test_a_policy_change_recreates_the_proxy_and_keeps_the_devshell(devshell_fac
 
 def test_the_session_line_and_list_state_allow_and_the_proxy(allow_shell, devshell_cli):
     done = cli(devshell_cli, allow_shell, "--script", _script(allow_shell, "true"))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert " · network allow · " in done.stderr, done.stderr
     listed = devshell_cli(None, "--list", "--json", f"--instance={allow_shell.opts.instance}",
                           f"--cells-dir={os.path.dirname(allow_shell.cell.source)}")
@@ -469,7 +470,7 @@ def test_net_learn_prints_what_a_session_asked_for_then_restores_the_policy(allo
     if allow_shell.opts.profile:
         argv.append(f"--profile={allow_shell.opts.profile}")
     learned = devshell_cli(None, *argv)
-    assert learned.returncode == 0, learned.stderr
+    assert learned.exit_code == 0, learned.stderr
     assert "HTTP/1.1 200" in learned.stdout, learned.stdout  # let through while learning
     block = yaml.safe_load(learned.stdout[learned.stdout.index("network:"):])
     assert block["network"]["mode"] == "allow" and block["network"]["allow"] == [DENIED], learned.stdout

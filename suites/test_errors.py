@@ -20,7 +20,7 @@ def engine_state(devshell_engine):
 
 
 def assert_one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
+    assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("devshell: error: "), result.stderr
     assert "fix:" in lines[0]
@@ -64,7 +64,7 @@ def test_a_missing_docker_cli_is_found_before_anything_changes(devshell_factory,
                                                                tmp_path):
     """Sessions are handed to the docker CLI: without it, a launch that would recreate the
     container (another patches dir) must fail first, leaving the container as it was."""
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     before = engine_state(shell.name)
     script = tmp_path / "s.sh"
     script.write_text("#!/bin/sh\ntrue\n")

@@ -67,7 +67,7 @@ def script(tmp_path):
 def precious(devshell_factory):
     """A devshell holding a file in its volume and a patch in its drop dir, and check(shell)
     that proves both are still there, byte for byte, through a launch that must succeed."""
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     src = dict(shell.spec.env)["DEVSHELL_SRC"]
     body = os.urandom(4096).hex()
     assert shell.run(f"printf %s {body} > {src}/precious").exit_code == 0
@@ -77,7 +77,7 @@ def precious(devshell_factory):
     want = {"volume": hashlib.sha256(body.encode()).hexdigest(), "patch": _sha(patch)}
 
     def check(after, *, patch_at=patch):
-        assert after.returncode == 0, after.stderr
+        assert after.exit_code == 0, after.stderr
         assert "recovered" in after.stdout
         got = shell.engine.exec(shell.name, ["sha256sum", f"{src}/precious"]).stdout.split()[:1]
         assert {"volume": got[0] if got else None, "patch": _sha(patch_at)} == want
@@ -140,7 +140,7 @@ def test_removed_volume_recovers_with_a_new_one(precious, devshell_cli, script):
     docker("rm", "-f", precious.name)
     docker("volume", "rm", precious.spec.volume)
     done = again(devshell_cli, precious, script)
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert "fresh" in done.stderr
     # The volume's file went with the volume (the user removed it); the drop dir's patch did not.
     assert os.path.exists(os.path.join(precious.opts.patches_out, "0001-keep.patch"))
@@ -310,7 +310,7 @@ def test_control_a_bare_docker_exec_leaves_the_script_running(precious, script):
 def test_records_of_ended_sessions_do_not_pile_up(precious, devshell_cli, script):
     records = f"{STATE_DIR}/sessions"
     precious.exec(["bash", "-c", f"for n in $(seq 100); do echo 999999 > {records}/dead$n; done"])
-    assert again(devshell_cli, precious, script).returncode == 0
+    assert again(devshell_cli, precious, script).exit_code == 0
     left = precious.exec(["bash", "-c", f"ls {records} | wc -l"]).stdout.strip()
     assert int(left) <= 2, "the dead sessions' records were swept; this session's is kept"
 
@@ -320,7 +320,7 @@ def test_records_of_ended_sessions_do_not_pile_up(precious, devshell_cli, script
 @pytest.mark.fault("four concurrent first launches")
 @pytest.mark.parametrize("locks", ["one lock", "a lock each (as four host users have)"])
 def test_four_first_launches_share_one_container(devshell_factory, script, locks, tmp_path):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     docker("rm", "-f", shell.name)
     docker("volume", "rm", shell.spec.volume)
     body = "#!/bin/sh\ntouch /patches/ran-$$\necho recovered\n"
@@ -370,9 +370,9 @@ def test_unwritable_drop_dir_fails_loudly_then_recovers(precious, devshell_cli, 
     os.chmod(precious.opts.patches_out, 0o555)
     try:
         verified = devshell_cli(precious, "--verify")
-        assert verified.returncode != 0 and "FAIL patches-writable" in verified.stdout
+        assert verified.exit_code != 0 and "FAIL patches-writable" in verified.stdout
         refused = again(devshell_cli, precious, script)
-        assert refused.returncode == 2 and "cannot write the patches dir" in refused.stderr
+        assert refused.exit_code == 2 and "cannot write the patches dir" in refused.stderr
     finally:
         os.chmod(precious.opts.patches_out, 0o700)
     precious.check(again(devshell_cli, precious, script))
@@ -410,7 +410,7 @@ def test_silent_engine_is_one_line_in_seconds_then_recovers(precious, devshell_c
     started = time.monotonic()
     done = devshell_cli(precious, "--script", script(), env={"DOCKER_HOST": silent_engine})
     took = time.monotonic() - started
-    assert done.returncode == 2 and "did not answer" in done.stderr, done.stderr
+    assert done.exit_code == 2 and "did not answer" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert took < 15, f"took {took:.0f} s: the bound is PING_TIMEOUT (5 s) plus a start"
     precious.check(again(devshell_cli, precious, script))
@@ -419,7 +419,7 @@ def test_silent_engine_is_one_line_in_seconds_then_recovers(precious, devshell_c
 @pytest.mark.fault("engine unreachable")
 def test_unreachable_engine_is_one_line_then_recovers(precious, devshell_cli, script, tmp_path):
     done = devshell_cli(precious, "--script", script(), env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
-    assert done.returncode == 2 and "no Docker engine answers" in done.stderr, done.stderr
+    assert done.exit_code == 2 and "no Docker engine answers" in done.stderr, done.stderr
     precious.check(again(devshell_cli, precious, script))
 
 
@@ -445,10 +445,10 @@ def test_another_cell_never_removes_or_verifies_this_container(
     before = precious.engine.inspect(precious.name)["Id"]
     for action in ("--rm", "--verify"):
         done = devshell_cli(None, other, *flags, "--instance", tail, action)
-        assert done.returncode == 2 and f"belongs to cell {devshell_cell.name}" in done.stderr, done.stderr
+        assert done.exit_code == 2 and f"belongs to cell {devshell_cell.name}" in done.stderr, done.stderr
     assert precious.engine.inspect(precious.name)["Id"] == before
     # The control: under its own cell, the same --verify acts.
-    assert devshell_cli(precious, "--verify").returncode == 0
+    assert devshell_cli(precious, "--verify").exit_code == 0
     precious.check(again(devshell_cli, precious, script))
 
 
@@ -459,7 +459,7 @@ def test_a_foreign_volume_is_refused_not_adopted(devshell, devshell_cli, devshel
     docker("volume", "create", name)
     docker("run", "--rm", "-v", f"{name}:/v", devshell.spec.image, "sh", "-c", "echo mine > /v/theirs")
     done = devshell_cli(devshell, "--script", script(), instance=instance)
-    assert done.returncode == 2 and "devshell did not create" in done.stderr, done.stderr
+    assert done.exit_code == 2 and "devshell did not create" in done.stderr, done.stderr
     assert devshell.engine.inspect(name) is None
     owner = docker("run", "--rm", "-v", f"{name}:/v", devshell.spec.image, "stat", "-c", "%u %a", "/v/theirs")
     assert owner.stdout.split() == ["0", "644"], "nothing in it was chowned"

@@ -7,8 +7,10 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from hostuser import as_tester
 
 from devshell.labels import MANAGED
 from devshell.plugin import LABEL_PID, LABEL_RUN
@@ -23,6 +25,14 @@ def test_our_project_commits_in_this_cell(devshell):
     assert result.exit_code == 0, result.stderr
     assert result.stdout.split() == ["0001-first.patch"]
 '''
+
+
+FIXTURES_MD = Path(__file__).resolve().parent.parent / "docs" / "fixtures.md"
+
+
+def python_examples(markdown: Path) -> list[str]:
+    """Every ```python block of a page, in order."""
+    return re.findall(r"^```python\n(.*?)^```$", markdown.read_text(), flags=re.MULTILINE | re.DOTALL)
 
 
 def cell_args(devshell_cell, devshell_cells_path, profile):
@@ -51,6 +61,64 @@ def test_downstream_repo_gets_the_fixtures_by_installing_devshell(
                                            "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert leftovers(devshell_engine, run_id(result)) == []
+
+
+# The docs travel with the repository, not with a wheel: where they are not beside the suites
+# (an installed copy run by devshell.contract), these tests are not defined at all.
+if FIXTURES_MD.is_file():
+    EXAMPLES = python_examples(FIXTURES_MD)
+
+    def test_fixtures_md_has_its_examples():
+        """The page's examples are found: a parser that found none would make the next test vanish."""
+        assert len(EXAMPLES) >= 3
+
+    @pytest.mark.parametrize("example", EXAMPLES, ids=[f"example {n + 1}" for n in range(len(EXAMPLES))])
+    def test_every_python_example_in_fixtures_md_runs_as_written(
+            pytester, example, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
+        pytester.makepyfile(test_example=example)
+        args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
+        result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=len(re.findall(r"^def test_", example, flags=re.MULTILINE)))
+        assert leftovers(devshell_engine, run_id(result)) == []
+
+
+def test_the_reaper_is_turned_off_only_in_a_run_that_uses_the_fixtures(pytester, monkeypatch):
+    """testcontainers' Ryuk cannot be pulled here, and devshell's sweep does its job, but only
+    for a run that uses devshell's fixtures: installing devshell changes no other run."""
+    monkeypatch.delenv("TESTCONTAINERS_RYUK_DISABLED", raising=False)
+    pytester.makepyfile(
+        test_plain="import os\n\ndef test_plain():\n"
+                   "    assert 'TESTCONTAINERS_RYUK_DISABLED' not in os.environ\n",
+        test_uses="import os\n\ndef test_uses(devshell_cell):\n"
+                  "    assert os.environ['TESTCONTAINERS_RYUK_DISABLED'] == 'true'\n")
+    pytester.runpytest_subprocess("test_plain.py", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("test_uses.py", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_non_root_user_reads_and_removes_what_its_devshell_wrote(
+        tester, tester_python, tester_base, devshell_cell, devshell_cells_path, devshell_profile):
+    """The fixtures' dev is the user running pytest: the patch the agent wrote is theirs, and so
+    is every directory the run left under pytest's basetemp (a fixed 1000 made both unreadable
+    to any other user, and the temporary directories piled up)."""
+    python, env = tester_python
+    with open(os.path.join(tester_base, "test_downstream.py"), "w") as f:
+        f.write(DOWNSTREAM_TEST + '''
+
+def test_the_patch_is_mine(devshell):
+    import os, pathlib
+    patch = pathlib.Path(devshell.opts.patches_out) / "0001-first.patch"
+    assert (patch.stat().st_uid, devshell.opts.uid) == (os.getuid(), os.getuid())
+    assert os.listdir(devshell.opts.patches_out) == [patch.name] and patch.read_bytes() is not None
+''')
+    basetemp = os.path.join(tester_base, "basetemp")
+    # The cells dirs are readable by the tester as the suites' copy of this environment is.
+    args = cell_args(devshell_cell, [d for d in devshell_cells_path if os.access(d, os.R_OK)],
+                     devshell_profile)
+    done = as_tester(tester, python, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
+                     "test_downstream.py", *args, cwd=tester_base, env=env, timeout=600)
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
+    removed = as_tester(tester, "rm", "-rf", basetemp, cwd=tester_base)
+    assert removed.returncode == 0 and not os.path.exists(basetemp), removed.stderr
 
 
 def test_failing_run_leaves_no_containers_or_volumes(

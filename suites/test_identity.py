@@ -16,7 +16,7 @@ def test_shell_starts_in_the_workspace_with_dev_home(devshell):
 
 
 def test_existing_user_at_the_uid_is_renamed_to_dev(devshell_factory):
-    shell = devshell_factory("runner-1001", uid=1001, gid=1001)
+    shell = devshell_factory.open("runner-1001", uid=1001, gid=1001)
     result = shell.run("getent passwd 1001 | cut -d: -f1,6; getent group 1001 | cut -d: -f1;"
                        " getent passwd runner || echo no-runner; awk -F: '$3==1001' /etc/passwd | wc -l")
     assert result.stdout.split() == ["dev:/home/dev", "dev", "no-runner", "1"]
@@ -26,7 +26,7 @@ def test_host_uid_0_does_not_make_dev_root(devshell_factory, tmp_path):
     opts = parse(["--checkout", str(tmp_path)],
                  HostFacts(cwd=str(tmp_path), home="/root", uid=0, gid=0))
     assert opts.uid != 0 and opts.gid != 0
-    shell = devshell_factory(uid=opts.uid, gid=opts.gid)
+    shell = devshell_factory.open(uid=opts.uid, gid=opts.gid)
     assert shell.run("id -u; id -g").stdout.split() == [str(opts.uid), str(opts.gid)]
 
 

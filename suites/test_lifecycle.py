@@ -15,7 +15,7 @@ from devshell.spec import container_name
 
 
 def assert_one_line_error(result, *needles):
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("devshell: error: ") and "fix:" in lines[0], result.stderr
     assert result.stdout == ""
@@ -44,7 +44,7 @@ def state(engine, name):
 
 
 def test_status_of_a_matching_devshell(devshell_factory, devshell_cli):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run("true").exit_code == 0  # a session, so there is a last one to show
     doc = one_document(status_of(devshell_cli, shell.opts, "--json"))
     assert (doc["container"], doc["state"], doc["owner"]) == (shell.name, "running", "devshell")
@@ -52,12 +52,12 @@ def test_status_of_a_matching_devshell(devshell_factory, devshell_cli):
     assert (doc["volume_present"], doc["volume_owner"], doc["image"]) == (True, "devshell", shell.spec.image)
     assert doc["last_session"] and doc["last_session"].endswith("Z")
     text = status_of(devshell_cli, shell.opts)
-    assert text.returncode == 0 and "matches: a launch would reuse it" in text.stdout
+    assert text.exit_code == 0 and "matches: a launch would reuse it" in text.stdout
 
 
 def test_status_names_the_flags_that_differ_and_changes_nothing(devshell_factory, devshell_cli,
                                                                 devshell_engine):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     before = state(devshell_engine, shell.name)
     result = status_of(devshell_cli, shell.opts._replace(ai_config_ro=False), "--json")
     doc = one_document(result)
@@ -92,7 +92,7 @@ def test_status_without_a_cell_lists_our_devshells(devshell, devshell_cli):
     row = ours[0]
     assert (row["cell"], row["container"], row["volume"]) == (devshell.spec.cell, "running", "present")
     text = devshell_cli(None, "status")
-    assert text.returncode == 0 and devshell.name in text.stdout
+    assert text.exit_code == 0 and devshell.name in text.stdout
 
 
 # --- down -------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def down(devshell_cli, shell, *flags):
 
 
 def test_down_removes_the_container_and_keeps_the_volume(devshell_factory, devshell_cli, devshell_engine):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     result = down(devshell_cli, shell, "--json")
     doc = one_document(result)
     assert (doc["container_removed"], doc["volume_state"]) == (True, "kept")
@@ -111,9 +111,9 @@ def test_down_removes_the_container_and_keeps_the_volume(devshell_factory, devsh
 
 
 def test_down_volume_yes_removes_both(devshell_factory, devshell_cli, devshell_engine):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     result = down(devshell_cli, shell, "--volume", "--yes")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert "removed" in result.stdout and shell.name in result.stdout
     assert state(devshell_engine, shell.name) == (None, False)
 
@@ -122,7 +122,7 @@ def test_down_volume_in_use_by_another_container_removes_nothing(devshell_factor
                                                                   devshell_engine):
     import subprocess
 
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     other = f"{shell.name}-user"
     subprocess.run(["docker", "create", "--name", other, "-v", f"{shell.spec.volume}:/x", shell.spec.image,
                     "true"], check=True, capture_output=True)
@@ -133,13 +133,13 @@ def test_down_volume_in_use_by_another_container_removes_nothing(devshell_factor
     finally:
         subprocess.run(["docker", "rm", "-f", other], capture_output=True)
     # The control: with the other container gone, the same command removes both.
-    assert down(devshell_cli, shell, "--volume", "--yes").returncode == 0
+    assert down(devshell_cli, shell, "--volume", "--yes").exit_code == 0
     assert state(devshell_engine, shell.name) == (None, False)
 
 
 def test_down_volume_without_a_terminal_or_yes_removes_nothing(devshell_factory, devshell_cli,
                                                                devshell_engine):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     before = state(devshell_engine, shell.name)
     # devshell_cli's stdin is /dev/null: no terminal to ask
     assert_one_line_error(down(devshell_cli, shell, "--volume"), "no terminal", "--yes")
@@ -193,7 +193,7 @@ def test_down_volume_refuses_a_volume_that_is_not_this_cells(planted, devshell, 
     assert devshell_engine.volume_present(name)
     # control: without --volume the volume is not down's business, and is left alone
     kept = devshell_cli(None, "down", devshell.spec.cell, "--instance", instance)
-    assert kept.returncode == 0, kept.stderr
+    assert kept.exit_code == 0, kept.stderr
     assert devshell_engine.volume_present(name)
 
 
@@ -205,7 +205,7 @@ def test_doctor_json_is_one_document_and_lists_a_planted_foreign_volume(planted,
     _, name = planted("volume")
     result = devshell_cli(None, "doctor", "--json")
     doc = one_document(result)
-    assert result.returncode == 1 and doc["healthy"] is False
+    assert result.exit_code == 1 and doc["healthy"] is False
     found = [p for p in doc["problems"] if p["object"] == f"volume {name}"]
     assert len(found) == 1 and name in found[0]["fix"]
     assert doc["engine"]["api_version"] and doc["engine"]["storage_driver"]
@@ -215,7 +215,7 @@ def test_doctor_json_is_one_document_and_lists_a_planted_foreign_volume(planted,
     after = one_document(devshell_cli(None, "doctor", "--json"))
     assert not [p for p in after["problems"] if p["object"] == f"volume {name}"]
     text = devshell_cli(None, "doctor")
-    assert text.returncode in (0, 1) and text.stdout.splitlines()[0].startswith("engine")
+    assert text.exit_code in (0, 1) and text.stdout.splitlines()[0].startswith("engine")
 
 
 def test_doctor_names_a_baked_image_no_container_uses_and_not_one_in_use(devshell_factory, devshell_cli,
@@ -223,7 +223,7 @@ def test_doctor_names_a_baked_image_no_container_uses_and_not_one_in_use(devshel
     # A locked devshell runs a baked image: in use, never offered for removal. An image of its
     # own (the cell's image with a label: a new id) under the baked repository, which no
     # container was made from, stands for the bake an older init or setup left behind.
-    shell = devshell_factory(profile="locked")
+    shell = devshell_factory.open(profile="locked")
     in_use = devshell_engine.inspect(shell.name)["Config"]["Image"]
     assert in_use.startswith("devshell/locked:"), in_use
     left_behind = f"devshell/locked:doctor-{devshell_instance()}"
@@ -248,7 +248,7 @@ def test_every_json_output_is_exactly_one_document(devshell, devshell_cli, devsh
         if argv[0] == cell:
             argv = ["status", *argv]
         result = devshell_cli(None, *argv)
-        assert result.returncode in (0, 1), (argv, result.stderr)
+        assert result.exit_code in (0, 1), (argv, result.stderr)
         assert isinstance(one_document(result), dict), argv
 
 
@@ -258,6 +258,6 @@ def test_list_names_a_broken_cell_file_and_lists_the_others(devshell_cli, devshe
     assert devshell_cell.name in {c["cell"] for c in doc["cells"]}
     assert len(doc["notes"]) == 1 and "broken.yaml" in doc["notes"][0]
     text = devshell_cli(None, "--list", "--cells-dir", str(tmp_path))
-    assert text.returncode == 0 and devshell_cell.name in text.stdout
+    assert text.exit_code == 0 and devshell_cell.name in text.stdout
     assert [line for line in text.stderr.splitlines() if "broken.yaml" in line] == text.stderr.splitlines()
     assert len(text.stderr.splitlines()) == 1

@@ -27,13 +27,13 @@ def networked_runtime(devshell_engine, devshell_runtime):
 def open_shell(devshell_factory, networked_runtime):
     """A devshell on the engine's network: where the listener is reached, and on whose bridge
     it listens."""
-    return devshell_factory(network="open", runtime=networked_runtime)
+    return devshell_factory.open(network="open", runtime=networked_runtime)
 
 
 @pytest.fixture(scope="module")
 def none_shell(devshell_factory, devshell_cell):
     """A devshell whose cell says network none (the flag's own path is in the CLI tests)."""
-    return devshell_factory(devshell_cell._replace(network="none"))
+    return devshell_factory.open(devshell_cell._replace(network="none"))
 
 
 def interfaces(shell) -> list[str]:
@@ -94,11 +94,11 @@ def test_own_hostname_resolves_under_network_none(none_shell):
 @pytest.mark.parametrize("mode", ["none", "open"])
 def test_the_session_line_and_list_state_the_network(mode, devshell_factory, devshell_cli, networked_runtime,
                                                      tmp_path):
-    shell = devshell_factory(network=mode, runtime=networked_runtime)
+    shell = devshell_factory.open(network=mode, runtime=networked_runtime)
     script = tmp_path / "s.sh"
     script.write_text("#!/bin/sh\ntrue\n")
     done = devshell_cli(shell, "--script", str(script))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith(f"devshell: {shell.name} ")]
     assert f" · network {mode} · " in line, line
     summary = json.loads(devshell_cli(shell, "--script", str(script), json=True).stderr.splitlines()[0])
@@ -110,9 +110,9 @@ def test_the_session_line_and_list_state_the_network(mode, devshell_factory, dev
 
 
 def test_changing_the_network_recreates_the_container(devshell_factory):
-    first = devshell_factory(network="open")
+    first = devshell_factory.open(network="open")
     o = first.opts
-    again = devshell_factory(instance=o.instance, checkout=o.checkout, patches_out=o.patches_out,
-                             host_cache=o.host_cache or False, network="none")
+    again = devshell_factory.open(instance=o.instance, checkout=o.checkout, patches_out=o.patches_out,
+                                  host_cache=o.host_cache or False, network="none")
     assert (again.outcome.state, again.network) == ("recreated", "none"), again.outcome
     assert "network" in again.outcome.why

@@ -133,7 +133,7 @@ def bounded(shell, call: Callable[[], Any], bound: float = SESSION_BOUND) -> Any
 def open_entered(devshell_factory, *, profile: str, runtime: str | None, cell=None, **options):
     """A devshell under profile and runtime (new unless options name an existing one's
     instance and dirs), entered once (init converged)."""
-    shell = devshell_factory(cell, profile=profile, runtime=runtime, **options)
+    shell = devshell_factory.open(cell, profile=profile, runtime=runtime, **options)
     session(shell, "true")
     return shell
 
@@ -422,7 +422,7 @@ def test_gvisor_verify_fails_closed_without_the_filter(locked):
 
 
 def one_line_error(result, *needles: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("devshell: error: "), result.stderr
     for needle in needles:
@@ -456,7 +456,7 @@ def test_as_root_is_refused_with_profile_locked(locked, devshell_cli, devshell_e
 def test_control_as_root_works_with_profile_standard(standard, devshell_cli, tmp_path):
     script = write_script(tmp_path / "root.sh", "id -u")
     result = devshell_cli(standard, "--script", script, as_root=True, profile="standard")
-    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
+    assert (result.exit_code, result.stdout) == (0, "0\n"), result.stderr
 
 
 # --- a cell's own profile and limits ------------------------------------------------------
@@ -732,8 +732,8 @@ def test_limits_reach_the_engine(profile, devshell_factory, devshell_cell, runti
     assert (host["PidsLimit"], host["Memory"], host["MemorySwap"]) == \
         (devshell_cell.pids_limit, devshell_cell.memory_limit, devshell_cell.memory_limit)
     assert devshell_cell.pids_limit > 0 and devshell_cell.memory_limit > 0
-    small = devshell_factory(devshell_cell._replace(pids_limit=PIDS_LIMIT, memory_limit=MEMORY_LIMIT),
-                             profile=profile, runtime=runtime_for(profile))
+    small = devshell_factory.open(devshell_cell._replace(pids_limit=PIDS_LIMIT, memory_limit=MEMORY_LIMIT),
+                                  profile=profile, runtime=runtime_for(profile))
     host = small.engine.inspect(small.name)["HostConfig"]
     assert (host["PidsLimit"], host["Memory"], host["MemorySwap"]) == (PIDS_LIMIT, MEMORY_LIMIT, MEMORY_LIMIT)
 
@@ -758,7 +758,7 @@ def test_list_states_profile_and_runtime(profile, request, devshell_cli):
     shell = request.getfixturevalue(profile)
     dirs = [f"--cells-dir={d}" for d in shell.opts.cells_dirs]
     listed = devshell_cli(None, "--list", "--json", f"--instance={shell.opts.instance}", *dirs)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.exit_code == 0, listed.stderr
     [row] = [r for r in json.loads(listed.stdout)["cells"] if r["cell"] == shell.spec.cell]
     assert (row["container"], row.get("profile"), row.get("runtime")) == \
         ("running", profile, shell.runtime), row
@@ -784,12 +784,12 @@ def gvisor(devshell_engine):
 @pytest.fixture(scope="module")
 def runc_locked(devshell_factory, devshell_engine):
     """A locked devshell under runc, whatever the run's runtime: the network's control."""
-    return devshell_factory(profile="locked", runtime=runc_runtime(devshell_engine))
+    return devshell_factory.open(profile="locked", runtime=runc_runtime(devshell_engine))
 
 
 @pytest.mark.attack("network", "connect to the host from a gVisor devshell")
 def test_gvisor_devshell_has_no_network(gvisor, devshell_factory, bridge_listener, connect, runc_locked):
-    shell = devshell_factory(profile="locked", runtime=gvisor)
+    shell = devshell_factory.open(profile="locked", runtime=gvisor)
     assert shell.gvisor and "no network" in shell.runtime and shell.network == "none", shell.runtime
     listener = bridge_listener(runc_locked)
     result = connect(shell, listener)

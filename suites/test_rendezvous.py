@@ -65,7 +65,7 @@ def owners_and_modes(repo):
 
 
 def test_patches_formatted_inside_are_owned_by_the_dev_ids(devshell_factory, host_repo):
-    shell = devshell_factory(checkout=host_repo)
+    shell = devshell_factory.open(checkout=host_repo)
     result = shell.run(AGENT_WORK)
     assert result.exit_code == 0, result.stderr
     drop = shell.opts.patches_out
@@ -78,7 +78,7 @@ def test_patches_formatted_inside_are_owned_by_the_dev_ids(devshell_factory, hos
 
 def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(devshell_factory, host_repo):
     before = owners_and_modes(host_repo)
-    shell = devshell_factory(checkout=host_repo)
+    shell = devshell_factory.open(checkout=host_repo)
     assert shell.run(AGENT_WORK).exit_code == 0
     assert owners_and_modes(host_repo) == before
     assert git(host_repo, "status", "--porcelain") == ""  # no "dubious ownership"
@@ -86,7 +86,7 @@ def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(devshell_
 
 def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(devshell_factory,
                                                                               host_repo):
-    shell = devshell_factory(checkout=host_repo)
+    shell = devshell_factory.open(checkout=host_repo)
     assert shell.run(AGENT_WORK).exit_code == 0
     checked = devshell_patches(shell, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -101,7 +101,7 @@ def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(dev
 
 
 def test_patches_list_shows_subject_author_and_diffstat(devshell_factory, host_repo):
-    shell = devshell_factory(checkout=host_repo)
+    shell = devshell_factory.open(checkout=host_repo)
     assert shell.run(AGENT_WORK).exit_code == 0
     listed = devshell_patches(shell, "list")
     assert listed.returncode == 0, listed.stderr

@@ -25,28 +25,28 @@ def test_script_exit_code_zero_is_returned(devshell, devshell_cli, tmp_path):
     script = tmp_path / "ok.sh"
     script.write_text("#!/bin/sh\nid\n")
     result = devshell_cli(devshell, "--script", str(script))
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert f"uid={devshell.opts.uid}(dev) gid={devshell.opts.gid}(dev)" in result.stdout
 
 
 def test_script_nonzero_exit_code_is_returned(devshell, devshell_cli, tmp_path):
     script = tmp_path / "fail.sh"
     script.write_text("#!/bin/sh\nexit 7\n")
-    assert devshell_cli(devshell, "--script", str(script)).returncode == 7
+    assert devshell_cli(devshell, "--script", str(script)).exit_code == 7
 
 
 def test_reentry_reuses_the_container(devshell, devshell_factory):
     first = devshell.engine.inspect(devshell.name)["Id"]
-    again = devshell_factory(checkout=devshell.opts.checkout, patches_out=devshell.opts.patches_out,
-                             host_cache=devshell.opts.host_cache, instance=devshell.opts.instance)
+    again = devshell_factory.open(checkout=devshell.opts.checkout, patches_out=devshell.opts.patches_out,
+                                  host_cache=devshell.opts.host_cache, instance=devshell.opts.instance)
     assert again.outcome.state == "reused"
     assert devshell.engine.inspect(devshell.name)["Id"] == first
 
 
 def test_different_patches_dir_recreates_the_container(devshell_factory, tmp_path):
-    shell = devshell_factory()
-    again = devshell_factory(checkout=shell.opts.checkout, patches_out=tmp_path / "other",
-                             host_cache=shell.opts.host_cache, instance=shell.opts.instance)
+    shell = devshell_factory.open()
+    again = devshell_factory.open(checkout=shell.opts.checkout, patches_out=tmp_path / "other",
+                                  host_cache=shell.opts.host_cache, instance=shell.opts.instance)
     assert again.outcome.state == "recreated"
     assert "/patches" in again.outcome.why
     assert again.run("true").exit_code == 0
@@ -55,10 +55,10 @@ def test_different_patches_dir_recreates_the_container(devshell_factory, tmp_pat
 def test_a_patches_dir_replaced_on_the_host_recreates_the_container(devshell_factory):
     """The spec holds each bound directory's identity: the same path with another directory
     behind it is not the container's any more."""
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     os.rename(shell.opts.patches_out, shell.opts.patches_out + ".old")
-    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
-                             host_cache=shell.opts.host_cache, instance=shell.opts.instance)
+    again = devshell_factory.open(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                                  host_cache=shell.opts.host_cache, instance=shell.opts.instance)
     assert again.outcome.state == "recreated"
     assert "DEVSHELL_BIND_IDS" in again.outcome.why
     assert again.run("touch /patches/new").exit_code == 0
@@ -66,11 +66,11 @@ def test_a_patches_dir_replaced_on_the_host_recreates_the_container(devshell_fac
 
 
 def test_stopped_container_is_started_and_reused(devshell_factory):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     shell.engine.client.api.stop(shell.name, timeout=5)
-    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
-                             host_cache=shell.opts.host_cache,
-                             instance=shell.opts.instance)
+    again = devshell_factory.open(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                                  host_cache=shell.opts.host_cache,
+                                  instance=shell.opts.instance)
     assert (again.outcome.state, again.outcome.why) == ("reused", "started")
     assert again.run("true").exit_code == 0
 
@@ -79,12 +79,12 @@ def test_stopped_container_is_started_and_reused(devshell_factory):
 # the package, is verified at all).
 @pytest.mark.standard_profile
 def test_state_init_cannot_repair_fails_the_session_loudly(devshell_factory, devshell_cli, tmp_path):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.exec(["rm", "/usr/bin/sudo"]).exit_code == 0  # init installs no packages
     script = tmp_path / "never.sh"
     script.write_text("#!/bin/sh\necho ran\n")
     result = devshell_cli(shell, "--script", str(script))
-    assert result.returncode == 3
+    assert result.exit_code == 3
     assert "sudoers" in result.stderr and "Traceback" not in result.stderr
     assert "ran" not in result.stdout
     assert shell.engine.inspect(shell.name)["State"]["Running"], "left for inspection"
@@ -102,7 +102,7 @@ def test_json_summary_is_the_one_thing_on_stderr_and_stdout_stays_the_scripts(
     if os.getuid() == 0:
         argv = [a for a in argv if not a.startswith(("--uid=", "--gid="))]
     done = devshell_cli(None, *argv, "--script", str(script), "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert done.stdout == "from-the-script\n"
     (line,) = done.stderr.splitlines()
     summary = json.loads(line)

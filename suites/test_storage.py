@@ -37,7 +37,7 @@ def test_every_bind_is_non_recursive(devshell):
 
 
 def test_without_host_cache_nothing_is_bound_at_cache(devshell_factory):
-    shell = devshell_factory(host_cache=False)
+    shell = devshell_factory.open(host_cache=False)
     assert {m[2] for m in mounts_of(shell)} == {shell.spec.workspace, PATCHES, CHECKOUT}
     assert shell.run("test ! -e /cache").exit_code == 0
 
@@ -71,14 +71,14 @@ def test_workspace_and_its_dirs_belong_to_dev(devshell):
 
 
 def test_rm_removes_the_container_and_keeps_the_volumes_data(devshell_factory, devshell_cli):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run('echo kept > "$DEVSHELL_SRC/file"').exit_code == 0
     removed = devshell_cli(shell, "--rm")
-    assert removed.returncode == 0, removed.stderr
+    assert removed.exit_code == 0, removed.stderr
     assert shell.engine.inspect(shell.name) is None
-    again = devshell_factory(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
-                             host_cache=False,
-                             instance=shell.opts.instance)
+    again = devshell_factory.open(checkout=shell.opts.checkout, patches_out=shell.opts.patches_out,
+                                  host_cache=False,
+                                  instance=shell.opts.instance)
     assert again.outcome.state == "fresh"
     assert again.run('cat "$DEVSHELL_SRC/file"').stdout == "kept\n"
 
@@ -106,7 +106,7 @@ def test_a_symlink_in_the_host_cache_ai_dirs_is_refused(devshell_cli, devshell_i
     (tmp_path / "project").mkdir()
     result = devshell_cli(None, "--checkout", str(tmp_path / "project"), "--host-cache-dir",
                           str(cache), "--instance", devshell_instance())
-    assert result.returncode == 2, result.stderr
+    assert result.exit_code == 2, result.stderr
     assert "symlink is never followed" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -121,6 +121,6 @@ def test_a_symlinked_home_still_gets_its_default_drop_dir(devshell_cli, devshell
     result = devshell_cli(None, "--checkout", str(tmp_path / "checkout"), "--instance", devshell_instance(),
                           "--script", str(script), env={"HOME": str(tmp_path / "home"),
                                                         "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     drops = tmp_path / "real-home" / ".local" / "state" / "devshell" / "patches"
     assert [p.name for p in drops.glob("*/made")] == ["made"]

@@ -59,7 +59,7 @@ def live(devshell_factory, tmp_path):
     cache = tmp_path / "cache"
     (cache / "ai").mkdir(parents=True)
     (cache / "ai" / "settings.json").write_text("{}\n")
-    shell = devshell_factory(host_cache=cache)
+    shell = devshell_factory.open(host_cache=cache)
     assert shell.run("true").exit_code == 0
     assert shell.verify().exit_code == 0, shell.verify().stdout
     return shell

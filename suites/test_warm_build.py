@@ -25,7 +25,7 @@ import pytest
 from devshell import buildcache, cells, seeding, seeds
 from devshell.cells import Seed, Source
 from devshell.errors import DevshellError
-from devshell.plugin import TEST_GID, TEST_UID
+from devshell.plugin import DEV_GID, DEV_UID
 from devshell.spec import container_name
 
 pytestmark = pytest.mark.xdist_group("warm-build")  # one cold build, shared by the module
@@ -61,7 +61,7 @@ def project(devshell_cell, tmp_path_factory):
 def cold(devshell_factory, project):
     """A devshell that built the project from nothing."""
     repo, _ = project
-    shell = devshell_factory(checkout=repo)
+    shell = devshell_factory.open(checkout=repo)
     return shell, build(shell, clean=True)
 
 
@@ -73,7 +73,7 @@ def entry(cold, devshell_cli, tmp_path_factory):
     out = tmp_path_factory.mktemp("entry") / "cache"
     done = devshell_cli(None, "cache", "pack", shell.spec.cell, f"--instance={shell.opts.instance}",
                         f"--out={out}", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     packed = json.loads(done.stdout)
     yield out, packed["key"], packed["manifest_sha256"]
     seeds.forget(packed["manifest_sha256"])
@@ -93,7 +93,7 @@ def warm(devshell_factory, devshell_cell, project, entry):
     """A second devshell, on a new volume seeded from file:// of the entry."""
     repo, _ = project
     out, key, sha = entry
-    return devshell_factory(seeded_cell(devshell_cell, f"file://{out}", key, sha), checkout=repo)
+    return devshell_factory.open(seeded_cell(devshell_cell, f"file://{out}", key, sha), checkout=repo)
 
 
 @pytest.fixture
@@ -148,13 +148,13 @@ def test_one_changed_file_recompiles_one_translation_unit(warm, record_property)
 
 def test_the_ccache_stays_warm_across_rm(warm, entry, devshell_cli, record_property, tmp_path):
     removed = devshell_cli(warm, "--rm")
-    assert removed.returncode == 0, removed.stderr
+    assert removed.exit_code == 0, removed.stderr
     script = tmp_path / "rebuild.sh"
     script.write_text(warm.cell.build_steps.script(clean=True))
     # With the seeded cell: a new container on a volume whose seed is complete is not seeded again.
     seeded = cell_file(warm.cell, tmp_path / "cells", *entry)
     entered = devshell_cli(warm, f"--script={script}", cells_dirs=(seeded,))
-    assert entered.returncode == 0, entered.stderr
+    assert entered.exit_code == 0, entered.stderr
     assert "seeded devshell-" not in entered.stderr and f"· seeded {entry[1]}" in entered.stderr
     found = warm.cell.build_steps.read_report(entered.stdout)
     report(record_property, "after --rm, clean rebuild", f"ccache hit rate {found['hit_rate']:.1%}")
@@ -185,7 +185,7 @@ def test_a_seed_over_http_is_downloaded_by_the_host(devshell_factory, devshell_c
                                                     monkeypatch, tmp_path):
     url, key, sha, requests = http_entry
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # an empty seed cache: it must download
-    shell = devshell_factory(seeded_cell(devshell_cell, url, key, sha), checkout=project[0])
+    shell = devshell_factory.open(seeded_cell(devshell_cell, url, key, sha), checkout=project[0])
     assert sorted(requests) == sorted(f"/{f}" for f in (f"{key}.manifest.json", f"{key}.tar.zst",
                                                          f"{key}.ccache.tar.zst"))
     assert shell.seed == seeding.Marker("complete", key, sha)
@@ -237,13 +237,13 @@ def test_a_seed_that_cannot_be_taken_is_one_line_and_the_volume_left_as_it_was(
     fresh_cache = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
     reseed = devshell_cli(warm, "--reseed", f"--script={noop}", cells_dirs=(cells_dir,), env=fresh_cache)
     said = reseed.stderr.strip().splitlines()
-    assert reseed.returncode == 2 and len(said) == 1 and needle in said[0], reseed.stderr
+    assert reseed.exit_code == 2 and len(said) == 1 and needle in said[0], reseed.stderr
     assert workspace_state(warm) == before
     # ... and a new devshell with that seed is never made: no container, no volume.
     instance = devshell_instance()
     fresh = devshell_cli(warm, f"--script={noop}", cells_dirs=(cells_dir,), instance=instance,
                          env=fresh_cache)
-    assert fresh.returncode == 2 and needle in fresh.stderr, fresh.stderr
+    assert fresh.exit_code == 2 and needle in fresh.stderr, fresh.stderr
     name = container_name(warm.cell.name, instance)
     assert devshell_engine.inspect(name) is None and devshell_engine.volume_info(name) is None
 
@@ -256,7 +256,7 @@ def test_reseed_takes_the_pinned_entry_and_keeps_the_rest_of_the_volume(noop, wa
     warm.exec(["sh", "-c", f'echo mine > "{warm.spec.workspace}/kept"'], user=str(warm.opts.uid))
     warm.exec(["rm", "-rf", f"{warm.cell.install}/bin"], user=str(warm.opts.uid))
     right = devshell_cli(warm, "--reseed", f"--script={noop}", cells_dirs=(cells_dir,))
-    assert right.returncode == 0 and "seeded" in right.stderr, right.stderr
+    assert right.exit_code == 0 and "seeded" in right.stderr, right.stderr
     assert warm.exec(["cat", f"{warm.spec.workspace}/kept"]).stdout == "mine\n"
     assert warm.exec(["test", "-x", f"{warm.cell.install}/bin/calc-demo"]).exit_code == 0
 
@@ -269,7 +269,7 @@ def test_an_entry_without_ccache_or_source_seeds_a_cold_ccache_and_the_cell_s_so
                          archives={**archives, "ccache": None})
     cell = devshell_cell._replace(seed=Seed(where, entry[1], sha),
                                   source_pin=Source("file:///checkout", commit))
-    shell = devshell_factory(cell, checkout=repo)
+    shell = devshell_factory.open(cell, checkout=repo)
     head = shell.exec(["git", "-C", cell.src, "rev-parse", "HEAD"], user=str(shell.opts.uid))
     assert head.stdout.strip() == commit
     assert shell.exec(["sh", "-c", f'ls -A "{cell.ccache}" | wc -l']).stdout.strip() == "0"
@@ -281,14 +281,14 @@ def test_reseed_clean_empties_the_volume_first(noop, warm, entry, devshell_cli, 
     cells_dir = cell_file(warm.cell, tmp_path / "cells", out, key, sha)
     warm.exec(["sh", "-c", f'echo mine > "{warm.spec.workspace}/gone"'], user=str(warm.opts.uid))
     done = devshell_cli(warm, "--reseed", "--clean", f"--script={noop}", cells_dirs=(cells_dir,))
-    assert done.returncode == 0 and "seeded" in done.stderr, done.stderr
+    assert done.exit_code == 0 and "seeded" in done.stderr, done.stderr
     assert warm.exec(["test", "-e", f"{warm.spec.workspace}/gone"]).exit_code == 1
     assert warm.exec(["test", "-x", f"{warm.cell.install}/bin/calc-demo"]).exit_code == 0
 
 
 def listed_seed(devshell_cli, cell, cells_dir, instance) -> str:
     shown = devshell_cli(None, "--list", "--json", f"--cells-dir={cells_dir}", f"--instance={instance}")
-    assert shown.returncode == 0, shown.stderr
+    assert shown.exit_code == 0, shown.stderr
     return next(row["seed"] for row in json.loads(shown.stdout)["cells"] if row["cell"] == cell)
 
 
@@ -304,7 +304,7 @@ def test_an_interrupted_seed_is_redone_at_the_next_entry(noop, kill, entry, proj
     name = container_name(devshell_cell.name, instance)
     argv = [sys.executable, "-m", "devshell", devshell_cell.name, f"--cells-dir={cells_dir}",
             f"--instance={instance}", f"--checkout={project[0]}", f"--patches-out={tmp_path / 'patches'}",
-            f"--uid={TEST_UID}", f"--gid={TEST_GID}", f"--script={noop}"]
+            f"--uid={DEV_UID}", f"--gid={DEV_GID}", f"--script={noop}"]
     launch = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     # Interrupted once the seed is under way in the volume: its marker says partial.
@@ -370,7 +370,7 @@ def escaping_tree(workspace: str) -> bytes:
 
 @pytest.mark.attack("seed", "unpack a tree whose links lead out of the volume, into /etc")
 def test_the_tar_inside_unpacks_as_dev_and_never_writes_outside_what_dev_may(devshell_factory):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run("true").exit_code == 0  # init has given the workspace to dev
     tree = escaping_tree(shell.spec.workspace)
     with pytest.raises(DevshellError):  # tar refuses (or fails on) what it would write through
@@ -381,7 +381,7 @@ def test_the_tar_inside_unpacks_as_dev_and_never_writes_outside_what_dev_may(dev
 
 @pytest.mark.control("seed", "unpack a tree whose links lead out of the volume, into /etc")
 def test_the_engine_s_archive_api_writes_the_same_tree_into_etc(devshell_factory, devshell_engine):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run("true").exit_code == 0
     tree = escaping_tree(shell.spec.workspace)
     devshell_engine.client.api.put_archive(shell.name, shell.spec.workspace, tree)

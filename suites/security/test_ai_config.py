@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from devshell.plugin import TEST_GID, TEST_UID
+from devshell.plugin import DEV_GID, DEV_UID
 from devshell.spec import container_name
 
 CLASS = "6 read-only AI config"
@@ -33,13 +33,13 @@ def user_cache(host_cache_dir):
     (ai / "memory").mkdir()
     for dirpath, dirnames, filenames in os.walk(ai):
         for name in [".", *dirnames, *filenames]:
-            os.lchown(os.path.join(dirpath, name), TEST_UID, TEST_GID)
+            os.lchown(os.path.join(dirpath, name), DEV_UID, DEV_GID)
     return cache
 
 
 @pytest.fixture(scope="module")
 def rw_shell(devshell_factory, host_cache_dir):
-    return devshell_factory(host_cache=user_cache(host_cache_dir), ai_config_rw=True)
+    return devshell_factory.open(host_cache=user_cache(host_cache_dir), ai_config_rw=True)
 
 
 @pytest.mark.attack(CLASS, "hard link settings.json into memory from inside (--ai-config-rw)")
@@ -98,7 +98,7 @@ def left_behind(request, host_cache_dir, devshell_instance, devshell_cell, devsh
     script.write_text("#!/bin/sh\necho launched\n")
     argv = [devshell_cell.name, f"--checkout={checkout}", f"--patches-out={tmp_path / 'drop'}",
             f"--host-cache-dir={cache}", f"--instance={instance}",
-            f"--uid={TEST_UID}", f"--gid={TEST_GID}", f"--script={script}",
+            f"--uid={DEV_UID}", f"--gid={DEV_GID}", f"--script={script}",
             *[f"--cells-dir={d}" for d in devshell_cells_path[:-1]]]  # as the factory does
     return cache, argv, request.param, container_name(devshell_cell.name, instance)
 
@@ -110,7 +110,7 @@ def test_a_read_only_launch_over_a_linked_config_is_refused(left_behind, devshel
     cache, argv, layout, name = left_behind
     before = host_tree(cache)
     done = devshell_cli(None, *argv)
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.exit_code == 2, done.stdout + done.stderr
     assert "launched" not in done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("devshell: error:"), done.stderr
@@ -125,5 +125,5 @@ def test_the_same_layout_launches_with_ai_config_rw(left_behind, devshell_cli):
     """The guard is the read-only launch's: with --ai-config-rw the same cache launches."""
     _, argv, _, _ = left_behind
     done = devshell_cli(None, *argv, "--ai-config-rw")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert done.stdout == "launched\n"

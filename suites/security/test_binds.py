@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from devshell.plugin import TEST_GID, TEST_UID
+from devshell.plugin import DEV_GID, DEV_UID
 
 CLASS = "5 races and binds"
 
@@ -66,9 +66,9 @@ def shells(devshell_factory, host_cache_dir, make_repo, tmp_path_factory):
         (cache / "ai" / "skills").mkdir(parents=True)
         (cache / "ai" / "settings.json").write_text('{"model": "x"}\n')
         for p in (cache / "ai", cache / "ai" / "skills", cache / "ai" / "settings.json"):
-            os.chown(p, TEST_UID, TEST_GID)
+            os.chown(p, DEV_UID, DEV_GID)
         checkout = make_repo(tmp_path_factory.mktemp(f"binds-{mode}") / "checkout")
-        shell = devshell_factory(checkout=checkout, host_cache=cache, ai_config_rw=mode == "rw")
+        shell = devshell_factory.open(checkout=checkout, host_cache=cache, ai_config_rw=mode == "rw")
         made[mode] = shell, identities(shell)
         return shell
 
@@ -130,7 +130,7 @@ def swapped(devshell_factory, tmp_path_factory, host_tree):
     def get(kind):
         if kind in cache:
             return cache[kind]
-        shell = devshell_factory(host_cache=False)
+        shell = devshell_factory.open(host_cache=False)
         assert shell.run("true").exit_code == 0
         docker("stop", "-t", "1", shell.name)
         drop = shell.opts.patches_out
@@ -197,7 +197,7 @@ def moved(devshell_factory, devshell_cli, tmp_path):
     """A devshell in which root moved /cache (a plain directory holding the ai/ mounts) aside
     for a symlink into the drop dir, then stopped: at the next start the engine, which binds
     by path, mounts ai/ and memory below the symlink's target instead."""
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     assert shell.run(MOVE_CACHE).exit_code == 0
     docker("stop", "-t", "1", shell.name)
     script = tmp_path / "s.sh"
@@ -210,7 +210,7 @@ def moved(devshell_factory, devshell_cli, tmp_path):
 def test_a_moved_mount_point_is_refused_at_the_next_launch(moved, devshell_cli):
     shell, script = moved
     done = devshell_cli(shell, "--script", str(script))
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.exit_code == 2, done.stdout + done.stderr
     assert "entered" not in done.stdout
     assert "is not mounted where the spec put it" in done.stderr, done.stderr
     assert shell.engine.inspect(shell.name) is None  # removed: a new one is made next time

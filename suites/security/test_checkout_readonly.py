@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from devshell.plugin import TEST_GID, TEST_UID
+from devshell.plugin import DEV_GID, DEV_UID
 
 CLASS = "2 checkout read-only"
 # Root through sudo exists under the standard profile only (locked has no sudo).
@@ -32,8 +32,8 @@ ATTEMPTS = {
     "append to a source file": "echo 'system(\"x\");' >> /checkout/src/main.c",
     "chmod a file": "chmod 0777 /checkout/README",
     "chmod the top dir": "chmod 0777 /checkout",
-    "chown a file": f"chown {TEST_UID + 1}:{TEST_GID + 1} /checkout/README || "
-                    f"chown {TEST_UID}:{TEST_GID} /checkout/README",
+    "chown a file": f"chown {DEV_UID + 1}:{DEV_GID + 1} /checkout/README || "
+                    f"chown {DEV_UID}:{DEV_GID} /checkout/README",
     "rm a file": "rm /checkout/README",
     "mv a file": "mv /checkout/README /checkout/README.old",
     "touch a file's mtime": "touch -d 2000-01-01 /checkout/README",
@@ -44,8 +44,8 @@ ATTEMPTS = {
 def world(devshell_factory, make_repo, tmp_path_factory):
     base = tmp_path_factory.mktemp("checkout-ro")
     base.chmod(0o755)
-    checkout = make_repo(base / "checkout", owner=(TEST_UID, TEST_GID))
-    shell = devshell_factory(checkout=checkout, host_cache=False)
+    checkout = make_repo(base / "checkout", owner=(DEV_UID, DEV_GID))
+    shell = devshell_factory.open(checkout=checkout, host_cache=False)
     return shell, checkout
 
 
@@ -79,7 +79,7 @@ def test_the_checkout_is_unchanged_after_every_attempt(world, as_user, agent_use
         for user in agent_users:
             shell.run(TRUST + as_user(attempt, user))
     st = os.lstat(checkout)
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (TEST_UID, TEST_GID, 0o755)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (DEV_UID, DEV_GID, 0o755)
     assert not os.path.lexists(os.path.join(checkout, "planted"))
     assert not os.path.lexists(os.path.join(checkout, "src", ".git"))
     tools = os.path.join(checkout, "tools")

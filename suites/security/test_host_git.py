@@ -64,7 +64,7 @@ def world(devshell_factory, make_repo, tmp_path_factory):
     state = base / "state"
     env = {"XDG_STATE_HOME": str(state)}
     drop = default_patches_out(os.path.realpath(checkout), os.path.expanduser("~"), env)
-    shell = devshell_factory(checkout=checkout, patches_out=drop, host_cache=False)
+    shell = devshell_factory.open(checkout=checkout, patches_out=drop, host_cache=False)
     return shell, checkout, drop, env
 
 

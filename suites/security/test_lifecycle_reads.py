@@ -24,7 +24,7 @@ FAKE_DU = {
 def forged_du(devshell_factory):
     """A devshell in which root inside put its own du first on PATH."""
     def make(body):
-        shell = devshell_factory()
+        shell = devshell_factory.open()
         put = f"cat > /usr/local/bin/du <<'EOF'\n{body}EOF\nchmod 755 /usr/local/bin/du"
         assert shell.exec(["sh", "-c", put]).exit_code == 0
         return shell
@@ -41,7 +41,7 @@ def test_status_is_bounded_whatever_du_inside_does(forged_du, devshell_cli, du):
     started = time.monotonic()
     done = devshell_cli(None, "status", *to_argv(shell.opts), "--json")
     took = time.monotonic() - started
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["volume_size"] is None
     assert took < USAGE_TIMEOUT + 20, f"status took {took:.0f} s"
 

@@ -123,7 +123,7 @@ def privileged(path: str) -> list[str]:
 @pytest.fixture(scope="module")
 def world(devshell_factory, host_cache_dir, memory_mount):
     """A devshell with a host cache, and each place the agent writes: (inside, on the host)."""
-    shell = devshell_factory(host_cache=host_cache_dir())
+    shell = devshell_factory.open(host_cache=host_cache_dir())
     return shell, {"patches": ("/patches", shell.opts.patches_out), "memory": memory_mount(shell)}
 
 
@@ -155,7 +155,7 @@ def test_the_host_drop_dir_and_memory_hold_nothing_privileged_after_all_attempts
     """Every attempt, everywhere, as dev and (standard) as root, in one devshell of its own
     (xdist spreads the single attempts over workers, so this test cannot rely on them), then
     the host walk."""
-    shell = devshell_factory(host_cache=host_cache_dir())
+    shell = devshell_factory.open(host_cache=host_cache_dir())
     places = {"patches": ("/patches", shell.opts.patches_out), "memory": memory_mount(shell)}
     script = "".join(
         probe(command.replace("@F@", f"{places[place][0]}/{slug(attempt)}-{user}"), None,

@@ -36,7 +36,7 @@ def test_a_session_leaves_the_checkout_owner_mode_and_git_as_they_were(devshell_
                                                                         host_tree, host_git):
     checkout = make_repo(tmp_path_factory.mktemp("owned") / "checkout")
     before = host_tree(checkout)
-    shell = devshell_factory(checkout=checkout, host_cache=host_cache_dir())
+    shell = devshell_factory.open(checkout=checkout, host_cache=host_cache_dir())
     result = shell.run(SESSION)
     assert result.exit_code == 0, result.stderr
     assert host_tree(checkout) == before  # owner, mode and content of every entry, top dir too

@@ -46,7 +46,7 @@ def world(devshell_factory, make_repo, tmp_path_factory):
     base = tmp_path_factory.mktemp("intake")
     base.chmod(0o755)
     checkout = make_repo(base / "checkout")
-    shell = devshell_factory(checkout=checkout, host_cache=False)
+    shell = devshell_factory.open(checkout=checkout, host_cache=False)
     return shell, checkout, shell.opts.patches_out
 
 

@@ -42,7 +42,7 @@ def attempts(*users):
 
 @pytest.fixture(scope="module")
 def shell(devshell_factory):
-    return devshell_factory(host_cache=False)
+    return devshell_factory.open(host_cache=False)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def kept(shell, devshell_cli, tmp_path, request):
     script = tmp_path / "s.sh"
     script.write_text(f"#!/bin/sh\necho from-the-host-{token}\n")
     first = devshell_cli(shell, "--script", str(script))
-    assert first.returncode == 0, first.stderr
+    assert first.exit_code == 0, first.stderr
     assert first.stdout == f"from-the-host-{token}\n"
     sha = hashlib.sha256(script.read_bytes()).hexdigest()[:32]
     return script, f"{SCRIPTS}/{sha}", first.stdout
@@ -68,7 +68,7 @@ def test_the_next_session_runs_the_hosts_script_not_the_tampered_copy(shell, kep
     if user == "dev":  # dev cannot write it at all
         assert tampered.exit_code != 0, "dev overwrote the kept copy"
     again = devshell_cli(shell, "--script", str(script))
-    assert again.returncode == 0, again.stderr
+    assert again.exit_code == 0, again.stderr
     assert again.stdout == expected
     assert "pwned" not in again.stdout + again.stderr
 

@@ -55,7 +55,7 @@ def outcomes(stdout: str) -> dict[str, int]:
 @pytest.mark.attack(CLASS, "sockets of other families (vsock, packet, tipc, alg), high bits set or not")
 @pytest.mark.parametrize("user", USERS)
 def test_a_vsock_socket_is_refused_by_the_filter(devshell_factory, agent, as_user, user):
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     result = agent(shell, as_user(PROBE, user))
     assert result.exit_code == 0, result.stderr
     got = outcomes(result.stdout)
@@ -72,7 +72,7 @@ def test_the_engines_default_profile_lets_a_high_bit_vsock_through(devshell_fact
     # The engine's own profile refuses AF_VSOCK by a 64-bit comparison and lets socketpair
     # through whatever the family: both calls reach the kernel (a socket, or the kernel's own
     # EAFNOSUPPORT or EOPNOTSUPP, never the filter's errno).
-    shell = devshell_factory()
+    shell = devshell_factory.open()
     done = plain_docker(shell, PROBE, "--user", "1000:1000")
     assert done.returncode == 0, done.stderr
     got = outcomes(done.stdout)
