@@ -12,11 +12,13 @@ captured exec, listing) and, like every other heavy module here, is imported on 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,6 +49,8 @@ WATCH_INTERVAL = 0.5  # seconds between looks at a watched container during a se
 USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")  # escapes and control characters
+BUILD_FAILURE_LINES = 20  # of a failing recipe step's own output, shown before the one-line error
 
 Progress = Callable[[str], None]
 _DEBOOTSTRAP_MILESTONES = ("I: Retrieving Release", "I: Installing core", "I: Configuring the base",
@@ -331,15 +335,25 @@ class Engine:
 
         lines = [f"FROM {base}"] + [f"RUN {json.dumps(['/bin/sh', '-ec', r])}" for r in recipe.run]
         progress(f"building {tag} on {base}")
+        # What the step running now printed: shown only when it fails (apt's own words say why;
+        # the exit code alone does not), so a good build stays a line per step.
+        said: collections.deque[str] = collections.deque(maxlen=BUILD_FAILURE_LINES)
         try:
             for chunk in self.client.api.build(fileobj=io.BytesIO("\n".join(lines).encode()),
                                                tag=tag, rm=True, forcerm=True, decode=True):
                 if "error" in chunk:
+                    for line in said:
+                        progress(f"  | {line}")
                     raise DevshellError(f"building {tag} failed: {chunk['error'].strip()}",
-                                        "fix the cell's image.recipe.run steps")
-                text = chunk.get("stream", "").strip()
-                if text.startswith("Step "):
-                    progress(f"  {text}")
+                                        "fix the cell's image.recipe.run steps (the failing step's "
+                                        "last output is above)")
+                for text in chunk.get("stream", "").splitlines():
+                    text = _ANSI.sub("", text).rstrip()  # the builder colours a step's stderr
+                    if text.startswith("Step "):
+                        progress(f"  {text}")
+                        said.clear()
+                    elif text.strip() and not text.startswith((" ---> ", "Removing intermediate")):
+                        said.append(text)
         except DockerException as e:
             raise DevshellError(f"building {tag} failed ({_reason(e)})", "check the Docker daemon") from None
 
@@ -800,8 +814,9 @@ class Engine:
         networks = self.client.api.networks(filters={"label": label})
         return [x.get("Labels") or {} for x in [*containers, *volumes, *networks]]
 
-    def remove_all(self, filters: dict[str, str]) -> list[str]:
-        """Remove every container, then every volume and network, matching docker filters (label, name).
+    def remove_all(self, filters: dict[str, str], keep: Collection[str] = ()) -> list[str]:
+        """Remove every container, then every volume and network, matching docker filters (label, name),
+        but for those named in keep.
         Idempotent: what another process removed meanwhile counts as removed. What the engine
         will not remove yet (409: a container's removal in progress, a volume a container still
         holds) is left and named in the list returned, for the caller to say: an error there
@@ -811,6 +826,8 @@ class Engine:
         left: list[str] = []
 
         def remove(call: Callable[..., object], ref: str, name: str) -> None:
+            if name in keep:
+                return
             try:
                 call(ref, force=True)
             except APIError as e:
@@ -827,6 +844,16 @@ class Engine:
         for n in self.client.api.networks(filters=filters):
             remove(lambda ref, force: self.client.api.remove_network(ref), n["Id"], n["Name"])
         return left
+
+    def logs_tail(self, name: str, lines: int) -> str:
+        """The last lines of a container's output (stdout and stderr), or '' when there is none."""
+        from docker.errors import DockerException
+
+        try:
+            out: bytes = self.client.api.logs(name, tail=lines)
+        except DockerException:
+            return ""
+        return out.decode(errors="replace")
 
     # --- exec -----------------------------------------------------------------------------
 

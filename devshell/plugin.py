@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +20,12 @@ import pytest
 
 from . import cells, labels
 from .cells import Cell
+from .egress import proxy_name
 from .engine import Engine, ExecResult, pid_alive
 from .errors import DevshellError
 from .launcher import Devshell, check_host_paths, open_devshell
-from .options import Options, dev_ids, to_argv
+from .options import HostFacts, Options, dev_ids, to_argv
+from .spec import INIT_LOG
 
 if TYPE_CHECKING:
     from .container import DevshellContainer
@@ -45,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="trust profile the devshell fixtures open (default: the cell's)")
     group.addoption("--runtime", default=None, metavar="NAME", dest="devshell_runtime",
                     help="engine runtime the devshell fixtures open under, e.g. runsc")
+    group.addoption("--devshell-keep-failed", action="store_true", dest="devshell_keep_failed",
+                    help="keep the devshells of failed tests (their names and how to enter them are "
+                         "printed) instead of removing them at the end of the run")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -130,14 +135,18 @@ def devshell_run_labels(pytestconfig: pytest.Config, devshell_engine: Engine) ->
     run = _run_id(pytestconfig)
     labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{os.getpid()}"}
     yield labels
-    _remove_run(devshell_engine, run)
+    kept = pytestconfig.stash.get(_KEPT, set())
+    if kept:  # recorded first: a sweep of a later run must leave them too
+        _record_kept(kept)
+    _remove_run(devshell_engine, run, keep=kept)
 
 
-def _remove_run(engine: Engine, run: str) -> None:
+def _remove_run(engine: Engine, run: str, keep: Collection[str] = ()) -> None:
     # By name first: devshells the CLI (re)created carry no run label, and a volume they still
     # use could not be removed by label.
-    left = engine.remove_all({"name": instance_prefix(run)})
-    left += engine.remove_all({"label": f"{LABEL_RUN}={run}"})
+    keep = {*keep, *_kept_by_earlier_runs()}
+    left = engine.remove_all({"name": instance_prefix(run)}, keep)
+    left += engine.remove_all({"label": f"{LABEL_RUN}={run}"}, keep)
     if left:
         # Not an error (the engine is still at them), but said, as a warning (pytest shows it
         # in its summary, from xdist workers too): one without the run label is found by no
@@ -145,6 +154,28 @@ def _remove_run(engine: Engine, run: str) -> None:
         warnings.warn(f"devshell: test run {run}: the engine is still removing or using "
                       f"{', '.join(sorted(set(left)))}; left for now (docker rm -f / docker volume rm)",
                       LeftoverWarning, stacklevel=2)
+
+
+# --devshell-keep-failed: what a run kept is recorded on the host, one empty file per name, so
+# that no later run's sweep removes it; `devshell down` (or docker rm) does, when you are done.
+_KEPT = pytest.StashKey[set[str]]()
+
+
+def _kept_dir() -> str:
+    return os.path.join(HostFacts.current().state or "", "tests-kept")
+
+
+def _record_kept(names: Collection[str]) -> None:
+    os.makedirs(_kept_dir(), mode=0o700, exist_ok=True)
+    for name in names:
+        open(os.path.join(_kept_dir(), name), "w").close()
+
+
+def _kept_by_earlier_runs() -> list[str]:
+    try:
+        return os.listdir(_kept_dir())
+    except OSError:
+        return []
 
 
 class LeftoverWarning(UserWarning):
@@ -191,7 +222,8 @@ class DevshellFactory:
 
     def __init__(self, *, cell: Cell, cells_path: list[str], engine: Engine, run_labels: dict[str, str],
                  new_instance: Callable[[], str], tmp_path_factory: pytest.TempPathFactory,
-                 profile: str | None = None, runtime: str | None = None) -> None:
+                 profile: str | None = None, runtime: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.cell = cell
         self.cells_path = cells_path
         self.engine = engine
@@ -200,6 +232,9 @@ class DevshellFactory:
         self.tmp_path_factory = tmp_path_factory
         self.profile = profile
         self.runtime = runtime
+        self.progress = progress or _stderr_progress
+        # Every devshell opened, in order: a failed test's report describes those it opened.
+        self.opened: list[Devshell] = []
 
     def open(self, cell: str | Cell | None = None, *, uid: int = DEV_UID, gid: int = DEV_GID,
              checkout: str | Path | None = None, patches_out: str | Path | None = None,
@@ -226,8 +261,10 @@ class DevshellFactory:
                        ai_config_ro=not ai_config_rw,
                        cells_dirs=tuple(str(p) for p in self.cells_path[:-1]),
                        profile=profile or self.profile, runtime=runtime or self.runtime, network=network)
-        return open_devshell(check_host_paths(opts), the_cell, self.engine,
-                             labels=self.run_labels, progress=_progress)
+        shell = open_devshell(check_host_paths(opts), the_cell, self.engine,
+                              labels=self.run_labels, progress=self.progress)
+        self.opened.append(shell)
+        return shell
 
     def container(self, cell: str | Cell | None = None, **options: Any) -> DevshellContainer:
         """The same devshell as open(cell, **options) would give, as a testcontainers container
@@ -253,11 +290,14 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                      pytestconfig: pytest.Config) -> DevshellFactory:
     """The DevshellFactory of this run: `devshell_factory.open(...)` under --cell, --profile
     and --runtime (network: the cell's unless given)."""
-    return DevshellFactory(cell=devshell_cell, cells_path=devshell_cells_path, engine=devshell_engine,
-                           run_labels=devshell_run_labels, new_instance=devshell_instance,
-                           tmp_path_factory=tmp_path_factory,
-                           profile=pytestconfig.getoption("devshell_profile"),
-                           runtime=pytestconfig.getoption("devshell_runtime"))
+    factory = DevshellFactory(cell=devshell_cell, cells_path=devshell_cells_path, engine=devshell_engine,
+                              run_labels=devshell_run_labels, new_instance=devshell_instance,
+                              tmp_path_factory=tmp_path_factory,
+                              profile=pytestconfig.getoption("devshell_profile"),
+                              runtime=pytestconfig.getoption("devshell_runtime"),
+                              progress=_uncaptured_progress(pytestconfig))
+    pytestconfig.stash[_FACTORY] = factory
+    return factory
 
 
 @pytest.fixture(scope="session")
@@ -324,7 +364,102 @@ def tree_state(root: str | os.PathLike[str], *, skip: Sequence[str] = ()) -> dic
     return out
 
 
-def _progress(line: str) -> None:
-    # An image build takes a minute: show its progress even while pytest captures output.
-    if sys.__stderr__ is not None:
-        sys.__stderr__.write(f"devshell: {line}\n")
+def _stderr_progress(line: str) -> None:
+    sys.stderr.write(f"devshell: {line}\n")
+
+
+def _uncaptured_progress(config: pytest.Config) -> Callable[[str], None]:
+    """An image build takes a minute: its progress is shown even while pytest captures output,
+    and from xdist workers too (whose own stderr pytest captures at the descriptor)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def progress(line: str) -> None:
+        if capman is None:
+            _stderr_progress(line)
+            return
+        with capman.global_and_fixture_disabled():
+            _stderr_progress(line)
+            sys.stderr.flush()
+
+    return progress
+
+
+# --- a failed test's report ---------------------------------------------------------------------
+
+_FACTORY = pytest.StashKey[DevshellFactory]()
+Report = pytest.TestReport
+_OPENED_BEFORE = pytest.StashKey[int]()
+LOG_LINES = 30  # of the init log and of the container's output, in a failed test's report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    factory = item.config.stash.get(_FACTORY, None)
+    item.stash[_OPENED_BEFORE] = len(factory.opened) if factory is not None else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, Report, Report]:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(DevshellError):
+        # devshell's errors already say what is wrong and the fix, in one line: no traceback.
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    if not report.failed or report.when == "teardown":
+        return report
+    keep = item.config.getoption("devshell_keep_failed", False)
+    for shell in _devshells_of(item):
+        report.sections.append((f"devshell {shell.name}", diagnosis(shell)))
+        if keep:
+            item.config.stash.setdefault(_KEPT, set()).update(
+                {shell.name, shell.spec.volume, proxy_name(shell.name)})
+            report.user_properties.append(("devshell-kept", f"{shell.name}: {enter_command(shell)}"))
+    return report
+
+
+def _devshells_of(item: pytest.Item) -> list[Devshell]:
+    """The devshells a test used: those among its fixtures' values, and those it opened."""
+    found = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Devshell)]
+    found += [v.devshell for v in getattr(item, "funcargs", {}).values()
+              if isinstance(getattr(v, "devshell", None), Devshell)]
+    factory = item.config.stash.get(_FACTORY, None)
+    if factory is not None:
+        found += factory.opened[item.stash.get(_OPENED_BEFORE, len(factory.opened)):]
+    return list({shell.name: shell for shell in found}.values())
+
+
+def enter_command(shell: Devshell) -> str:
+    """The command that enters this devshell as the test opened it."""
+    import shlex
+
+    return shlex.join([sys.executable, "-m", "devshell", *to_argv(shell.opts)])
+
+
+def diagnosis(shell: Devshell) -> str:
+    """What to look at first when a test with this devshell failed: how to enter it, what
+    --verify says, the init log and the container's last output. Reads only."""
+    if shell.engine.inspect(shell.name) is None:
+        return f"the container {shell.name} is gone\nenter (makes it again): {enter_command(shell)}"
+    try:
+        verify = shell.verify()
+        said = (verify.stdout + verify.stderr).strip() or "(nothing to say: every check held)"
+        verified = f"--verify (exit {verify.exit_code}):\n{said}"
+    except DevshellError as e:
+        verified = f"--verify could not run: {e}"
+    log = shell.engine.read_file(shell.name, INIT_LOG, 1 << 20)
+    tail = ("(missing)" if log is None else
+            "\n".join(log.decode(errors="replace").splitlines()[-LOG_LINES:]) or "(empty)")
+    output = shell.engine.logs_tail(shell.name, LOG_LINES).strip() or "(none)"
+    return (f"enter: {enter_command(shell)}\n{verified}\n"
+            f"init log ({INIT_LOG}, last {LOG_LINES} lines):\n{tail}\n"
+            f"container output (last {LOG_LINES} lines):\n{output}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    kept = [value for reports in terminalreporter.stats.values() for r in reports
+            for key, value in getattr(r, "user_properties", ()) if key == "devshell-kept"]
+    if kept:
+        terminalreporter.section("devshells kept (--devshell-keep-failed)")
+        for line in sorted(set(kept)):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("remove each with: devshell down CELL --instance INSTANCE --volume --yes")

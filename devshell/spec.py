@@ -25,6 +25,7 @@ INIT_PATH = "/usr/local/libexec/devshell-init"
 SETUP_PATH = "/usr/local/libexec/devshell-setup"
 # init's own state inside the container (converged hash, logs, session records, last-session).
 STATE_DIR = "/var/lib/devshell"
+INIT_LOG = f"{STATE_DIR}/init.log"  # what init did at the last entry (init.sh: $STATE/init.log)
 LABEL_CELL = labels.CELL
 LABEL_HASH = labels.SPEC_HASH
 LABEL_IDENTITY = labels.SPEC

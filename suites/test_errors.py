@@ -3,6 +3,7 @@ any container, volume or file."""
 
 
 import pytest
+import yaml
 
 from devshell.spec import container_name
 
@@ -73,3 +74,23 @@ def test_a_missing_docker_cli_is_found_before_anything_changes(devshell_factory,
     assert_one_line_error(result, "docker CLI is not on PATH")
     assert engine_state(shell.name) == before
     assert not (tmp_path / "other").exists()
+
+
+def test_a_failing_recipe_step_shows_its_own_last_words(devshell_cli, devshell_cell, devshell_instance,
+                                                         tmp_path):
+    """A recipe step that fails: the step's own output (apt's reason, say) comes before the one
+    error line, not just its exit code."""
+    with open(devshell_cell.source, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    recipe = data["image"]["recipe"]
+    recipe["run"] = [*recipe.get("run", []), "echo 'E: Unable to locate package no-such-tool' >&2; exit 100"]
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "failing-step.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "s.sh").write_text("true\n")
+    result = devshell_cli(None, "failing-step", "--cells-dir", str(tmp_path / "cells"), "--checkout",
+                          str(tmp_path / "checkout"), "--patches-out", str(tmp_path / "drop"),
+                          "--instance", devshell_instance(), "--script", str(tmp_path / "s.sh"))
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and lines[-1].startswith("devshell: error: building "), result.stderr
+    assert "devshell:   | E: Unable to locate package no-such-tool" in lines, result.stderr

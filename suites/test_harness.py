@@ -130,6 +130,53 @@ def test_failing_run_leaves_no_containers_or_volumes(
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
     result.assert_outcomes(failed=1)
     assert leftovers(devshell_engine, run_id(result)) == []
+    # ... and its report says where to look: verify, the init log, the output, how to enter it.
+    out = result.stdout.str()
+    for needle in ("- devshell devshell-", "enter: ", " -m devshell ", "--verify (exit 0):",
+                   "init log (/var/lib/devshell/init.log", "container output (last"):
+        assert needle in out, out
+
+
+def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile, tmp_path):
+    pytester.makepyfile(test_fails="""
+        def test_passes(devshell_factory):
+            assert devshell_factory.open().run('true').exit_code == 0
+
+        def test_fails(devshell_factory):
+            assert devshell_factory.open().run('false').exit_code == 0
+    """)
+    args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}  # where the kept record lives
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        result = pytester.runpytest_subprocess(*args, "--devshell-keep-failed")
+        result.assert_outcomes(passed=1, failed=1)
+        run = run_id(result)
+        kept = re.findall(rf"^(devshell-\S+-t{run}-\d+): ", result.stdout.str(), flags=re.MULTILINE)
+        try:
+            assert len(kept) == 1, result.stdout.str()
+            assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]  # its container and volume
+            # The kept container's run is dead now: the next run's sweep must leave it.
+            pytester.makepyfile(test_fails="def test_nothing(devshell_run_labels):\n    pass\n")
+            pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+            assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]
+        finally:
+            devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
+
+
+def test_a_fixture_that_cannot_open_its_devshell_fails_in_one_line(
+        pytester, devshell_cell, devshell_cells_path, devshell_profile):
+    pytester.makepyfile(test_bad="""
+        def test_bad(devshell_factory):
+            devshell_factory.open(checkout="/no/such/checkout")
+    """)
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "DevshellError: checkout /no/such/checkout does not exist; fix: " in out, out
+    assert "Traceback" not in out and "raise DevshellError" not in out, out
 
 
 def test_killed_runs_leftovers_are_swept_at_the_next_session(
