@@ -50,6 +50,7 @@ USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")  # escapes and control characters
+REMOVE_WORKERS = 8  # removals a sweep asks the engine for at once
 BUILD_FAILURE_LINES = 20  # of a failing recipe step's own output, shown before the one-line error
 
 Progress = Callable[[str], None]
@@ -821,28 +822,35 @@ class Engine:
         will not remove yet (409: a container's removal in progress, a volume a container still
         holds) is left and named in the list returned, for the caller to say: an error there
         would fail whatever called, and silence would leave it unseen."""
-        from docker.errors import APIError
+        from concurrent.futures import ThreadPoolExecutor
 
         left: list[str] = []
 
-        def remove(call: Callable[..., object], ref: str, name: str) -> None:
+        def remove(path: str, name: str) -> None:
             if name in keep:
                 return
             try:
-                call(ref, force=True)
-            except APIError as e:
-                if e.status_code == 409:
+                self._call("DELETE", path)
+            except EngineError as e:
+                if e.status == 409:
                     left.append(name)
-                elif e.status_code != 404:
+                elif e.status != 404:
                     raise
 
-        for c in self.client.api.containers(all=True, filters=filters):
-            remove(self.client.api.remove_container, c["Id"], (c.get("Names") or [c["Id"]])[0].lstrip("/"))
-        for v in self.client.api.volumes(filters=filters).get("Volumes") or []:
-            remove(self.client.api.remove_volume, v["Name"], v["Name"])
-        # ... and the egress networks, once their devshell and proxy are gone
-        for n in self.client.api.networks(filters=filters):
-            remove(lambda ref, force: self.client.api.remove_network(ref), n["Id"], n["Name"])
+        query = _query({"all": "1", "filters": json.dumps({k: [v] for k, v in filters.items()})})
+        containers = self._call("GET", f"/containers/json?{query}")
+        # Side by side: the engine stops and removes each on its own, and a test run's sweep of
+        # a hundred devshells one at a time took half a minute. Containers first: a volume or
+        # network still held by one would not go.
+        with ThreadPoolExecutor(max_workers=REMOVE_WORKERS) as pool:
+            list(pool.map(lambda c: remove(f"/containers/{c['Id']}?force=1",
+                                           (c.get("Names") or [c["Id"]])[0].lstrip("/")), containers))
+            query = _query({"filters": json.dumps({k: [v] for k, v in filters.items()})})
+            volumes = self._call("GET", f"/volumes?{query}").get("Volumes") or []
+            list(pool.map(lambda v: remove(f"/volumes/{_q(v['Name'])}?force=1", v["Name"]), volumes))
+            # ... and the egress networks, once their devshell and proxy are gone
+            networks = self._call("GET", f"/networks?{query}")
+            list(pool.map(lambda n: remove(f"/networks/{n['Id']}", n["Name"]), networks))
         return left
 
     def logs_tail(self, name: str, lines: int) -> str:

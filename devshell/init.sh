@@ -49,6 +49,7 @@ SETUP=/usr/local/libexec/devshell-setup
 STATE=${DEVSHELL_STATE_DIR:?DEVSHELL_STATE_DIR is not set}
 # host:port of the egress proxy under --network allow (egress.PROXY_ENV); empty otherwise.
 PROXY=${DEVSHELL_PROXY:-}
+PROXY_WAIT_SECONDS=10  # how long verify waits for the proxy to answer (squid after a restart)
 APT_PROXY_CONF=/etc/apt/apt.conf.d/80devshell-egress
 # Filesystems that already present host ownership: chown there is useless or slow.
 MAPPED_FS=" virtiofs fakeowner osxfs fuse.grpcfuse "
@@ -518,16 +519,17 @@ init_egress() {
     [ "$(cat "$APT_PROXY_CONF" 2>/dev/null)" = "$line" ] || echo "$line" > "$APT_PROXY_CONF"
 }
 proxy_answers() {  # a connect (bash's /dev/tcp: no fork); squid takes a moment after its start
-    local tries=0 fd
-    while [ $tries -lt 50 ]; do
+    # Bounded in time, not in tries: a connect to a stopped proxy's address waits for ARP to
+    # give up (seconds each), and fifty of those kept a failing session waiting a minute.
+    local fd deadline=$((SECONDS + PROXY_WAIT_SECONDS))
+    while :; do
         if { exec {fd}<>"/dev/tcp/${PROXY%:*}/${PROXY##*:}"; } 2>/dev/null; then
             exec {fd}>&-
             return 0
         fi
-        tries=$((tries + 1))
+        [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.2
     done
-    return 1
 }
 verify_egress() {
     [ -n "$PROXY" ] || return 0
