@@ -187,9 +187,7 @@ def prepare_host_dirs(opts: Options) -> Options:
         # who must pass through ai/ to memory (and, with --ai-config-rw, write skills).
         with open_dir(opts.host_cache, create=0o700):
             pass
-        ai = f"{opts.host_cache}/ai"
-        memory = next(b.source for b in host_binds(opts) if b.role == "memory")
-        for sub in (ai, f"{ai}/skills", *_parents(memory, ai)):
+        for sub in cache_dirs(opts):
             with open_dir(sub, create=0o700, owner=owner):
                 pass
     ids = []
@@ -197,6 +195,16 @@ def prepare_host_dirs(opts: Options) -> Options:
         with open_dir(bind.source, create=None if bind.role == "checkout" else 0o700, owner=owner) as fd:
             ids.append((bind.role, identity(fd)))
     return opts._replace(bind_ids=tuple(ids))
+
+
+def cache_dirs(opts: Options) -> list[str]:
+    """The directories devshell makes in a host cache, outermost first: ai/, its skills/, and
+    those down to (not including) this checkout's memory dir."""
+    if opts.host_cache is None:
+        return []
+    ai = f"{opts.host_cache}/ai"
+    memory = next(b.source for b in host_binds(opts) if b.role == "memory")
+    return [ai, f"{ai}/skills", *_parents(memory, ai)]
 
 
 def _parents(path: str, top: str) -> list[str]:

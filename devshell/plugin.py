@@ -6,6 +6,7 @@ these fixtures with nothing but ``pytest --cell=NAME``. Public API: see docs/fix
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
@@ -23,9 +24,9 @@ from .cells import Cell
 from .egress import proxy_name
 from .engine import Engine, ExecResult, pid_alive
 from .errors import DevshellError
-from .launcher import Devshell, check_host_paths, open_devshell
+from .launcher import Devshell, cache_dirs, check_host_paths, open_devshell
 from .options import HostFacts, Options, dev_ids, to_argv
-from .spec import INIT_LOG
+from .spec import INIT_LOG, host_binds
 
 if TYPE_CHECKING:
     from .container import DevshellContainer
@@ -47,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="trust profile the devshell fixtures open (default: the cell's)")
     group.addoption("--runtime", default=None, metavar="NAME", dest="devshell_runtime",
                     help="engine runtime the devshell fixtures open under, e.g. runsc")
+    group.addoption("--devshell-reuse", action="store_true", dest="devshell_reuse",
+                    help="let the devshells the fixtures open survive the run, and re-enter them in "
+                         "the next (keyed by everything but per-run paths; /patches and the host "
+                         "cache are emptied at the start of each run, the workspace is kept)")
     group.addoption("--devshell-keep-failed", action="store_true", dest="devshell_keep_failed",
                     help="keep the devshells of failed tests (their names and how to enter them are "
                          "printed) instead of removing them at the end of the run")
@@ -93,6 +98,23 @@ def _run_id(config: pytest.Config) -> str:
             run = secrets.token_hex(4)
         config.stash[_RUN] = run
     return config.stash[_RUN]
+
+
+def _shared_run_id(config: pytest.Config) -> str:
+    """The run's id as the controller and all its xdist workers know it."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["devshell_run"]) if workerinput and "devshell_run" in workerinput \
+        else _run_id(config)
+
+
+def _reuse_dir(config: pytest.Config) -> Path | None:
+    """--devshell-reuse: the project's own place for reused devshells' paths (pytest's cache dir)."""
+    if not config.getoption("devshell_reuse", False):
+        return None
+    if config.cache is None:
+        raise pytest.UsageError("--devshell-reuse keeps its devshells' paths in pytest's cache dir: "
+                                "drop -p no:cacheprovider")
+    return Path(config.cache.mkdir("devshell-reuse"))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -223,7 +245,8 @@ class DevshellFactory:
     def __init__(self, *, cell: Cell, cells_path: list[str], engine: Engine, run_labels: dict[str, str],
                  new_instance: Callable[[], str], tmp_path_factory: pytest.TempPathFactory,
                  profile: str | None = None, runtime: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, reuse_dir: Path | None = None,
+                 run: str = "") -> None:
         self.cell = cell
         self.cells_path = cells_path
         self.engine = engine
@@ -235,6 +258,10 @@ class DevshellFactory:
         self.progress = progress or _stderr_progress
         # Every devshell opened, in order: a failed test's report describes those it opened.
         self.opened: list[Devshell] = []
+        # --devshell-reuse: where reused devshells keep their paths (below pytest's cache dir),
+        # and this run's id as every xdist worker shares it (the controller's).
+        self.reuse_dir = reuse_dir
+        self.run = run
 
     def open(self, cell: str | Cell | None = None, *, uid: int = DEV_UID, gid: int = DEV_GID,
              checkout: str | Path | None = None, patches_out: str | Path | None = None,
@@ -245,26 +272,75 @@ class DevshellFactory:
         """A devshell of `cell` (default: --cell's; a Cell as is, e.g. a test's variant with other
         limits, or a name), opened but not yet entered; see docs/fixtures.md for the rest."""
         the_cell = self._cell(cell)
-        # New paths, which devshell creates (and so may give to dev); a checkout readable by
-        # dev, as a user's usually is (pytest makes its temporary directories 0700).
-        scratch = self.tmp_path_factory.mktemp("devshell-")
-        scratch.chmod(0o755)
-        if checkout is None:
-            checkout = scratch / "checkout"
-            checkout.mkdir(mode=0o755)
-        patches_out = patches_out or scratch / "patches"
-        if host_cache is True:
-            host_cache = scratch / "host-cache"
+        labels = self.run_labels
+        per_run_paths = (instance is None and checkout is None and patches_out is None
+                         and host_cache in (True, False))
+        if self.reuse_dir is not None and per_run_paths:
+            # Keyed by all that makes it but the per-run paths, which a reused devshell keeps
+            # below the cache dir instead; no run label, and a name the run's sweep does not
+            # match, so it outlives the run.
+            key = hashlib.sha256(repr((str(self.reuse_dir), the_cell, uid, gid, bool(host_cache), image,
+                                       ai_config_rw, profile or self.profile, runtime or self.runtime,
+                                       network)).encode()).hexdigest()[:12]
+            instance, labels = f"r{key}", {}
+            base = self.reuse_dir / instance
+            for path in (base, base / "checkout"):
+                path.mkdir(mode=0o755, exist_ok=True)
+            checkout, patches_out = base / "checkout", base / "patches"
+            host_cache = base / "host-cache" if host_cache else False
+        if checkout is None or patches_out is None or host_cache is True:
+            # New paths, which devshell creates (and so may give to dev); a checkout readable
+            # by dev, as a user's usually is (pytest makes its temporary directories 0700).
+            scratch = self.tmp_path_factory.mktemp("devshell-")
+            scratch.chmod(0o755)
+            if checkout is None:
+                checkout = scratch / "checkout"
+                checkout.mkdir(mode=0o755)
+            patches_out = patches_out or scratch / "patches"
+            if host_cache is True:
+                host_cache = scratch / "host-cache"
         opts = Options(cell=the_cell.name, checkout=str(checkout), patches_out=str(patches_out),
                        host_cache=str(host_cache) if host_cache else None, image=image,
                        instance=instance or self.new_instance(), uid=uid, gid=gid,
                        ai_config_ro=not ai_config_rw,
                        cells_dirs=tuple(str(p) for p in self.cells_path[:-1]),
                        profile=profile or self.profile, runtime=runtime or self.runtime, network=network)
-        shell = open_devshell(check_host_paths(opts), the_cell, self.engine,
-                              labels=self.run_labels, progress=self.progress)
+        opts = check_host_paths(opts)
+        if not labels:
+            self._empty_once_a_run(opts)
+        shell = open_devshell(opts, the_cell, self.engine, labels=labels, progress=self.progress)
         self.opened.append(shell)
         return shell
+
+    def _empty_once_a_run(self, opts: Options) -> None:
+        """A reused devshell's drop dir and host cache start each run empty (what the last run's
+        agent left there is not this run's), once, whichever xdist worker opens it first; the
+        directories bound into its container stay, so its mounts stay what they were."""
+        import shutil
+
+        from filelock import FileLock
+
+        assert self.reuse_dir is not None and opts.instance is not None
+        keep = {*(b.source for b in host_binds(opts)), *cache_dirs(opts)}  # each emptied, not removed
+
+        def empty(path: str) -> None:
+            for entry in os.scandir(path):
+                inside_kept = any(k == entry.path or k.startswith(entry.path + "/") for k in keep)
+                if entry.is_dir(follow_symlinks=False) and inside_kept:
+                    empty(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+
+        marker = self.reuse_dir / opts.instance / "emptied-for-run"
+        with FileLock(str(marker) + ".lock"):
+            if marker.exists() and marker.read_text() == self.run:
+                return
+            for root in (opts.patches_out, opts.host_cache):
+                if root and os.path.isdir(root):
+                    empty(root)
+            marker.write_text(self.run)
 
     def container(self, cell: str | Cell | None = None, **options: Any) -> DevshellContainer:
         """The same devshell as open(cell, **options) would give, as a testcontainers container
@@ -295,7 +371,8 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                               tmp_path_factory=tmp_path_factory,
                               profile=pytestconfig.getoption("devshell_profile"),
                               runtime=pytestconfig.getoption("devshell_runtime"),
-                              progress=_uncaptured_progress(pytestconfig))
+                              progress=_uncaptured_progress(pytestconfig),
+                              reuse_dir=_reuse_dir(pytestconfig), run=_shared_run_id(pytestconfig))
     pytestconfig.stash[_FACTORY] = factory
     return factory
 

@@ -166,6 +166,50 @@ def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
             devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
 
 
+REUSED_TEST = '''
+import json, os
+
+def test_reuse(devshell):
+    seen = devshell.run('ls -A /patches; cat "$DEVSHELL_SRC/kept" 2>/dev/null || true; '
+                        'touch /patches/left-by-the-last-run; echo kept > "$DEVSHELL_SRC/kept"')
+    assert seen.exit_code == 0, seen.stderr
+    with open(os.environ["REUSE_REPORT"], "w") as f:
+        json.dump({"name": devshell.name, "outcome": devshell.outcome.state, "seen": seen.stdout}, f)
+'''
+
+
+def test_a_second_run_with_reuse_re_enters_its_devshell_warm(
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile, monkeypatch):
+    """--devshell-reuse: the run's devshell outlives it; the next run re-enters it on the warm
+    path (the same container, not restarted), with the workspace kept and /patches emptied."""
+    import json
+
+    pytester.makepyfile(test_reuse=REUSED_TEST)
+    report = pytester.path / "report.json"
+    monkeypatch.setenv("REUSE_REPORT", str(report))
+    args = [*cell_args(devshell_cell, devshell_cells_path, devshell_profile), "--devshell-reuse"]
+    runs, name = [], None
+    try:
+        for _ in range(2):
+            pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+            runs.append(json.loads(report.read_text()))
+            name = runs[-1]["name"]
+            runs[-1]["state"] = devshell_engine.inspect(name)["State"]
+        first, second = runs
+        assert first["name"] == second["name"] and first["outcome"] == "fresh", runs
+        assert second["outcome"] == "reused", runs
+        assert second["state"]["StartedAt"] == first["state"]["StartedAt"], "restarted, not re-entered"
+        assert (first["seen"], second["seen"]) == ("", "kept\n"), runs  # workspace kept, /patches emptied
+    finally:
+        if name is not None:
+            devshell_engine.remove_all({"name": name})
+    # The control: without the flag, every run opens its own, and removes it.
+    pytester.runpytest_subprocess(*args[:-1]).assert_outcomes(passed=1)
+    again = json.loads(report.read_text())
+    assert again["name"] != name and again["outcome"] == "fresh"
+    assert devshell_engine.inspect(again["name"]) is None
+
+
 def test_a_fixture_that_cannot_open_its_devshell_fails_in_one_line(
         pytester, devshell_cell, devshell_cells_path, devshell_profile):
     pytester.makepyfile(test_bad="""
