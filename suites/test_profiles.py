@@ -518,7 +518,7 @@ def test_as_root_is_refused_under_a_locked_cell(own_cell, devshell_engine):
 @pytest.mark.control("privilege", "--as-root under a locked cell")
 def test_control_as_root_under_a_locked_cell_with_profile_standard(own_cell):
     result = own_cell.launch("id -u", "--as-root", "--profile=standard")
-    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
+    assert (result.exit_code, result.stdout) == (0, "0\n"), result.stderr
 
 
 # --- 3. writes: the read-only root, and the places that take them -------------------------
