@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, suppress
 
 from .errors import DevshellError
 
@@ -48,6 +48,36 @@ def open_dir(path: str, *, create: int | None = None,
         yield fd
     finally:
         os.close(fd)
+
+
+def empty_dir(path: str, keep: Collection[str] = ()) -> None:
+    """Remove everything below the directory path but the directories named in keep (absolute
+    paths below it), which are emptied in turn. Never through a link: what the agent can write
+    there (a reused devshell's drop dir and host cache, while its container runs) may swap a
+    directory for a symlink at any moment, and every step goes by descriptor, refusing one."""
+
+    def clear(fd: int, here: str) -> None:
+        with os.scandir(fd) as entries:
+            found = list(entries)  # read whole before any removal changes the directory
+        for entry in found:
+            inside = f"{here}/{entry.name}"
+            if not entry.is_dir(follow_symlinks=False):
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+                continue
+            try:
+                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)  # a link swapped in: ELOOP
+            except FileNotFoundError:
+                continue
+            try:
+                clear(child, inside)
+            finally:
+                os.close(child)
+            if not any(k == inside or k.startswith(inside + "/") for k in keep):
+                os.rmdir(entry.name, dir_fd=fd)
+
+    with open_dir(path) as fd:
+        clear(fd, path.rstrip("/"))
 
 
 def _make(parent: int, name: str, here: str, mode: int, owner: tuple[int, int] | None) -> int:

@@ -24,6 +24,7 @@ from .cells import Cell
 from .egress import proxy_name
 from .engine import Engine, ExecResult, pid_alive
 from .errors import DevshellError
+from .hostfs import empty_dir
 from .launcher import Devshell, cache_dirs, check_host_paths, open_devshell
 from .options import HostFacts, Options, dev_ids, to_argv
 from .spec import INIT_LOG, host_binds
@@ -316,30 +317,17 @@ class DevshellFactory:
         """A reused devshell's drop dir and host cache start each run empty (what the last run's
         agent left there is not this run's), once, whichever xdist worker opens it first; the
         directories bound into its container stay, so its mounts stay what they were."""
-        import shutil
-
         from filelock import FileLock
 
         assert self.reuse_dir is not None and opts.instance is not None
         keep = {*(b.source for b in host_binds(opts)), *cache_dirs(opts)}  # each emptied, not removed
-
-        def empty(path: str) -> None:
-            for entry in os.scandir(path):
-                inside_kept = any(k == entry.path or k.startswith(entry.path + "/") for k in keep)
-                if entry.is_dir(follow_symlinks=False) and inside_kept:
-                    empty(entry.path)
-                elif entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-
         marker = self.reuse_dir / opts.instance / "emptied-for-run"
         with FileLock(str(marker) + ".lock"):
             if marker.exists() and marker.read_text() == self.run:
                 return
             for root in (opts.patches_out, opts.host_cache):
                 if root and os.path.isdir(root):
-                    empty(root)
+                    empty_dir(root, keep)
             marker.write_text(self.run)
 
     def container(self, cell: str | Cell | None = None, **options: Any) -> DevshellContainer:

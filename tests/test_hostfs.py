@@ -14,7 +14,7 @@ import pytest
 
 from devshell import hostfs
 from devshell.errors import DevshellError
-from devshell.hostfs import config_problems, identity, may_write, open_dir, strict_problem
+from devshell.hostfs import config_problems, empty_dir, identity, may_write, open_dir, strict_problem
 
 DEV = (1000, 1000)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -496,3 +496,33 @@ def test_read_regular_refuses_what_is_not_a_regular_file_without_waiting(tmp_pat
         assert hostfs.read_regular(str(tmp_path / name), 10) is None
     with pytest.raises(FileNotFoundError):
         hostfs.read_regular(str(tmp_path / "absent"), 10)
+
+
+def test_empty_dir_removes_all_but_kept_dirs_and_never_follows_a_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("host file\n")
+    root = tmp_path / "drop"
+    (root / "keep" / "deeper").mkdir(parents=True)
+    (root / "keep" / "deeper" / "note").write_text("x")
+    (root / "keep" / "to-outside").symlink_to(outside)
+    (root / "gone" / "sub").mkdir(parents=True)
+    (root / "gone" / "sub" / "f").write_text("x")
+    (root / "gone" / "to-outside").symlink_to(outside)
+    (root / "file").write_text("x")
+    (root / "link-dir").symlink_to(outside)
+    empty_dir(str(root), keep={str(root / "keep")})
+    assert sorted(p.name for p in root.iterdir()) == ["keep"]
+    assert list((root / "keep").iterdir()) == []
+    assert (outside / "precious").read_text() == "host file\n"
+
+
+def test_empty_dir_leaves_a_kept_dir_swapped_for_a_link_and_what_it_points_at(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("host file\n")
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "ai").symlink_to(outside)  # the agent's swap of a directory devshell keeps
+    empty_dir(str(root), keep={str(root / "ai")})
+    assert list(root.iterdir()) == [] and (outside / "precious").read_text() == "host file\n"
