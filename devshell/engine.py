@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cells import Cell, Recipe, cache_dir
 from .egress import NO_HOST_ADDRESS, PROXY_PORT, PROXY_RECIPE, ROLE_PROXY, EgressSpec, proxy_image
-from .errors import DevshellError
+from .errors import DevshellError, for_terminal
 from .labels import CELL, MAKER, MANAGED, PROFILE, ROLE, RUNTIME, owner_of
 from .spec import (
     BAKE_COMMAND,
@@ -344,7 +344,7 @@ class Engine:
                                                tag=tag, rm=True, forcerm=True, decode=True):
                 if "error" in chunk:
                     for line in said:
-                        progress(f"  | {line}")
+                        progress(f"  | {for_terminal(line)}")
                     raise DevshellError(f"building {tag} failed: {chunk['error'].strip()}",
                                         "fix the cell's image.recipe.run steps (the failing step's "
                                         "last output is above)")

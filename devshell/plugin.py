@@ -23,7 +23,7 @@ from . import cells, labels
 from .cells import Cell
 from .egress import proxy_name
 from .engine import Engine, ExecResult, pid_alive
-from .errors import DevshellError
+from .errors import DevshellError, for_terminal
 from .hostfs import empty_dir
 from .launcher import Devshell, cache_dirs, check_host_paths, open_devshell
 from .options import HostFacts, Options, dev_ids, to_argv
@@ -515,9 +515,11 @@ def diagnosis(shell: Devshell) -> str:
     tail = ("(missing)" if log is None else
             "\n".join(log.decode(errors="replace").splitlines()[-LOG_LINES:]) or "(empty)")
     output = shell.engine.logs_tail(shell.name, LOG_LINES).strip() or "(none)"
-    return (f"enter: {enter_command(shell)}\n{verified}\n"
+    text = (f"enter: {enter_command(shell)}\n{verified}\n"
             f"init log ({INIT_LOG}, last {LOG_LINES} lines):\n{tail}\n"
             f"container output (last {LOG_LINES} lines):\n{output}")
+    # Root inside writes all three: escapes would reach the terminal of whoever reads the report.
+    return "\n".join(for_terminal(line) for line in text.splitlines())
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -125,6 +125,8 @@ def test_failing_run_leaves_no_containers_or_volumes(
         pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     pytester.makepyfile(test_fails="""
         def test_fails(devshell):
+            # What root inside writes to the init log reaches the report, never as an escape.
+            devshell.exec(["sh", "-c", "printf '\\\\033[31mred\\\\n' >> /var/lib/devshell/init.log"])
             assert devshell.run('false').exit_code == 0
     """)
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
@@ -133,8 +135,9 @@ def test_failing_run_leaves_no_containers_or_volumes(
     # ... and its report says where to look: verify, the init log, the output, how to enter it.
     out = result.stdout.str()
     for needle in ("- devshell devshell-", "enter: ", " -m devshell ", "--verify (exit 0):",
-                   "init log (/var/lib/devshell/init.log", "container output (last"):
+                   "init log (/var/lib/devshell/init.log", "\\x1b[31mred", "container output (last"):
         assert needle in out, out
+    assert "\x1b[31m" not in out
 
 
 def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
