@@ -26,7 +26,7 @@ from .engine import Engine, ExecResult, pid_alive
 from .errors import DevshellError, for_terminal
 from .hostfs import empty_dir
 from .launcher import Devshell, cache_dirs, check_host_paths, open_devshell
-from .options import HostFacts, Options, dev_ids, to_argv
+from .options import Options, dev_ids, state_dir, to_argv
 from .spec import INIT_LOG, host_binds
 
 if TYPE_CHECKING:
@@ -120,8 +120,36 @@ def _reuse_dir(config: pytest.Config) -> Path | None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist: hand the controller's run id to each worker."""
+    """xdist: hand the controller's run id and owner to each worker."""
     node.workerinput["devshell_run"] = _run_id(node.config)
+    node.workerinput["devshell_owner"] = f"{os.uname().nodename}:{os.getpid()}"
+
+
+def _controller_labels(config: pytest.Config) -> dict[str, str] | None:
+    """An xdist worker's labels for what the controller owns (None outside xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput or "devshell_owner" not in workerinput:
+        return None
+    return {LABEL_RUN: str(workerinput["devshell_run"]), LABEL_PID: str(workerinput["devshell_owner"])}
+
+
+def _shared_marker(run: str) -> str:
+    """Made by a worker that opened a shared devshell: the controller then sweeps its run."""
+    return _state("tests-shared", run)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if getattr(config, "workerinput", None) is not None or _RUN not in config.stash:
+        return
+    marker = _shared_marker(_run_id(config))
+    if os.path.isdir(marker):  # the workers are all done: the devshells they shared go now
+        try:
+            _remove_run(Engine.connect(), _run_id(config))
+        except DevshellError as e:
+            warnings.warn(f"devshell: the devshells this run's workers shared are left: {e}",
+                          LeftoverWarning, stacklevel=1)
+        os.rmdir(marker)
 
 
 @pytest.fixture(scope="session")
@@ -184,8 +212,13 @@ def _remove_run(engine: Engine, run: str, keep: Collection[str] = ()) -> None:
 _KEPT = pytest.StashKey[set[str]]()
 
 
+def _state(*parts: str) -> str:
+    """A path in devshell's state dir (XDG_STATE_HOME/devshell) of the user running pytest."""
+    return os.path.join(state_dir(os.path.expanduser("~"), os.environ), *parts)
+
+
 def _kept_dir() -> str:
-    return os.path.join(HostFacts.current().state or "", "tests-kept")
+    return _state("tests-kept")
 
 
 def _record_kept(names: Collection[str]) -> None:
@@ -247,7 +280,7 @@ class DevshellFactory:
                  new_instance: Callable[[], str], tmp_path_factory: pytest.TempPathFactory,
                  profile: str | None = None, runtime: str | None = None,
                  progress: Callable[[str], None] | None = None, reuse_dir: Path | None = None,
-                 run: str = "") -> None:
+                 run: str = "", shared_labels: dict[str, str] | None = None) -> None:
         self.cell = cell
         self.cells_path = cells_path
         self.engine = engine
@@ -263,20 +296,38 @@ class DevshellFactory:
         # and this run's id as every xdist worker shares it (the controller's).
         self.reuse_dir = reuse_dir
         self.run = run
+        # Under xdist: the controller's labels, for the devshell the workers share (open(shared=True)).
+        self.shared_labels = shared_labels
 
     def open(self, cell: str | Cell | None = None, *, uid: int = DEV_UID, gid: int = DEV_GID,
              checkout: str | Path | None = None, patches_out: str | Path | None = None,
              host_cache: bool | str | Path = True,
              image: str | None = None, instance: str | None = None,
              ai_config_rw: bool = False, profile: str | None = None,
-             runtime: str | None = None, network: str | None = None) -> Devshell:
+             runtime: str | None = None, network: str | None = None, shared: bool = False) -> Devshell:
         """A devshell of `cell` (default: --cell's; a Cell as is, e.g. a test's variant with other
         limits, or a name), opened but not yet entered; see docs/fixtures.md for the rest."""
         the_cell = self._cell(cell)
         labels = self.run_labels
         per_run_paths = (instance is None and checkout is None and patches_out is None
                          and host_cache in (True, False))
-        if self.reuse_dir is not None and per_run_paths:
+        if shared and self.shared_labels is not None and self.reuse_dir is None and per_run_paths:
+            # Under xdist: one devshell for every worker that asks for the same one, made by the
+            # first under the launcher's lock (the others find it running: the warm path), on
+            # paths all of them name alike, and labelled with the controller's run, which
+            # removes it once, when every worker is done (a crashed controller's, the next
+            # run's sweep).
+            key = hashlib.sha256(repr((the_cell, uid, gid, bool(host_cache), image, ai_config_rw,
+                                       profile or self.profile, runtime or self.runtime,
+                                       network)).encode()).hexdigest()[:8]
+            instance, labels = f"t{self.run}-s{key}", self.shared_labels
+            base = self.tmp_path_factory.getbasetemp().parent / f"devshell-shared-{key}"
+            for path in (base, base / "checkout"):
+                path.mkdir(mode=0o755, exist_ok=True)
+            checkout, patches_out = base / "checkout", base / "patches"
+            host_cache = base / "host-cache" if host_cache else False
+            os.makedirs(_shared_marker(self.run), mode=0o700, exist_ok=True)
+        elif self.reuse_dir is not None and per_run_paths:
             # Keyed by all that makes it but the per-run paths, which a reused devshell keeps
             # below the cache dir instead; no run label, and a name the run's sweep does not
             # match, so it outlives the run.
@@ -360,7 +411,8 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
                               profile=pytestconfig.getoption("devshell_profile"),
                               runtime=pytestconfig.getoption("devshell_runtime"),
                               progress=_uncaptured_progress(pytestconfig),
-                              reuse_dir=_reuse_dir(pytestconfig), run=_shared_run_id(pytestconfig))
+                              reuse_dir=_reuse_dir(pytestconfig), run=_shared_run_id(pytestconfig),
+                              shared_labels=_controller_labels(pytestconfig))
     pytestconfig.stash[_FACTORY] = factory
     return factory
 
@@ -370,7 +422,7 @@ def devshell(devshell_factory: DevshellFactory) -> Devshell:
     """The --cell devshell, opened and entered once (init and verify have run): dev has the
     uid/gid of the user running pytest (root's: 1000), with a temporary checkout, patches dir
     and host cache."""
-    shell = devshell_factory.open()
+    shell = devshell_factory.open(shared=True)
     result = shell.run("true")
     if result.exit_code:
         pytest.fail(f"entering {shell.name} failed ({result.exit_code}): {result.stderr.strip()}",

@@ -213,6 +213,28 @@ def test_a_second_run_with_reuse_re_enters_its_devshell_warm(
     assert devshell_engine.inspect(again["name"]) is None
 
 
+def test_xdist_workers_share_the_devshell_fixture_and_the_controller_removes_it(
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile, monkeypatch):
+    seen = pytester.path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv("SEEN", str(seen))
+    pytester.makepyfile(test_share="""
+        import os, pathlib, pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_share(devshell, worker_id, n):
+            assert devshell.run("true").exit_code == 0
+            (pathlib.Path(os.environ["SEEN"]) / f"{n}").write_text(f"{worker_id} {devshell.name}")
+    """)
+    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile),
+                                           "-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    pairs = [p.read_text().split() for p in seen.iterdir()]
+    assert len({w for w, _ in pairs}) == 2, pairs  # both workers ran tests ...
+    assert len({name for _, name in pairs}) == 1, pairs  # ... in one devshell
+    assert leftovers(devshell_engine, run_id(result)) == []  # removed once every worker was done
+
+
 def test_a_fixture_that_cannot_open_its_devshell_fails_in_one_line(
         pytester, devshell_cell, devshell_cells_path, devshell_profile):
     pytester.makepyfile(test_bad="""
