@@ -36,6 +36,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     s = settings.default
     seed = config.getoption("hypothesis_seed")
-    replay = f", seed {seed}: replay with --hypothesis-seed={seed}" if seed is not None else ""
+    # A derandomized profile ignores the seed: the advice is for the random one only.
+    replay = (f", seed {seed}: replay with HYPOTHESIS_PROFILE=random pytest ... --hypothesis-seed={seed}"
+              if seed is not None and not s.derandomize else "")
     return (f"hypothesis profile: {settings.get_current_profile_name()} (max_examples={s.max_examples}, "
             f"derandomize={s.derandomize}){replay}")

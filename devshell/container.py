@@ -18,13 +18,8 @@ from typing import Any, NoReturn
 
 from testcontainers.core.container import DockerContainer
 
-from .egress import NO_HOST_ADDRESS
-from .errors import DevshellError
+from .errors import DevshellError, for_terminal
 from .launcher import Devshell
-
-# docker_network_kw for a testcontainers Network that leads only to its members (internal, no
-# address on the host): the only kind a devshell whose egress is not open may join.
-CLOSED_NETWORK: dict[str, Any] = {"internal": True, "options": dict([NO_HOST_ADDRESS])}
 
 
 class DevshellContainer(DockerContainer):
@@ -39,17 +34,18 @@ class DevshellContainer(DockerContainer):
 
     def start(self) -> DevshellContainer:
         # Refused before anything is made, on the mode the launch will plan ...
-        self._check_network(self._planned_network)
+        self._network_to_join(self._planned_network)
         self.devshell = shell = self._opener()
         try:
             # ... and again on the mode in force (a runtime without a network makes it none).
-            self._check_network(shell.network)
+            network_id = self._network_to_join(shell.network)
             entered = shell.run("true")  # init and verify have run: a started devshell is ready
             if entered.exit_code:
                 raise DevshellError(f"entering {shell.name} failed ({entered.exit_code}): "
-                                    f"{entered.stderr.strip()}", f"devshell {shell.spec.cell} --verify")
-            if self._network is not None:
-                shell.engine.join_network(shell.name, self._network.name, list(self._network_aliases or []))
+                                    f"{for_terminal(entered.stderr.strip())}",
+                                    f"devshell {shell.spec.cell} --verify")
+            if network_id is not None:
+                shell.engine.join_network(shell.name, network_id, list(self._network_aliases or []))
             self.image = shell.spec.image
             self._container = self.get_docker_client().client.containers.get(shell.name)
         except BaseException:
@@ -57,21 +53,17 @@ class DevshellContainer(DockerContainer):
             raise
         return self
 
-    def _check_network(self, mode: str) -> None:
-        if self._network is None or mode == "open":
-            return
-        engine = self.devshell.engine if self.devshell is not None else None
-        if engine is None:
-            from .engine import Engine
-
-            engine = Engine.connect()
-        if mode == "none" or not engine.network_is_closed(self._network.name):
-            # A 'none' devshell has no interface to give a network; an 'allow' one reaches out
-            # only through its proxy, which a network with a route out would go around.
-            raise DevshellError(f"a devshell whose egress is {mode} cannot join network {self._network.name}"
-                                + ("" if mode == "none" else ", which has a route out"),
-                                "open it with network='open', or (egress allow) create the network "
-                                "with docker_network_kw=devshell.container.CLOSED_NETWORK")
+    def _network_to_join(self, mode: str) -> str | None:
+        """The network to join, None for none. Only an open devshell joins one: a 'none' devshell
+        has no interface to give it, and an 'allow' one reaches out only through its proxy, on
+        its egress network alone (every launch holds it to that); any network with a route out
+        would go around the proxy, and one without would be taken for tampering at re-entry."""
+        if self._network is None:
+            return None
+        if mode != "open":
+            raise DevshellError(f"a devshell whose egress is {mode} cannot join network {self._network.name}",
+                                "open it with network='open' to put it on a network with other containers")
+        return str(self._network.name)
 
     def run(self, script: str) -> Any:
         """Enter as the CLI does and run script (Devshell.run): an ExecResult."""
@@ -80,11 +72,13 @@ class DevshellContainer(DockerContainer):
         return self.devshell.run(script)
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
-        """Remove the container (and, as testcontainers does by default, its volume)."""
-        if self.devshell is not None:
-            self.devshell.engine.remove_container(self.devshell.name)
-            if delete_volume:
-                self.devshell.engine.remove_volume(self.devshell.spec.volume)
+        """Remove the container start() made (and, as testcontainers does by default, the volume
+        it made): one it found running (an instance=, a reused devshell) is another's, and stays."""
+        shell = self.devshell
+        if shell is not None and shell.outcome.state != "reused":
+            shell.engine.remove_container(shell.name)
+            if delete_volume and shell.volume_created:
+                shell.engine.remove_volume(shell.spec.volume)
         self._container = None
 
 

@@ -345,7 +345,7 @@ class Engine:
                 if "error" in chunk:
                     for line in said:
                         progress(f"  | {for_terminal(line)}")
-                    raise DevshellError(f"building {tag} failed: {chunk['error'].strip()}",
+                    raise DevshellError(f"building {tag} failed: {for_terminal(chunk['error'].strip())}",
                                         "fix the cell's image.recipe.run steps (the failing step's "
                                         "last output is above)")
                 for text in chunk.get("stream", "").splitlines():
@@ -388,17 +388,6 @@ class Engine:
                                 "the egress policy cannot hold on it",
                                 f"devshell down {cell} (it goes with the devshell), then launch again")
         return info
-
-    def network_is_closed(self, name: str) -> bool:
-        """Whether a network leads only to its members, as an egress network does: internal, no
-        address on the host (plain internal still reaches the host's services through the
-        bridge's address on this engine), no IPv6. Refused when there is no such network."""
-        info: dict[str, Any] | None = self._call("GET", f"/networks/{_q(name)}", missing=(404,))
-        if info is None:
-            raise DevshellError(f"network {name} does not exist", "create it before the devshell joins it")
-        key, value = NO_HOST_ADDRESS
-        return bool(info.get("Internal")) and (info.get("Options") or {}).get(key) == value \
-            and not info.get("EnableIPv6")
 
     def join_network(self, container: str, network: str, aliases: list[str]) -> None:
         """Connect a running container to a network under aliases (other members' names for it)."""
@@ -832,7 +821,7 @@ class Engine:
             try:
                 self._call("DELETE", path)
             except EngineError as e:
-                if e.status == 409:
+                if e.status in (403, 409):  # 403: a network something (kept, foreign) still holds
                     left.append(name)
                 elif e.status != 404:
                     raise
@@ -853,15 +842,21 @@ class Engine:
             list(pool.map(lambda n: remove(f"/networks/{n['Id']}", n["Name"]), networks))
         return left
 
-    def logs_tail(self, name: str, lines: int) -> str:
-        """The last lines of a container's output (stdout and stderr), or '' when there is none."""
-        from docker.errors import DockerException
-
+    @contextmanager
+    def frozen(self, name: str) -> Iterator[None]:
+        """The container's processes paused while the block runs (nothing if it is not running):
+        what the host does to the directories it binds cannot be raced from inside."""
         try:
-            out: bytes = self.client.api.logs(name, tail=lines)
-        except DockerException:
-            return ""
-        return out.decode(errors="replace")
+            self._call("POST", f"/containers/{_q(name)}/pause", ok=(204,))
+        except EngineError as e:
+            if e.status not in (404, 409):  # none, or not running: nothing inside to race
+                raise
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._call("POST", f"/containers/{_q(name)}/unpause", ok=(204, 304))
 
     # --- exec -----------------------------------------------------------------------------
 
@@ -1114,32 +1109,13 @@ class Engine:
         """What argv prints (as user, root by default) in the container, read on the host's
         terms: at most limit bytes, within USAGE_TIMEOUT, then the docker CLI is killed (what
         runs inside is the agent's to replace: it may hang or flood). b"" when it cannot run."""
-        import selectors
-        import subprocess
-        import time
+        return _bounded_output(["docker", "exec", "--user", user, container, *argv], limit)
 
-        try:
-            proc = subprocess.Popen(["docker", "exec", "--user", user, container, *argv],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL)
-        except OSError:
-            return b""
-        assert proc.stdout is not None
-        out = b""
-        deadline = time.monotonic() + USAGE_TIMEOUT
-        try:  # the CLI goes with us, a ^C or a signal-turned-exit included (lifecycle.main)
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ)
-                while len(out) < limit and (left := deadline - time.monotonic()) > 0 and sel.select(left):
-                    chunk = os.read(proc.stdout.fileno(), limit - len(out))
-                    if not chunk:
-                        break
-                    out += chunk
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-        return out
+    def logs_tail(self, name: str, lines: int, *, limit: int = 64 * 1024) -> str:
+        """The last lines of a container's output (stdout and stderr), read on the same terms
+        as bounded_exec: root inside writes them, as many and as long as it likes."""
+        out = _bounded_output(["docker", "logs", "--tail", str(lines), name], limit, stderr=True)
+        return out.decode(errors="replace")
 
     def version(self) -> dict[str, Any]:
         found: dict[str, Any] = self._call("GET", "/version")
@@ -1259,6 +1235,36 @@ def _q(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="/:@")
+
+
+def _bounded_output(argv: list[str], limit: int, *, stderr: bool = False) -> bytes:
+    """What a docker CLI command prints, at most limit bytes, within USAGE_TIMEOUT; then it is
+    killed. b"" when it cannot run."""
+    import selectors
+    import subprocess
+    import time
+
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL)
+    except OSError:
+        return b""
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + USAGE_TIMEOUT
+    try:  # the CLI goes with us, a ^C or a signal-turned-exit included (lifecycle.main)
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while len(out) < limit and (left := deadline - time.monotonic()) > 0 and sel.select(left):
+                chunk = os.read(proc.stdout.fileno(), limit - len(out))
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return out
 
 
 def _query(params: dict[str, str]) -> str:

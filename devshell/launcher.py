@@ -22,6 +22,7 @@ from .spec import (
     LABEL_CELL,
     LABEL_HASH,
     ContainerSpec,
+    ai_dir,
     container_name,
     host_binds,
     network_in_force,
@@ -126,7 +127,7 @@ def check_host_paths(opts: Options) -> Options:
         if missing and _needs_root_to_give(opts):
             raise DevshellError(f"only root can give the new {missing[0]} to dev ({opts.uid}:{opts.gid})",
                                 "drop --uid/--gid, or create it for that user first")
-        ai = os.path.join(cache, "ai")
+        ai = ai_dir(cache)
         for path in (os.path.join(ai, "skills"), *(b.source for b in host_binds(opts) if b.source != ai)):
             if path.startswith(cache + "/"):
                 _check_cache_entry(path, cache, trusted)
@@ -202,7 +203,7 @@ def cache_dirs(opts: Options) -> list[str]:
     those down to (not including) this checkout's memory dir."""
     if opts.host_cache is None:
         return []
-    ai = f"{opts.host_cache}/ai"
+    ai = ai_dir(opts.host_cache)
     memory = next(b.source for b in host_binds(opts) if b.role == "memory")
     return [ai, f"{ai}/skills", *_parents(memory, ai)]
 

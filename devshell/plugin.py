@@ -27,7 +27,7 @@ from .errors import DevshellError, for_terminal
 from .hostfs import empty_dir
 from .launcher import Devshell, cache_dirs, check_host_paths, open_devshell
 from .options import Options, dev_ids, state_dir, to_argv
-from .spec import INIT_LOG, host_binds
+from .spec import INIT_LOG, INIT_PATH, container_name, host_binds
 
 if TYPE_CHECKING:
     from .container import DevshellContainer
@@ -59,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("devshell_reuse") and not config.pluginmanager.has_plugin("cacheprovider"):
+        raise pytest.UsageError("--devshell-reuse keeps its devshells' paths in pytest's cache dir: "
+                                "drop -p no:cacheprovider")
     # --cell asks for real containers: with no engine, stop the run with one line rather than
     # letting it end as a green run of nothing.
     if config.getoption("--cell") is not None:
@@ -76,6 +79,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # changes nothing.
     if any(name.startswith("devshell") for item in items for name in getattr(item, "fixturenames", ())):
         os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+        config_module = sys.modules.get("testcontainers.core.config")
+        if config_module is not None and os.environ["TESTCONTAINERS_RYUK_DISABLED"] == "true":
+            # A test module that imported testcontainers has its configuration made already.
+            config_module.testcontainers_config.ryuk_disabled = True
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -101,6 +108,17 @@ def _run_id(config: pytest.Config) -> str:
     return config.stash[_RUN]
 
 
+def _readable_dirs(*paths: Path) -> None:
+    """Directories made (if missing) readable by dev, whatever the umask, as a user's checkout
+    usually is; one that exists is left as it is."""
+    for path in paths:
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            continue
+        path.chmod(0o755)
+
+
 def _shared_run_id(config: pytest.Config) -> str:
     """The run's id as the controller and all its xdist workers know it."""
     workerinput = getattr(config, "workerinput", None)
@@ -110,11 +128,8 @@ def _shared_run_id(config: pytest.Config) -> str:
 
 def _reuse_dir(config: pytest.Config) -> Path | None:
     """--devshell-reuse: the project's own place for reused devshells' paths (pytest's cache dir)."""
-    if not config.getoption("devshell_reuse", False):
+    if not config.getoption("devshell_reuse", False) or config.cache is None:  # checked at configure
         return None
-    if config.cache is None:
-        raise pytest.UsageError("--devshell-reuse keeps its devshells' paths in pytest's cache dir: "
-                                "drop -p no:cacheprovider")
     return Path(config.cache.mkdir("devshell-reuse"))
 
 
@@ -308,7 +323,7 @@ class DevshellFactory:
         """A devshell of `cell` (default: --cell's; a Cell as is, e.g. a test's variant with other
         limits, or a name), opened but not yet entered; see docs/fixtures.md for the rest."""
         the_cell = self._cell(cell)
-        labels = self.run_labels
+        labels, reused = self.run_labels, False
         per_run_paths = (instance is None and checkout is None and patches_out is None
                          and host_cache in (True, False))
         if shared and self.shared_labels is not None and self.reuse_dir is None and per_run_paths:
@@ -322,8 +337,7 @@ class DevshellFactory:
                                        network)).encode()).hexdigest()[:8]
             instance, labels = f"t{self.run}-s{key}", self.shared_labels
             base = self.tmp_path_factory.getbasetemp().parent / f"devshell-shared-{key}"
-            for path in (base, base / "checkout"):
-                path.mkdir(mode=0o755, exist_ok=True)
+            _readable_dirs(base, base / "checkout")
             checkout, patches_out = base / "checkout", base / "patches"
             host_cache = base / "host-cache" if host_cache else False
             os.makedirs(_shared_marker(self.run), mode=0o700, exist_ok=True)
@@ -334,10 +348,9 @@ class DevshellFactory:
             key = hashlib.sha256(repr((str(self.reuse_dir), the_cell, uid, gid, bool(host_cache), image,
                                        ai_config_rw, profile or self.profile, runtime or self.runtime,
                                        network)).encode()).hexdigest()[:12]
-            instance, labels = f"r{key}", {}
+            instance, labels, reused = f"r{key}", {}, True
             base = self.reuse_dir / instance
-            for path in (base, base / "checkout"):
-                path.mkdir(mode=0o755, exist_ok=True)
+            _readable_dirs(base, base / "checkout")
             checkout, patches_out = base / "checkout", base / "patches"
             host_cache = base / "host-cache" if host_cache else False
         if checkout is None or patches_out is None or host_cache is True:
@@ -357,29 +370,53 @@ class DevshellFactory:
                        ai_config_ro=not ai_config_rw,
                        cells_dirs=tuple(str(p) for p in self.cells_path[:-1]),
                        profile=profile or self.profile, runtime=runtime or self.runtime, network=network)
+        if reused:
+            opts = self._ready_for_this_run(opts, the_cell)
         opts = check_host_paths(opts)
-        if not labels:
-            self._empty_once_a_run(opts)
         shell = open_devshell(opts, the_cell, self.engine, labels=labels, progress=self.progress)
         self.opened.append(shell)
         return shell
 
-    def _empty_once_a_run(self, opts: Options) -> None:
+    def _ready_for_this_run(self, opts: Options, cell: Cell) -> Options:
         """A reused devshell's drop dir and host cache start each run empty (what the last run's
         agent left there is not this run's), once, whichever xdist worker opens it first; the
-        directories bound into its container stay, so its mounts stay what they were."""
+        directories bound into its container stay, so its mounts stay what they were. Its
+        container is paused meanwhile: nothing inside can race the walk. What cannot be
+        emptied or no longer passes the checks (root inside may chmod what it had bound, or
+        leave root's files in /patches) is not this run's to fix: the devshell is removed and
+        its directories set aside, and the run starts from a new one."""
         from filelock import FileLock
 
         assert self.reuse_dir is not None and opts.instance is not None
-        keep = {*(b.source for b in host_binds(opts)), *cache_dirs(opts)}  # each emptied, not removed
-        marker = self.reuse_dir / opts.instance / "emptied-for-run"
-        with FileLock(str(marker) + ".lock"):
+        base = self.reuse_dir / opts.instance
+        marker = base / "emptied-for-run"
+        name = container_name(cell.name, opts.instance)
+        with FileLock(str(base) + ".lock"):
             if marker.exists() and marker.read_text() == self.run:
-                return
-            for root in (opts.patches_out, opts.host_cache):
-                if root and os.path.isdir(root):
-                    empty_dir(root, keep)
+                return opts
+            # Every path below base, spelt from base's real path (empty_dir walks a link-free
+            # path); nothing below base is resolved: that is where the agent writes.
+            real = os.path.realpath(base)
+
+            def below_real(path: str) -> str:
+                return real + path[len(str(base)):]
+
+            keep = {below_real(p) for p in (*(b.source for b in host_binds(opts)), *cache_dirs(opts))}
+            try:
+                with self.engine.frozen(name):
+                    for root in (opts.patches_out, opts.host_cache):
+                        if root and os.path.isdir(root):
+                            empty_dir(below_real(root), keep)
+                check_host_paths(opts)
+            except (DevshellError, OSError) as e:
+                aside = f"{base}.set-aside-{self.run}"
+                warnings.warn(f"devshell: the reused {name} is not fit for another run ({e}): removed, "
+                              f"its directories set aside in {aside}", LeftoverWarning, stacklevel=2)
+                self.engine.remove_all({"name": f"^/?{name}$"})
+                os.rename(base, aside)
+                _readable_dirs(base, base / "checkout")
             marker.write_text(self.run)
+        return opts
 
     def container(self, cell: str | Cell | None = None, **options: Any) -> DevshellContainer:
         """The same devshell as open(cell, **options) would give, as a testcontainers container
@@ -388,6 +425,9 @@ class DevshellFactory:
         from .container import DevshellContainer  # testcontainers only for those who ask
 
         the_cell = self._cell(cell)
+        # A new instance unless one is named: never the run's shared or a reused devshell, which
+        # other tests use while this one's stop() would remove it.
+        options.setdefault("instance", self.new_instance())
         return DevshellContainer(lambda: self.open(the_cell, **options),
                                  planned_network=options.get("network") or the_cell.network,
                                  image=the_cell.image)
@@ -507,6 +547,7 @@ _FACTORY = pytest.StashKey[DevshellFactory]()
 Report = pytest.TestReport
 _OPENED_BEFORE = pytest.StashKey[int]()
 LOG_LINES = 30  # of the init log and of the container's output, in a failed test's report
+DIAGNOSIS_BYTES = 64 * 1024  # the most read of each (verify's words, the log, the output)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -536,9 +577,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 def _devshells_of(item: pytest.Item) -> list[Devshell]:
     """The devshells a test used: those among its fixtures' values, and those it opened."""
-    found = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Devshell)]
-    found += [v.devshell for v in getattr(item, "funcargs", {}).values()
-              if isinstance(getattr(v, "devshell", None), Devshell)]
+    values = list(getattr(item, "funcargs", {}).values())
+    found = [v for v in values if isinstance(v, Devshell)]
+    containers = sys.modules.get("devshell.container")  # loaded by whoever made one: never here
+    if containers is not None:
+        found += [v.devshell for v in values
+                  if isinstance(v, containers.DevshellContainer) and v.devshell is not None]
     factory = item.config.stash.get(_FACTORY, None)
     if factory is not None:
         found += factory.opened[item.stash.get(_OPENED_BEFORE, len(factory.opened)):]
@@ -555,23 +599,28 @@ def enter_command(shell: Devshell) -> str:
 def diagnosis(shell: Devshell) -> str:
     """What to look at first when a test with this devshell failed: how to enter it, what
     --verify says, the init log and the container's last output. Reads only."""
-    if shell.engine.inspect(shell.name) is None:
-        return f"the container {shell.name} is gone\nenter (makes it again): {enter_command(shell)}"
     try:
-        verify = shell.verify()
-        said = (verify.stdout + verify.stderr).strip() or "(nothing to say: every check held)"
-        verified = f"--verify (exit {verify.exit_code}):\n{said}"
-    except DevshellError as e:
-        verified = f"--verify could not run: {e}"
-    log = shell.engine.read_file(shell.name, INIT_LOG, 1 << 20)
-    tail = ("(missing)" if log is None else
+        text = _diagnose(shell)
+    except Exception as e:  # a report must never take the run down with it
+        text = f"enter: {enter_command(shell)}\n(the rest could not be read: {type(e).__name__}: {e})"
+    # Root inside writes all of it: escapes would reach the terminal of whoever reads the report.
+    return "\n".join(for_terminal(line) for line in text.splitlines())
+
+
+def _diagnose(shell: Devshell) -> str:
+    engine = shell.engine
+    if engine.inspect(shell.name) is None:
+        return f"the container {shell.name} is gone\nenter (makes it again): {enter_command(shell)}"
+    # What runs inside is root's to replace: every read is bounded in bytes and time.
+    verify = engine.bounded_exec(shell.name, ["sh", "-c", f'{INIT_PATH} --verify 2>&1; echo "(exit $?)"'],
+                                 limit=DIAGNOSIS_BYTES).decode(errors="replace").strip()
+    log = engine.read_file(shell.name, INIT_LOG, DIAGNOSIS_BYTES)
+    tail = ("(missing, or more than it is worth reading)" if log is None else
             "\n".join(log.decode(errors="replace").splitlines()[-LOG_LINES:]) or "(empty)")
-    output = shell.engine.logs_tail(shell.name, LOG_LINES).strip() or "(none)"
-    text = (f"enter: {enter_command(shell)}\n{verified}\n"
+    output = engine.logs_tail(shell.name, LOG_LINES, limit=DIAGNOSIS_BYTES).strip() or "(none)"
+    return (f"enter: {enter_command(shell)}\n--verify:\n{verify or '(no answer)'}\n"
             f"init log ({INIT_LOG}, last {LOG_LINES} lines):\n{tail}\n"
             f"container output (last {LOG_LINES} lines):\n{output}")
-    # Root inside writes all three: escapes would reach the terminal of whoever reads the report.
-    return "\n".join(for_terminal(line) for line in text.splitlines())
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -123,13 +123,17 @@ def host_binds(opts: Options) -> list[Bind]:
         memory = memory_dir(opts.checkout)
         # memories (every project's, read-only) is a mount of its own even where ai/ is
         # writable (--ai-config-rw), so it cannot be renamed or replaced from inside either.
-        # Joined, not concatenated: a host cache of / (refused for entering, but planned for
-        # --rm) would otherwise be bound as //ai.
-        ai = posixpath.join(opts.host_cache, "ai")
+        ai = ai_dir(opts.host_cache)
         binds += [Bind("ai", ai, f"{CACHE}/ai", opts.ai_config_ro),
                   Bind("memories", f"{ai}/memory", f"{CACHE}/ai/memory", True),
                   Bind("memory", f"{ai}/{memory}", f"{CACHE}/ai/{memory}", False)]
     return binds
+
+
+def ai_dir(host_cache: str) -> str:
+    """The host cache's ai/, the one spelling for every use. Joined, not concatenated: a host
+    cache of / (refused for entering, but planned for --rm) would otherwise be //ai."""
+    return posixpath.join(host_cache, "ai")
 
 
 def memory_dir(checkout: str) -> str:

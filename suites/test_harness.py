@@ -3,6 +3,7 @@ runs clean up after themselves (and after killed runs), and no engine is never a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from hostuser import as_tester
 
 from devshell.labels import MANAGED
+from devshell.options import state_dir
 from devshell.plugin import LABEL_PID, LABEL_RUN
 
 DOWNSTREAM_TEST = '''
@@ -127,6 +129,8 @@ def test_failing_run_leaves_no_containers_or_volumes(
         def test_fails(devshell):
             # What root inside writes to the init log reaches the report, never as an escape.
             devshell.exec(["sh", "-c", "printf '\\\\033[31mred\\\\n' >> /var/lib/devshell/init.log"])
+            # The control: the log itself holds the raw escape.
+            assert "\\x1b[31mred" in devshell.exec(["cat", "/var/lib/devshell/init.log"]).stdout
             assert devshell.run('false').exit_code == 0
     """)
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
@@ -134,14 +138,14 @@ def test_failing_run_leaves_no_containers_or_volumes(
     assert leftovers(devshell_engine, run_id(result)) == []
     # ... and its report says where to look: verify, the init log, the output, how to enter it.
     out = result.stdout.str()
-    for needle in ("- devshell devshell-", "enter: ", " -m devshell ", "--verify (exit 0):",
+    for needle in ("- devshell devshell-", "enter: ", " -m devshell ", "--verify:\n(exit 0)",
                    "init log (/var/lib/devshell/init.log", "\\x1b[31mred", "container output (last"):
         assert needle in out, out
     assert "\x1b[31m" not in out
 
 
 def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
-        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile, tmp_path):
+        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     pytester.makepyfile(test_fails="""
         def test_passes(devshell_factory):
             assert devshell_factory.open().run('true').exit_code == 0
@@ -150,23 +154,29 @@ def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
             assert devshell_factory.open().run('false').exit_code == 0
     """)
     args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
-    env = {"XDG_STATE_HOME": str(tmp_path / "state")}  # where the kept record lives
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        result = pytester.runpytest_subprocess(*args, "--devshell-keep-failed")
-        result.assert_outcomes(passed=1, failed=1)
-        run = run_id(result)
-        kept = re.findall(rf"^(devshell-\S+-t{run}-\d+): ", result.stdout.str(), flags=re.MULTILINE)
-        try:
-            assert len(kept) == 1, result.stdout.str()
-            assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]  # its container and volume
-            # The kept container's run is dead now: the next run's sweep must leave it.
-            pytester.makepyfile(test_fails="def test_nothing(devshell_run_labels):\n    pass\n")
-            pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
-            assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]
-        finally:
-            devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
+    # The record lives in this user's state dir, the one every run of this user (the suites'
+    # own, beside this one) reads before it sweeps.
+    records = os.path.join(state_dir(os.path.expanduser("~"), os.environ), "tests-kept")
+    result = pytester.runpytest_subprocess(*args, "--devshell-keep-failed")
+    result.assert_outcomes(passed=1, failed=1)
+    run = run_id(result)
+    kept = re.findall(rf"^(devshell-\S+-t{run}-\d+): ", result.stdout.str(), flags=re.MULTILINE)
+    try:
+        assert len(kept) == 1, result.stdout.str()
+        assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]  # its container and volume
+        # The kept container's run is dead now: the next run's sweep must leave it.
+        pytester.makepyfile(test_fails="def test_nothing(devshell_run_labels):\n    pass\n")
+        pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+        assert sorted(leftovers(devshell_engine, run)) == [kept[0], kept[0]]
+        # The control: without its record, the next run's sweep takes it.
+        os.unlink(os.path.join(records, kept[0]))
+        pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+        assert leftovers(devshell_engine, run) == []
+    finally:
+        devshell_engine.remove_all({"label": f"{LABEL_RUN}={run}"})
+        for name in kept:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(records, name))
 
 
 REUSED_TEST = '''
