@@ -289,7 +289,9 @@ def devshell_runtime(pytestconfig: pytest.Config) -> str | None:
 class DevshellFactory:
     """Opens devshells for one test run; the `devshell_factory` fixture is one. Each `open()` is
     a new container and volume named for the run (or an earlier one's `instance`), removed at
-    the run's end, like the paths it makes below pytest's temporary directory."""
+    the run's end, like the paths it makes below pytest's temporary directory; but for
+    open(shared=True) under xdist (one for all workers, removed by the controller) and, with
+    --devshell-reuse, one that outlives the run (docs/fixtures.md)."""
 
     def __init__(self, *, cell: Cell, cells_path: list[str], engine: Engine, run_labels: dict[str, str],
                  new_instance: Callable[[], str], tmp_path_factory: pytest.TempPathFactory,
@@ -460,8 +462,8 @@ def devshell_factory(devshell_cell: Cell, devshell_cells_path: list[str], devshe
 @pytest.fixture(scope="session")
 def devshell(devshell_factory: DevshellFactory) -> Devshell:
     """The --cell devshell, opened and entered once (init and verify have run): dev has the
-    uid/gid of the user running pytest (root's: 1000), with a temporary checkout, patches dir
-    and host cache."""
+    uid/gid of the user running pytest (root's: 1000), with a checkout, patches dir and host
+    cache of its own; under xdist one for every worker, with --devshell-reuse one kept between runs."""
     shell = devshell_factory.open(shared=True)
     result = shell.run("true")
     if result.exit_code:
