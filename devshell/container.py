@@ -14,11 +14,12 @@ never loads testcontainers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from testcontainers.core.container import DockerContainer
 
-from .errors import DevshellError, for_terminal
+from .engine import ExecResult
+from .errors import DevshellError
 from .launcher import Devshell
 
 
@@ -39,11 +40,7 @@ class DevshellContainer(DockerContainer):
         try:
             # ... and again on the mode in force (a runtime without a network makes it none).
             network_id = self._network_to_join(shell.network)
-            entered = shell.run("true")  # init and verify have run: a started devshell is ready
-            if entered.exit_code:
-                raise DevshellError(f"entering {shell.name} failed ({entered.exit_code}): "
-                                    f"{for_terminal(entered.stderr.strip())}",
-                                    f"devshell {shell.spec.cell} --verify")
+            shell.enter()  # a started devshell is ready: init and verify have run
             if network_id is not None:
                 shell.engine.join_network(shell.name, network_id, list(self._network_aliases or []))
             self.image = shell.spec.image
@@ -65,7 +62,7 @@ class DevshellContainer(DockerContainer):
                                 "open it with network='open' to put it on a network with other containers")
         return str(self._network.name)
 
-    def run(self, script: str) -> Any:
+    def run(self, script: str) -> ExecResult:
         """Enter as the CLI does and run script (Devshell.run): an ExecResult."""
         if self.devshell is None:
             raise DevshellError("the devshell is not started", "call start(), or use it in a with block")

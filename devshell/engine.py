@@ -826,15 +826,15 @@ class Engine:
                 elif e.status != 404:
                     raise
 
-        query = _query({"all": "1", "filters": json.dumps({k: [v] for k, v in filters.items()})})
-        containers = self._call("GET", f"/containers/json?{query}")
+        matching = json.dumps({k: [v] for k, v in filters.items()})
+        containers = self._call("GET", f"/containers/json?{_query({'all': '1', 'filters': matching})}")
         # Side by side: the engine stops and removes each on its own, and a test run's sweep of
         # a hundred devshells one at a time took half a minute. Containers first: a volume or
         # network still held by one would not go.
         with ThreadPoolExecutor(max_workers=REMOVE_WORKERS) as pool:
             list(pool.map(lambda c: remove(f"/containers/{c['Id']}?force=1",
                                            (c.get("Names") or [c["Id"]])[0].lstrip("/")), containers))
-            query = _query({"filters": json.dumps({k: [v] for k, v in filters.items()})})
+            query = _query({"filters": matching})
             volumes = self._call("GET", f"/volumes?{query}").get("Volumes") or []
             list(pool.map(lambda v: remove(f"/volumes/{_q(v['Name'])}?force=1", v["Name"]), volumes))
             # ... and the egress networks, once their devshell and proxy are gone

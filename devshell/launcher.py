@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .cells import PATCHES, Cell
 from .egress import EgressSpec, plan_egress, proxy_name
 from .engine import Engine, ExecResult, Outcome, Progress, launch_lock, stderr_progress
-from .errors import DevshellError, VerifyFailed
+from .errors import DevshellError, VerifyFailed, for_terminal
 from .hostfs import config_problems, identity, identity_of, may_write, open_dir, read_regular, strict_problem
 from .labels import RUNTIME
 from .options import HostFacts, Options, check_binds
@@ -77,6 +77,14 @@ class Devshell(NamedTuple):
         """Enter as the CLI does (init, verify, drop to dev) and run script, capturing output."""
         ex = session(self.spec, self.opts, script=script, tty=False, watch=self.gvisor)
         return self.engine.run_captured(ex)
+
+    def enter(self) -> None:
+        """Enter once, so that init and verify have run: a DevshellError if they did not hold."""
+        entered = self.run("true")
+        if entered.exit_code:
+            raise DevshellError(f"entering {self.name} failed ({entered.exit_code}): "
+                                f"{for_terminal(entered.stderr.strip())}",
+                                f"devshell {self.spec.cell} --verify says what does not hold")
 
 
 def check_host_paths(opts: Options) -> Options:

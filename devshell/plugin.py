@@ -119,6 +119,13 @@ def _readable_dirs(*paths: Path) -> None:
         path.chmod(0o755)
 
 
+def _stable_paths(base: Path, host_cache: bool | str | Path) -> tuple[Path, Path, Path | bool]:
+    """A shared or reused devshell's checkout, drop dir and host cache (or none): the same
+    paths for every worker and run that asks for it, so its spec, and its container, is too."""
+    _readable_dirs(base, base / "checkout")
+    return base / "checkout", base / "patches", base / "host-cache" if host_cache else False
+
+
 def _shared_run_id(config: pytest.Config) -> str:
     """The run's id as the controller and all its xdist workers know it."""
     workerinput = getattr(config, "workerinput", None)
@@ -328,33 +335,30 @@ class DevshellFactory:
         labels, reused = self.run_labels, False
         per_run_paths = (instance is None and checkout is None and patches_out is None
                          and host_cache in (True, False))
+
+        def spec_key(*scope: str) -> str:
+            """All that makes the devshell but its per-run paths (and where it is kept)."""
+            return hashlib.sha256(repr((*scope, the_cell, uid, gid, bool(host_cache), image, ai_config_rw,
+                                        profile or self.profile, runtime or self.runtime,
+                                        network)).encode()).hexdigest()
+
         if shared and self.shared_labels is not None and self.reuse_dir is None and per_run_paths:
             # Under xdist: one devshell for every worker that asks for the same one, made by the
             # first under the launcher's lock (the others find it running: the warm path), on
             # paths all of them name alike, and labelled with the controller's run, which
             # removes it once, when every worker is done (a crashed controller's, the next
             # run's sweep).
-            key = hashlib.sha256(repr((the_cell, uid, gid, bool(host_cache), image, ai_config_rw,
-                                       profile or self.profile, runtime or self.runtime,
-                                       network)).encode()).hexdigest()[:8]
+            key = spec_key()[:8]
             instance, labels = f"t{self.run}-s{key}", self.shared_labels
-            base = self.tmp_path_factory.getbasetemp().parent / f"devshell-shared-{key}"
-            _readable_dirs(base, base / "checkout")
-            checkout, patches_out = base / "checkout", base / "patches"
-            host_cache = base / "host-cache" if host_cache else False
+            checkout, patches_out, host_cache = _stable_paths(
+                self.tmp_path_factory.getbasetemp().parent / f"devshell-shared-{key}", host_cache)
             os.makedirs(_shared_marker(self.run), mode=0o700, exist_ok=True)
         elif self.reuse_dir is not None and per_run_paths:
             # Keyed by all that makes it but the per-run paths, which a reused devshell keeps
             # below the cache dir instead; no run label, and a name the run's sweep does not
             # match, so it outlives the run.
-            key = hashlib.sha256(repr((str(self.reuse_dir), the_cell, uid, gid, bool(host_cache), image,
-                                       ai_config_rw, profile or self.profile, runtime or self.runtime,
-                                       network)).encode()).hexdigest()[:12]
-            instance, labels, reused = f"r{key}", {}, True
-            base = self.reuse_dir / instance
-            _readable_dirs(base, base / "checkout")
-            checkout, patches_out = base / "checkout", base / "patches"
-            host_cache = base / "host-cache" if host_cache else False
+            instance, labels, reused = f"r{spec_key(str(self.reuse_dir))[:12]}", {}, True
+            checkout, patches_out, host_cache = _stable_paths(self.reuse_dir / instance, host_cache)
         if checkout is None or patches_out is None or host_cache is True:
             # New paths, which devshell creates (and so may give to dev); a checkout readable
             # by dev, as a user's usually is (pytest makes its temporary directories 0700).
@@ -465,10 +469,7 @@ def devshell(devshell_factory: DevshellFactory) -> Devshell:
     uid/gid of the user running pytest (root's: 1000), with a checkout, patches dir and host
     cache of its own; under xdist one for every worker, with --devshell-reuse one kept between runs."""
     shell = devshell_factory.open(shared=True)
-    result = shell.run("true")
-    if result.exit_code:
-        pytest.fail(f"entering {shell.name} failed ({result.exit_code}): {result.stderr.strip()}",
-                    pytrace=False)
+    shell.enter()  # a DevshellError: one line in the report
     return shell
 
 
