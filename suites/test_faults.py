@@ -22,11 +22,13 @@ import time
 import pytest
 import yaml
 
+import devshell
 from devshell.labels import MANAGED
 from devshell.options import to_argv
 from devshell.spec import INIT_PATH, STATE_DIR, container_name
 
 OK = "#!/bin/sh\necho recovered\n"
+PACKAGE_DIR = os.path.dirname(devshell.__file__) + os.sep
 
 
 def launch(shell, *args, env=None, **options):
@@ -37,11 +39,18 @@ def launch(shell, *args, env=None, **options):
 
 
 def interpreter_starting(child, err: str, sig) -> bool:
-    """A SIGINT that landed while the interpreter itself was importing `site`, before any of
-    devshell ran: Python reports that in its own words (exit 1, "Fatal Python error"), which is
-    not devshell's to change."""
-    return (sig == signal.SIGINT and child.returncode == 1
-            and err.startswith("Fatal Python error: init_import_site"))
+    """A SIGINT that landed while the interpreter itself was starting (importing `site`, or
+    `runpy` for -m), before any of devshell ran: Python reports that in its own words (exit 1,
+    "Fatal Python error" or "Could not import runpy module" and a KeyboardInterrupt traceback),
+    which is not devshell's to change. A KeyboardInterrupt escaping devshell's own code is not
+    this: its traceback names a file of the devshell package."""
+    lines = err.strip().splitlines()
+    if sig != signal.SIGINT or child.returncode != 1 or not lines:
+        return False
+    in_devshell = any(PACKAGE_DIR in line for line in lines if line.lstrip().startswith("File "))
+    return not in_devshell and (
+        lines[0].startswith("Fatal Python error: init_import_site")
+        or (lines[0] == "Could not import runpy module" and lines[-1] == "KeyboardInterrupt"))
 
 
 def interrupt(child, sig):
@@ -247,6 +256,19 @@ def test_control_a_half_made_container_cannot_run(precious):
 
 
 # --- signals at the CLI ------------------------------------------------------------------------
+
+def test_only_python_s_own_startup_is_excused():
+    """The excuse above covers the interpreter's words, never a KeyboardInterrupt out of devshell."""
+    class Child:
+        returncode = 1
+    runpy = "Could not import runpy module\nTraceback (most recent call last):\n" \
+            '  File "<frozen runpy>", line 15, in <module>\nKeyboardInterrupt\n'
+    ours = runpy.replace("<frozen runpy>", PACKAGE_DIR + "cli.py")
+    assert interpreter_starting(Child, runpy, signal.SIGINT)
+    assert interpreter_starting(Child, "Fatal Python error: init_import_site: Failed\n", signal.SIGINT)
+    assert not interpreter_starting(Child, ours, signal.SIGINT)
+    assert not interpreter_starting(Child, runpy, signal.SIGTERM)
+
 
 @pytest.mark.fault("SIGINT/SIGTERM to the CLI during a cold start")
 @pytest.mark.parametrize("delay", [0.2, 0.45, 0.7, 1.0, 1.4, 2.0])
