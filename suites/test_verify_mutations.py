@@ -1,7 +1,8 @@
 """--verify catches each broken promise by name, and init repairs it.
 
-Each test breaks exactly one element of the promised state in a live devshell, then asserts that
---verify exits non-zero naming that element, that init repairs it, and that --verify passes again.
+Each test breaks exactly one element of the promised state in a live devshell that --verify
+passes, then asserts that --verify exits non-zero naming that element, that init repairs it, and
+that --verify passes again: so the table runs on one devshell, repaired in place between rows.
 """
 
 from __future__ import annotations
@@ -53,16 +54,35 @@ HOST_MUTATIONS = {
     "memory not writable by dev": ("memory-dir", "chown root:root $MEM && chmod 0755 $MEM"),
 }
 
-@pytest.fixture
-def live(devshell_factory, tmp_path):
-    tmp_path.chmod(0o755)
-    cache = tmp_path / "cache"
+def open_live(devshell_factory, base):
+    base.chmod(0o755)
+    cache = base / "cache"
     (cache / "ai").mkdir(parents=True)
     (cache / "ai" / "settings.json").write_text("{}\n")
     shell = devshell_factory.open(host_cache=cache)
     assert shell.run("true").exit_code == 0
     assert shell.verify().exit_code == 0, shell.verify().stdout
     return shell
+
+
+@pytest.fixture(scope="module")
+def repaired(devshell_factory, tmp_path_factory):
+    """One devshell (per worker) for the whole mutation table: each mutation is undone in place
+    by init, and the next starts only from a devshell that --verify passes again, so no
+    mutation's promise depends on a fresh one. One that stays broken is replaced."""
+    shells = []
+
+    def get():
+        if not shells or shells[-1].verify().exit_code != 0:
+            shells.append(open_live(devshell_factory, tmp_path_factory.mktemp("mutations")))
+        return shells[-1]
+    return get
+
+
+@pytest.fixture
+def live(devshell_factory, tmp_path):
+    """A devshell of the test's own: for a mutation init does not undo."""
+    return open_live(devshell_factory, tmp_path)
 
 
 def break_(shell, command: str) -> None:
@@ -75,7 +95,8 @@ def break_(shell, command: str) -> None:
 
 @pytest.mark.parametrize("mutation", [pytest.param(m, marks=pytest.mark.standard_profile) if m in ROOT_FS
                                       else m for m in MUTATIONS])
-def test_verify_names_the_broken_element_and_init_repairs_it(live, mutation, record_property):
+def test_verify_names_the_broken_element_and_init_repairs_it(repaired, mutation, record_property):
+    live = repaired()
     element, command = MUTATIONS[mutation]
     break_(live, command)
     broken = live.verify()
