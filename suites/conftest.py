@@ -4,6 +4,11 @@ import os
 import socket
 import threading
 
+# Imported before any test: pytester restores sys.modules after each test that uses it, and the
+# engine imports the docker SDK on first use. Were that first use inside such a test, a later
+# `from docker.errors import APIError` would load the module anew, and its classes would no
+# longer be the ones the engine's client raises (a test's pytest.raises(APIError) missed a 409).
+import docker.errors  # noqa: F401
 import pytest
 from hostuser import tester, tester_base, tester_python  # noqa: F401  (an ordinary host user's fixtures)
 
@@ -37,6 +42,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "fault(name): a fault the devshell must recover from (fault table)")
     config.addinivalue_line("markers", "attack(cls, attempt): an attempt that must fail (attack table)")
     config.addinivalue_line("markers", "control(cls, attempt): the same attempt, where the guard is absent")
+    for suite in ("contract", *SEPARATE_SUITES):
+        config.addinivalue_line("markers", f"{suite}: the {suite} suite (set by the file a test is in)")
     config.addinivalue_line("markers", "standard_profile: needs the standard profile: sudo, --as-root, "
                                        "or a writable root filesystem")
 
@@ -69,7 +76,28 @@ def profile_in_force(config):
     return cell.profile if cell is not None else cells.DEFAULT_PROFILE
 
 
+# The suites that run in tox envs of their own (and are timed on their own), by the files that
+# hold them; every other test is the contract gate (`-m contract`): the promises of the core,
+# the harness and the rendezvous, the run to have on every push.
+SEPARATE_SUITES = {
+    "security": ("security/", "test_profiles.py"),  # the attack suite and the profiles' proofs
+    "faults": ("test_faults.py",),
+    "egress": ("test_egress.py",),
+    "ccache": ("test_warm_build.py",),
+}
+
+
+def suite_of(path) -> str:
+    relative = os.path.relpath(path, os.path.dirname(__file__)).replace(os.sep, "/")
+    for suite, files in SEPARATE_SUITES.items():
+        if any(relative == name or relative.startswith(name) for name in files):
+            return suite
+    return "contract"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(suite_of(item.path))
     # Under locked the agent is never root (no sudo, no --as-root, a read-only root filesystem):
     # a test whose premise is one of those does not apply. Deselected, not skipped: there is
     # nothing to skip, and test_profiles.py proves that premise cannot arise.
