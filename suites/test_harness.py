@@ -29,6 +29,18 @@ def test_our_project_commits_in_this_cell(devshell):
 '''
 
 
+# The state dir of the user running the suites, read before pytester gives each test a HOME of
+# its own. Every pytest run of one user reads the same state dir (the --devshell-keep-failed
+# records every sweep honours among them); so do the runs these tests start, beside the other
+# worker's: with a state dir a HOME each, one test's sweep took another's kept devshell.
+USER_STATE_HOME = os.path.dirname(state_dir(os.path.expanduser("~"), os.environ))
+
+
+@pytest.fixture(autouse=True)
+def one_state_dir_for_every_run(monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", USER_STATE_HOME)
+
+
 FIXTURES_MD = Path(__file__).resolve().parent.parent / "docs" / "fixtures.md"
 
 
@@ -74,13 +86,18 @@ if FIXTURES_MD.is_file():
         """The page's examples are found: a parser that found none would make the next test vanish."""
         assert len(EXAMPLES) >= 3
 
-    @pytest.mark.parametrize("example", EXAMPLES, ids=[f"example {n + 1}" for n in range(len(EXAMPLES))])
     def test_every_python_example_in_fixtures_md_runs_as_written(
-            pytester, example, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
-        pytester.makepyfile(test_example=example)
+            pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
+        # One run, a module an example, as a downstream suite holds them: each example's
+        # tests pass by name (one pytest run less per example: the gate's time).
+        pytester.makepyfile(**{f"test_example_{n + 1}": example for n, example in enumerate(EXAMPLES)})
         args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
-        result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
-        result.assert_outcomes(passed=len(re.findall(r"^def test_", example, flags=re.MULTILINE)))
+        result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "-rA")
+        for n, example in enumerate(EXAMPLES):
+            for test in re.findall(r"^def (test_\w+)", example, flags=re.MULTILINE):
+                result.stdout.fnmatch_lines([f"PASSED test_example_{n + 1}.py::{test}"])
+        result.assert_outcomes(passed=sum(len(re.findall(r"^def test_", e, flags=re.MULTILINE))
+                                          for e in EXAMPLES))
         assert leftovers(devshell_engine, run_id(result)) == []
 
 
@@ -231,17 +248,26 @@ def test_xdist_workers_share_the_devshell_fixture_and_the_controller_removes_it(
     pytester.makepyfile(test_share="""
         import os, pathlib, pytest
 
+        @pytest.fixture(scope="session")
+        def own(devshell_factory):
+            # The control: what the devshell fixture would be without sharing, a session
+            # fixture of each worker's own.
+            return devshell_factory.open()
+
         @pytest.mark.parametrize("n", range(4))
-        def test_share(devshell, worker_id, n):
-            assert devshell.run("true").exit_code == 0
-            (pathlib.Path(os.environ["SEEN"]) / f"{n}").write_text(f"{worker_id} {devshell.name}")
+        @pytest.mark.parametrize("kind", ["devshell", "own"])
+        def test_share(request, worker_id, kind, n):
+            shell = request.getfixturevalue(kind)
+            assert shell.run("true").exit_code == 0
+            (pathlib.Path(os.environ["SEEN"]) / f"{kind}-{n}").write_text(f"{kind} {worker_id} {shell.name}")
     """)
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile),
                                            "-n", "2", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
-    pairs = [p.read_text().split() for p in seen.iterdir()]
-    assert len({w for w, _ in pairs}) == 2, pairs  # both workers ran tests ...
-    assert len({name for _, name in pairs}) == 1, pairs  # ... in one devshell
+    result.assert_outcomes(passed=8)
+    rows = [p.read_text().split() for p in seen.iterdir()]
+    for kind, names in (("devshell", 1), ("own", 2)):
+        assert len({w for k, w, _ in rows if k == kind}) == 2, rows  # both workers ran tests ...
+        assert len({name for k, _, name in rows if k == kind}) == names, rows  # ... in 1 (control: 2)
     assert leftovers(devshell_engine, run_id(result)) == []  # removed once every worker was done
 
 
