@@ -1,6 +1,6 @@
 """Benchmark: devshell's hot paths side by side with the raw docker floor, in one run.
 
-    python bench/run.py [--cell bookworm] [--reps 10] [--json] [--no-profiles]
+    python bench/run.py [--cell bookworm] [--reps 10] [--json] [--no-profiles] [--gate]
     python bench/run.py --ccache [--cell c-ccache] [--reps 3] [--json]
 
 Not a test: nothing here asserts a time. Ratios are against floors measured in the same run on
@@ -12,6 +12,9 @@ under --profile locked, and under gVisor (--runtime runsc, locked) when the engi
 registered. Each is a ratio to
 the raw docker floor with the same runtime (devshell's own overhead there) and a difference
 in ms to the standard profile under the default runtime (what the profile or runtime adds).
+
+With --gate, also the contract gate's wall time (gate_s): `pytest suites --cell=CELL -m
+contract -n 2`, the run to have on every push (README, tox -e contract), after the rows above.
 
 With --ccache, only warm workspaces (docs/performance.md): the cell's project built cold, packed,
 and rebuilt clean in a devshell seeded from that entry: cold_build_s, warm_rebuild_s and
@@ -237,6 +240,31 @@ def ccache_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+GATE_TARGET_S = 45
+
+
+def gate_bench(cell: str) -> dict[str, Any]:
+    """The contract gate as a user runs it: wall time of the whole pytest process (collection,
+    images present, every devshell made and removed), and what it passed."""
+    from devshell.contract import suites_dir
+
+    argv = [sys.executable, "-m", "pytest", str(suites_dir()), f"--cell={cell}", "-m", "contract",
+            "-n", "2", "-q", "-p", "no:cacheprovider"]
+    # As tox runs it: tox does not pass PYTHONDONTWRITEBYTECODE (set on some machines), which
+    # would make every pytest process of the harness's own runs recompile its plugins' modules
+    # with assertions rewritten (1.5 s each here).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    started = time.perf_counter()
+    run = subprocess.run(argv, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - started
+    if run.returncode != 0:
+        sys.stderr.write(run.stdout[-4000:] + run.stderr[-2000:])
+        raise SystemExit(f"bench: the contract gate failed (exit {run.returncode}): {' '.join(argv)}")
+    summary = next((line for line in reversed(run.stdout.splitlines()) if " passed" in line), "")
+    return {"gate_s": round(elapsed, 1), "gate_summary": summary.strip("= "),
+            "gate_target_s": GATE_TARGET_S}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default=None, help="default: bookworm, or c-ccache with --ccache")
@@ -246,6 +274,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-profiles", action="store_true",
                     help="skip the allow, locked profile and runsc rows (standard profile only)")
+    ap.add_argument("--gate", action="store_true",
+                    help="also time the contract gate (pytest suites -m contract -n 2): gate_s")
     args = ap.parse_args()
     args.cell = args.cell or ("c-ccache" if args.ccache else "bookworm")
     if args.ccache:
@@ -336,6 +366,8 @@ def main() -> int:
         # The bake alone, roughly: that first launch less a cold start of the baked image.
         report["locked_bake_ms"] = (None if first is None or "locked_cold" not in med
                                     else round(first - med["locked_cold"], 1))
+    if args.gate:
+        report.update(gate_bench(args.cell))
     if args.json:
         print(json.dumps(report))
         return 0
@@ -348,6 +380,9 @@ def main() -> int:
     print(f"verify: {report['verify_ms']} ms beyond the exec it rides on "
           f"({report['verify_process_ms']} ms as a whole process, timed inside the container)")
     print("targets: warm <= 2.7x docker exec, cold <= 3.5x docker run --rm, verify <= 20 ms")
+    if args.gate:
+        print(f"contract gate: {report['gate_s']} s wall ({report['gate_summary']}); "
+              f"target <= {GATE_TARGET_S} s")
     if variants is None:
         return 0
     print(f"{'profile, runtime':20} {'min':>8} {'median':>8} {'max':>8}  ratio to floor (same runtime)"
