@@ -84,6 +84,7 @@ SEPARATE_SUITES = {
     "faults": ("test_faults.py",),
     "egress": ("test_egress.py",),
     "ccache": ("test_warm_build.py",),
+    "downstream": ("test_downstream.py",),  # from a wheel, as root and as another user
 }
 
 

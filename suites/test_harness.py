@@ -340,16 +340,3 @@ def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_
     assert result.ret not in (0, 5)
     errors = [line for line in result.errlines if "no Docker engine answers" in line]
     assert len(errors) == 1, result.errlines
-
-
-def test_contract_suites_run_against_a_downstream_cell(pytester, devshell_engine, devshell_profile):
-    cells = pytester.mkdir("cells")
-    # A downstream cell: same recipe as bookworm (so the base image is shared), its own workspace.
-    (cells / "mycell.yaml").write_text(
-        "platform: linux/amd64\n"
-        "image: {recipe: {debootstrap: {suite: bookworm, include: [git, sudo, passwd, ca-certificates]}}}\n"
-        "workspace: /workspaces/mycell\n")
-    result = pytester.run(sys.executable, "-m", "devshell.contract", "--cell=mycell",
-                          f"--cells-dir={cells}", f"--profile={devshell_profile}",
-                          "-k", "mounts_are_exactly or verify_passes")
-    result.assert_outcomes(passed=2)
