@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import repo_wheel
 from hostuser import as_tester
-
-REPO = Path(__file__).resolve().parent.parent
 
 # Its own cell: bookworm's recipe (so the base image is shared), its own workspace.
 CELL = ("platform: linux/amd64\n"
@@ -57,7 +56,7 @@ def test_our_cell_is_the_one_in_force(devshell):
 # downstream cell (the whole contract runs against every shipped cell in tox's envs).
 CONTRACT_SUBSET = "mounts_are_exactly or verify_passes"
 
-if (REPO / "pyproject.toml").is_file():
+if repo_wheel.beside_the_repository():
 
     @pytest.fixture(scope="module")
     def wheel_site():
@@ -66,13 +65,10 @@ if (REPO / "pyproject.toml").is_file():
         site = tempfile.mkdtemp(prefix="devshell-wheel-")
         os.chmod(site, 0o755)
         try:
-            built = os.path.join(site, "dist")
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", built, str(REPO)],
-                           check=True, capture_output=True)
-            wheel = next(Path(built).glob("devshell-*.whl"))
+            built = repo_wheel.build(os.path.join(site, "dist"))
             target = os.path.join(site, "lib")
             subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
-                            "--target", target, str(wheel)], check=True, capture_output=True)
+                            "--target", target, str(built)], check=True, capture_output=True)
             yield target
         finally:
             shutil.rmtree(site, ignore_errors=True)

@@ -6,23 +6,18 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+import repo_wheel
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    if not (REPO / "pyproject.toml").exists():
+    if not repo_wheel.beside_the_repository():
         pytest.skip("running from an installed devshell: it is the installed package")
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-                   check=True, capture_output=True)
-    wheel = next(out.glob("devshell-*.whl"))
     target = out / "site"
-    zipfile.ZipFile(wheel).extractall(target)
+    zipfile.ZipFile(repo_wheel.build(out)).extractall(target)
     return target
 
 
