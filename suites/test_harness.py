@@ -68,15 +68,6 @@ def leftovers(engine, run: str) -> list[str]:
             + [v.name for v in engine.client.volumes.list(filters=f)])
 
 
-def test_downstream_repo_gets_the_fixtures_by_installing_devshell(
-        pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
-    pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile),
-                                           "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-    assert leftovers(devshell_engine, run_id(result)) == []
-
-
 # The docs travel with the repository, not with a wheel: where they are not beside the suites
 # (an installed copy run by devshell.contract), these tests are not defined at all.
 if FIXTURES_MD.is_file():
@@ -140,7 +131,7 @@ def test_the_patch_is_mine(devshell):
     assert removed.returncode == 0 and not os.path.exists(basetemp), removed.stderr
 
 
-def test_failing_run_leaves_no_containers_or_volumes(
+def test_failing_run_leaves_nothing_and_says_where_to_look(
         pytester, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
     pytester.makepyfile(test_fails="""
         def test_fails(devshell):
@@ -149,16 +140,23 @@ def test_failing_run_leaves_no_containers_or_volumes(
             # The control: the log itself holds the raw escape.
             assert "\\x1b[31mred" in devshell.exec(["cat", "/var/lib/devshell/init.log"]).stdout
             assert devshell.run('false').exit_code == 0
+
+        def test_bad(devshell_factory):
+            devshell_factory.open(checkout="/no/such/checkout")
     """)
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=2)
     assert leftovers(devshell_engine, run_id(result)) == []
-    # ... and its report says where to look: verify, the init log, the output, how to enter it.
     out = result.stdout.str()
+    failed, bad = out.split("_ test_bad _")
+    # A failed test's report says where to look: verify, the init log, the output, how to enter.
     for needle in ("- devshell devshell-", "enter: ", " -m devshell ", "--verify:\n(exit 0)",
                    "init log (/var/lib/devshell/init.log", "\\x1b[31mred", "container output (last"):
-        assert needle in out, out
+        assert needle in failed, out
     assert "\x1b[31m" not in out
+    # A fixture that cannot open its devshell fails in one line, never a traceback.
+    assert "DevshellError: checkout /no/such/checkout does not exist; fix: " in bad, out
+    assert "Traceback" not in bad and "raise DevshellError" not in bad, out
 
 
 def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
@@ -271,65 +269,47 @@ def test_xdist_workers_share_the_devshell_fixture_and_the_controller_removes_it(
     assert leftovers(devshell_engine, run_id(result)) == []  # removed once every worker was done
 
 
-def test_a_fixture_that_cannot_open_its_devshell_fails_in_one_line(
-        pytester, devshell_cell, devshell_cells_path, devshell_profile):
-    pytester.makepyfile(test_bad="""
-        def test_bad(devshell_factory):
-            devshell_factory.open(checkout="/no/such/checkout")
-    """)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
-    assert "DevshellError: checkout /no/such/checkout does not exist; fix: " in out, out
-    assert "Traceback" not in out and "raise DevshellError" not in out, out
-
-
-def test_killed_runs_leftovers_are_swept_at_the_next_session(
+def test_a_downstream_run_cleans_up_after_itself_and_after_killed_runs(
         pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-
-    labels = {LABEL_RUN: "deadbeef", LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
-    devshell_engine.client.volumes.create("devshell-orphan-tdeadbeef-1", labels=labels)
-    devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels,
-                                             name="devshell-orphan-tdeadbeef-1")
-    pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
-    result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile))
-    result.assert_outcomes(passed=1)
-    assert leftovers(devshell_engine, "deadbeef") == []
-
-
-def test_a_leftover_the_engine_will_not_remove_yet_does_not_fail_the_next_run(
-        pytester, devshell, devshell_cell, devshell_cells_path, devshell_engine, devshell_profile):
-    """A killed run's volume that a container still holds (as one whose removal another
-    process has begun) answers the sweep with 409: left for a later sweep, not an error in
-    every test of the next run."""
+    """A repository gets the fixtures by installing devshell. Its run removes what it made,
+    sweeps what a killed run left, and leaves what the engine will not remove yet: a killed
+    run's volume a container still holds (as one whose removal another process has begun)
+    answers 409, and is said and left for a later sweep, not an error in every test."""
     from docker.errors import APIError
     from docker.types import Mount
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    run = os.urandom(4).hex()  # of its own: runs beside this one sweep dead runs too
-    labels = {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
+    # Runs of their own: runs beside this one sweep dead runs too.
+    killed, held = os.urandom(4).hex(), os.urandom(4).hex()
+
+    def labels(run):
+        return {LABEL_RUN: run, LABEL_PID: f"{os.uname().nodename}:{dead}", MANAGED: "1"}
+    devshell_engine.client.volumes.create(f"devshell-orphan-t{killed}-1", labels=labels(killed))
+    devshell_engine.client.containers.create(devshell.spec.image, ["true"], labels=labels(killed),
+                                             name=f"devshell-orphan-t{killed}-1")
     # Made by the holder's mount, so that it is held from its first moment: no sweep can take
     # it before. The holder belongs to no run, and the sweep leaves it alone.
     holder = devshell_engine.client.containers.run(
-        devshell.spec.image, ["sleep", "300"], detach=True, network_mode="none", name=f"holder-t{run}",
-        mounts=[Mount("/held", f"devshell-orphan-t{run}-1", type="volume", labels=labels)])
-    volume = devshell_engine.client.volumes.get(f"devshell-orphan-t{run}-1")
+        devshell.spec.image, ["sleep", "300"], detach=True, network_mode="none", name=f"holder-t{held}",
+        mounts=[Mount("/held", f"devshell-orphan-t{held}-1", type="volume", labels=labels(held))])
+    volume = devshell_engine.client.volumes.get(f"devshell-orphan-t{held}-1")
     try:
         with pytest.raises(APIError) as refused:  # the premise: the engine refuses it now
             devshell_engine.client.api.remove_volume(volume.name, force=True)
         assert refused.value.status_code == 409
         pytester.makepyfile(test_downstream=DOWNSTREAM_TEST)
         args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
-        result = pytester.runpytest_subprocess(*args)
+        result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
         result.assert_outcomes(passed=1)
-        assert leftovers(devshell_engine, run) == [volume.name]  # left, and said
+        assert leftovers(devshell_engine, run_id(result)) == []
+        assert leftovers(devshell_engine, killed) == []
+        assert leftovers(devshell_engine, held) == [volume.name]  # left, and said
         assert f"the engine is still removing or using {volume.name}" in result.stdout.str()
     finally:
         holder.remove(force=True)
         volume.remove(force=True)
+        devshell_engine.remove_all({"label": f"{LABEL_RUN}={killed}"})
 
 
 def test_no_engine_fails_the_gate_in_one_line(pytester, devshell_cell, devshell_cells_path, devshell_profile,
