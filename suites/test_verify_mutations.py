@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from devshell.engine import ExecResult
 from devshell.spec import INIT_PATH
 
 # element -> shell (as root) that breaks exactly it. $WS, $MEM and $H are set by break_().
@@ -65,18 +66,26 @@ def open_live(devshell_factory, base):
     return shell
 
 
+class Repaired:
+    """One devshell (per worker) for the whole mutation table: each mutation is undone in place
+    by init, and the next starts only from a devshell that --verify passed after the last
+    repair, so no mutation's promise depends on a fresh one. One left broken is replaced."""
+
+    def __init__(self, open_one):
+        self.open_one, self.shell = open_one, None
+
+    def get(self):
+        if self.shell is None:
+            self.shell = self.open_one()
+        return self.shell
+
+    def left_broken(self):
+        self.shell = None
+
+
 @pytest.fixture(scope="module")
 def repaired(devshell_factory, tmp_path_factory):
-    """One devshell (per worker) for the whole mutation table: each mutation is undone in place
-    by init, and the next starts only from a devshell that --verify passes again, so no
-    mutation's promise depends on a fresh one. One that stays broken is replaced."""
-    shells = []
-
-    def get():
-        if not shells or shells[-1].verify().exit_code != 0:
-            shells.append(open_live(devshell_factory, tmp_path_factory.mktemp("mutations")))
-        return shells[-1]
-    return get
+    return Repaired(lambda: open_live(devshell_factory, tmp_path_factory.mktemp("mutations")))
 
 
 @pytest.fixture
@@ -85,28 +94,41 @@ def live(devshell_factory, tmp_path):
     return open_live(devshell_factory, tmp_path)
 
 
-def break_(shell, command: str) -> None:
+SEPARATOR = "--- init ran ---"
+
+
+def break_verify_repair(shell, command: str) -> tuple[ExecResult, ExecResult]:
+    """As root: break it, --verify, init, --verify again; one exec for the four steps (an exec
+    each was most of this table's time). The two verify results, exit code and stdout."""
     env = dict(shell.spec.env)
     mem = f"/cache/ai/memory/{env['DEVSHELL_AI_REPO']}/{env['DEVSHELL_AI_REPO_ENCODED']}"
-    script = f'WS="$DEVSHELL_WORKSPACE" MEM="{mem}" H=/home/dev; set -e; {command}'
+    verify = f'v=$({INIT_PATH} --verify); echo "$?"; printf "%s\\n" "$v"'
+    script = (f'WS="$DEVSHELL_WORKSPACE" MEM="{mem}" H=/home/dev\n'
+              f'( set -e; {command} ) || {{ echo "could not break it" >&2; exit 97; }}\n'
+              f'{verify}; echo "{SEPARATOR}"\n{INIT_PATH} >/dev/null 2>&1\n{verify}\n')
     result = shell.exec(["bash", "-c", script])
-    assert result.exit_code == 0, f"could not break it: {result.stderr}"
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.stderr}"
+    broken, repaired = (verify_result(part) for part in result.stdout.split(SEPARATOR))
+    return broken, repaired
+
+
+def verify_result(printed: str) -> ExecResult:
+    code, _, stdout = printed.strip("\n").partition("\n")
+    return ExecResult(int(code), stdout, "")
 
 
 @pytest.mark.parametrize("mutation", [pytest.param(m, marks=pytest.mark.standard_profile) if m in ROOT_FS
                                       else m for m in MUTATIONS])
 def test_verify_names_the_broken_element_and_init_repairs_it(repaired, mutation, record_property):
-    live = repaired()
     element, command = MUTATIONS[mutation]
-    break_(live, command)
-    broken = live.verify()
+    broken, fixed = break_verify_repair(repaired.get(), command)
+    if fixed.exit_code != 0:
+        repaired.left_broken()
     caught = broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken)
-    live.exec([INIT_PATH])
-    repaired = live.verify()
     # conftest.py prints these rows as the mutation table (they reach it from xdist workers too).
-    record_property("mutation", (mutation, element, caught, repaired.exit_code == 0))
+    record_property("mutation", (mutation, element, caught, fixed.exit_code == 0))
     assert caught, f"verify missed {element}: exit {broken.exit_code}, {broken.stdout!r}"
-    assert repaired.exit_code == 0, f"init did not repair {element}: {repaired.stdout!r}"
+    assert fixed.exit_code == 0, f"init did not repair {element}: {fixed.stdout!r}"
 
 
 def named_failures(result):
@@ -117,8 +139,6 @@ def named_failures(result):
 @pytest.mark.parametrize("mutation", list(HOST_MUTATIONS))
 def test_verify_names_a_broken_host_directory_and_init_leaves_its_owner(live, mutation):
     element, command = HOST_MUTATIONS[mutation]
-    break_(live, command)
-    broken = live.verify()
+    broken, after_init = break_verify_repair(live, command)
     assert broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken), broken.stdout
-    live.exec([INIT_PATH])
-    assert f"FAIL {element}" in named_failures(live.verify()), "init changed a host directory's owner"
+    assert f"FAIL {element}" in named_failures(after_init), "init changed a host directory's owner"
