@@ -4,6 +4,7 @@
 import os
 
 import pytest
+from batch import exit_codes
 
 from devshell.plugin import DEV_GID, DEV_UID
 
@@ -68,16 +69,22 @@ def seeded_cache(tmp_path_factory):
     return cache
 
 
+@pytest.fixture(scope="module")
+def seeded_shell(devshell_factory, seeded_cache):
+    """A devshell on the seeded cache, for the tests that only try to change it (and must fail)."""
+    return devshell_factory.open(host_cache=seeded_cache)
+
+
 @pytest.mark.parametrize("user", USERS)
-def test_ai_config_is_read_only_inside_by_default(devshell_factory, seeded_cache, user):
-    shell = devshell_factory.open(host_cache=seeded_cache)
+def test_ai_config_is_read_only_inside_by_default(seeded_shell, seeded_cache, user):
+    shell = seeded_shell
     sudo = "sudo -n " if user != "dev" else ""
-    for attempt in ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
-                    "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
-                    "rm /cache/ai/settings.json && echo {} > /cache/ai/settings.json",
-                    "ln -sfn / /cache/ai/skills"):
-        result = shell.run(f"{sudo}sh -c {attempt.replace('~', '/home/dev')!r}")
-        assert result.exit_code != 0, f"{attempt} as {user} succeeded"
+    attempts = ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
+                "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
+                "rm /cache/ai/settings.json && echo {} > /cache/ai/settings.json",
+                "ln -sfn / /cache/ai/skills")
+    codes = exit_codes(shell, {a: f"{sudo}sh -c {a.replace('~', '/home/dev')!r}" for a in attempts})
+    assert [a for a, code in codes.items() if code == 0] == [], f"succeeded as {user}"
     assert shell.run("cat ~/.claude/skills/review/SKILL.md").stdout == "# review\n"
     assert (seeded_cache / "ai" / "settings.json").read_text() == "{}\n"
     assert shell.run("echo ok > ~/.claude/projects/-patches/memory/w.md").exit_code == 0
@@ -117,10 +124,10 @@ def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache)
 
 
 @pytest.mark.parametrize("user", USERS)
-def test_only_this_checkouts_memory_is_writable(devshell_factory, seeded_cache, user):
+def test_only_this_checkouts_memory_is_writable(seeded_shell, seeded_cache, user):
     other = seeded_cache / "ai" / "memory" / "other" / "-srv-other"
     other.mkdir(parents=True, exist_ok=True)
-    shell = devshell_factory.open(host_cache=seeded_cache)
+    shell = seeded_shell
     sudo = "sudo -n " if user != "dev" else ""
     result = shell.run(f"{sudo}touch /cache/ai/memory/other/-srv-other/planted")
     assert result.exit_code != 0, f"another project's memory was writable as {user}"

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 
 import pytest
+from batch import exit_codes
 
 ATTACKS = {
     "plant a hook": "echo 'touch /tmp/pwned' > /checkout/.git/hooks/post-checkout",
@@ -71,17 +72,6 @@ def checkout(devshell_factory, tmp_path_factory):
     return devshell_factory.open(checkout=repo), repo, before
 
 
-def exit_codes(shell, scripts: dict[str, str]) -> dict[str, int]:
-    """Each script's exit code, all of them run one after another in one entry (a session each
-    would be most of this module's time): each in a shell of its own, its output dropped."""
-    body = "".join(f"( {script}\n) >/dev/null 2>&1; echo \"{n} $?\"\n"
-                   for n, script in enumerate(scripts.values()))
-    result = shell.run(body)
-    codes = dict(line.split() for line in result.stdout.splitlines())
-    assert len(codes) == len(scripts), result.stdout + result.stderr
-    return {name: int(codes[str(n)]) for n, name in enumerate(scripts)}
-
-
 @pytest.fixture(scope="module")
 def attacked(checkout, devshell_profile):
     """Every attack, as each user, against /checkout, and (the controls) against an unprotected
@@ -116,10 +106,10 @@ def test_each_attack_works_on_an_unprotected_copy(attacked, attack, user):
 
 def test_checkout_git_is_byte_identical_after_all_attacks(checkout, devshell_profile):
     shell, repo, before = checkout
-    for command in ATTACKS.values():
-        shell.run(command)
-        if devshell_profile == "standard":  # root via sudo; under locked, dev is all there is
-            shell.run(f"sudo -n sh -c {command!r}")
+    attempts = {f"{name} as dev": command for name, command in ATTACKS.items()}
+    if devshell_profile == "standard":  # root via sudo; under locked, dev is all there is
+        attempts |= {f"{name} as root": f"sudo -n sh -c {command!r}" for name, command in ATTACKS.items()}
+    exit_codes(shell, attempts)
     assert tree_digest(repo / ".git") == before
     assert not (repo / "old-git").exists()
 
