@@ -12,7 +12,7 @@ import pytest
 from devshell.engine import ExecResult
 from devshell.spec import INIT_PATH
 
-# element -> shell (as root) that breaks exactly it. $WS, $MEM and $H are set by break_().
+# element -> shell (as root) that breaks exactly it. $WS, $MEM and $H are set by break_verify_repair().
 MUTATIONS = {
     "dev missing": ("dev-user", "userdel dev"),
     "dev with the wrong uid": ("dev-uid", "usermod -u 1234 dev"),
@@ -103,8 +103,11 @@ def break_verify_repair(shell, command: str) -> tuple[ExecResult, ExecResult]:
     env = dict(shell.spec.env)
     mem = f"/cache/ai/memory/{env['DEVSHELL_AI_REPO']}/{env['DEVSHELL_AI_REPO_ENCODED']}"
     verify = f'v=$({INIT_PATH} --verify); echo "$?"; printf "%s\\n" "$v"'
+    # The break's own output goes to stderr (stdout is the two verify results), and its status
+    # is read after the subshell: `( set -e; ... ) || ...` would turn set -e off inside it.
     script = (f'WS="$DEVSHELL_WORKSPACE" MEM="{mem}" H=/home/dev\n'
-              f'( set -e; {command} ) || {{ echo "could not break it" >&2; exit 97; }}\n'
+              f'( set -e; {command} ) >&2; broke=$?\n'
+              f'[ "$broke" = 0 ] || {{ echo "could not break it: exit $broke" >&2; exit 97; }}\n'
               f'{verify}; echo "{SEPARATOR}"\n{INIT_PATH} >/dev/null 2>&1\n{verify}\n')
     result = shell.exec(["bash", "-c", script])
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.stderr}"
@@ -121,9 +124,11 @@ def verify_result(printed: str) -> ExecResult:
                                       else m for m in MUTATIONS])
 def test_verify_names_the_broken_element_and_init_repairs_it(repaired, mutation, record_property):
     element, command = MUTATIONS[mutation]
-    broken, fixed = break_verify_repair(repaired.get(), command)
-    if fixed.exit_code != 0:
-        repaired.left_broken()
+    shell = repaired.get()
+    repaired.left_broken()  # until its repair is verified: a row that fails midway leaves it so
+    broken, fixed = break_verify_repair(shell, command)
+    if fixed.exit_code == 0:
+        repaired.shell = shell
     caught = broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken)
     # conftest.py prints these rows as the mutation table (they reach it from xdist workers too).
     record_property("mutation", (mutation, element, caught, fixed.exit_code == 0))
