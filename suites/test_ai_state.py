@@ -2,6 +2,7 @@
 /cache/ai and is linked into ~/.claude for the four directories a session may start in."""
 
 import os
+import shlex
 
 import pytest
 from batch import exit_codes
@@ -71,23 +72,47 @@ def seeded_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seeded_shell(devshell_factory, seeded_cache):
-    """A devshell on the seeded cache, for the tests that only try to change it (and must fail)."""
+    """A devshell on the seeded cache, shared by the tests that try to change its configuration
+    (which must fail) and write only their own memory."""
     return devshell_factory.open(host_cache=seeded_cache)
+
+
+# Attempts on the AI configuration, each of which must fail inside by default.
+CONFIG_ATTEMPTS = ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
+                   "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
+                   "rm /cache/ai/settings.json && echo {} > /cache/ai/settings.json",
+                   "rm -rf /cache/ai/skills && ln -s / /cache/ai/skills")
+
+
+def config_attempts(user, ai="/cache/ai", claude="/home/dev/.claude"):
+    """Each attempt as user (dev, or root through sudo), aimed at ai and the links in claude."""
+    sudo = "sudo -n " if user != "dev" else ""
+    return {a: f"{sudo}sh -c {shlex.quote(a.replace('~/.claude', claude).replace('/cache/ai', ai))}"
+            for a in CONFIG_ATTEMPTS}
 
 
 @pytest.mark.parametrize("user", USERS)
 def test_ai_config_is_read_only_inside_by_default(seeded_shell, seeded_cache, user):
     shell = seeded_shell
-    sudo = "sudo -n " if user != "dev" else ""
-    attempts = ("touch ~/.claude/skills/planted", "rm ~/.claude/skills/review/SKILL.md",
-                "cp /dev/null ~/.claude/settings.json", "mv /cache/ai /cache/ai.old",
-                "rm /cache/ai/settings.json && echo {} > /cache/ai/settings.json",
-                "ln -sfn / /cache/ai/skills")
-    codes = exit_codes(shell, {a: f"{sudo}sh -c {a.replace('~', '/home/dev')!r}" for a in attempts})
+    codes = exit_codes(shell, config_attempts(user))
     assert [a for a, code in codes.items() if code == 0] == [], f"succeeded as {user}"
     assert shell.run("cat ~/.claude/skills/review/SKILL.md").stdout == "# review\n"
     assert (seeded_cache / "ai" / "settings.json").read_text() == "{}\n"
     assert shell.run("echo ok > ~/.claude/projects/-patches/memory/w.md").exit_code == 0
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_control_the_attempts_work_on_a_writable_copy(seeded_shell, user):
+    """The control: each attempt above succeeds against a copy of the configuration dev owns
+    (made anew for each, with links in the copy as ~/.claude has), so only the read-only
+    binding makes them fail."""
+    copy = "/tmp/ai-copy"
+    make = (f"{{ rm -rf {copy} {copy}.old && cp -r /cache/ai {copy} && mkdir -p {copy}/claude"
+            f" && ln -s {copy}/skills {copy}/claude/skills"
+            f" && ln -s {copy}/settings.json {copy}/claude/settings.json; }} || exit 99\n")
+    attempts = {a: make + script for a, script in config_attempts(user, copy, f"{copy}/claude").items()}
+    codes = exit_codes(seeded_shell, attempts)
+    assert [a for a, code in codes.items() if code != 0] == [], f"failed as {user} on a writable copy"
 
 
 def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory, tmp_path):

@@ -31,7 +31,8 @@ ATTACKS = {
 }
 
 # Root inside is a premise of the standard profile only: under locked sudo is not there.
-USERS = ["dev", pytest.param("root via sudo", marks=pytest.mark.standard_profile)]
+ROOT = "root via sudo"
+USERS = ["dev", pytest.param(ROOT, marks=pytest.mark.standard_profile)]
 
 
 def tree_digest(root):
@@ -75,14 +76,16 @@ def checkout(devshell_factory, tmp_path_factory):
 @pytest.fixture(scope="module")
 def attacked(checkout, devshell_profile):
     """Every attack, as each user, against /checkout, and (the controls) against an unprotected
-    copy made anew for each; then .git's digest. Run once for the module; the tests read it."""
+    copy made anew for each; then .git's digest. Run once for the module; the tests read it, so
+    an attack that changed .git fails every attack's test (its own exit code names it)."""
     shell, repo, _ = checkout
     copy = "/tmp/unprotected"
     attempts, controls = {}, {}
-    for user in ("dev", "root via sudo") if devshell_profile == "standard" else ("dev",):
+    for user in ["dev", ROOT] if devshell_profile == "standard" else ["dev"]:
         for attack, command in ATTACKS.items():
             attempts[attack, user] = as_user(command, user)
-            controls[attack, user] = (f"rm -rf {copy} && cp -r /checkout {copy} && "
+            # (a copy that could not be made fails the control, never lets the attack pass)
+            controls[attack, user] = (f"{{ rm -rf {copy} && cp -r /checkout {copy}; }} || exit 99\n"
                                       + as_user(command.replace("/checkout", copy), user))
     return exit_codes(shell, attempts), exit_codes(shell, controls), tree_digest(repo / ".git")
 
@@ -108,7 +111,8 @@ def test_checkout_git_is_byte_identical_after_all_attacks(checkout, devshell_pro
     shell, repo, before = checkout
     attempts = {f"{name} as dev": command for name, command in ATTACKS.items()}
     if devshell_profile == "standard":  # root via sudo; under locked, dev is all there is
-        attempts |= {f"{name} as root": f"sudo -n sh -c {command!r}" for name, command in ATTACKS.items()}
+        attempts |= {f"{name} as root": f"sudo -n sh -c {shlex.quote(command)}"
+                     for name, command in ATTACKS.items()}
     exit_codes(shell, attempts)
     assert tree_digest(repo / ".git") == before
     assert not (repo / "old-git").exists()
