@@ -96,6 +96,7 @@ def suite_of(path) -> str:
     return "contract"
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m reads the markers (pytest's own deselection hook)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(suite_of(item.path))

@@ -9,6 +9,7 @@ devshell.contract has no pyproject.toml to build one from (and is the installed 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,15 +80,23 @@ if repo_wheel.beside_the_repository():
         Path(base, "cells", "ourcell.yaml").write_text(CELL)
         Path(base, "tests", "test_ours.py").write_text(OUR_TESTS)
 
+    def outcomes(stdout: str) -> dict[str, int]:
+        """The counts on pytest's last line but deselected and warnings, e.g. {"passed": 3}:
+        a failure, an error or a skip is there too, and fails the comparison."""
+        last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        return {word: int(n) for n, word in re.findall(r"(\d+) ([a-z]+)", last)
+                if word not in ("deselected", "warning", "warnings")}
+
     def downstream_runs(run, python: str, env: dict[str, str], profile: str) -> None:
         """Its own tests, then devshell's contract, both against its own cell."""
         cell = ["--cell=ourcell", "--cells-dir=cells", f"--profile={profile}"]
         ours = run(python, "-m", "pytest", "-p", "no:cacheprovider", "--basetemp=basetemp", "tests", *cell,
                    env=env)
-        assert ours.returncode == 0 and "3 passed" in ours.stdout, ours.stdout + ours.stderr
+        assert (ours.returncode, outcomes(ours.stdout)) == (0, {"passed": 3}), ours.stdout + ours.stderr
         contract = run(python, "-m", "devshell.contract", *cell, "--basetemp=basetemp-contract",
                        "-k", CONTRACT_SUBSET, env=env)
-        assert contract.returncode == 0 and "2 passed" in contract.stdout, contract.stdout + contract.stderr
+        assert (contract.returncode, outcomes(contract.stdout)) == (0, {"passed": 2}), \
+            contract.stdout + contract.stderr
         # ... and the suites that ran are the wheel's own (pytest names them from the cwd).
         site = env["DEVSHELL_SITE"]
         theirs = os.path.relpath(os.path.join(site, "devshell", "suites", "test_storage.py"),
@@ -96,6 +105,8 @@ if repo_wheel.beside_the_repository():
 
     def test_a_downstream_repo_installed_from_the_wheel_passes_as_root(wheel_site, tmp_path,
                                                                        devshell_profile):
+        # (Every session and CI here runs as root; so must this, or it shows nothing of root.)
+        assert os.geteuid() == 0, "run as root: this test is the root host user's run"
         base = str(tmp_path / "ours")
         make_repo(base)
         # The environment's other packages after the wheel: the editable checkout is shadowed.

@@ -33,12 +33,12 @@ def test_our_project_commits_in_this_cell(devshell):
 # its own. Every pytest run of one user reads the same state dir (the --devshell-keep-failed
 # records every sweep honours among them); so do the runs these tests start, beside the other
 # worker's: with a state dir a HOME each, one test's sweep took another's kept devshell.
-USER_STATE_HOME = os.path.dirname(state_dir(os.path.expanduser("~"), os.environ))
+USER_STATE_DIR = state_dir(os.path.expanduser("~"), os.environ)
 
 
 @pytest.fixture(autouse=True)
 def one_state_dir_for_every_run(monkeypatch):
-    monkeypatch.setenv("XDG_STATE_HOME", USER_STATE_HOME)
+    monkeypatch.setenv("XDG_STATE_HOME", os.path.dirname(USER_STATE_DIR))
 
 
 FIXTURES_MD = Path(__file__).resolve().parent.parent / "docs" / "fixtures.md"
@@ -171,7 +171,7 @@ def test_keep_failed_keeps_a_failed_tests_devshell_past_the_next_runs_sweep(
     args = cell_args(devshell_cell, devshell_cells_path, devshell_profile)
     # The record lives in this user's state dir, the one every run of this user (the suites'
     # own, beside this one) reads before it sweeps.
-    records = os.path.join(state_dir(os.path.expanduser("~"), os.environ), "tests-kept")
+    records = os.path.join(USER_STATE_DIR, "tests-kept")
     result = pytester.runpytest_subprocess(*args, "--devshell-keep-failed")
     result.assert_outcomes(passed=1, failed=1)
     run = run_id(result)
@@ -257,11 +257,13 @@ def test_xdist_workers_share_the_devshell_fixture_and_the_controller_removes_it(
         def test_share(request, worker_id, kind, n):
             shell = request.getfixturevalue(kind)
             assert shell.run("true").exit_code == 0
-            (pathlib.Path(os.environ["SEEN"]) / f"{kind}-{n}").write_text(f"{kind} {worker_id} {shell.name}")
+            seen = pathlib.Path(os.environ["SEEN"]) / f"{kind}-{n}-{worker_id}"
+            seen.write_text(f"{kind} {worker_id} {shell.name}")
     """)
+    # --dist each: every worker runs every test, so both ask for both kinds whatever the timing.
     result = pytester.runpytest_subprocess(*cell_args(devshell_cell, devshell_cells_path, devshell_profile),
-                                           "-n", "2", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=8)
+                                           "-n", "2", "--dist", "each", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=16)
     rows = [p.read_text().split() for p in seen.iterdir()]
     for kind, names in (("devshell", 1), ("own", 2)):
         assert len({w for k, w, _ in rows if k == kind}) == 2, rows  # both workers ran tests ...
