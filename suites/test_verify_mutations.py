@@ -82,6 +82,9 @@ class Repaired:
     def left_broken(self):
         self.shell = None
 
+    def verified(self, shell):
+        self.shell = shell
+
 
 @pytest.fixture(scope="module")
 def repaired(devshell_factory, tmp_path_factory):
@@ -128,7 +131,7 @@ def test_verify_names_the_broken_element_and_init_repairs_it(repaired, mutation,
     repaired.left_broken()  # until its repair is verified: a row that fails midway leaves it so
     broken, fixed = break_verify_repair(shell, command)
     if fixed.exit_code == 0:
-        repaired.shell = shell
+        repaired.verified(shell)
     caught = broken.exit_code != 0 and f"FAIL {element}" in named_failures(broken)
     # conftest.py prints these rows as the mutation table (they reach it from xdist workers too).
     record_property("mutation", (mutation, element, caught, fixed.exit_code == 0))
