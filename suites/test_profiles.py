@@ -199,6 +199,27 @@ class Cgroup:
         return 0
 
 
+def killed_at_its_memory_limit(info: dict[str, Any]) -> bool:
+    """Whether the kernel killed a process of this container at its memory cgroup's limit.
+    The engine's OOMKilled is the first witness, but it rests on an OOM event containerd can
+    lose when the container exits with it (containerd#8893; seen here with gVisor under load,
+    about one run in six, while the kernel had logged the kill). The kernel's own log of it,
+    `oom-kill:...,oom_memcg=<the container's cgroup>,...`, is not lost; reading it needs root
+    (kernel.dmesg_restrict), as CI has."""
+    if info["State"]["OOMKilled"]:
+        return True
+    log = subprocess.run(["dmesg"], capture_output=True, text=True)
+    if log.returncode:
+        pytest.fail(f"the engine did not flag an OOM kill, and the kernel log that would show one "
+                    f"cannot be read: {log.stderr.strip()}")
+    for line in log.stdout.splitlines():
+        _, oom_kill, fields = line.partition("oom-kill:")
+        memcg = dict(field.partition("=")[::2] for field in fields.split(",")).get("oom_memcg", "")
+        if oom_kill and info["Id"] in memcg:
+            return True
+    return False
+
+
 @contextlib.contextmanager
 def meanwhile(step: Callable[[], Any], every: float = 0.2) -> Iterator[list[Any]]:
     """Run step() again and again in a thread while the block runs (and once after it);
@@ -654,7 +675,7 @@ def test_fork_bomb_stops_at_the_pids_limit(profile, devshell_factory, devshell_c
         # goes with it, so the kernel's count of refused forks cannot be read afterwards.
         info = settled(shell, SETTLE_BOUND)
         assert info is not None and not info["State"]["Running"], "the sandbox outlived the bomb"
-        assert not info["State"]["OOMKilled"], info["State"]
+        assert not killed_at_its_memory_limit(info), info["State"]
         return
     # runc: the kernel refused forks at the limit, the bomb ended, and the session outlived it
     assert cgroup.counter("pids", "pids.events", "max") > refused_before
@@ -672,7 +693,8 @@ def test_pids_limit_stops_more_processes(profile, devshell_factory, devshell_cel
     bystander_intact()
     if shell.gvisor:
         info = settled(shell, SETTLE_BOUND)
-        assert info is not None and not info["State"]["Running"] and not info["State"]["OOMKilled"], result
+        assert info is not None and not info["State"]["Running"], result
+        assert not killed_at_its_memory_limit(info), info["State"]
         return
     assert result.exit_code == 0, result
     started = int(result.stdout)
@@ -707,8 +729,8 @@ def test_memory_hog_is_killed_at_the_limit(profile, devshell_factory, devshell_c
     if shell.gvisor:
         # gVisor: the sandbox is killed at the limit as a whole; the session returned.
         info = settled(shell, SETTLE_BOUND)
-        assert info is not None and not info["State"]["Running"] and info["State"]["OOMKilled"], \
-            info and info["State"]
+        assert info is not None and not info["State"]["Running"], "the sandbox outlived the hog"
+        assert killed_at_its_memory_limit(info), info["State"]
         return
     # runc: the kernel killed the hog (the session's bash) at the cgroup's limit, nothing else
     assert result.exit_code == 137, result
