@@ -114,10 +114,19 @@ def _file(tmp: Path) -> Path:
     return tmp / "f"
 
 
+@pytest.fixture(scope="module")
+def target(devshell_factory: DevshellFactory) -> Devshell:
+    """The open devshell the rows aim at: one for them all, since each row compares the engine's
+    state before and after itself (not the devshell's first state), and a row that changed it
+    fails there. Not the session's shared one: a row that got through (--rm) would take it from
+    every other test."""
+    return devshell_factory.open()
+
+
 @pytest.mark.parametrize("row", list(ON_A_DEVSHELL))
-def test_bad_input_leaves_an_open_devshell_as_it_was(row: str, devshell_factory: DevshellFactory,
+def test_bad_input_leaves_an_open_devshell_as_it_was(row: str, target: Devshell,
                                                      home: dict[str, str], tmp_path: Path) -> None:
-    shell = devshell_factory.open()
+    shell = target
     make, needles = ON_A_DEVSHELL[row]
     extra = make(tmp_path)
     # The flags that opened it, with this row's flag in place of its own (a flag given twice is
@@ -133,11 +142,11 @@ def test_bad_input_leaves_an_open_devshell_as_it_was(row: str, devshell_factory:
 # --- rows about what the engine holds ------------------------------------------------------
 
 
-def test_a_container_devshell_did_not_create_is_left_alone(devshell_factory: DevshellFactory,
+def test_a_container_devshell_did_not_create_is_left_alone(target: Devshell,
                                                            devshell_instance: Callable[[], str],
                                                            home: dict[str, str], tmp_path: Path) -> None:
     """--rm, --verify and entering all refuse a container of that name devshell did not make."""
-    image = devshell_factory.open().spec.image
+    image = target.spec.image
     instance = devshell_instance()
     name = container_name(cells.DEFAULT_CELL, instance)
     subprocess.run(["docker", "create", "--name", name, image, "true"], check=True, capture_output=True)
@@ -154,10 +163,10 @@ def test_a_container_devshell_did_not_create_is_left_alone(devshell_factory: Dev
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
-def test_a_volume_of_another_cell_is_never_adopted(devshell_factory: DevshellFactory,
+def test_a_volume_of_another_cell_is_never_adopted(target: Devshell,
                                                    devshell_instance: Callable[[], str],
                                                    home: dict[str, str], tmp_path: Path) -> None:
-    devshell_factory.open()  # the image is there
+    # (target: the image is there)
     instance = devshell_instance()
     name = container_name(cells.DEFAULT_CELL, instance)
     subprocess.run(["docker", "volume", "create", "--label", f"{CELL}=other", "--label", f"{MANAGED}=1",
@@ -197,10 +206,10 @@ def _platform_cells(tmp_path: Path, image: str) -> Path:
 
 
 def test_list_does_not_call_an_image_of_another_platform_present(
-        devshell_factory: DevshellFactory, home: dict[str, str], tmp_path: Path) -> None:
+        target: Devshell, home: dict[str, str], tmp_path: Path) -> None:
     import json
 
-    d = _platform_cells(tmp_path, devshell_factory.open().spec.image)
+    d = _platform_cells(tmp_path, target.spec.image)
     done = cli(["--list", "--json", "--cells-dir", str(d)], home)
     assert done.returncode == 0, done.stderr
     state = {r["cell"]: r["image_state"] for r in json.loads(done.stdout)["cells"]}
@@ -209,9 +218,9 @@ def test_list_does_not_call_an_image_of_another_platform_present(
 
 
 def test_entering_a_cell_whose_image_is_of_another_platform_is_one_line(
-        devshell_factory: DevshellFactory, devshell_instance: Callable[[], str],
+        target: Devshell, devshell_instance: Callable[[], str],
         home: dict[str, str], tmp_path: Path) -> None:
-    image = devshell_factory.open().spec.image
+    image = target.spec.image
     d = _platform_cells(tmp_path, image)
     instance = devshell_instance()
     name = container_name("othercell", instance)
