@@ -130,12 +130,9 @@ def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory
 
 
 
-def test_settings_link_resolves_when_the_cache_has_settings(devshell_factory, tmp_path):
-    cache = tmp_path / "cache"
-    (cache / "ai").mkdir(parents=True)
-    (cache / "ai" / "settings.json").write_text('{"theme": "dark"}\n')
-    shell = devshell_factory.open(host_cache=cache)
-    assert shell.run("cat ~/.claude/settings.json").stdout == '{"theme": "dark"}\n'
+def test_settings_link_resolves_when_the_cache_has_settings(seeded_shell, seeded_cache):
+    settings = (seeded_cache / "ai" / "settings.json").read_text()
+    assert seeded_shell.run("cat ~/.claude/settings.json").stdout == settings
 
 
 def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache):

@@ -43,8 +43,16 @@ def state(engine, name):
 # --- status -----------------------------------------------------------------------------------
 
 
-def test_status_of_a_matching_devshell(devshell_factory, devshell_cli):
-    shell = devshell_factory.open()
+@pytest.fixture(scope="module")
+def unchanged(devshell_factory):
+    """A devshell of this module's own for the commands that must change nothing (status, and
+    down refusing): each compares what it could change before and after itself. Not the
+    session's shared one, which a command that got through would take from every other test."""
+    return devshell_factory.open()
+
+
+def test_status_of_a_matching_devshell(unchanged, devshell_cli):
+    shell = unchanged
     assert shell.run("true").exit_code == 0  # a session, so there is a last one to show
     doc = one_document(status_of(devshell_cli, shell.opts, "--json"))
     assert (doc["container"], doc["state"], doc["owner"]) == (shell.name, "running", "devshell")
@@ -55,9 +63,8 @@ def test_status_of_a_matching_devshell(devshell_factory, devshell_cli):
     assert text.exit_code == 0 and "matches: a launch would reuse it" in text.stdout
 
 
-def test_status_names_the_flags_that_differ_and_changes_nothing(devshell_factory, devshell_cli,
-                                                                devshell_engine):
-    shell = devshell_factory.open()
+def test_status_names_the_flags_that_differ_and_changes_nothing(unchanged, devshell_cli, devshell_engine):
+    shell = unchanged
     before = state(devshell_engine, shell.name)
     result = status_of(devshell_cli, shell.opts._replace(ai_config_ro=False), "--json")
     doc = one_document(result)
@@ -137,9 +144,8 @@ def test_down_volume_in_use_by_another_container_removes_nothing(devshell_factor
     assert state(devshell_engine, shell.name) == (None, False)
 
 
-def test_down_volume_without_a_terminal_or_yes_removes_nothing(devshell_factory, devshell_cli,
-                                                               devshell_engine):
-    shell = devshell_factory.open()
+def test_down_volume_without_a_terminal_or_yes_removes_nothing(unchanged, devshell_cli, devshell_engine):
+    shell = unchanged
     before = state(devshell_engine, shell.name)
     # devshell_cli's stdin is /dev/null: no terminal to ask
     assert_one_line_error(down(devshell_cli, shell, "--volume"), "no terminal", "--yes")
