@@ -24,8 +24,12 @@ def git(repo, *args):
 
 @pytest.fixture
 def host_repo(tmp_path):
-    tmp_path.chmod(0o755)  # a user's checkout is usually readable by others, and so by dev
-    repo = tmp_path / "myproject"
+    return new_repo(tmp_path)
+
+
+def new_repo(parent):
+    parent.chmod(0o755)  # a user's checkout is usually readable by others, and so by dev
+    repo = parent / "myproject"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "README").write_text("hello\n")
@@ -64,9 +68,18 @@ def owners_and_modes(repo):
     return out
 
 
-def test_patches_formatted_inside_are_owned_by_the_dev_ids(devshell_factory, host_repo):
-    shell = devshell_factory.open(checkout=host_repo)
-    result = shell.run(AGENT_WORK)
+@pytest.fixture(scope="module")
+def worked(devshell_factory, tmp_path_factory):
+    """A devshell on a host checkout after the agent's work, for the tests that only read what
+    came of it (the owners and modes of the checkout, recorded before it was opened, too)."""
+    repo = new_repo(tmp_path_factory.mktemp("rendezvous"))
+    before = owners_and_modes(repo)
+    shell = devshell_factory.open(checkout=repo)
+    return shell, repo, before, shell.run(AGENT_WORK)
+
+
+def test_patches_formatted_inside_are_owned_by_the_dev_ids(worked):
+    shell, _, _, result = worked
     assert result.exit_code == 0, result.stderr
     drop = shell.opts.patches_out
     made = sorted(p for p in os.listdir(drop) if p.endswith(".patch"))
@@ -76,12 +89,11 @@ def test_patches_formatted_inside_are_owned_by_the_dev_ids(devshell_factory, hos
         assert (st.st_uid, st.st_gid) == (shell.opts.uid, shell.opts.gid)
 
 
-def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(devshell_factory, host_repo):
-    before = owners_and_modes(host_repo)
-    shell = devshell_factory.open(checkout=host_repo)
-    assert shell.run(AGENT_WORK).exit_code == 0
-    assert owners_and_modes(host_repo) == before
-    assert git(host_repo, "status", "--porcelain") == ""  # no "dubious ownership"
+def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(worked):
+    _, repo, before, result = worked
+    assert result.exit_code == 0, result.stderr
+    assert owners_and_modes(repo) == before
+    assert git(repo, "status", "--porcelain") == ""  # no "dubious ownership"
 
 
 def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(devshell_factory,
@@ -100,9 +112,9 @@ def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(dev
         "0001-Teach-README-a-second-line.patch", "0002-Add-NEWS.patch"]
 
 
-def test_patches_list_shows_subject_author_and_diffstat(devshell_factory, host_repo):
-    shell = devshell_factory.open(checkout=host_repo)
-    assert shell.run(AGENT_WORK).exit_code == 0
+def test_patches_list_shows_subject_author_and_diffstat(worked):
+    shell, _, _, result = worked
+    assert result.exit_code == 0, result.stderr
     listed = devshell_patches(shell, "list")
     assert listed.returncode == 0, listed.stderr
     assert "Teach README a second line" in listed.stdout
