@@ -50,6 +50,9 @@ USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")  # escapes and control characters
+# What docker says when the runtime binary itself failed to start an exec's process (runsc, now
+# and then, under load; its path is the daemon's): the command never ran.
+RUNTIME_EXEC_FAILED = (b"OCI runtime exec failed: ", b"runsc did not terminate successfully")
 REMOVE_WORKERS = 8  # removals a sweep asks the engine for at once
 BUILD_FAILURE_LINES = 20  # of a failing recipe step's own output, shown before the one-line error
 
@@ -865,13 +868,19 @@ class Engine:
         """Run argv in the container and capture its output (not for interactive use)."""
         from docker.errors import DockerException
 
-        try:
-            result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
-            out, err = self.client.api.exec_start(result["Id"], demux=True)
-            code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
-        except DockerException as e:
-            raise DevshellError(f"cannot exec in {name} ({_reason(e)})",
-                                "check the container's state") from None
+        for attempt in range(2):
+            try:
+                result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
+                out, err = self.client.api.exec_start(result["Id"], demux=True)
+                code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+            except DockerException as e:
+                raise DevshellError(f"cannot exec in {name} ({_reason(e)})",
+                                    "check the container's state") from None
+            # gVisor under load: now and then `runsc exec` itself fails (exit 128) while it
+            # starts the process, before argv ran, and docker answers 126 in its own words.
+            # Once more, then: that is the runtime's hiccup, not the container's answer.
+            if not (code == 126 and attempt == 0 and all(m in (out or b"") for m in RUNTIME_EXEC_FAILED)):
+                break
         return ExecResult(int(code), (out or b"").decode(errors="replace"),
                           (err or b"").decode(errors="replace"))
 
