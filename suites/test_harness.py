@@ -39,6 +39,10 @@ USER_STATE_DIR = state_dir(os.path.expanduser("~"), os.environ)
 @pytest.fixture(autouse=True)
 def one_state_dir_for_every_run(monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", os.path.dirname(USER_STATE_DIR))
+    # The runs these tests start have what a downstream repository's have (devshell[pytest]):
+    # not hypothesis, whose plugin this environment would load into each (its end-of-run
+    # summary alone was a third of a small run's CPU time).
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
 
 
 FIXTURES_MD = Path(__file__).resolve().parent.parent / "docs" / "fixtures.md"
