@@ -50,8 +50,8 @@ USAGE_TIMEOUT = 10.0  # seconds status waits for du inside a container
 PING_TIMEOUT = 5.0  # seconds an engine may take to answer /_ping
 CALL_TIMEOUT = 120.0  # ... and any other call (a create on a loaded machine takes a while)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")  # escapes and control characters
-# What docker says when the runtime binary itself failed to start an exec's process (runsc, now
-# and then, under load; its path is the daemon's): the command never ran.
+# How docker's answer begins, and what it says, when the runtime binary itself failed to start
+# an exec's process (runsc, now and then, under load; its path is the daemon's).
 RUNTIME_EXEC_FAILED = (b"OCI runtime exec failed: ", b"runsc did not terminate successfully")
 REMOVE_WORKERS = 8  # removals a sweep asks the engine for at once
 BUILD_FAILURE_LINES = 20  # of a failing recipe step's own output, shown before the one-line error
@@ -812,8 +812,9 @@ class Engine:
         but for those named in keep.
         Idempotent: what another process removed meanwhile counts as removed. What the engine
         will not remove yet (409: a container's removal in progress, a volume a container still
-        holds) is left and named in the list returned, for the caller to say: an error there
-        would fail whatever called, and silence would leave it unseen."""
+        holds; 500 twice: its storage driver failed) is left and named in the list returned, for
+        the caller to say: an error there would fail whatever called, and silence would leave it
+        unseen."""
         from concurrent.futures import ThreadPoolExecutor
 
         left: list[str] = []
@@ -821,13 +822,21 @@ class Engine:
         def remove(path: str, name: str) -> None:
             if name in keep:
                 return
-            try:
-                self._call("DELETE", path)
-            except EngineError as e:
-                if e.status in (403, 409):  # 403: a network something (kept, foreign) still holds
-                    left.append(name)
-                elif e.status != 404:
-                    raise
+            for attempt in range(2):
+                try:
+                    self._call("DELETE", path)
+                    return
+                except EngineError as e:
+                    # 500: the storage driver's own failure, now and then, e.g. fuse-overlayfs's
+                    # "failed to remove root filesystem: ... directory not empty" while the
+                    # container's last files are released; the next try usually finds them gone.
+                    if e.status == 500 and attempt == 0:
+                        continue
+                    if e.status in (403, 409, 500):  # 403: a network something (kept, foreign) holds
+                        left.append(name)
+                    elif e.status != 404:
+                        raise
+                    return
 
         matching = json.dumps({k: [v] for k, v in filters.items()})
         containers = self._call("GET", f"/containers/json?{_query({'all': '1', 'filters': matching})}")
@@ -868,21 +877,28 @@ class Engine:
         """Run argv in the container and capture its output (not for interactive use)."""
         from docker.errors import DockerException
 
-        for attempt in range(2):
+        first: ExecResult | None = None
+        while True:
             try:
                 result = self.client.api.exec_create(name, argv, user=user, workdir=workdir)
                 out, err = self.client.api.exec_start(result["Id"], demux=True)
-                code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+                inspected = self.client.api.exec_inspect(result["Id"])
             except DockerException as e:
+                if first is not None:  # the second try found the container going: the first stands
+                    return first
                 raise DevshellError(f"cannot exec in {name} ({_reason(e)})",
                                     "check the container's state") from None
-            # gVisor under load: now and then `runsc exec` itself fails (exit 128) while it
-            # starts the process, before argv ran, and docker answers 126 in its own words.
-            # Once more, then: that is the runtime's hiccup, not the container's answer.
-            if not (code == 126 and attempt == 0 and all(m in (out or b"") for m in RUNTIME_EXEC_FAILED)):
-                break
-        return ExecResult(int(code), (out or b"").decode(errors="replace"),
-                          (err or b"").decode(errors="replace"))
+            out, err = out or b"", err or b""
+            answer = ExecResult(int(inspected["ExitCode"]), out.decode(errors="replace"),
+                                err.decode(errors="replace"))
+            # gVisor under load: now and then `runsc exec` itself fails (exit 128) and docker
+            # answers 126 in its own words, with no process started (pid 0: never a process
+            # inside that printed them). Once more, then: the runtime's hiccup, not an answer.
+            failed_to_start = (answer.exit_code == 126 and not inspected.get("Pid") and not err
+                               and out.startswith(RUNTIME_EXEC_FAILED[0]) and RUNTIME_EXEC_FAILED[1] in out)
+            if first is not None or not failed_to_start:
+                return answer
+            first = answer
 
     def run_captured(self, ex: ExecSpec) -> ExecResult:
         """The same `docker exec` as session(), with output captured (harness use)."""
