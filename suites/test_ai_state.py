@@ -60,13 +60,16 @@ def test_memory_survives_rm_recreation_and_volume_removal(devshell_factory, devs
     assert again.run("cat ~/.claude/projects/-patches/memory/m.md").stdout == "kept\n"
 
 
+SEEDED_SETTINGS = '{"theme": "dark"}\n'
+
+
 @pytest.fixture(scope="module")
 def seeded_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("seeded-cache")
     cache.chmod(0o755)  # dev must pass through it to reach memory; pytest makes it 0700
     (cache / "ai" / "skills" / "review").mkdir(parents=True)
     (cache / "ai" / "skills" / "review" / "SKILL.md").write_text("# review\n")
-    (cache / "ai" / "settings.json").write_text("{}\n")
+    (cache / "ai" / "settings.json").write_text(SEEDED_SETTINGS)
     return cache
 
 
@@ -97,7 +100,7 @@ def test_ai_config_is_read_only_inside_by_default(seeded_shell, seeded_cache, us
     codes = exit_codes(shell, config_attempts(user))
     assert [a for a, code in codes.items() if code == 0] == [], f"succeeded as {user}"
     assert shell.run("cat ~/.claude/skills/review/SKILL.md").stdout == "# review\n"
-    assert (seeded_cache / "ai" / "settings.json").read_text() == "{}\n"
+    assert (seeded_cache / "ai" / "settings.json").read_text() == SEEDED_SETTINGS
     assert shell.run("echo ok > ~/.claude/projects/-patches/memory/w.md").exit_code == 0
 
 
@@ -130,9 +133,8 @@ def test_ai_config_rw_lets_the_agent_change_skills_and_settings(devshell_factory
 
 
 
-def test_settings_link_resolves_when_the_cache_has_settings(seeded_shell, seeded_cache):
-    settings = (seeded_cache / "ai" / "settings.json").read_text()
-    assert seeded_shell.run("cat ~/.claude/settings.json").stdout == settings
+def test_settings_link_resolves_when_the_cache_has_settings(seeded_shell):
+    assert seeded_shell.run("cat ~/.claude/settings.json").stdout == SEEDED_SETTINGS
 
 
 def test_the_host_cache_keeps_its_owner_and_mode(devshell_factory, seeded_cache):
