@@ -166,7 +166,7 @@ def test_a_container_devshell_did_not_create_is_left_alone(target: Devshell,
 def test_a_volume_of_another_cell_is_never_adopted(target: Devshell,
                                                    devshell_instance: Callable[[], str],
                                                    home: dict[str, str], tmp_path: Path) -> None:
-    # (target: the image is there)
+    # target is asked for only so that the image is there
     instance = devshell_instance()
     name = container_name(cells.DEFAULT_CELL, instance)
     subprocess.run(["docker", "volume", "create", "--label", f"{CELL}=other", "--label", f"{MANAGED}=1",

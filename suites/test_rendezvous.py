@@ -7,8 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+from devshell.engine import ExecResult
+from devshell.launcher import Devshell
 
 AGENT = "Agent Smith <agent@devshell.invalid>"
 HOST_ENV = {"GIT_COMMITTER_NAME": "Host User", "GIT_COMMITTER_EMAIL": "host@example.com",
@@ -68,19 +73,26 @@ def owners_and_modes(repo):
     return out
 
 
+class AgentWork(NamedTuple):
+    shell: Devshell
+    repo: Path
+    owners_before: dict[str, tuple[int, int, int]]  # the checkout's, before the devshell opened
+    result: ExecResult  # of AGENT_WORK
+
+
 @pytest.fixture(scope="module")
-def worked(devshell_factory, tmp_path_factory):
+def worked(devshell_factory, tmp_path_factory) -> AgentWork:
     """A devshell on a host checkout after the agent's work, for the tests that only read what
-    came of it (the owners and modes of the checkout, recorded before it was opened, too)."""
+    came of it."""
     repo = new_repo(tmp_path_factory.mktemp("rendezvous"))
     before = owners_and_modes(repo)
     shell = devshell_factory.open(checkout=repo)
-    return shell, repo, before, shell.run(AGENT_WORK)
+    return AgentWork(shell, repo, before, shell.run(AGENT_WORK))
 
 
 def test_patches_formatted_inside_are_owned_by_the_dev_ids(worked):
-    shell, _, _, result = worked
-    assert result.exit_code == 0, result.stderr
+    shell = worked.shell
+    assert worked.result.exit_code == 0, worked.result.stderr
     drop = shell.opts.patches_out
     made = sorted(p for p in os.listdir(drop) if p.endswith(".patch"))
     assert made == ["0001-Teach-README-a-second-line.patch", "0002-Add-NEWS.patch"]
@@ -90,10 +102,9 @@ def test_patches_formatted_inside_are_owned_by_the_dev_ids(worked):
 
 
 def test_the_checkout_keeps_its_owner_and_mode_and_the_users_git_works(worked):
-    _, repo, before, result = worked
-    assert result.exit_code == 0, result.stderr
-    assert owners_and_modes(repo) == before
-    assert git(repo, "status", "--porcelain") == ""  # no "dubious ownership"
+    assert worked.result.exit_code == 0, worked.result.stderr
+    assert owners_and_modes(worked.repo) == worked.owners_before
+    assert git(worked.repo, "status", "--porcelain") == ""  # no "dubious ownership"
 
 
 def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(devshell_factory,
@@ -113,9 +124,8 @@ def test_patches_apply_on_the_host_with_author_from_patch_and_host_committer(dev
 
 
 def test_patches_list_shows_subject_author_and_diffstat(worked):
-    shell, _, _, result = worked
-    assert result.exit_code == 0, result.stderr
-    listed = devshell_patches(shell, "list")
+    assert worked.result.exit_code == 0, worked.result.stderr
+    listed = devshell_patches(worked.shell, "list")
     assert listed.returncode == 0, listed.stderr
     assert "Teach README a second line" in listed.stdout
     assert AGENT in listed.stdout
